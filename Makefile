@@ -1,0 +1,38 @@
+# Two commands set everything up on a fresh machine: `make run` and `make test`.
+SHELL := /bin/bash
+# The real interpreter, not a version-manager shim (the hook's cost is measured on it).
+PYTHON ?= $(shell python3 -c 'import sys; print(sys.executable)')
+VENV := .venv
+VPY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed
+
+.PHONY: run test bench test-deps clean
+
+$(STAMP): pyproject.toml
+	test -x $(VPY) || $(PYTHON) -m venv $(VENV)
+	$(VPY) -m pip install -q --upgrade pip
+	$(VPY) -m pip install -q -e '.[test]'
+	touch $(STAMP)
+
+run: $(STAMP)
+	$(VENV)/bin/contextuate-trio start --foreground
+
+# System packages the tests use: a redis-server binary the tests start themselves,
+# and Debian's Chromium for the dashboard tests.
+test-deps:
+	@need=""; \
+	command -v redis-server >/dev/null || need="$$need redis-server"; \
+	command -v chromium >/dev/null || need="$$need chromium"; \
+	if [ -n "$$need" ]; then \
+		echo "installing:$$need"; \
+		(apt-get update -qq || true) && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $$need >/dev/null; \
+	fi
+
+test: $(STAMP) test-deps
+	$(VPY) -m pytest -q
+
+bench: $(STAMP) test-deps
+	$(VPY) benchmarks/run_all.py
+
+clean:
+	rm -rf $(VENV) .pytest_cache benchmarks/results

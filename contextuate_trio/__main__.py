@@ -1,0 +1,3 @@
+from contextuate_trio.cli import main
+
+raise SystemExit(main())

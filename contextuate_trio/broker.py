@@ -1,0 +1,295 @@
+"""The broker: every source feeds it, one pipeline task drains it.
+
+    sources --(memory channel)--> dedupe -> sessions -> store -> acks -> subscribers
+
+One task owns the session state and the files, so nothing needs a lock, and order is
+the order of arrival. Sources block when the channel is full (back-pressure reaches
+the hook, which then spools); subscribers never block the pipeline: each has a
+bounded queue and is dropped when it is full.
+"""
+
+from __future__ import annotations
+
+import collections
+import logging
+import time
+from typing import Callable, Optional
+
+import attrs
+import trio
+
+from contextuate_trio import events
+from contextuate_trio.events import Event
+from contextuate_trio.sessions import Outcome, Session, SessionManager
+from contextuate_trio.store import FileStore, StoreError
+
+log = logging.getLogger("contextuate.broker")
+
+MAX_BATCH = 1024
+
+
+@attrs.define(eq=False)
+class Delivery:
+    """One event on its way in; ``done`` is set once it is stored (or refused)."""
+
+    event: Event
+    done: Optional[trio.Event] = None
+    ok: bool = False
+    error: Optional[str] = None
+
+
+class RecentIds:
+    """The ids seen lately, oldest forgotten first (a bounded ordered set)."""
+
+    def __init__(self, cap: int) -> None:
+        self.cap = cap
+        self._ids: dict[str, None] = {}
+
+    def __contains__(self, event_id: str) -> bool:
+        return event_id in self._ids
+
+    def add(self, event_id: str) -> None:
+        self._ids[event_id] = None
+        if len(self._ids) > self.cap:
+            del self._ids[next(iter(self._ids))]
+
+    def __len__(self) -> int:
+        return len(self._ids)
+
+
+class Subscription:
+    """A sink's bounded queue of broker messages. Dropped (closed) when full."""
+
+    def __init__(self, broker: "Broker", size: int, name: str) -> None:
+        self.broker = broker
+        self.name = name
+        self.send, self.receive = trio.open_memory_channel(size)
+        self.dropped: Optional[str] = None
+
+    def close(self, why: Optional[str] = None) -> None:
+        if self.dropped is None:
+            self.dropped = why or "closed"
+        self.broker._subscribers.discard(self)
+        self.send.close()
+
+
+class Broker:
+    def __init__(
+        self,
+        store: Optional[FileStore],
+        manager: Optional[SessionManager] = None,
+        *,
+        channel_size: int = 10_000,
+        recent_ids: int = 100_000,
+        replay_size: int = 50_000,
+        started_ms: Optional[int] = None,
+    ) -> None:
+        self.store = store
+        self.manager = manager or SessionManager()
+        self.send_channel, self._receive = trio.open_memory_channel(channel_size)
+        self.recent = RecentIds(recent_ids)
+        self.started_ms = started_ms if started_ms is not None else int(time.time() * 1000)
+        self.seq = 0
+        # (seq, message) pairs for WebSocket resume, newest last.
+        self.replay: collections.deque = collections.deque(maxlen=replay_size)
+        self._subscribers: set[Subscription] = set()
+        self.counters: collections.Counter = collections.Counter()
+        self.by_source: collections.Counter = collections.Counter()
+        self.last_error: Optional[str] = None
+        self.ready = trio.Event()
+        self.finished = trio.Event()
+        self.on_stored: list[Callable[[list[Event]], None]] = []
+
+    # --- start-up -----------------------------------------------------------------
+    def load(self) -> int:
+        """Sessions from disk; events written after their meta (a crash) replayed."""
+        if self.store is None:
+            return 0
+        sessions, replay = self.store.open()
+        for s in sessions:
+            self.manager.restore(s)
+        for raw in replay:
+            try:
+                ev = events.from_object(raw)
+            except events.EventError:
+                continue
+            self.manager.apply(ev)
+        if replay:
+            log.warning("recovered %d events stored after the last metadata write", len(replay))
+            self.store.save_sessions(self.manager.sessions.values())
+        for eid in self.store.recent_ids(list(self.manager.sessions.values()), 20_000):
+            self.recent.add(eid)
+        return len(sessions)
+
+    # --- sources' side --------------------------------------------------------------
+    async def submit(self, event: Event, wait: bool = False) -> Delivery:
+        """Hand an event to the pipeline; with ``wait``, return once it is stored."""
+        d = Delivery(event, trio.Event() if wait else None)
+        self.by_source[event.source or "unknown"] += 1
+        await self.send_channel.send(d)
+        if d.done is not None:
+            await d.done.wait()
+        return d
+
+    async def enqueue(self, event: Event) -> Delivery:
+        """Hand an event over without waiting; ``delivery.done`` tells when stored."""
+        d = Delivery(event, trio.Event())
+        self.by_source[event.source or "unknown"] += 1
+        await self.send_channel.send(d)
+        return d
+
+    def queue_depth(self) -> int:
+        return self._receive.statistics().current_buffer_used
+
+    # --- sinks' side ----------------------------------------------------------------
+    def subscribe(self, size: int = 1000, name: str = "subscriber") -> Subscription:
+        sub = Subscription(self, size, name)
+        self._subscribers.add(sub)
+        return sub
+
+    def subscriber_count(self) -> int:
+        return len(self._subscribers)
+
+    def _publish(self, message: dict) -> None:
+        for sub in list(self._subscribers):
+            try:
+                sub.send.send_nowait(message)
+            except trio.WouldBlock:
+                self.counters["dropped_subscribers"] += 1
+                log.warning("dropping %s: it fell %d messages behind", sub.name,
+                            sub.send.statistics().max_buffer_size)
+                sub.close("too slow")
+            except trio.ClosedResourceError:
+                sub.close()
+
+    # --- the pipeline ---------------------------------------------------------------
+    async def run(self, task_status=trio.TASK_STATUS_IGNORED) -> None:
+        """Drain the channel until every sender has closed it (or we are cancelled)."""
+        task_status.started()
+        self.ready.set()
+        try:
+            async with self._receive:
+                while True:
+                    try:
+                        batch = [await self._receive.receive()]
+                    except trio.EndOfChannel:
+                        return
+                    while len(batch) < MAX_BATCH:
+                        try:
+                            batch.append(self._receive.receive_nowait())
+                        except (trio.WouldBlock, trio.EndOfChannel):
+                            break
+                    await self.process(batch)
+        finally:
+            self.finished.set()
+
+    def _duplicate(self, ev: Event) -> bool:
+        if ev.id in self.recent:
+            return True
+        if self.store is None or ev.timestamp >= self.started_ms:
+            return False  # everything stored since start-up is in `recent`
+        # An event from before this start (spool, a catch-up): ask the disk, in the
+        # sessions it can belong to, reading only the blocks around its time.
+        root = self.manager.get(ev.session_id)
+        if root is None:
+            return False
+        for sid in [root.session_id, *root.child_session_ids]:
+            if self.store.contains(sid, ev.id, ev.timestamp):
+                return True
+        return False
+
+    async def process(self, batch: list[Delivery]) -> None:
+        accepted: list[tuple[Delivery, Event, bytes]] = []
+        changed: dict[str, Session] = {}
+        duplicates: list[Delivery] = []
+        for d in batch:
+            ev = d.event
+            if self._duplicate(ev):
+                self.counters["duplicates"] += 1
+                duplicates.append(d)
+                continue
+            self.recent.add(ev.id)
+            outcome: Outcome = self.manager.apply(ev)
+            for s in outcome.changed:
+                changed[s.session_id] = s
+            if log.isEnabledFor(logging.DEBUG):
+                log.debug("[%s] Received event from %s/%s: %s", (ev.source or "?").title(),
+                          ev.machine_id, ev.session_id[:8], ev.event_type)
+            line = (events.dumps(ev) + "\n").encode("utf-8", "surrogateescape")
+            accepted.append((d, ev, line))
+        if self.store is not None and accepted:
+            await self._write(accepted, changed)
+        self.counters["events"] += len(accepted)
+        for d, ev, line in accepted:
+            d.ok = True
+            if d.done is not None:
+                d.done.set()
+        for d in duplicates:
+            d.ok = True
+            if d.done is not None:
+                d.done.set()
+        if accepted:
+            stored = [ev for _, ev, _ in accepted]
+            for hook in self.on_stored:
+                hook(stored)
+            self._fan_out(accepted, changed)
+
+    async def _write(self, accepted, changed) -> None:
+        delay = 0.1
+        while True:
+            try:
+                self.store.append((ev.session_id, ev.timestamp, line) for _, ev, line in accepted)
+                break
+            except StoreError as exc:
+                self._store_failed(exc)
+                await trio.sleep(delay)
+                delay = min(delay * 2, 5.0)
+        while True:
+            try:
+                self.store.save_sessions(changed.values())
+                break
+            except StoreError as exc:
+                self._store_failed(exc)
+                await trio.sleep(delay)
+                delay = min(delay * 2, 5.0)
+        if self.last_error:
+            log.warning("the store can write again; %d events kept in memory are stored", len(accepted))
+            self.last_error = None
+
+    def _store_failed(self, exc: Exception) -> None:
+        if self.last_error != str(exc):
+            log.error("store: %s; keeping events in memory and retrying", exc)
+        self.last_error = str(exc)
+        self.counters["store_errors"] += 1
+
+    def _fan_out(self, accepted, changed) -> None:
+        for _, ev, line in accepted:
+            self.seq += 1
+            msg = {"type": "event", "seq": self.seq, "event": ev, "line": line}
+            self.replay.append(msg)
+            self._publish(msg)
+        for s in changed.values():
+            self._publish({"type": "session_update", "seq": self.seq, "session": s})
+
+    # --- actions on sessions ----------------------------------------------------------
+    def delete_session(self, session_id: str) -> bool:
+        s = self.manager.remove(session_id)
+        if s is None:
+            return False
+        if self.store is not None:
+            self.store.delete(session_id)
+            parent = self.manager.get(s.parent_session_id or "")
+            if parent is not None:
+                self.store.save_sessions([parent])
+        self._publish({"type": "session_deleted", "seq": self.seq, "sessionId": session_id})
+        return True
+
+    def prune(self, retention_days: Optional[float]) -> int:
+        if self.store is None:
+            return 0
+        expired = self.store.expired(list(self.manager.sessions.values()), retention_days)
+        for sid in expired:
+            self.delete_session(sid)
+        if expired:
+            log.info("retention: removed %d sessions older than %s days", len(expired), retention_days)
+        return len(expired)

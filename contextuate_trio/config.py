@@ -1,0 +1,282 @@
+"""The daemon's configuration: JSON with camelCase keys, deep-merged over defaults.
+
+A value of the wrong type or outside its set stops the daemon with one message that
+names the file and the key. Keys we do not know are reported as warnings and
+ignored, so a config written for the original Node contextuate monitor still loads.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+from typing import Any, Literal, Optional
+
+import attrs
+import cattrs
+from cattrs.gen import make_dict_structure_fn, make_dict_unstructure_fn, override
+
+from contextuate_trio import hook
+
+
+class ConfigError(Exception):
+    """The config cannot be used; the message names the file and the key."""
+
+
+def camel(name: str) -> str:
+    head, *rest = name.split("_")
+    return head + "".join(p.title() for p in rest)
+
+
+def _port(instance, attribute, value):
+    if not 0 <= value <= 65535:
+        raise ValueError(f"{value} is not a TCP port (0-65535)")
+
+
+def _positive(instance, attribute, value):
+    if value is not None and value <= 0:
+        raise ValueError(f"{value} must be greater than 0")
+
+
+@attrs.define
+class ServerConfig:
+    host: str = "127.0.0.1"
+    port: int = attrs.field(default=3847, validator=_port)
+    ws_port: int = attrs.field(default=3848, validator=_port)
+    token: Optional[str] = None
+    allowed_hosts: list[str] = attrs.Factory(list)
+
+
+@attrs.define
+class HookConfig:
+    timeout_ms: int = attrs.field(default=hook.DEFAULT_TIMEOUT_MS, validator=_positive)
+
+
+@attrs.define
+class RedisConfig:
+    host: str = "localhost"
+    port: int = attrs.field(default=6379, validator=_port)
+    password: Optional[str] = None
+    username: Optional[str] = None
+    db: int = 0
+    channel: str = "contextuate:events"
+    tls: bool = False
+    tls_ca_file: Optional[str] = None
+    tls_cert_file: Optional[str] = None
+    tls_key_file: Optional[str] = None
+    url: Optional[str] = None
+    stream: str = "contextuate:events:stream"
+    stream_max_len: int = attrs.field(default=1_000_000, validator=_positive)
+
+
+@attrs.define
+class PersistenceConfig:
+    enabled: bool = True
+    type: Literal["file"] = "file"
+    dir: Optional[str] = None
+    retention_days: Optional[float] = attrs.field(default=30, validator=_positive)
+
+
+@attrs.define
+class Config:
+    mode: Literal["local", "redis"] = "local"
+    socket_path: Optional[str] = None
+    server: ServerConfig = attrs.Factory(ServerConfig)
+    hook: HookConfig = attrs.Factory(HookConfig)
+    redis: RedisConfig = attrs.Factory(RedisConfig)
+    persistence: PersistenceConfig = attrs.Factory(PersistenceConfig)
+    log_level: Literal["debug", "info", "warning", "error"] = "info"
+    # Longest line accepted on the socket; a longer one is rejected and logged.
+    max_line_bytes: int = attrs.field(default=16 * 1024 * 1024, validator=_positive)
+    # Resolved locations (not read from the file).
+    home: str = attrs.field(default="", metadata={"internal": True})
+    path: str = attrs.field(default="", metadata={"internal": True})
+
+
+_SECTIONS = (ServerConfig, HookConfig, RedisConfig, PersistenceConfig, Config)
+
+
+def _make_converter() -> cattrs.Converter:
+    conv = cattrs.Converter(forbid_extra_keys=False)
+    for cls in _SECTIONS:
+        names = {
+            a.name: override(rename=camel(a.name), omit=bool(a.metadata.get("internal")))
+            for a in attrs.fields(cls)
+        }
+        conv.register_structure_hook(cls, make_dict_structure_fn(cls, conv, **names))
+        conv.register_unstructure_hook(cls, make_dict_unstructure_fn(cls, conv, **names))
+    return conv
+
+
+converter = _make_converter()
+
+
+def defaults_dict() -> dict:
+    return converter.unstructure(Config())
+
+
+def deep_merge(base: dict, over: dict) -> dict:
+    out = dict(base)
+    for key, value in over.items():
+        if isinstance(value, dict) and isinstance(out.get(key), dict):
+            out[key] = deep_merge(out[key], value)
+        else:
+            out[key] = value
+    return out
+
+
+def unknown_keys(defaults: dict, given: dict, prefix: str = "") -> list[str]:
+    found = []
+    for key, value in given.items():
+        if key not in defaults:
+            found.append(prefix + key)
+        elif isinstance(value, dict) and isinstance(defaults[key], dict):
+            found += unknown_keys(defaults[key], value, prefix + key + ".")
+    return found
+
+
+_PATH_RE = re.compile(r"@ \$((?:\.[A-Za-z0-9_]+|\[[^\]]*\])*)")
+
+
+def _describe(exc: Exception, file: str) -> str:
+    """One readable line per problem, e.g. ``f.json: server.port: expected int``."""
+    lines = []
+    for msg in cattrs.transform_error(exc, path="$"):
+        text, _, where = msg.rpartition(" @ ")
+        key = where.lstrip("$").lstrip(".") or "(top level)"
+        lines.append(f"{file}: key {key!r}: {text}")
+    return "\n".join(lines) if lines else f"{file}: {exc}"
+
+
+def load(env: Optional[dict] = None) -> tuple[Config, list[str]]:
+    """The config for this environment, and warnings worth logging."""
+    env = dict(os.environ if env is None else env)
+    home = os.path.abspath(os.path.expanduser(hook.home_dir(env)))
+    path = hook.config_path(env, home)
+    warnings: list[str] = []
+    try:
+        with open(path, "rb") as f:
+            raw = f.read()
+    except FileNotFoundError:
+        raw = None
+    except OSError as exc:
+        raise ConfigError(f"{path}: cannot read the config: {exc.strerror}") from None
+    given: Any = {}
+    if raw is not None:
+        try:
+            given = json.loads(raw)
+        except (ValueError, UnicodeDecodeError) as exc:
+            raise ConfigError(f"{path}: not valid JSON: {exc}") from None
+        if not isinstance(given, dict):
+            raise ConfigError(f"{path}: the config must be a JSON object")
+    defaults = defaults_dict()
+    warnings += [f"{path}: unknown key {k!r} ignored" for k in unknown_keys(defaults, given)]
+    merged = deep_merge(defaults, given)
+    try:
+        cfg = _structure_strict(merged)
+    except ConfigError as exc:
+        raise ConfigError(f"{path}: {exc}") from None
+    except Exception as exc:  # cattrs raises exception groups of the problems
+        raise ConfigError(_describe(exc, path)) from None
+    cfg.home = home
+    cfg.path = path
+    cfg.socket_path = os.path.expanduser(cfg.socket_path or os.path.join(home, hook.SOCKET_NAME))
+    cfg.persistence.dir = os.path.expanduser(cfg.persistence.dir or os.path.join(home, "data"))
+    if cfg.server.host not in ("127.0.0.1", "localhost", "::1") and not cfg.server.token:
+        warnings.append(
+            f"{path}: server.host is {cfg.server.host!r}: the dashboard and API are reachable "
+            "from other machines without a token; set server.token or bind 127.0.0.1"
+        )
+    return cfg, warnings
+
+
+_strict = cattrs.Converter(forbid_extra_keys=False)
+
+
+def _structure_strict(merged: dict) -> Config:
+    """Structure with type checks: cattrs converts ``"3847"`` to 3847; we refuse it."""
+    _check_types(Config, merged, "")
+    return converter.structure(merged, Config)
+
+
+def _check_types(cls, data: dict, prefix: str) -> None:
+    import typing
+
+    for a in attrs.fields(cls):
+        if a.metadata.get("internal"):
+            continue
+        key = camel(a.name)
+        if key not in data:
+            continue
+        value = data[key]
+        where = prefix + key
+        tp = a.type
+        if isinstance(tp, str):
+            tp = typing.get_type_hints(cls)[a.name]
+        if attrs.has(tp):
+            if not isinstance(value, dict):
+                raise ConfigError(f"key {where!r}: expected an object, got {value!r}")
+            _check_types(tp, value, where + ".")
+            continue
+        if not _matches(tp, value):
+            raise ConfigError(f"key {where!r}: expected {_type_name(tp)}, got {value!r}")
+        if a.validator is not None:
+            try:
+                a.validator(None, a, value)
+            except ValueError as exc:
+                raise ConfigError(f"key {where!r}: {exc}") from None
+
+
+def _matches(tp, value) -> bool:
+    import typing
+
+    origin = typing.get_origin(tp)
+    if origin is typing.Union:
+        return any(_matches(t, value) for t in typing.get_args(tp))
+    if origin is Literal:
+        return value in typing.get_args(tp)
+    if origin is list:
+        (item,) = typing.get_args(tp)
+        return isinstance(value, list) and all(_matches(item, v) for v in value)
+    if tp is type(None):
+        return value is None
+    if tp is bool:
+        return isinstance(value, bool)
+    if tp is int:
+        return isinstance(value, int) and not isinstance(value, bool)
+    if tp is float:
+        return isinstance(value, (int, float)) and not isinstance(value, bool)
+    return isinstance(value, tp)
+
+
+def _type_name(tp) -> str:
+    import typing
+
+    origin = typing.get_origin(tp)
+    if origin is typing.Union:
+        return " or ".join(_type_name(t) for t in typing.get_args(tp))
+    if origin is Literal:
+        return "one of " + ", ".join(json.dumps(v) for v in typing.get_args(tp))
+    if origin is list:
+        return "a list of items that are each " + _type_name(typing.get_args(tp)[0])
+    return {
+        type(None): "null",
+        bool: "true/false",
+        int: "an integer",
+        float: "a number",
+        str: "a string",
+    }.get(tp, getattr(tp, "__name__", str(tp)))
+
+
+def public_dict(cfg: Config) -> dict:
+    """The config as the API shows it: secrets replaced by a marker."""
+    data = converter.unstructure(cfg)
+    if data["server"].get("token"):
+        data["server"]["token"] = "***"
+    if data["redis"].get("password"):
+        data["redis"]["password"] = "***"
+    if data["redis"].get("url"):
+        data["redis"]["url"] = re.sub(r"//[^@/]*@", "//***@", data["redis"]["url"])
+    data["home"] = cfg.home
+    data["path"] = cfg.path
+    return data

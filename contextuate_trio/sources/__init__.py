@@ -1,0 +1,1 @@
+"""Where events come from. Each source only feeds the broker (``broker.submit``)."""

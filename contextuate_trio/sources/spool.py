@@ -1,0 +1,97 @@
+"""The spool source: events the hook could not deliver, ingested once, oldest first.
+
+Each file holds one wire line. A file is removed only after its event is stored; a
+crash in between is harmless because the broker drops an id it already has.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import time
+
+import trio
+
+from contextuate_trio import hook, wire
+from contextuate_trio.broker import Broker
+from contextuate_trio.events import EventError
+
+log = logging.getLogger("contextuate.spool")
+
+BATCH = 1000
+STALE_TMP_SECONDS = 60  # a temp file this old belongs to a hook that was killed
+
+
+def pending(spool_dir: str) -> list[str]:
+    try:
+        names = os.listdir(spool_dir)
+    except FileNotFoundError:
+        return []
+    now = time.time()
+    out = []
+    for name in names:
+        if name.endswith(hook.SPOOL_SUFFIX) and not name.startswith("."):
+            out.append(name)
+        elif name.startswith(".") and name.endswith(".tmp"):
+            try:
+                if now - os.path.getmtime(os.path.join(spool_dir, name)) > STALE_TMP_SECONDS:
+                    out.append(name)
+            except FileNotFoundError:
+                pass
+    return sorted(out)
+
+
+def _set_aside(spool_dir: str, name: str, why: str) -> None:
+    bad = os.path.join(spool_dir, "corrupt")
+    os.makedirs(bad, mode=0o700, exist_ok=True)
+    try:
+        os.replace(os.path.join(spool_dir, name), os.path.join(bad, name.lstrip(".")))
+    except FileNotFoundError:
+        return
+    log.warning("spool: %s is not an event (%s); moved to %s", name, why, bad)
+
+
+async def drain_once(broker: Broker, spool_dir: str) -> int:
+    """Ingest what the spool holds now; returns how many events were stored."""
+    stored = 0
+    names = pending(spool_dir)
+    for i in range(0, len(names), BATCH):
+        waiting = []
+        for name in names[i : i + BATCH]:
+            path = os.path.join(spool_dir, name)
+            try:
+                with open(path, "rb") as f:
+                    data = f.read()
+            except FileNotFoundError:
+                continue
+            except OSError as exc:
+                log.warning("spool: cannot read %s: %s", name, exc)
+                continue
+            try:
+                event, _ = wire.parse_line(data.strip(), source="spool")
+            except EventError as exc:
+                broker.counters["bad_spool_files"] += 1
+                _set_aside(spool_dir, name, str(exc))
+                continue
+            waiting.append((path, await broker.enqueue(event)))
+        for path, d in waiting:
+            await d.done.wait()
+            if d.ok:
+                try:
+                    os.unlink(path)
+                    stored += 1
+                except FileNotFoundError:
+                    pass
+    if stored:
+        log.info("spool: ingested %d undelivered events", stored)
+    return stored
+
+
+async def run(broker: Broker, spool_dir: str, interval: float = 1.0) -> None:
+    """Drain now, then on a timer: hooks spool whenever the daemon is slow or away."""
+    while True:
+        try:
+            await drain_once(broker, spool_dir)
+        except OSError as exc:
+            log.error("spool: %s", exc)
+        await trio.sleep(interval)

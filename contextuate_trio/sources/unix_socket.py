@@ -1,0 +1,104 @@
+"""The local source: a Unix socket speaking newline-delimited JSON (see ``wire``)."""
+
+from __future__ import annotations
+
+import errno
+import logging
+import os
+import socket as _stdsocket
+import stat
+
+import trio
+
+from contextuate_trio import wire
+from contextuate_trio.broker import Broker
+from contextuate_trio.events import EventError
+
+log = logging.getLogger("contextuate.socket")
+
+
+class SocketInUse(Exception):
+    """Another process answers on the socket path."""
+
+
+def clear_stale(path: str) -> None:
+    """Remove a socket file left by a crashed daemon; refuse if someone answers."""
+    try:
+        st = os.lstat(path)
+    except FileNotFoundError:
+        return
+    if not stat.S_ISSOCK(st.st_mode):
+        raise SocketInUse(f"{path} exists and is not a socket; move it away")
+    probe = _stdsocket.socket(_stdsocket.AF_UNIX, _stdsocket.SOCK_STREAM)
+    probe.settimeout(0.5)
+    try:
+        probe.connect(path)
+    except OSError as exc:
+        if exc.errno in (errno.ECONNREFUSED, errno.ENOENT):
+            log.info("removing stale socket %s left by a daemon that did not stop cleanly", path)
+            os.unlink(path)
+            return
+        raise SocketInUse(f"{path}: {exc}") from None
+    finally:
+        probe.close()
+    raise SocketInUse(f"another daemon is listening on {path}")
+
+
+async def serve(broker: Broker, path: str, max_line: int, *, task_status=trio.TASK_STATUS_IGNORED) -> None:
+    clear_stale(path)
+    sock = trio.socket.socket(trio.socket.AF_UNIX, trio.socket.SOCK_STREAM)
+    old = os.umask(0o177)  # the socket file is created 0600, never briefly wider
+    try:
+        await sock.bind(path)
+    finally:
+        os.umask(old)
+    os.chmod(path, 0o600)
+    sock.listen(1024)
+    listener = trio.SocketListener(sock)
+    log.info("listening on %s", path)
+    try:
+        async with trio.open_nursery() as nursery:
+            await nursery.start(trio.serve_listeners, lambda s: _connection(broker, s, max_line), [listener])
+            task_status.started()
+    finally:
+        try:
+            if os.path.exists(path):
+                os.unlink(path)
+        except OSError:
+            pass
+
+
+async def _connection(broker: Broker, stream: trio.SocketStream, max_line: int) -> None:
+    splitter = wire.LineSplitter(max_line)
+    async with stream:
+        while True:
+            try:
+                data = await stream.receive_some(1 << 16)
+            except trio.BrokenResourceError:
+                return
+            if not data:
+                if splitter.pending():
+                    broker.counters["bad_lines"] += 1
+                    log.warning("socket: connection closed in the middle of a line (%d bytes dropped)",
+                                splitter.pending())
+                return
+            for item in splitter.feed(data):
+                if isinstance(item, wire.LineTooLong):
+                    broker.counters["bad_lines"] += 1
+                    log.warning("socket: rejected a %s", item)
+                    continue
+                try:
+                    event, want_ack = wire.parse_line(item, source="socket")
+                except EventError as exc:
+                    broker.counters["bad_lines"] += 1
+                    log.warning("socket: rejected a line: %s (starts %r)", exc, item[:80])
+                    continue
+                if want_ack:
+                    delivery = await broker.submit(event, wait=True)
+                    reply = wire.ack(event.id) if delivery.ok else wire.nack(event.id, delivery.error or "not stored")
+                    try:
+                        await stream.send_all(reply)
+                    except (trio.BrokenResourceError, trio.ClosedResourceError):
+                        return  # the hook gave up; it has spooled, dedupe handles it
+                else:
+                    await broker.submit(event)

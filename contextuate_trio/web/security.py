@@ -1,0 +1,58 @@
+"""Who may talk to the daemon over the network: Host names, Origins, the token.
+
+Shared by the HTTP app and the WebSocket server so both answer the same way.
+"""
+
+from __future__ import annotations
+
+import hmac
+from typing import Iterable, Optional
+
+LOOPBACK_NAMES = ("127.0.0.1", "localhost", "::1")
+
+
+def host_name(host_header: str) -> str:
+    """``example.com:3847`` -> ``example.com``; ``[::1]:3847`` -> ``::1``."""
+    host = host_header.strip().lower()
+    if host.startswith("["):
+        return host[1:].split("]", 1)[0]
+    if host.count(":") == 1:
+        return host.split(":", 1)[0]
+    return host
+
+
+class Guard:
+    def __init__(self, allowed_hosts: Iterable[str] = (), token: Optional[str] = None,
+                 bind_host: str = "127.0.0.1") -> None:
+        names = {h.lower() for h in LOOPBACK_NAMES}
+        names.update(h.lower() for h in allowed_hosts)
+        if bind_host not in ("0.0.0.0", "::", ""):
+            names.add(bind_host.lower())
+        self.hosts = names
+        self.token = token or None
+
+    def host_ok(self, host_header: Optional[str]) -> bool:
+        # HTTP/1.1 requires Host; a request without one is not from a browser page.
+        return host_header is None or host_name(host_header) in self.hosts
+
+    def origin_ok(self, origin: Optional[str], dashboard_ports: Iterable[int]) -> bool:
+        """No Origin (a non-browser client) or the dashboard's own origin."""
+        if origin is None:
+            return True
+        origin = origin.strip().lower()
+        for scheme in ("http://", "https://"):
+            if origin.startswith(scheme):
+                rest = origin[len(scheme):]
+                name = host_name(rest)
+                port_part = rest.rsplit(":", 1)[-1] if rest.rsplit(":", 1)[-1].isdigit() else None
+                port = int(port_part) if port_part else (80 if scheme == "http://" else 443)
+                return name in self.hosts and port in set(dashboard_ports)
+        return False
+
+    def token_ok(self, authorization: Optional[str]) -> bool:
+        if self.token is None:
+            return True
+        if not authorization or not authorization.startswith("Bearer "):
+            return False
+        given = authorization[len("Bearer "):].strip().encode()
+        return hmac.compare_digest(given, self.token.encode())

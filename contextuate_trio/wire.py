@@ -1,0 +1,86 @@
+"""Framing of the socket protocol, sans-IO: newline-delimited JSON, one event per line.
+
+Two kinds of producer share it. ``hook_emit.py`` sends a hook envelope with
+``"ack": true`` and waits for ``{"ack": "<id>"}`` (or ``{"nack": ..., "error": ...}``)
+once the event is stored. Anything else streams complete events and reads nothing.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Optional
+
+from contextuate_trio.events import Event, EventError, from_object
+
+
+class LineTooLong(Exception):
+    pass
+
+
+class LineSplitter:
+    """Bytes in, complete lines out; a line over ``max_line`` bytes is skipped whole
+    and reported once (as a ``LineTooLong`` in the output list)."""
+
+    def __init__(self, max_line: int) -> None:
+        self.max_line = max_line
+        self._buf = bytearray()
+        self._skipping = False
+
+    def feed(self, data: bytes) -> list:
+        out: list = []
+        start = 0
+        while True:
+            nl = data.find(b"\n", start)
+            if nl < 0:
+                break
+            if self._skipping:
+                self._skipping = False
+            elif len(self._buf) + nl - start > self.max_line:
+                self._buf.clear()
+                out.append(LineTooLong(f"line longer than {self.max_line} bytes"))
+            else:
+                if self._buf:
+                    self._buf += data[start:nl]
+                    line = bytes(self._buf)
+                    self._buf.clear()
+                else:
+                    line = data[start:nl]
+                if line.strip():
+                    out.append(line)
+            start = nl + 1
+        rest = len(data) - start
+        if self._skipping:
+            pass
+        elif len(self._buf) + rest > self.max_line:
+            self._buf.clear()
+            self._skipping = True
+            out.append(LineTooLong(f"line longer than {self.max_line} bytes"))
+        elif rest:
+            self._buf += data[start:]
+        return out
+
+    def pending(self) -> int:
+        return len(self._buf)
+
+
+def parse_line(line: bytes, source: Optional[str] = None) -> tuple[Event, bool]:
+    """One line -> (event, whether the producer asked for an acknowledgement)."""
+    try:
+        try:
+            obj = json.loads(line)
+        except UnicodeDecodeError:
+            obj = json.loads(line.decode("utf-8", "replace"))
+    except ValueError as exc:
+        raise EventError(f"not JSON: {exc}") from None
+    except RecursionError:
+        raise EventError("JSON nested too deeply") from None
+    event = from_object(obj, source)
+    return event, bool(obj.get("ack") is True)
+
+
+def ack(event_id: str) -> bytes:
+    return b'{"ack":' + json.dumps(event_id).encode() + b"}\n"
+
+
+def nack(event_id: Optional[str], error: str) -> bytes:
+    return (json.dumps({"nack": event_id, "error": error}) + "\n").encode()
