@@ -1,0 +1,203 @@
+"""Benchmark 1 — hook cost: the real hook process against the bare interpreter.
+
+Runs ``<python3> -I -S hook_emit.py`` exactly as Claude Code does (a realistic
+PreToolUse payload from tests/fixtures on stdin, nothing on stdout) interleaved with
+``<python3> -I -S -c pass`` on the same binary: every round runs each case once, in a
+shuffled order, so machine noise hits all of them alike. Reports p50/p95/p99 of the
+wall time (spawn → exit, measured with posix_spawn + wait4 in this process) and the
+ratio of medians hook / bare. Cases: daemon up, daemon down (spool), and slots for the
+Redis cases (up, down, hung) that return "n/a" until Redis mode exists.
+
+    .venv/bin/python benchmarks/bench_hook.py          # BENCH_QUICK=1, BENCH_HOOK_ROUNDS=N
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import random
+import sys
+import time
+from typing import Callable, Iterator, Optional
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import _common as C  # noqa: E402
+
+NAME = "hook"
+
+
+# --- cases ----------------------------------------------------------------------------
+# Each case is a context manager yielding the environment the hook runs with, or None
+# with a reason when the case cannot run here (it is then reported as "n/a").
+@contextlib.contextmanager
+def daemon_up() -> Iterator[dict]:
+    with C.Daemon() as d:
+        yield {"env": d.env(), "home": d.home, "daemon": d}
+
+
+@contextlib.contextmanager
+def daemon_down() -> Iterator[dict]:
+    with C.temp_dir() as home:
+        yield {"env": dict(C.Daemon(home).env()), "home": home}
+
+
+# Redis mode: slots for the Redis engineer. Yield {"env": ..., "home": ...} set up so
+# the hook runs in redis mode against a Redis that is up / refuses connections / hangs
+# (e.g. a listening TCP socket that never answers). Until then they report n/a.
+@contextlib.contextmanager
+def redis_up() -> Iterator[Optional[dict]]:
+    yield None
+
+
+@contextlib.contextmanager
+def redis_down() -> Iterator[Optional[dict]]:
+    yield None
+
+
+@contextlib.contextmanager
+def redis_hung() -> Iterator[Optional[dict]]:
+    yield None
+
+
+# (label, setup, target ratio of medians or None, what "delivered" means)
+CASES: list[tuple[str, Callable, Optional[float]]] = [
+    ("daemon up", daemon_up, 1.5),
+    ("daemon down (spool)", daemon_down, 1.6),
+    ("Redis up", redis_up, 1.5),
+    ("Redis down", redis_down, 1.6),
+    ("Redis hung", redis_hung, None),
+]
+NOT_YET = "n/a, no Redis mode yet"
+
+
+# --- measuring ------------------------------------------------------------------------------
+def spawn_timed(argv: list[str], stdin: bytes, env: dict, stderr_path: str) -> tuple[float, float]:
+    """Wall time (spawn → reaped) and CPU time (user+sys) of one process."""
+    r, w = os.pipe()
+    try:
+        os.write(w, stdin)  # fits the pipe buffer: written before the clock starts
+    finally:
+        os.close(w)
+    actions = [
+        (os.POSIX_SPAWN_DUP2, r, 0),
+        (os.POSIX_SPAWN_OPEN, 1, "/dev/null", os.O_WRONLY, 0),
+        (os.POSIX_SPAWN_OPEN, 2, stderr_path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600),
+    ]
+    try:
+        t0 = time.perf_counter()
+        pid = os.posix_spawn(argv[0], argv, env, file_actions=actions)
+        _, status, ru = os.wait4(pid, 0)
+        wall = time.perf_counter() - t0
+    finally:
+        os.close(r)
+    if os.waitstatus_to_exitcode(status) != 0:
+        raise RuntimeError(f"{argv} exited with {os.waitstatus_to_exitcode(status)}")
+    return wall, ru.ru_utime + ru.ru_stime
+
+
+def import_audit(python: str, stdin: bytes, env: dict) -> dict:
+    """Modules the hook imports beyond the bare interpreter's, from -X importtime."""
+    import subprocess
+
+    def modules(argv, inp):
+        out = subprocess.run(argv, input=inp, env=env, capture_output=True, timeout=30)
+        mods = {}
+        for line in out.stderr.decode("utf-8", "replace").splitlines():
+            if line.startswith("import time:") and "|" in line and "self [us]" not in line:
+                self_us, _cum_us, name = (p.strip() for p in line.split(":", 1)[1].split("|"))
+                mods[name] = int(self_us)
+        return mods
+
+    bare = modules([python, "-I", "-S", "-X", "importtime", "-c", "pass"], b"")
+    hook = modules([python, "-I", "-S", "-X", "importtime", C.HOOK], stdin)
+    extra = {m: us for m, us in hook.items() if m not in bare}
+    return {"bare_modules": sorted(bare), "hook_extra_modules": extra,
+            "hook_extra_import_us": sum(extra.values())}
+
+
+def run(rounds: Optional[int] = None) -> dict:
+    rounds = rounds or C.knob("hook_rounds", 120, 400)
+    warmup = 10
+    python = C.real_python()
+    payload = C.pre_tool_use_payload()
+    stdin = (json.dumps(payload) + "\n").encode()
+    rng = random.Random(1234)
+    rows: list[dict] = []
+    result: dict = {"name": NAME, "python": python, "rounds": rounds, "payload_bytes": len(stdin),
+                    "payload_tool": payload.get("tool_name"), "cases": {}}
+    with contextlib.ExitStack() as stack:
+        err_dir = stack.enter_context(C.temp_dir("ctx-bench-err-"))
+        active = []  # (label, argv, env, target, info)
+        base_env = C.Daemon(err_dir).env()  # any home: the bare interpreter ignores it
+        active.append(("bare interpreter", [python, "-I", "-S", "-c", "pass"], base_env, None, {}))
+        skipped = []
+        for label, setup, target in CASES:
+            info = stack.enter_context(setup())
+            if info is None:
+                skipped.append((label, target))
+                continue
+            active.append((label, [python, "-I", "-S", C.HOOK], info["env"], target, info))
+        samples = {a[0]: [] for a in active}
+        cpu = {a[0]: [] for a in active}
+        err = os.path.join(err_dir, "stderr.txt")
+        order = list(range(len(active)))
+        for i in range(warmup + rounds):
+            rng.shuffle(order)
+            for j in order:
+                label, argv, env, _, _ = active[j]
+                wall, cpu_s = spawn_timed(argv, stdin if j else b"", env, err)
+                if i >= warmup:
+                    samples[label].append(wall)
+                    cpu[label].append(cpu_s)
+        stderr_text = open(err, "rb").read().decode("utf-8", "replace") if os.path.exists(err) else ""
+        # Where did the events go? Every daemon-up run must be acknowledged, not spooled.
+        for label, _, env, _, info in active[1:]:
+            home = info["home"]
+            spool = os.path.join(home, "spool")
+            n_spooled = len([n for n in os.listdir(spool) if n.endswith(".json")]) if os.path.isdir(spool) else 0
+            d = info.get("daemon")
+            n_stored = d.events_stored() if d is not None else 0
+            result["cases"].setdefault(label, {})["delivery"] = {"stored": n_stored, "spooled": n_spooled}
+        result["import_audit"] = import_audit(python, stdin, base_env)
+
+    bare = samples["bare interpreter"]
+    bare_p50 = C.pct(bare, 50)
+    result["cases"]["bare interpreter"] = {"wall_s": C.summary(bare), "cpu_s": C.summary(cpu["bare interpreter"])}
+    rows.append(C.row("1 hook cost", "bare `python3 -I -S -c pass` p50/p95/p99",
+                      fmt3(bare), "", ""))
+    result["samples"] = {k: v for k, v in samples.items()}
+    for label, _, _, target, _ in active[1:]:
+        s = samples[label]
+        ratio = C.pct(s, 50) / bare_p50
+        extra = result["cases"][label]
+        extra.update({"wall_s": C.summary(s), "cpu_s": C.summary(cpu[label]), "ratio_of_medians": ratio,
+                      "target_ratio": target})
+        deliv = extra["delivery"]
+        note = ""
+        if label.startswith("daemon up") and deliv["spooled"]:
+            note = f" ({deliv['spooled']} spooled!)"
+        rows.append(C.row("1 hook cost", f"hook, {label}: p50/p95/p99", fmt3(s) + note, "", ""))
+        rows.append(C.row("1 hook cost", f"hook, {label}: median / bare median",
+                          f"{ratio:.2f}x", f"<= {target}x" if target else "",
+                          C.verdict(ratio, target) if target else ""))
+    for label, target in skipped:
+        rows.append(C.row("1 hook cost", f"hook, {label}: median / bare median", NOT_YET,
+                          f"<= {target}x" if target else "", "n/a"))
+        result["cases"][label] = {"skipped": NOT_YET}
+    if stderr_text.strip():
+        result["stderr"] = stderr_text[-2000:]
+        rows.append(C.row("1 hook cost", "hook wrote to stderr", stderr_text.strip().splitlines()[-1][:60], "", "!"))
+    audit = result["import_audit"]
+    rows.append(C.row("1 hook cost", "modules imported beyond bare (-X importtime)",
+                      f"{len(audit['hook_extra_modules'])} = {audit['hook_extra_import_us'] / 1000:.1f} ms", "", ""))
+    result["rows"] = rows
+    return result
+
+
+def fmt3(s: list) -> str:
+    return " / ".join(f"{C.pct(s, p) * 1000:.1f}" for p in (50, 95, 99)) + " ms"
+
+
+if __name__ == "__main__":
+    C.standalone(run)
