@@ -100,7 +100,7 @@ def camel(name: str) -> str:
 
 _FIELDS = [a.name for a in attrs.fields(Event) if a.name not in ("extra", "from_hook")]
 _CAMEL = {camel(n): n for n in _FIELDS}
-_REQUIRED = ("id", "timestamp", "session_id", "machine_id", "event_type")
+_REQUIRED = ("id", "timestamp", "session_id", "machine_id", "event_type", "data")
 
 converter = cattrs.Converter()
 converter.register_unstructure_hook(

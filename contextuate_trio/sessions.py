@@ -39,6 +39,7 @@ WAITING_NOTIFICATIONS = frozenset(
         "agent_needs_input",
     }
 )
+MAX_PENDING = 64
 _STATUS_BY_TYPE = {
     "permission_request": WAITING,
     "elicitation": WAITING,
@@ -223,6 +224,7 @@ class SessionManager:
                 "description": ti.get("description"),
             }
             root.pending_spawns.append(spawn)
+            del root.pending_spawns[:-MAX_PENDING]  # calls interrupted before their result
             if tool == "Task" and not root.modern and ev.tool_use_id:
                 root.legacy_open.append(ev.tool_use_id)
             changed[root.session_id] = root

@@ -1,0 +1,202 @@
+"""Shared test helpers: real hook processes, a real daemon process, free ports."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.error
+import urllib.request
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+FIXTURES = Path(__file__).resolve().parent / "fixtures"
+HOOK = str(ROOT / "hook_emit.py")
+# The interpreter Claude Code would run: the real one, not a venv or shim wrapper.
+HOOK_PYTHON = os.path.realpath(getattr(sys, "_base_executable", sys.executable))
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def load_fixture(name: str) -> list[dict]:
+    with open(FIXTURES / f"{name}.jsonl", encoding="utf-8") as f:
+        return [json.loads(line) for line in f if line.strip()]
+
+
+def load_expect(name: str) -> dict:
+    with open(FIXTURES / f"{name}.expect.json", encoding="utf-8") as f:
+        return json.load(f)
+
+
+FIXTURE_NAMES = sorted(p.name[: -len(".jsonl")] for p in FIXTURES.glob("*.jsonl"))
+
+
+def clean_env(home: str, **extra: str) -> dict:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("CONTEXTUATE_")}
+    env["CONTEXTUATE_HOME"] = home
+    env.update(extra)
+    return env
+
+
+def run_hook(home: str, stdin, env_extra: dict | None = None, timeout: float = 10.0,
+             **popen) -> subprocess.CompletedProcess:
+    """Run the real hook the way Claude Code does; ``stdin`` is a dict, str or bytes."""
+    if isinstance(stdin, dict):
+        data = json.dumps(stdin).encode()
+    elif isinstance(stdin, str):
+        data = stdin.encode()
+    else:
+        data = stdin
+    env = clean_env(home, **(env_extra or {}))
+    return subprocess.run([HOOK_PYTHON, "-I", "-S", HOOK], input=data, env=env,
+                          capture_output=True, timeout=timeout, **popen)
+
+
+def replay_fixture(home: str, name: str, env_extra: dict | None = None) -> None:
+    for item in load_fixture(name):
+        r = run_hook(home, item["stdin"], {**item.get("env", {}), **(env_extra or {})})
+        assert r.returncode == 0 and r.stdout == b"", r
+
+
+class DaemonProc:
+    """A real daemon process (``python -m contextuate_trio start --foreground``)."""
+
+    def __init__(self, home: str, config: dict | None = None) -> None:
+        self.home = home
+        self.port = free_port()
+        self.ws_port = free_port()
+        cfg = {"server": {"port": self.port, "wsPort": self.ws_port}}
+        for key, value in (config or {}).items():
+            if isinstance(value, dict):
+                cfg.setdefault(key, {}).update(value)
+            else:
+                cfg[key] = value
+        os.makedirs(home, mode=0o700, exist_ok=True)
+        self.config_path = os.path.join(home, "monitor.config.json")
+        with open(self.config_path, "w") as f:
+            json.dump(cfg, f)
+        self.proc: subprocess.Popen | None = None
+        self.log_path = os.path.join(home, "test-daemon.log")
+
+    @property
+    def socket_path(self) -> str:
+        return os.path.join(self.home, "monitor.sock")
+
+    def start(self, wait: bool = True) -> "DaemonProc":
+        log = open(self.log_path, "ab")
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "contextuate_trio", "start", "--foreground"],
+            env=clean_env(self.home), stdout=log, stderr=subprocess.STDOUT, cwd=str(ROOT),
+        )
+        log.close()
+        if wait:
+            self.wait_healthy()
+        return self
+
+    def wait_healthy(self, timeout: float = 20.0) -> None:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.proc is not None and self.proc.poll() is not None:
+                raise AssertionError(f"daemon exited {self.proc.returncode}:\n{self.log()}")
+            try:
+                if self.get("/api/health", timeout=0.5)["status"] in ("ok", "degraded"):
+                    return
+            except (OSError, ValueError):
+                pass
+            time.sleep(0.05)
+        raise AssertionError(f"daemon not healthy in {timeout}s:\n{self.log()}")
+
+    def log(self) -> str:
+        try:
+            return Path(self.log_path).read_text(errors="replace")
+        except OSError:
+            return ""
+
+    def get(self, path: str, timeout: float = 5.0, headers: dict | None = None):
+        req = urllib.request.Request(f"http://127.0.0.1:{self.port}{path}", headers=headers or {})
+        with urllib.request.urlopen(req, timeout=timeout) as resp:
+            return json.loads(resp.read())
+
+    def sessions(self) -> dict:
+        return {s["sessionId"]: s for s in self.get("/api/sessions")["sessions"]}
+
+    def events(self, session_id: str, limit: int = 10000) -> list[dict]:
+        from urllib.parse import quote
+
+        return self.get(f"/api/sessions/{quote(session_id, safe='')}/events?limit={limit}")["events"]
+
+    def all_events(self) -> list[dict]:
+        out = []
+        for sid in self.sessions():
+            out.extend(self.events(sid))
+        return out
+
+    def stop(self, sig: int = signal.SIGTERM, timeout: float = 15.0) -> int:
+        if self.proc is None:
+            return 0
+        if self.proc.poll() is None:
+            self.proc.send_signal(sig)
+        try:
+            code = self.proc.wait(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait()
+            raise AssertionError(f"daemon did not stop within {timeout}s:\n{self.log()}")
+        self.proc = None
+        return code
+
+    def kill9(self) -> None:
+        if self.proc is not None:
+            self.proc.kill()
+            self.proc.wait()
+            self.proc = None
+
+
+def wait_for(predicate, timeout: float = 15.0, interval: float = 0.05, what: str = "condition"):
+    """Poll a condition that lives in another process (no event to wait on)."""
+    deadline = time.monotonic() + timeout
+    last = None
+    while time.monotonic() < deadline:
+        last = predicate()
+        if last:
+            return last
+        time.sleep(interval)
+    raise AssertionError(f"timed out waiting for {what} (last: {last!r})")
+
+
+@pytest.fixture
+def home():
+    # Short paths: a Unix socket path must fit in 108 bytes.
+    d = tempfile.mkdtemp(prefix="ct-")
+    os.chmod(d, 0o700)
+    yield d
+    shutil.rmtree(d, ignore_errors=True)
+
+
+@pytest.fixture
+def daemon(home):
+    procs: list[DaemonProc] = []
+
+    def make(config: dict | None = None, start: bool = True) -> DaemonProc:
+        d = DaemonProc(home, config)
+        procs.append(d)
+        if start:
+            d.start()
+        return d
+
+    yield make
+    for d in procs:
+        if d.proc is not None:
+            d.kill9()
