@@ -103,6 +103,12 @@ _CAMEL = {camel(n): n for n in _FIELDS}
 _REQUIRED = ("id", "timestamp", "session_id", "machine_id", "event_type", "data")
 
 converter = cattrs.Converter()
+
+
+def _as_is(value):
+    return value
+
+
 converter.register_unstructure_hook(
     Event,
     make_dict_unstructure_fn(
@@ -113,7 +119,11 @@ converter.register_unstructure_hook(
         **{
             n: override(rename=camel(n), omit_if_default=False if n in _REQUIRED else None)
             for n in _FIELDS
+            if n != "data"
         },
+        # ``data`` is JSON already: given as it is, not walked value by value (that
+        # walk was the largest single cost of storing an event).
+        data=override(rename="data", omit_if_default=False, unstruct_hook=_as_is),
         extra=override(omit=True),
         from_hook=override(omit=True),
     ),

@@ -35,7 +35,7 @@ from contextuate_trio.sessions import Session
 log = logging.getLogger("contextuate.store")
 
 BLOCK = 512
-_SAFE = re.compile(r"^[A-Za-z0-9._-]{1,100}$")
+_SAFE = re.compile(r"^[A-Za-z0-9._:-]{1,120}$")
 _ID_AT_START = re.compile(rb'^\{"id":"([^"\\]+)"')
 
 
@@ -263,8 +263,9 @@ class FileStore:
                 meta = s.to_dict()
                 meta["_bytes"] = self._bytes.get(key, 0)
                 tmp = os.path.join(d, "meta.json.tmp")
+                text = json.dumps(meta, ensure_ascii=False, separators=(",", ":"))
                 with open(tmp, "w", encoding="utf-8") as f:
-                    json.dump(meta, f, ensure_ascii=False, separators=(",", ":"))
+                    f.write(text)  # one write: json.dump() writes piece by piece
                 os.replace(tmp, os.path.join(d, "meta.json"))
         except OSError as exc:
             self.degraded = f"cannot write to {self.dir}: {exc.strerror or exc}"

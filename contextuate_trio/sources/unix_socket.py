@@ -11,7 +11,7 @@ import stat
 import trio
 
 from contextuate_trio import wire
-from contextuate_trio.broker import Broker
+from contextuate_trio.broker import Broker, Delivery
 from contextuate_trio.events import EventError
 
 log = logging.getLogger("contextuate.socket")
@@ -100,5 +100,22 @@ async def _connection(broker: Broker, stream: trio.SocketStream, max_line: int) 
                         await stream.send_all(reply)
                     except (trio.BrokenResourceError, trio.ClosedResourceError):
                         return  # the hook gave up; it has spooled, dedupe handles it
-                else:
-                    await broker.submit(event)
+                elif not _submit_nowait(broker, event):
+                    await broker.submit(event)  # the queue is full: wait (back-pressure)
+
+
+def _submit_nowait(broker: Broker, event) -> bool:
+    """``broker.submit(event)`` without a checkpoint, when the queue has room.
+
+    ``await broker.submit`` yields to the scheduler on every event, so the broker
+    woke up for every few events and paid its per-batch costs (a metadata write per
+    session) each time. Queuing a whole read's worth of lines before yielding (the
+    next ``receive_some``) hands the broker batches of hundreds. Same order, same
+    back-pressure: when the queue is full the caller awaits ``submit`` as before.
+    """
+    try:
+        broker.send_channel.send_nowait(Delivery(event))
+    except trio.WouldBlock:
+        return False
+    broker.by_source[event.source or "unknown"] += 1
+    return True
