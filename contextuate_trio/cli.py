@@ -1,4 +1,5 @@
-"""``contextuate-trio``: start, stop, status, init."""
+"""``contextuate-trio``: start, stop, status, init, and the everyday commands
+(hooks, doctor, tail, demo, export/import, service) from their own modules."""
 
 from __future__ import annotations
 
@@ -187,6 +188,12 @@ def cmd_status(args) -> int:
           f"{st['badLines']} bad lines; spool backlog {st['spoolBacklog']}")
     if st.get("store"):
         print(f"  data:      {st['store']['dir']} ({st['store']['bytes']} bytes)")
+    if st.get("redis"):
+        r = st["redis"]
+        states = ", ".join(f"{k} {v}" for k, v in r["state"].items())
+        print(f"  redis:     {r['url']} stream {r['stream']} channel {r['channel']}: {states}")
+        if r.get("lastError"):
+            print(f"             last error: {r['lastError']} (attempts {r['attempts']})")
     return 0 if st.get("status") == "ok" else 1
 
 
@@ -238,7 +245,15 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--force", action="store_true", help="overwrite an existing config")
     s.add_argument("--mode", choices=("local", "redis"))
     s.set_defaults(func=cmd_init)
+    _add_integration_commands(sub)
     return p
+
+
+def _add_integration_commands(sub) -> None:
+    """Claude Code integration and everyday use (each in its own module)."""
+    from contextuate_trio import claude_settings
+
+    claude_settings.add_parser(sub)
 
 
 def main(argv: Optional[list[str]] = None) -> int:
