@@ -12,7 +12,7 @@ from starlette.responses import HTMLResponse, JSONResponse, PlainTextResponse, R
 from starlette.routing import Route
 
 from contextuate_trio import __version__, config as config_mod
-from contextuate_trio.sources import spool as spool_source
+from contextuate_trio.sources import http_hook, spool as spool_source
 from contextuate_trio.web.security import Guard
 
 if TYPE_CHECKING:
@@ -135,6 +135,7 @@ def create_app(daemon: "Daemon") -> Starlette:
         Route("/api/sessions/{session_id}/events", session_events),
         Route("/api/config", config_view),
         Route("/metrics", metrics),
+        Route("/api/hooks", http_hook.endpoint(daemon), methods=["POST"]),  # Claude Code http hooks
     ]
     app = Starlette(routes=routes)
     guard = Guard(cfg.server.allowed_hosts, cfg.server.token, cfg.server.host)
