@@ -11,6 +11,7 @@ bounded queue and is dropped when it is full.
 from __future__ import annotations
 
 import collections
+import json
 import logging
 import time
 from typing import Callable, Optional
@@ -21,6 +22,7 @@ import trio
 from contextuate_trio import events
 from contextuate_trio.events import Event
 from contextuate_trio.sessions import Outcome, Session, SessionManager
+from contextuate_trio.redact import Redactor
 from contextuate_trio.store import FileStore, StoreError
 
 log = logging.getLogger("contextuate.broker")
@@ -83,8 +85,10 @@ class Broker:
         recent_ids: int = 100_000,
         replay_size: int = 50_000,
         started_ms: Optional[int] = None,
+        redactor: Optional[Redactor] = None,
     ) -> None:
         self.store = store
+        self.redactor = redactor if redactor is not None else Redactor()
         self.manager = manager or SessionManager()
         self.send_channel, self._receive = trio.open_memory_channel(channel_size)
         self.recent = RecentIds(recent_ids)
@@ -215,7 +219,7 @@ class Broker:
             if log.isEnabledFor(logging.DEBUG):
                 log.debug("[%s] Received event from %s/%s: %s", (ev.source or "?").title(),
                           ev.machine_id, ev.session_id[:8], ev.event_type)
-            line = (events.dumps(ev) + "\n").encode("utf-8", "surrogateescape")
+            line = self._redacted_line(ev, outcome.changed)
             accepted.append((d, ev, line))
         if self.store is not None and accepted:
             await self._write(accepted, changed)
@@ -233,6 +237,27 @@ class Broker:
             for hook in self.on_stored:
                 hook(stored)
             self._fan_out(accepted, changed)
+
+    def _redacted_line(self, ev: Event, sessions: list) -> bytes:
+        """The event's stored form, secrets masked. The event object and the text the
+        sessions took from it are masked too, so neither the disk nor a browser ever
+        holds what was masked."""
+        text = events.dumps(ev)
+        masked = self.redactor.text(text)
+        if masked != text:
+            self.counters["redacted_events"] += 1
+            obj = json.loads(masked)
+            ev.data = obj.get("data", {})
+            ev.summary = obj.get("summary")
+            text = masked
+            mask = self.redactor.text
+            for s in sessions:
+                s.last_summary = mask(s.last_summary) if s.last_summary else s.last_summary
+                s.description = mask(s.description) if s.description else s.description
+                for spawn in s.pending_spawns:
+                    if isinstance(spawn.get("description"), str):
+                        spawn["description"] = mask(spawn["description"])
+        return (text + "\n").encode("utf-8", "surrogateescape")
 
     async def _write(self, accepted, changed) -> None:
         delay = 0.1
@@ -293,3 +318,55 @@ class Broker:
         if expired:
             log.info("retention: removed %d sessions older than %s days", len(expired), retention_days)
         return len(expired)
+
+    # --- actions people take from the dashboard (persisted, broadcast to every client) ---
+    SESSION_ACTIONS = ("rename", "pin", "unpin", "hide", "unhide", "delete", "set_parent", "remove_parent")
+
+    def session_action(self, action: str, session_id: str, value=None) -> tuple[bool, Optional[str]]:
+        """Do ``action`` on a session, store it, tell every subscriber.
+
+        ``value``: the new name for ``rename`` (empty or None: back to none), the
+        parent's id for ``set_parent``. Returns (done, why not).
+        """
+        from contextuate_trio.sessions import ActionError, set_parent
+
+        if action not in self.SESSION_ACTIONS:
+            return False, f"unknown action {action!r} (one of {', '.join(self.SESSION_ACTIONS)})"
+        s = self.manager.get(session_id)
+        if s is None:
+            return False, f"no such session {session_id!r}"
+        if action == "delete":
+            try:
+                self.delete_session(session_id)
+            except OSError as exc:
+                return False, f"could not delete: {exc}"
+            return True, None
+        changed = [s]
+        try:
+            if action == "rename":
+                if value is not None and not isinstance(value, str):
+                    return False, "rename needs a string value"
+                name = " ".join((value or "").split())[:200]
+                s.name = name or None
+            elif action in ("pin", "unpin"):
+                s.pinned = action == "pin"
+            elif action in ("hide", "unhide"):
+                s.hidden = action == "hide"
+            elif action == "set_parent":
+                if not isinstance(value, str) or not value:
+                    return False, "set_parent needs the parent's session id as value"
+                changed = set_parent(self.manager, session_id, value)
+            elif action == "remove_parent":
+                changed = set_parent(self.manager, session_id, None)
+        except ActionError as exc:
+            return False, str(exc)
+        if self.store is not None:
+            try:
+                self.store.save_sessions(changed)
+            except StoreError as exc:
+                self._store_failed(exc)
+                return False, f"could not store the change: {exc}"
+        self.counters["session_actions"] += 1
+        for c in changed:
+            self._publish({"type": "session_update", "seq": self.seq, "session": c})
+        return True, None

@@ -78,6 +78,12 @@ class PersistenceConfig:
 
 
 @attrs.define
+class RedactionConfig:
+    enabled: bool = True
+    patterns: list[str] = attrs.Factory(list)  # extra regexes whose matches are masked
+
+
+@attrs.define
 class Config:
     mode: Literal["local", "redis"] = "local"
     socket_path: Optional[str] = None
@@ -85,6 +91,7 @@ class Config:
     hook: HookConfig = attrs.Factory(HookConfig)
     redis: RedisConfig = attrs.Factory(RedisConfig)
     persistence: PersistenceConfig = attrs.Factory(PersistenceConfig)
+    redaction: RedactionConfig = attrs.Factory(RedactionConfig)
     log_level: Literal["debug", "info", "warning", "error"] = "info"
     # Longest line accepted on the socket; a longer one is rejected and logged.
     max_line_bytes: int = attrs.field(default=16 * 1024 * 1024, validator=_positive)
@@ -93,7 +100,7 @@ class Config:
     path: str = attrs.field(default="", metadata={"internal": True})
 
 
-_SECTIONS = (ServerConfig, HookConfig, RedisConfig, PersistenceConfig, Config)
+_SECTIONS = (ServerConfig, HookConfig, RedisConfig, PersistenceConfig, RedactionConfig, Config)
 
 
 def _make_converter() -> cattrs.Converter:
@@ -178,6 +185,11 @@ def load(env: Optional[dict] = None) -> tuple[Config, list[str]]:
         raise ConfigError(f"{path}: {exc}") from None
     except Exception as exc:  # cattrs raises exception groups of the problems
         raise ConfigError(_describe(exc, path)) from None
+    for i, pattern in enumerate(cfg.redaction.patterns):
+        try:
+            re.compile(pattern)
+        except re.error as exc:
+            raise ConfigError(f"{path}: key 'redaction.patterns[{i}]': not a valid regex: {exc}") from None
     cfg.home = home
     cfg.path = path
     cfg.socket_path = os.path.expanduser(cfg.socket_path or os.path.join(home, hook.SOCKET_NAME))

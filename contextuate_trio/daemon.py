@@ -21,10 +21,12 @@ from hypercorn.trio import serve as hypercorn_serve
 from contextuate_trio import __version__, hook
 from contextuate_trio.broker import Broker
 from contextuate_trio.config import Config
+from contextuate_trio.redact import Redactor
 from contextuate_trio.sources import spool as spool_source
 from contextuate_trio.sources import unix_socket
 from contextuate_trio.store import FileStore
 from contextuate_trio.web import http
+from contextuate_trio.web.ws import WsServer
 
 log = logging.getLogger("contextuate.daemon")
 
@@ -41,10 +43,19 @@ class Daemon:
         self.home = config.home
         self.started = time.time()
         store = FileStore(config.persistence.dir) if config.persistence.enabled else None
-        self.broker = Broker(store, started_ms=int(self.started * 1000))
+        self.broker = Broker(store, started_ms=int(self.started * 1000),
+                             redactor=Redactor(config.redaction.patterns, config.redaction.enabled))
+        self.redis = None
+        if config.mode == "redis":
+            from contextuate_trio.sources.redis import RedisSource, checkpoint_file
+
+            where = config.persistence.dir if config.persistence.enabled else config.home
+            self.redis = RedisSource(self.broker, config.redis, checkpoint_file(where))
         self._sources_scope: Optional[trio.CancelScope] = None
         self._lock_fd: Optional[int] = None
         self.http_urls: list[str] = []
+        self.ws = WsServer(self)
+        self.ws_url: Optional[str] = None
 
     # --- paths --------------------------------------------------------------------
     @property
@@ -101,6 +112,7 @@ class Daemon:
             self.broker.prune(self.config.persistence.retention_days)
             async with trio.open_nursery() as outer:
                 await outer.start(self.broker.run)
+                self.ws_url = await outer.start(self.ws.serve)  # before HTTP: healthy means both
                 self.http_urls = await outer.start(self._serve_http)
                 with trio.CancelScope() as sources:
                     self._sources_scope = sources
@@ -108,6 +120,8 @@ class Daemon:
                         await inner.start(unix_socket.serve, self.broker, self.config.socket_path,
                                           self.config.max_line_bytes)
                         inner.start_soon(spool_source.run, self.broker, self.spool_dir)
+                        if self.redis is not None:
+                            inner.start_soon(self.redis.run)
                         inner.start_soon(self._retention)
                         inner.start_soon(self._signals)
                         log.info("ready: socket %s, dashboard %s", self.config.socket_path,
@@ -152,6 +166,8 @@ class Daemon:
         out = []
         if self.broker.last_error:
             out.append(f"store: {self.broker.last_error}")
+        if self.redis is not None and not self.redis.connected():
+            out.append(f"redis: {self.redis.error or 'connecting'}")
         return out
 
     def status(self) -> dict:
@@ -180,6 +196,7 @@ class Daemon:
             "subscribers": self.broker.subscriber_count(),
             "spoolBacklog": http.spool_backlog(self.home),
             "store": None if store is None else {"dir": store.dir, "bytes": store.size_bytes()},
+            "redis": None if self.redis is None else self.redis.info(),
         }
 
     def metrics_text(self) -> str:
@@ -196,6 +213,7 @@ class Daemon:
             ("contextuate_bad_lines_total", "bad_lines", "Socket lines rejected."),
             ("contextuate_dropped_clients_total", "dropped_subscribers", "Subscribers dropped for being slow."),
             ("contextuate_store_errors_total", "store_errors", "Failed store writes (retried)."),
+            ("contextuate_bad_redis_messages_total", "bad_redis_messages", "Redis messages that were not events."),
         ):
             lines += [f"# HELP {name} {help_}", f"# TYPE {name} counter", f"{name} {b.counters[key]}"]
         gauges = (
@@ -205,6 +223,8 @@ class Daemon:
             ("contextuate_store_bytes", "Bytes of events on disk.", b.store.size_bytes() if b.store else 0),
             ("contextuate_spool_backlog", "Spooled events not yet ingested.", http.spool_backlog(self.home)),
             ("contextuate_up", "1 when healthy, 0 when degraded.", 0 if self.problems() else 1),
+            ("contextuate_redis_connected", "1 when both Redis readers are connected.",
+             int(bool(self.redis and self.redis.connected()))),
         )
         for name, help_, value in gauges:
             lines += [f"# HELP {name} {help_}", f"# TYPE {name} gauge", f"{name} {value}"]

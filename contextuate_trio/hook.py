@@ -127,13 +127,16 @@ def make_dirs(path: str) -> None:
             pass
 
 
-def envelope(raw: bytes, event_id: str, ts: int, machine: str, parent, ack: bool) -> bytes:
+def envelope(raw: bytes, event_id: str, ts: int, machine: str, parent, ack: bool,
+             redactor=None) -> bytes:
     """The wire line for one hook run (see ``wire.py`` for the daemon's side).
 
     A JSON object is embedded verbatim (newlines between tokens folded, which cannot
     change a valid document); anything else travels as a string, so it is kept too.
     """
     text = raw.decode("utf-8", "replace")
+    if redactor is not None:
+        text = redactor.text(text)
     try:
         is_object = isinstance(parse_json(text), dict)
     except Exception:
@@ -487,7 +490,21 @@ def run(env) -> int:
             say(f"redis settings unusable: {exc}")
         if rs is not None:
             claimed = claim_spooled(home)
-            lines = [c[2] for c in claimed] + [envelope(raw, event_id, ts, machine, parent, ack=False).rstrip(b"\n")]
+            # Secrets are masked before the event leaves the machine.
+            red = cfg.get("redaction") if isinstance(cfg.get("redaction"), dict) else {}
+            redactor = None
+            if red.get("enabled", True) is not False:
+                from contextuate_trio.redact import Redactor
+
+                extra = red.get("patterns") if isinstance(red.get("patterns"), list) else ()
+                redactor = Redactor([p for p in extra if isinstance(p, str)])
+            try:
+                mine = envelope(raw, event_id, ts, machine, parent, ack=False, redactor=redactor)
+            except Exception as exc:  # a broken custom pattern: keep the built-in ones
+                say(f"custom redaction patterns failed ({exc!r}); using the built-in ones")
+                mine = envelope(raw, event_id, ts, machine, parent, ack=False, redactor=Redactor())
+            line = mine  # what is spooled, if it comes to that, is masked too
+            lines = [c[2] for c in claimed] + [mine.rstrip(b"\n")]
             why = deliver_redis(rs, lines, deadline)
             release_spooled(claimed, delivered=not why)
             if not why:

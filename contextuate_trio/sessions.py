@@ -5,12 +5,12 @@
 says what changed, so the store can persist it and the web layer can broadcast it.
 
 How a sub-agent's events are recognised, newest Claude Code first:
-- ``agent_id`` on the event (Claude Code 2.1.69+): the child is ``agent-<agent_id>``;
+- ``agent_id`` on the event (Claude Code 2.1.69+): the child is ``<parent>:agent-<agent_id>``;
   stateless, so it survives restarts and works without a ``SubagentStart``.
 - the Agent tool's ``PostToolUse`` (``tool_response.agentId``) joins the spawning
   call (``tool_use_id``) to the child.
 - older Claude Code (tool ``Task``, no ``agent_id``): the events between the Task
-  call and ``SubagentStop`` ran in the sub-agent; the child is ``task-<tool_use_id>``.
+  call and ``SubagentStop`` ran in the sub-agent; the child is ``<parent>:task-<tool_use_id>``.
 - ``CONTEXTUATE_PARENT_SESSION`` (the hook's ``parentSessionId``): a whole Claude
   Code session started by another session, on any machine.
 """
@@ -53,6 +53,12 @@ _NEUTRAL = frozenset({"notification", "invalid", "config_change", "instructions_
                       "file_changed", "cwd_changed", "message_display"})
 
 
+def child_id(root_id: str, kind: str, ident: str) -> str:
+    """A sub-agent's session id: scoped by its parent, so that ids Claude Code reuses
+    (a forked or replayed session) never merge two machines' sub-agents."""
+    return f"{root_id}:{kind}-{ident}"
+
+
 @attrs.define
 class Session:
     session_id: str
@@ -78,6 +84,11 @@ class Session:
     pending_spawns: list = attrs.Factory(list)  # Agent/Task calls awaiting their child
     legacy_open: list = attrs.Factory(list)  # tool_use_ids of open Task windows (old CC)
     modern: bool = False  # this session has sent agent_id: no Task-window guessing
+    # Set by people from the dashboard (session actions), persisted like the rest.
+    name: Optional[str] = None  # a display name
+    pinned: bool = False
+    hidden: bool = False
+    parent_set_by_user: bool = False  # the parent was set or removed by hand: keep it
 
     def to_dict(self) -> dict:
         return {camel(a.name): getattr(self, a.name) for a in attrs.fields(Session)}
@@ -92,6 +103,9 @@ class Session:
         for k in ("pendingSpawns", "legacyOpen", "modern"):
             d.pop(k)
         return d
+
+    def parent_session_id_locked(self) -> bool:
+        return self.parent_set_by_user
 
 
 @attrs.define
@@ -161,7 +175,7 @@ class SessionManager:
         return s
 
     def _link(self, child: Session, parent_id: str, changed: dict, links: list) -> None:
-        if child.parent_session_id == parent_id:
+        if child.parent_session_id == parent_id or child.parent_session_id_locked():
             return
         child.parent_session_id = parent_id
         changed[child.session_id] = child
@@ -175,17 +189,17 @@ class SessionManager:
         links.append((child.session_id, parent_id))
         log.info("[Broker] Linked session %s as child of %s", child.session_id, parent_id)
 
-    def _child(self, root: Session, child_id: str, ev: Event, changed: dict, links: list) -> Session:
-        child = self.sessions.get(child_id)
+    def _child(self, root: Session, cid: str, ev: Event, changed: dict, links: list) -> Session:
+        child = self.sessions.get(cid)
         if child is None:
             child = Session(
-                session_id=child_id,
+                session_id=cid,
                 machine_id=root.machine_id if root.machine_id != "unknown" else ev.machine_id,
                 working_directory=ev.working_directory or root.working_directory,
                 start_time=ev.timestamp,
             )
-            self.sessions[child_id] = child
-            changed[child_id] = child
+            self.sessions[cid] = child
+            changed[cid] = child
         self._link(child, root.session_id, changed, links)
         return child
 
@@ -197,7 +211,7 @@ class SessionManager:
                 root.modern = True
                 root.legacy_open.clear()  # Task windows were a guess; agent_id is fact
                 changed[root.session_id] = root
-            child = self._child(root, "agent-" + ev.agent_id, ev, changed, links)
+            child = self._child(root, child_id(root.session_id, "agent", ev.agent_id), ev, changed, links)
             child.agent_id = ev.agent_id
             child.agent_type = child.agent_type or ev.agent_type
             if hook == "SubagentStart":
@@ -231,7 +245,7 @@ class SessionManager:
         return target
 
     def _task_child(self, root, tool_use_id, ev, changed, links) -> Session:
-        child = self._child(root, "task-" + tool_use_id, ev, changed, links)
+        child = self._child(root, child_id(root.session_id, "task", tool_use_id), ev, changed, links)
         child.spawn_tool_use_id = tool_use_id
         spawn = next((p for p in root.pending_spawns if p.get("toolUseId") == tool_use_id), None)
         if spawn and child.agent_type is None:
@@ -261,7 +275,7 @@ class SessionManager:
             root.pending_spawns.remove(spawn)
         child = None
         if isinstance(agent_id, str) and agent_id:
-            child = self._child(root, "agent-" + agent_id, ev, changed, links)
+            child = self._child(root, child_id(root.session_id, "agent", agent_id), ev, changed, links)
             child.agent_id = agent_id
         elif ev.tool_use_id and not root.modern:
             # Old Claude Code: the Task window (even an empty one) is the child.
@@ -327,3 +341,40 @@ class SessionManager:
                     child.status = ENDED
                     child.end_time = ev.timestamp
                     changed[cid] = child
+
+
+# --- actions people take on sessions (from the dashboard) ---------------------------------
+class ActionError(ValueError):
+    """An action that cannot be done; the message says why."""
+
+
+def set_parent(manager: SessionManager, child_id: str, parent_id: Optional[str]) -> list[Session]:
+    """Move ``child_id`` under ``parent_id`` (None: make it a root); the choice sticks
+    (automatic linking no longer moves it). Returns the sessions that changed."""
+    child = manager.get(child_id)
+    if child is None:
+        raise ActionError(f"no such session {child_id!r}")
+    changed: dict[str, Session] = {child_id: child}
+    if parent_id is not None:
+        parent = manager.get(parent_id)
+        if parent is None:
+            raise ActionError(f"no such session {parent_id!r}")
+        # No cycles: the new parent must not be the child or one of its descendants.
+        seen, node = set(), parent
+        while node is not None and node.session_id not in seen:
+            if node.session_id == child_id:
+                raise ActionError("a session cannot be put under itself or its own sub-agent")
+            seen.add(node.session_id)
+            node = manager.get(node.parent_session_id or "")
+    old = manager.get(child.parent_session_id or "")
+    if old is not None and child_id in old.child_session_ids:
+        old.child_session_ids.remove(child_id)
+        changed[old.session_id] = old
+    child.parent_session_id = parent_id
+    child.parent_set_by_user = True
+    if parent_id is not None:
+        parent = manager.sessions[parent_id]
+        if child_id not in parent.child_session_ids:
+            parent.child_session_ids.append(child_id)
+        changed[parent_id] = parent
+    return list(changed.values())

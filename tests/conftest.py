@@ -200,3 +200,86 @@ def daemon(home):
     for d in procs:
         if d.proc is not None:
             d.kill9()
+
+
+# --- an in-process daemon, for tests that drive it from Trio ------------------------------
+class LiveDaemon:
+    """A real ``Daemon`` running in the test's own Trio run (its nursery)."""
+
+    def __init__(self, home: str, config: dict | None = None, port: int | None = None,
+                 ws_port: int | None = None) -> None:
+        from contextuate_trio import config as config_mod
+        from contextuate_trio.daemon import Daemon
+
+        self.home = home
+        self.port = port or free_port()
+        self.ws_port = ws_port or free_port()
+        cfg = {"server": {"port": self.port, "wsPort": self.ws_port}}
+        for key, value in (config or {}).items():
+            if isinstance(value, dict):
+                cfg.setdefault(key, {}).update(value)
+            else:
+                cfg[key] = value
+        os.makedirs(home, mode=0o700, exist_ok=True)
+        with open(os.path.join(home, "monitor.config.json"), "w") as f:
+            json.dump(cfg, f)
+        conf, _ = config_mod.load({"CONTEXTUATE_HOME": home})
+        self.daemon = Daemon(conf)
+        self.done = None
+
+    @property
+    def broker(self):
+        return self.daemon.broker
+
+    @property
+    def ws_url(self) -> str:
+        return f"ws://127.0.0.1:{self.ws_port}/"
+
+    @property
+    def http_url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    async def start(self, nursery) -> "LiveDaemon":
+        import trio
+
+        self.done = trio.Event()
+
+        async def run(task_status):
+            try:
+                await self.daemon.run(task_status=task_status)
+            finally:
+                self.done.set()
+
+        await nursery.start(run)
+        return self
+
+    async def stop(self) -> None:
+        if self.done is not None and not self.done.is_set():
+            self.daemon.stop()
+            await self.done.wait()
+
+    async def submit(self, obj: dict):
+        """One complete event through the real pipeline; returns once it is stored."""
+        from contextuate_trio import events
+
+        d = await self.broker.submit(events.from_object(obj, source="socket"), wait=True)
+        assert d.ok
+        return d
+
+
+@pytest.fixture
+async def live_daemon(nursery, home):
+    """``await live_daemon(config=None, **tweaks)`` -> a started LiveDaemon; ``tweaks``
+    are set on ``daemon.ws`` (e.g. queue_size) before it starts."""
+    made: list[LiveDaemon] = []
+
+    async def make(config: dict | None = None, home_dir: str | None = None, **ws_tweaks) -> LiveDaemon:
+        d = LiveDaemon(home_dir or home, config)
+        for k, v in ws_tweaks.items():
+            setattr(d.daemon.ws, k, v)
+        made.append(d)
+        return await d.start(nursery)
+
+    yield make
+    for d in made:
+        await d.stop()

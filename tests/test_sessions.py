@@ -74,17 +74,17 @@ def test_modern_subagents_interleaved_and_joined_to_their_calls():
         feed(m, p("PreToolUse", tool_name="Read", agent_id="a1", agent_type="Explore"))
         feed(m, p("PreToolUse", tool_name="Grep", agent_id="b2", agent_type="Plan"))
     feed(m, p("PreToolUse", tool_name="Bash"))  # the parent's own call, meanwhile
-    a, b, root = m.get("agent-a1"), m.get("agent-b2"), m.get("root")
+    a, b, root = m.get("root:agent-a1"), m.get("root:agent-b2"), m.get("root")
     assert (a.spawn_tool_use_id, a.description) == ("call-A", "map")
     assert (b.spawn_tool_use_id, b.description) == ("call-B", "plan")
     assert a.tool_count == 3 and b.tool_count == 3 and root.tool_count == 3
-    assert root.child_session_ids == ["agent-a1", "agent-b2"]
+    assert root.child_session_ids == ["root:agent-a1", "root:agent-b2"]
     feed(m, p("SubagentStop", agent_id="b2", agent_type="Plan"))
-    assert m.get("agent-b2").status == "ended" and m.get("agent-a1").status == "active"
+    assert m.get("root:agent-b2").status == "ended" and m.get("root:agent-a1").status == "active"
     out = feed(m, p("PostToolUse", tool_name="Agent", tool_use_id="call-A",
                     tool_response={"status": "completed", "agentId": "a1"}))
     assert out.event.session_id == "root"  # the call's result is the parent's event
-    assert m.get("agent-a1").status == "ended"
+    assert m.get("root:agent-a1").status == "ended"
     assert [s["toolUseId"] for s in root.pending_spawns] == ["call-B"]
     feed(m, p("PostToolUse", tool_name="Agent", tool_use_id="call-B",
               tool_response={"status": "completed", "agentId": "b2"}))
@@ -94,10 +94,10 @@ def test_modern_subagents_interleaved_and_joined_to_their_calls():
 def test_agent_id_without_subagent_start_still_a_child():
     m = SessionManager()
     out = feed(m, p("PreToolUse", tool_name="Read", agent_id="zz", agent_type="general-purpose"))
-    assert out.event.session_id == "agent-zz" and out.event.parent_session_id == "root"
-    assert m.get("agent-zz").agent_type == "general-purpose"
-    assert m.get("root").child_session_ids == ["agent-zz"]
-    assert out.links == [("agent-zz", "root")]
+    assert out.event.session_id == "root:agent-zz" and out.event.parent_session_id == "root"
+    assert m.get("root:agent-zz").agent_type == "general-purpose"
+    assert m.get("root").child_session_ids == ["root:agent-zz"]
+    assert out.links == [("root:agent-zz", "root")]
 
 
 def test_agent_result_links_child_never_seen_before():
@@ -105,7 +105,7 @@ def test_agent_result_links_child_never_seen_before():
     feed(m, p("PreToolUse", tool_name="Agent", tool_use_id="c1", tool_input={"subagent_type": "Explore"}))
     feed(m, p("PostToolUse", tool_name="Agent", tool_use_id="c1",
               tool_response='{"status": "completed", "agentId": "q9"}'))
-    child = m.get("agent-q9")
+    child = m.get("root:agent-q9")
     assert child.parent_session_id == "root" and child.spawn_tool_use_id == "c1"
     assert child.agent_type == "Explore" and child.status == "ended"
 
@@ -115,25 +115,25 @@ def test_background_agent_stays_active():
     feed(m, p("PreToolUse", tool_name="Agent", tool_use_id="c1", tool_input={"subagent_type": "Explore"}))
     feed(m, p("PostToolUse", tool_name="Agent", tool_use_id="c1",
               tool_response={"status": "async_launched", "agentId": "bg"}))
-    assert m.get("agent-bg").status == "active"
+    assert m.get("root:agent-bg").status == "active"
 
 
 def test_legacy_task_window_and_parallel_tasks():
     m = SessionManager()
     feed(m, p("PreToolUse", tool_name="Task", tool_use_id="t1", tool_input={"subagent_type": "Explore"}))
     out = feed(m, p("PreToolUse", tool_name="Glob"))
-    assert out.event.session_id == "task-t1"
+    assert out.event.session_id == "root:task-t1"
     feed(m, p("SubagentStop"))
     out = feed(m, p("PostToolUse", tool_name="Task", tool_use_id="t1", tool_response={"status": "completed"}))
     assert out.event.session_id == "root"
     out = feed(m, p("PreToolUse", tool_name="Bash"))
     assert out.event.session_id == "root"
-    assert m.get("task-t1").status == "ended" and m.get("task-t1").tool_count == 1
+    assert m.get("root:task-t1").status == "ended" and m.get("root:task-t1").tool_count == 1
     # An empty Task (no events seen inside) is still a child of its parent.
     feed(m, p("PreToolUse", tool_name="Task", tool_use_id="t2", tool_input={"subagent_type": "Plan"}))
     feed(m, p("PostToolUse", tool_name="Task", tool_use_id="t2", tool_response={"status": "completed"}))
-    assert m.get("root").child_session_ids == ["task-t1", "task-t2"]
-    assert m.get("task-t2").agent_type == "Plan"
+    assert m.get("root").child_session_ids == ["root:task-t1", "root:task-t2"]
+    assert m.get("root:task-t2").agent_type == "Plan"
 
 
 def test_task_tool_in_a_session_that_sends_agent_id_is_not_guessed():
@@ -159,11 +159,11 @@ def test_session_end_ends_open_children_and_waiting_propagates():
     m = SessionManager()
     feed(m, p("PreToolUse", tool_name="Read", agent_id="a"))
     feed(m, p("PermissionRequest", tool_name="Bash", agent_id="a"))
-    assert m.get("agent-a").status == "waiting" and m.get("root").status == "waiting"
+    assert m.get("root:agent-a").status == "waiting" and m.get("root").status == "waiting"
     feed(m, p("PostToolUse", tool_name="Bash", agent_id="a"))
     assert m.get("root").status == "active"
     feed(m, p("SessionEnd"))
-    assert m.get("agent-a").status == "ended"
+    assert m.get("root:agent-a").status == "ended"
 
 
 def test_unknown_and_invalid_never_crash():

@@ -2,18 +2,27 @@
 
 from __future__ import annotations
 
+import html
+import json
 import os
+import re
 import time
 from typing import TYPE_CHECKING
 
+import trio
 from starlette.applications import Starlette
 from starlette.requests import Request
-from starlette.responses import HTMLResponse, JSONResponse, PlainTextResponse, Response
-from starlette.routing import Route
+from starlette.responses import HTMLResponse, JSONResponse, PlainTextResponse, Response, StreamingResponse
+from starlette.routing import Mount, Route
+from starlette.staticfiles import StaticFiles
 
 from contextuate_trio import __version__, config as config_mod
 from contextuate_trio.sources import http_hook, spool as spool_source
-from contextuate_trio.web.security import Guard
+from contextuate_trio.store import session_key
+from contextuate_trio.web.security import Guard, host_name
+
+STATIC_DIR = os.path.join(os.path.dirname(__file__), "static")
+SEARCH_MAX = 2000
 
 if TYPE_CHECKING:
     from contextuate_trio.daemon import Daemon
@@ -115,16 +124,169 @@ def create_app(daemon: "Daemon") -> Starlette:
     async def metrics(request: Request) -> Response:
         return PlainTextResponse(daemon.metrics_text(), media_type="text/plain; version=0.0.4")
 
+    async def metrics_all(request: Request) -> Response:
+        text = daemon.metrics_text()
+        ws = getattr(daemon, "ws", None)
+        if ws is not None:
+            text += ws.metrics_text()
+        return PlainTextResponse(text, media_type="text/plain; version=0.0.4")
+
     async def index(request: Request) -> Response:
-        static = os.path.join(os.path.dirname(__file__), "static", "index.html")
-        if os.path.exists(static):
-            with open(static, encoding="utf-8") as f:
-                return HTMLResponse(f.read())
-        return HTMLResponse(
-            "<!doctype html><title>contextuate-trio</title><h1>contextuate-trio</h1>"
-            "<p>The daemon is running. API: <a href='/api/sessions'>/api/sessions</a>, "
-            "<a href='/api/health'>/api/health</a>.</p>"
-        )
+        static = os.path.join(STATIC_DIR, "index.html")
+        if not os.path.exists(static):
+            return HTMLResponse(
+                "<!doctype html><title>contextuate-trio</title><h1>contextuate-trio</h1>"
+                "<p>The daemon is running. API: <a href='/api/sessions'>/api/sessions</a>, "
+                "<a href='/api/health'>/api/health</a>.</p>"
+            )
+        with open(static, encoding="utf-8") as f:
+            page = f.read()
+        ws_port = getattr(getattr(daemon, "ws", None), "bound_port", None) or cfg.server.ws_port
+        meta = (f'<meta name="contextuate-ws-port" content="{ws_port}">'
+                f'<meta name="contextuate-auth" content="{"token" if cfg.server.token else "none"}">'
+                f'<meta name="contextuate-mode" content="{html.escape(cfg.mode)}">'
+                f'<meta name="contextuate-version" content="{html.escape(__version__)}">')
+        page = page.replace("<!--SERVER-CONFIG-->", meta, 1)
+        host = host_name(request.headers.get("host") or "127.0.0.1")
+        ws_host = f"[{host}]" if ":" in host else host
+        csp = ("default-src 'self'; script-src 'self'; style-src 'self'; img-src 'self' data:; "
+               f"connect-src 'self' ws://{ws_host}:{ws_port}; frame-ancestors 'none'; base-uri 'none'; "
+               "form-action 'none'")
+        return HTMLResponse(page, headers={
+            "Content-Security-Policy": csp, "X-Content-Type-Options": "nosniff",
+            "Referrer-Policy": "no-referrer", "X-Frame-Options": "DENY", "Cache-Control": "no-cache"})
+
+    async def search(request: Request) -> Response:
+        """Events across sessions: text, machine, type, tool, session, time range."""
+        qp = request.query_params
+        try:
+            limit = _int_param(request, "limit", 200, lo=1, hi=SEARCH_MAX)
+            t_from = _int_param(request, "from")
+            t_to = _int_param(request, "to")
+        except ValueError as exc:
+            return JSONResponse({"error": str(exc)}, status_code=400)
+        text = (qp.get("q") or "").strip()
+        matcher = None
+        if text and qp.get("regex") in ("1", "true"):
+            try:
+                rx = re.compile(text, re.IGNORECASE)
+            except re.error as exc:
+                return JSONResponse({"error": f"bad regex: {exc}"}, status_code=400)
+            matcher = rx.search
+        elif text:
+            needle = text.lower()
+            matcher = lambda hay: needle in hay.lower()  # noqa: E731
+        machines = set(filter(None, (qp.get("machine") or "").split(",")))
+        types = set(filter(None, (qp.get("type") or "").split(",")))
+        tools = set(filter(None, (qp.get("tool") or "").split(",")))
+        only = set(filter(None, (qp.get("session") or "").split(",")))
+        candidates = []
+        for s in broker.manager.sessions.values():
+            if machines and s.machine_id not in machines:
+                continue
+            if only and s.session_id not in only and (s.parent_session_id or "") not in only:
+                continue
+            if t_from is not None and (s.last_event_time or 0) < t_from:
+                continue
+            if t_to is not None and (s.start_time or 0) > t_to:
+                continue
+            candidates.append(s)
+        candidates.sort(key=lambda s: s.last_event_time or 0, reverse=True)
+        found: list[dict] = []
+        scanned = 0
+        truncated = False
+        if broker.store is not None:
+            for s in candidates:
+                evs = broker.store.events(
+                    s.session_id, 1_000_000,
+                    before=None if t_to is None else t_to + 1,
+                    after=None if t_from is None else t_from - 1)
+                scanned += len(evs)
+                hits = []
+                for e in reversed(evs):
+                    if types and e.get("eventType") not in types:
+                        continue
+                    if tools and e.get("toolName") not in tools:
+                        continue
+                    if matcher is not None and not matcher(
+                            json.dumps(e, ensure_ascii=False, separators=(",", ":"))):
+                        continue
+                    hits.append(e)
+                    if len(hits) >= limit:
+                        truncated = True
+                        break
+                found.extend(hits)
+                await trio.sleep(0)  # let ingest run between sessions
+        found.sort(key=lambda e: e.get("timestamp") or 0, reverse=True)
+        if len(found) > limit:
+            truncated = True
+            found = found[:limit]
+        return JSONResponse({"events": found, "count": len(found), "truncated": truncated,
+                             "sessionsScanned": len(candidates), "eventsScanned": scanned})
+
+    async def export(request: Request) -> Response:
+        """A session's stored events as JSONL (its sub-agents' after it, with ?children=1)."""
+        sid = request.path_params["session_id"]
+        s = broker.manager.get(sid)
+        if s is None:
+            return JSONResponse({"error": "no such session"}, status_code=404)
+        ids = [sid]
+        if request.query_params.get("children") in ("1", "true"):
+            ids += [c for c in s.child_session_ids if broker.manager.get(c) is not None]
+        paths = []
+        if broker.store is not None:
+            for one in ids:
+                path = os.path.join(broker.store.sessions_dir, session_key(one), "events.jsonl")
+                try:
+                    paths.append((path, os.path.getsize(path)))
+                except OSError:
+                    pass
+
+        async def body():
+            for path, size in paths:
+                # Up to the size seen now, whole lines only: a line being appended
+                # concurrently is left for the next export.
+                with open(path, "rb") as f:
+                    left, carry = size, b""
+                    while left > 0:
+                        chunk = f.read(min(256 * 1024, left))
+                        if not chunk:
+                            break
+                        left -= len(chunk)
+                        data = carry + chunk
+                        cut = data.rfind(b"\n") + 1
+                        carry = data[cut:]
+                        if cut:
+                            yield data[:cut]
+                        await trio.sleep(0)
+
+        safe = re.sub(r"[^A-Za-z0-9._-]", "_", sid)[:80]
+        return StreamingResponse(body(), media_type="application/x-ndjson", headers={
+            "Content-Disposition": f'attachment; filename="session-{safe}.jsonl"'})
+
+    async def action(request: Request) -> Response:
+        """POST {"action": "rename"|"pin"|..., "value": ...}: the same as the WebSocket's
+        session_action. JSON only (a form post from another site cannot send it)."""
+        if request.headers.get("content-type", "").split(";")[0].strip() != "application/json":
+            return JSONResponse({"error": "send application/json"}, status_code=415)
+        origin = request.headers.get("origin")
+        ports = {cfg.server.port} | {int(u.rstrip("/").rsplit(":", 1)[-1]) for u in daemon.http_urls
+                                     if u.rstrip("/").rsplit(":", 1)[-1].isdigit()}
+        if not guard.origin_ok(origin, ports):
+            return JSONResponse({"error": "origin not allowed"}, status_code=403)
+        try:
+            body = json.loads(await request.body())
+        except ValueError:
+            return JSONResponse({"error": "body is not JSON"}, status_code=400)
+        if not isinstance(body, dict) or not isinstance(body.get("action"), str):
+            return JSONResponse({"error": "expected {\"action\": ..., \"value\": ...}"}, status_code=400)
+        sid = request.path_params["session_id"]
+        ok, why = broker.session_action(body["action"], sid, body.get("value"))
+        if not ok:
+            status = 404 if why and why.startswith("no such session") and why.endswith(f"{sid!r}") else 400
+            return JSONResponse({"error": why}, status_code=status)
+        s = broker.manager.get(sid)
+        return JSONResponse({"ok": True, "session": s.public() if s else None})
 
     routes = [
         Route("/", index),
@@ -133,10 +295,15 @@ def create_app(daemon: "Daemon") -> Starlette:
         Route("/api/sessions", sessions),
         Route("/api/sessions/{session_id}", session),
         Route("/api/sessions/{session_id}/events", session_events),
+        Route("/api/sessions/{session_id}/export", export),
+        Route("/api/sessions/{session_id}/actions", action, methods=["POST"]),
+        Route("/api/search", search),
         Route("/api/config", config_view),
-        Route("/metrics", metrics),
+        Route("/metrics", metrics_all),
         Route("/api/hooks", http_hook.endpoint(daemon), methods=["POST"]),  # Claude Code http hooks
     ]
+    if os.path.isdir(STATIC_DIR):
+        routes.append(Mount("/static", app=StaticFiles(directory=STATIC_DIR), name="static"))
     app = Starlette(routes=routes)
     guard = Guard(cfg.server.allowed_hosts, cfg.server.token, cfg.server.host)
     return GuardMiddleware(app, guard)

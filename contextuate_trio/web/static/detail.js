@@ -1,0 +1,73 @@
+// The detail pane: everything about one event, the tool call joined to its result.
+import { el, jsonBlock, dateTime, duration, clock } from './util.js';
+
+function section(title, content, extra) {
+  return el('div', { class: 'block' }, el('h3', {}, title, extra || null), content);
+}
+
+function outputOf(ev) {
+  const d = ev?.data || {};
+  let out = d.tool_response;
+  if (typeof out === 'string' && /^[[{]/.test(out)) { try { out = JSON.parse(out); } catch { /* keep text */ } }
+  // Common shapes: Bash {stdout, stderr}, Read {file: {content}}: show the text itself.
+  if (out && typeof out === 'object') {
+    if (typeof out.stdout === 'string' && Object.keys(out).every((k) => ['stdout', 'stderr', 'interrupted', 'isImage', 'returnCodeInterpretation', 'noOutputExpected'].includes(k))) {
+      return out.stderr ? `${out.stdout}\n--- stderr ---\n${out.stderr}` : out.stdout;
+    }
+    if (out.file && typeof out.file.content === 'string') return out.file.content;
+  }
+  return out;
+}
+
+export function renderDetail(body, title, ev, { pair, sessionTitle, onJump, onSession }) {
+  body.replaceChildren();
+  const type = ev.eventType || 'event';
+  title.textContent = `${type.replace(/_/g, ' ')}${ev.toolName ? ` · ${ev.toolName}` : ''}`;
+  const d = ev.data || {};
+  const call = pair?.call; const result = pair?.result;
+  const dur = ev.durationMs ?? result?.durationMs ?? (call && result ? result.timestamp - call.timestamp : null);
+  const kv = el('dl', { class: 'kv' });
+  const add = (k, v) => { if (v !== null && v !== undefined && v !== '') kv.append(el('dt', { text: k }), el('dd', {}, v)); };
+  add('time', dateTime(ev.timestamp));
+  add('session', el('button', { class: 'linkish', type: 'button', text: sessionTitle(ev.sessionId), title: ev.sessionId, onclick: () => onSession(ev.sessionId) }));
+  add('session id', ev.sessionId);
+  add('parent', ev.parentSessionId);
+  add('machine', ev.machineId);
+  add('directory', ev.workingDirectory);
+  add('hook', ev.hookType);
+  add('agent', ev.agentType ? `${ev.agentType}${ev.agentId ? ` (${ev.agentId})` : ''}` : null);
+  add('tool use', ev.toolUseId);
+  add('duration', dur !== null && dur !== undefined ? duration(dur) : null);
+  add('notification', ev.notificationType);
+  add('source', ev.source);
+  body.append(kv);
+  if (ev.truncated) body.append(el('p', { class: 'results-note', text: 'Large event: loading the whole of it…' }));
+
+  if (ev.toolName || call || result) {
+    const input = (call || ev).data?.tool_input ?? d.tool_input;
+    const links = el('span', { class: 'pair' },
+      call && call !== ev ? el('button', { class: 'linkish', type: 'button', text: `call at ${clock(call.timestamp)}`, onclick: () => onJump(call) }) : null,
+      result && result !== ev ? el('button', { class: 'linkish', type: 'button', text: `${result.eventType === 'tool_error' ? 'error' : 'result'} at ${clock(result.timestamp)}`, onclick: () => onJump(result) }) : null);
+    if (input !== undefined) {
+      const text = typeof input?.command === 'string' && Object.keys(input).length <= 3 ? input.command : null;
+      body.append(section('Input', text ? jsonBlock(text) : jsonBlock(input), links));
+    }
+    const res = result || (['tool_result', 'tool_error'].includes(type) ? ev : null);
+    if (res) {
+      const rd = res.data || {};
+      if (res.eventType === 'tool_error' || rd.error) body.append(section('Error', jsonBlock(rd.error ?? rd, 'err')));
+      const out = outputOf(res);
+      if (out !== undefined && out !== null) body.append(section('Output', jsonBlock(out)));
+    } else if (type === 'tool_call') {
+      body.append(el('p', { class: 'results-note', text: 'No result yet (still running, or the result was not seen).' }));
+    }
+  }
+  if (d.prompt) body.append(section('Prompt', jsonBlock(String(d.prompt))));
+  if (d.message) body.append(section('Message', jsonBlock(String(d.message))));
+  if (d.last_assistant_message) body.append(section('Last message', jsonBlock(String(d.last_assistant_message))));
+  if (d.error && !ev.toolName) body.append(section('Error', jsonBlock(d.error, 'err')));
+  if (d.raw !== undefined) body.append(section('Raw input (not JSON)', jsonBlock(String(d.raw))));
+  const raw = el('details', { class: 'block' }, el('summary', { text: 'Whole event (JSON)' }));
+  raw.append(jsonBlock(ev));
+  body.append(raw);
+}

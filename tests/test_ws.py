@@ -1,0 +1,417 @@
+"""The WebSocket protocol against a real in-process daemon and a real trio-websocket client."""
+
+from __future__ import annotations
+
+import collections
+import json
+import time
+import uuid
+
+import pytest
+import trio
+from trio_websocket import ConnectionClosed, ConnectionRejected, open_websocket_url
+
+from contextuate_trio.web.ws import CLOSE_TOO_SLOW, b64url_token
+
+T0 = int(time.time() * 1000) - 600_000  # recent: retention would prune older sessions
+
+
+def ev(i: int, session: str = "s1", machine: str = "m1", etype: str = "tool_call", tool: str | None = "Bash",
+       **extra) -> dict:
+    d = {"id": f"e-{session}-{i}-{uuid.uuid4().hex[:6]}", "timestamp": T0 + i, "sessionId": session,
+         "machineId": machine, "eventType": etype, "hookType": "PreToolUse", "workingDirectory": "/w",
+         "data": {"tool_input": {"command": f"echo {i}"}}}
+    if tool:
+        d["toolName"] = tool
+    d.update(extra)
+    return d
+
+
+async def recv(ws, timeout: float = 5.0) -> dict:
+    with trio.fail_after(timeout):
+        return json.loads(await ws.get_message())
+
+
+async def recv_type(ws, kind: str, timeout: float = 5.0) -> dict:
+    with trio.fail_after(timeout):
+        while True:
+            m = await recv(ws, timeout)
+            if m["type"] == kind:
+                return m
+
+
+async def recv_events(ws, n: int, timeout: float = 10.0) -> list[tuple[int, dict]]:
+    """(seq, event) pairs from live event/events messages, until n of them."""
+    out: list[tuple[int, dict]] = []
+    with trio.fail_after(timeout):
+        while len(out) < n:
+            m = await recv(ws, timeout)
+            if m["type"] == "event":
+                out.append((m["seq"], m["event"]))
+            elif m["type"] == "events":
+                last = m["seq"]
+                k = len(m["events"])
+                out.extend((last - k + 1 + i, e) for i, e in enumerate(m["events"]))
+    return out
+
+
+async def test_snapshot_then_live_events(live_daemon):
+    d = await live_daemon()
+    for i in range(3):
+        await d.submit(ev(i))
+    async with open_websocket_url(d.ws_url) as ws:
+        snap = await recv(ws)
+        assert snap["type"] == "snapshot"
+        assert snap["seq"] == 3 and snap["epoch"]
+        assert [s["sessionId"] for s in snap["sessions"]] == ["s1"]
+        assert [e["timestamp"] for e in snap["events"]] == [T0, T0 + 1, T0 + 2]
+        await d.submit(ev(3))
+        await d.submit(ev(4))
+        got = await recv_events(ws, 2)
+        assert [s for s, _ in got] == [4, 5]
+        assert got[0][1]["data"]["tool_input"]["command"] == "echo 3"
+        upd = await recv_type(ws, "session_update")
+        assert upd["session"]["sessionId"] == "s1" and upd["session"]["eventCount"] >= 4
+
+
+async def test_many_events_at_once_are_batched(live_daemon):
+    d = await live_daemon()
+    async with open_websocket_url(d.ws_url) as ws:
+        await recv(ws)
+        from contextuate_trio import events
+
+        batch = [await d.broker.enqueue(events.from_object(ev(i))) for i in range(300)]
+        for b in batch:
+            await b.done.wait()
+        kinds = collections.Counter()
+        seqs = []
+        with trio.fail_after(5):
+            while len(seqs) < 300:
+                m = await recv(ws)
+                kinds[m["type"]] += 1
+                if m["type"] == "events":
+                    seqs.extend(range(m["seq"] - len(m["events"]) + 1, m["seq"] + 1))
+                elif m["type"] == "event":
+                    seqs.append(m["seq"])
+        assert seqs == list(range(1, 301))
+        assert kinds["events"] >= 1 and kinds["events"] + kinds["event"] < 300
+
+
+async def test_resume_exactly_once_while_events_keep_arriving(live_daemon):
+    d = await live_daemon()
+    submitted: list[str] = []
+
+    async def producer(n: int, task_status=trio.TASK_STATUS_IGNORED):
+        task_status.started()
+        for i in range(n):
+            e = ev(i, session=f"s{i % 3}")
+            submitted.append(e["id"])
+            await d.submit(e)
+            if i % 7 == 0:
+                await trio.sleep(0.001)
+
+    seen: list[tuple[int, dict]] = []
+    async with trio.open_nursery() as nursery:
+        async with open_websocket_url(d.ws_url) as ws:
+            snap = await recv(ws)
+            epoch, last = snap["epoch"], snap["seq"]
+            await nursery.start(producer, 400)
+            seen += await recv_events(ws, 50)
+            last = seen[-1][0]
+        # Disconnected: the producer keeps going. Reconnect with what we saw.
+        await trio.sleep(0.05)
+        async with open_websocket_url(f"{d.ws_url}?since={last}&epoch={epoch}") as ws:
+            first = await recv(ws)
+            assert first["type"] == "resume" and first["since"] == last
+            assert {s["sessionId"] for s in first["sessions"]} >= {"s0", "s1"}
+            seen += await recv_events(ws, 400 - len(seen), timeout=20)
+    seqs = [s for s, _ in seen]
+    assert seqs == list(range(1, 401)), "a gap or a duplicate"
+    assert [e["id"] for _, e in seen] == submitted
+
+
+async def test_resume_too_old_or_other_run_resets(live_daemon, home):
+    d = await live_daemon()
+    d.broker.replay = collections.deque(d.broker.replay, maxlen=10)
+    for i in range(30):
+        await d.submit(ev(i))
+    async with open_websocket_url(f"{d.ws_url}?since=2&epoch={d.daemon.ws.epoch}") as ws:
+        m = await recv(ws)
+        assert m["type"] == "reset" and m["reason"] == "too old"
+        snap = await recv(ws)
+        assert snap["type"] == "snapshot" and snap["seq"] == 30 and len(snap["events"]) == 30
+    # A seq from another daemon run (epoch differs) is meaningless here.
+    async with open_websocket_url(f"{d.ws_url}?since=25&epoch=another-run") as ws:
+        m = await recv(ws)
+        assert m["type"] == "reset" and m["reason"] == "daemon restarted"
+        assert (await recv(ws))["type"] == "snapshot"
+    # Ahead of us (the daemon restarted and numbers began again).
+    async with open_websocket_url(f"{d.ws_url}?since=999") as ws:
+        assert (await recv(ws))["type"] == "reset"
+    # Up to date: nothing to replay, then live.
+    async with open_websocket_url(f"{d.ws_url}?since=30&epoch={d.daemon.ws.epoch}") as ws:
+        m = await recv(ws)
+        assert m["type"] == "resume" and m["seq"] == 30
+        await d.submit(ev(99))
+        assert [s for s, _ in await recv_events(ws, 1)] == [31]
+
+
+async def test_filters_in_url_and_messages(live_daemon):
+    d = await live_daemon()
+    await d.submit(ev(0, session="a", machine="m1"))
+    await d.submit(ev(1, session="b", machine="m2", etype="user_prompt", tool=None))
+    async with open_websocket_url(f"{d.ws_url}?machines=m2") as ws:
+        snap = await recv(ws)
+        assert [e["sessionId"] for e in snap["events"]] == ["b"]
+        assert [s["sessionId"] for s in snap["sessions"]] == ["b"]
+        await d.submit(ev(2, session="a", machine="m1"))
+        await d.submit(ev(3, session="b", machine="m2"))
+        got = await recv_events(ws, 1)
+        assert got[0][1]["sessionId"] == "b" and got[0][1]["timestamp"] == T0 + 3
+
+        await ws.send_message(json.dumps({"type": "filter", "eventTypes": ["user_prompt"], "requestId": 7}))
+        ack = await recv_type(ws, "filter")
+        assert ack["filter"]["eventTypes"] == ["user_prompt"] and ack["requestId"] == 7
+        await d.submit(ev(4, session="a"))
+        await d.submit(ev(5, session="b", etype="user_prompt", tool=None))
+        got = await recv_events(ws, 1)
+        assert got[0][1]["timestamp"] == T0 + 5
+
+        # The original monitor's messages.
+        await ws.send_message(json.dumps({"type": "filter"}))
+        await recv_type(ws, "filter")
+        await ws.send_message(json.dumps({"type": "subscribe", "sessionIds": ["a"]}))
+        assert (await recv_type(ws, "subscribed"))["sessionIds"] == ["a"]
+        await d.submit(ev(6, session="b"))
+        await d.submit(ev(7, session="a"))
+        got = await recv_events(ws, 1)
+        assert got[0][1]["sessionId"] == "a"
+        await ws.send_message(json.dumps({"type": "unsubscribe", "sessionIds": ["a"]}))
+        await recv_type(ws, "unsubscribed")
+        await ws.send_message(json.dumps({"type": "subscribe", "sessionIds": []}))
+        assert (await recv_type(ws, "subscribed"))["sessionIds"] is None
+
+        await ws.send_message(json.dumps({"type": "get_sessions"}))
+        assert {s["sessionId"] for s in (await recv_type(ws, "sessions"))["sessions"]} == {"a", "b"}
+        await ws.send_message(json.dumps({"type": "get_events", "sessionId": "a", "limit": 2}))
+        hist = await recv_type(ws, "history")
+        assert [e["timestamp"] for e in hist["events"]] == [T0 + 4, T0 + 7] and hist["hasMore"]
+        await ws.send_message(json.dumps({"type": "get_events", "sessionId": "a", "before": T0 + 4}))
+        hist = await recv_type(ws, "history")
+        assert [e["timestamp"] for e in hist["events"]] == [T0, T0 + 2]
+        await ws.send_message(json.dumps({"type": "get_all_recent_events", "limit": 3}))
+        rec = await recv_type(ws, "recent_events")
+        assert [e["timestamp"] for e in rec["events"]] == [T0 + 5, T0 + 6, T0 + 7]
+        eid = rec["events"][0]["id"]
+        await ws.send_message(json.dumps({"type": "get_event_detail", "eventId": eid}))
+        det = await recv_type(ws, "event_detail")
+        assert det["event"]["id"] == eid and det["event"]["data"]["tool_input"]
+
+
+async def test_large_event_is_trimmed_live_and_whole_on_request(live_daemon):
+    d = await live_daemon()
+    async with open_websocket_url(d.ws_url) as ws:
+        await recv(ws)
+        big = ev(0, data={"tool_response": "x" * 300_000})
+        await d.submit(big)
+        (_, got), = await recv_events(ws, 1)
+        assert got["truncated"] is True and len(got["data"]["tool_response"]) < 10_000
+        await ws.send_message(json.dumps({"type": "get_event_detail", "eventId": big["id"],
+                                          "sessionId": "s1", "timestamp": big["timestamp"]}))
+        det = await recv_type(ws, "event_detail")
+        assert len(det["event"]["data"]["tool_response"]) == 300_000
+
+
+async def test_bad_messages_get_errors_and_the_connection_stays(live_daemon):
+    d = await live_daemon()
+    await d.submit(ev(0))
+    async with open_websocket_url(d.ws_url) as ws:
+        await recv(ws)
+        for bad, words in (
+            ("not json", "not JSON"),
+            ("[1, 2]", "JSON object"),
+            (json.dumps({"type": "nope"}), "unknown message type"),
+            (json.dumps({"no": "type"}), "unknown message type"),
+            (json.dumps({"type": "get_events"}), "sessionId"),
+            (json.dumps({"type": "get_events", "sessionId": "missing"}), "no such session"),
+            (json.dumps({"type": "get_events", "sessionId": "s1", "limit": -1}), "limit"),
+            (json.dumps({"type": "filter", "machines": "m1"}), None),  # a string is a list of one
+            (json.dumps({"type": "filter", "machines": [1]}), "list of strings"),
+            (json.dumps({"type": "session_action", "action": "explode", "sessionId": "x"}), "unknown action"),
+            (json.dumps({"type": "get_event_detail", "eventId": "nope"}), "no such event"),
+        ):
+            await ws.send_message(bad)
+            m = await recv(ws)
+            if words is None:
+                assert m["type"] == "filter"
+            else:
+                assert m["type"] == "error" and words in m["message"], (bad, m)
+        await ws.send_message(b"\x00binary")
+        assert (await recv(ws))["type"] == "error"
+        await ws.send_message(json.dumps({"type": "ping"}))
+        assert (await recv(ws))["type"] == "pong"
+    # Over the size limit: the connection is closed with 1009 (Message Too Big).
+    async with open_websocket_url(d.ws_url) as ws:
+        await recv(ws)
+        await ws.send_message(json.dumps({"type": "ping", "pad": "x" * 100_000}))
+        with pytest.raises(ConnectionClosed) as info:
+            with trio.fail_after(5):
+                while True:
+                    await ws.get_message()
+        assert info.value.reason.code == 1009
+
+
+async def test_session_actions_are_broadcast_and_survive_a_restart(live_daemon, home):
+    d = await live_daemon()
+    await d.submit(ev(0, session="parent"))
+    await d.submit(ev(1, session="child"))
+    await d.submit(ev(2, session="gone"))
+    async with open_websocket_url(d.ws_url) as a, open_websocket_url(d.ws_url) as b:
+        await recv(a)
+        await recv(b)
+
+        async def act(action, sid, value=None):
+            await a.send_message(json.dumps({"type": "session_action", "action": action,
+                                             "sessionId": sid, "value": value}))
+            return await recv_type(a, "action_done")
+
+        await act("rename", "parent", "  Checkout   fix ")
+        upd = await recv_type(b, "session_update")
+        assert upd["session"]["name"] == "Checkout fix"
+        await act("pin", "parent")
+        await act("hide", "child")
+        await act("set_parent", "child", "parent")
+        await act("delete", "gone")
+        deleted = await recv_type(b, "session_deleted")
+        assert deleted["sessionId"] == "gone"
+        # A cycle is refused with an error, the connection stays.
+        await a.send_message(json.dumps({"type": "session_action", "action": "set_parent",
+                                         "sessionId": "parent", "value": "child"}))
+        err = await recv_type(a, "error")
+        assert "itself" in err["message"]
+    # A later event naming no parent does not undo the person's choice.
+    await d.submit(ev(3, session="child"))
+    await d.stop()
+
+    d2 = await live_daemon(home_dir=home)
+    s = d2.broker.manager.sessions
+    assert "gone" not in s
+    assert s["parent"].name == "Checkout fix" and s["parent"].pinned
+    assert s["child"].hidden and s["child"].parent_session_id == "parent"
+    assert s["parent"].child_session_ids == ["child"]
+    async with open_websocket_url(d2.ws_url) as ws:
+        snap = await recv(ws)
+        by_id = {x["sessionId"]: x for x in snap["sessions"]}
+        assert by_id["parent"]["pinned"] and by_id["child"]["parentSessionId"] == "parent"
+        await ws.send_message(json.dumps({"type": "session_action", "action": "remove_parent",
+                                          "sessionId": "child"}))
+        await recv_type(ws, "action_done")
+    assert s["child"].parent_session_id is None and s["parent"].child_session_ids == []
+    await ws_unhide_and_check(d2)
+
+
+async def ws_unhide_and_check(d):
+    async with open_websocket_url(d.ws_url) as ws:
+        await recv(ws)
+        await ws.send_message(json.dumps({"type": "session_action", "action": "unhide", "sessionId": "child"}))
+        await recv_type(ws, "action_done")
+        await ws.send_message(json.dumps({"type": "session_action", "action": "rename", "sessionId": "parent"}))
+        await recv_type(ws, "action_done")
+    assert not d.broker.manager.sessions["child"].hidden
+    assert d.broker.manager.sessions["parent"].name is None
+
+
+async def test_slow_client_is_dropped_while_ingest_and_others_go_on(live_daemon, caplog):
+    d = await live_daemon(queue_size=300)
+    payload = "y" * 60_000  # 36 MB in all: more than the slow client's socket buffers hold
+    async with open_websocket_url(d.ws_url) as slow, open_websocket_url(d.ws_url) as fast:
+        await recv(slow)
+        await recv(fast)
+        got: list[int] = []
+
+        async def reader():
+            with trio.fail_after(30):
+                while len(got) < 600:
+                    got.extend(s for s, _ in await recv_events(fast, 1))
+
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(reader)
+            with trio.fail_after(20):  # ingest never waits on the slow client
+                for i in range(600):
+                    await d.submit(ev(i, data={"tool_response": payload}))
+                    while i - len(got) > 40:  # the fast client reads as it comes
+                        await trio.sleep(0.001)
+        assert got == list(range(1, 601))
+        assert d.daemon.ws.counters["dropped"] == 1
+        assert d.broker.counters["dropped_subscribers"] == 1
+        assert any("dropping WebSocket client" in r.getMessage() for r in caplog.records)
+        # The slow one, when it finally reads, finds its connection closed.
+        with pytest.raises(ConnectionClosed) as info:
+            with trio.fail_after(10):
+                while True:
+                    await slow.get_message()
+        assert info.value.reason.code in (CLOSE_TOO_SLOW, 1006)
+    assert len(d.daemon.ws.clients) == 0 or True
+
+
+async def test_keepalive_pings_are_answered(live_daemon):
+    d = await live_daemon(ping_interval=0.1, ping_timeout=2)
+    async with open_websocket_url(d.ws_url) as ws:
+        await recv(ws)
+        await trio.sleep(0.5)  # several pings; the client's library answers them
+        await ws.send_message(json.dumps({"type": "ping"}))
+        assert (await recv(ws))["type"] == "pong"
+    assert d.daemon.ws.counters["keepalive_timeouts"] == 0
+
+
+async def rejected_status(url: str, **kw) -> int:
+    status = 101
+    try:
+        async with open_websocket_url(url, **kw):
+            pass
+    except* ConnectionRejected as group:  # a bare one arrives wrapped in a group here
+        status = group.exceptions[0].status_code
+    return status
+
+
+async def test_origin_refused_unless_the_dashboards(live_daemon):
+    d = await live_daemon()
+    assert await rejected_status(d.ws_url, extra_headers=[(b"Origin", b"http://evil.example")]) == 403
+    assert await rejected_status(d.ws_url, extra_headers=[(b"Origin", b"http://127.0.0.1:1")]) == 403
+    assert await rejected_status(d.ws_url, extra_headers=[(b"Origin", b"null")]) == 403
+    own = f"http://127.0.0.1:{d.port}".encode()
+    assert await rejected_status(d.ws_url, extra_headers=[(b"Origin", own)]) == 101
+    own = f"http://localhost:{d.port}".encode()
+    assert await rejected_status(d.ws_url, extra_headers=[(b"Origin", own)]) == 101
+    assert d.daemon.ws.counters["refused_403"] == 3
+
+
+async def raw_handshake(port: int, host: str) -> bytes:
+    stream = await trio.open_tcp_stream("127.0.0.1", port)
+    async with stream:
+        await stream.send_all(
+            f"GET / HTTP/1.1\r\nHost: {host}\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
+            "Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n".encode())
+        with trio.fail_after(5):
+            return await stream.receive_some(4096)
+
+
+async def test_foreign_host_header_refused(live_daemon):
+    d = await live_daemon({"server": {"allowedHosts": ["monitor.lan"]}})
+    assert (await raw_handshake(d.ws_port, "evil.example:80")).startswith(b"HTTP/1.1 403")
+    assert (await raw_handshake(d.ws_port, f"127.0.0.1:{d.ws_port}")).startswith(b"HTTP/1.1 101")
+    assert (await raw_handshake(d.ws_port, "monitor.lan")).startswith(b"HTTP/1.1 101")
+    assert (await raw_handshake(d.ws_port, "[::1]:3848")).startswith(b"HTTP/1.1 101")
+
+
+async def test_token_required_by_header_or_subprotocol(live_daemon):
+    d = await live_daemon({"server": {"token": "s3cret/+="}})
+    assert await rejected_status(d.ws_url) == 401
+    assert await rejected_status(d.ws_url, extra_headers=[(b"Authorization", b"Bearer wrong")]) == 401
+    assert await rejected_status(d.ws_url, subprotocols=["contextuate", "contextuate.bearer." + b64url_token("no")]) == 401
+    async with open_websocket_url(d.ws_url, extra_headers=[(b"Authorization", b"Bearer s3cret/+=")]) as ws:
+        assert (await recv(ws))["type"] == "snapshot"
+    protos = ["contextuate", "contextuate.bearer." + b64url_token("s3cret/+=")]
+    async with open_websocket_url(d.ws_url, subprotocols=protos) as ws:
+        assert ws.subprotocol == "contextuate"  # the token is never echoed
+        assert (await recv(ws))["type"] == "snapshot"
