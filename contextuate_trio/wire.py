@@ -63,17 +63,23 @@ class LineSplitter:
         return len(self._buf)
 
 
-def parse_line(line: bytes, source: Optional[str] = None) -> tuple[Event, bool]:
-    """One line -> (event, whether the producer asked for an acknowledgement)."""
+def loads(data):
+    """JSON from any producer: invalid UTF-8 replaced, ``NaN``/``Infinity`` (which
+    Python accepts and browsers do not) kept as strings; errors as ``EventError``."""
     try:
         try:
-            obj = json.loads(line)
+            return json.loads(data, parse_constant=str)
         except UnicodeDecodeError:
-            obj = json.loads(line.decode("utf-8", "replace"))
+            return json.loads(data.decode("utf-8", "replace"), parse_constant=str)
     except ValueError as exc:
         raise EventError(f"not JSON: {exc}") from None
     except RecursionError:
         raise EventError("JSON nested too deeply") from None
+
+
+def parse_line(line: bytes, source: Optional[str] = None) -> tuple[Event, bool]:
+    """One line -> (event, whether the producer asked for an acknowledgement)."""
+    obj = loads(line)
     event = from_object(obj, source)
     return event, bool(obj.get("ack") is True)
 

@@ -26,7 +26,7 @@ import anyio.to_thread
 import redis
 import trio
 
-from contextuate_trio import events
+from contextuate_trio import events, wire
 from contextuate_trio.broker import Broker
 from contextuate_trio.config import RedisConfig
 
@@ -138,9 +138,8 @@ class RedisSource:
         try:
             if isinstance(raw, dict):  # a stream entry: our field is "data"
                 raw = raw.get(b"data") or raw.get(b"event") or next(iter(raw.values()), b"")
-            obj = json.loads(raw)
-            return events.from_object(obj, source="redis")
-        except (ValueError, TypeError, RecursionError, events.EventError) as exc:
+            return events.from_object(wire.loads(raw), source="redis")
+        except (TypeError, events.EventError) as exc:
             self.broker.counters["bad_redis_messages"] += 1
             if self._bad_logged < 20:
                 self._bad_logged += 1
