@@ -37,6 +37,8 @@ log = logging.getLogger("contextuate.store")
 BLOCK = 512
 _SAFE = re.compile(r"^[A-Za-z0-9._:-]{1,120}$")
 _ID_AT_START = re.compile(rb'^\{"id":"([^"\\]+)"')
+# How the daemon writes every event line: id first, then the timestamp.
+_TS_AT_START = re.compile(rb'^\{"id":"[^"\\]*","timestamp":(\d+)[,}]')
 
 
 class StoreError(Exception):
@@ -66,6 +68,10 @@ class _Tail:
         self.end += nbytes
         self.min_ts = ts if self.min_ts is None else min(self.min_ts, ts)
         self.max_ts = ts if self.max_ts is None else max(self.max_ts, ts)
+
+    def skip(self, nbytes: int) -> None:
+        """A corrupt line: its bytes belong to the block, it is no event."""
+        self.end += nbytes
 
     def as_block(self) -> list:
         return [self.start, self.end, self.count, self.min_ts, self.max_ts]
@@ -166,14 +172,18 @@ class FileStore:
             blocks = self._rebuild_index(key)
             start = blocks[-1][1] if blocks else 0
         tail = _Tail(start)
-        for raw, ev in self._iter_lines(key, start, size):
-            tail.add(_ts(ev), len(raw))
+        for raw, ts in self._iter_timestamps(key, start, size):
+            tail.add(ts, len(raw))
+        tail.end = max(tail.end, size)  # corrupt lines count as bytes of the block
         self._tails[key] = tail
 
     def _rebuild_index(self, key: str) -> list:
         blocks = []
         tail = _Tail(0)
         for raw, ev in self._iter_lines(key, 0, self._bytes.get(key, 0)):
+            if ev is None:
+                tail.skip(len(raw))
+                continue
             tail.add(_ts(ev), len(raw))
             if tail.count >= BLOCK:
                 blocks.append(tail.as_block())
@@ -333,16 +343,50 @@ class FileStore:
             try:
                 ev = json.loads(raw)
             except ValueError:
-                log.warning("%s: skipping a corrupt line at offset ~%d", path, start)
-                start += len(raw)
-                continue
+                ev = None
+            if not isinstance(ev, dict):
+                log.warning("%s: skipping a corrupt line at offset %d", path, start)
+                ev = None
             start += len(raw)
+            yield raw, ev  # None for a corrupt line: callers still count its bytes
+
+    def _iter_timestamps(self, key: str, start: int, end: int):
+        """(line, timestamp) of each event line, like ``_iter_lines`` but without
+        parsing the lines the daemon wrote: their timestamp is read from the line's
+        start. A start-up scans every session's unindexed tail (up to BLOCK lines
+        each), and parsing them all was most of its time."""
+        lines = []
+        for raw in self._raw_lines(key, start, end):
+            offset, start = start, start + len(raw)
+            m = _TS_AT_START.match(raw)
+            if m:
+                lines.append((raw, int(m.group(1))))
+                continue
+            try:
+                ev = json.loads(raw)
+            except ValueError:
+                log.warning("session %s: skipping a corrupt line at offset ~%d", key, offset)
+                continue
             if isinstance(ev, dict):
-                yield raw, ev
+                lines.append((raw, _ts(ev)))
+        return lines
+
+    def _raw_lines(self, key: str, start: int, end: int) -> list:
+        if end <= start:
+            return []
+        path = os.path.join(self.sessions_dir, key, "events.jsonl")
+        try:
+            with open(path, "rb") as f:
+                f.seek(start)
+                data = f.read(end - start)
+        except FileNotFoundError:
+            return []
+        return data.splitlines(keepends=True)
 
     def _read_range(self, key: str, start: int, end: int):
         for _, ev in self._iter_lines(key, start, end):
-            yield ev
+            if ev is not None:
+                yield ev
 
     def events(self, session_id: str, limit: int = 100, before: Optional[int] = None,
                after: Optional[int] = None) -> list[dict]:
