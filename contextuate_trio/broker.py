@@ -239,17 +239,22 @@ class Broker:
             self._fan_out(accepted, changed)
 
     def _redacted_line(self, ev: Event, sessions: list) -> bytes:
-        """The event's stored form, secrets masked. The event object and the text the
-        sessions took from it are masked too, so neither the disk nor a browser ever
+        """The event's stored form: secrets masked, and text that cannot be UTF-8 (lone
+        surrogates from ``\\ud800`` escapes) replaced. The event object and the text the
+        sessions took from it are fixed too, so neither the disk nor a browser ever
         holds what was masked."""
         text = events.dumps(ev)
         masked = self.redactor.text(text)
+        try:
+            data = masked.encode("utf-8") + b"\n"
+        except UnicodeEncodeError:
+            masked = masked.encode("utf-16", "surrogatepass").decode("utf-16", "replace")
+            data = masked.encode("utf-8") + b"\n"
         if masked != text:
             self.counters["redacted_events"] += 1
             obj = json.loads(masked)
             ev.data = obj.get("data", {})
             ev.summary = obj.get("summary")
-            text = masked
             mask = self.redactor.text
             for s in sessions:
                 s.last_summary = mask(s.last_summary) if s.last_summary else s.last_summary
@@ -257,7 +262,7 @@ class Broker:
                 for spawn in s.pending_spawns:
                     if isinstance(spawn.get("description"), str):
                         spawn["description"] = mask(spawn["description"])
-        return (text + "\n").encode("utf-8", "surrogateescape")
+        return data
 
     async def _write(self, accepted, changed) -> None:
         delay = 0.1

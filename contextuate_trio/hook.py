@@ -134,7 +134,7 @@ def envelope(raw: bytes, event_id: str, ts: int, machine: str, parent, ack: bool
     A JSON object is embedded verbatim (newlines between tokens folded, which cannot
     change a valid document); anything else travels as a string, so it is kept too.
     """
-    text = raw.decode("utf-8", "replace")
+    text = raw.decode("utf-8", "replace").lstrip("\ufeff")
     if redactor is not None:
         text = redactor.text(text)
     try:
