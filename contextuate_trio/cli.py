@@ -25,6 +25,15 @@ def _load_config() -> config_mod.Config:
     return cfg
 
 
+def _config_or_none() -> Optional[config_mod.Config]:
+    """The config, or None after printing why it cannot be used (exit code 2)."""
+    try:
+        return _load_config()
+    except config_mod.ConfigError as exc:
+        print(f"contextuate-trio: {exc}", file=sys.stderr)
+        return None
+
+
 def _api(cfg: config_mod.Config, path: str, timeout: float = 2.0) -> dict:
     host = cfg.server.host
     if host in ("0.0.0.0", "::", ""):
@@ -54,10 +63,8 @@ def cmd_run(args) -> int:
     from contextuate_trio.daemon import AlreadyRunning, Daemon
     from contextuate_trio.sources.unix_socket import SocketInUse
 
-    try:
-        cfg = _load_config()
-    except config_mod.ConfigError as exc:
-        print(f"contextuate-trio: {exc}", file=sys.stderr)
+    cfg = _config_or_none()
+    if cfg is None:
         return 2
     setup_logging("debug" if args.debug else cfg.log_level)
     try:
@@ -74,10 +81,8 @@ def cmd_run(args) -> int:
 def cmd_start(args) -> int:
     if args.foreground:
         return cmd_run(args)
-    try:
-        cfg = _load_config()
-    except config_mod.ConfigError as exc:
-        print(f"contextuate-trio: {exc}", file=sys.stderr)
+    cfg = _config_or_none()
+    if cfg is None:
         return 2
     from contextuate_trio.daemon import read_pid
 
@@ -133,10 +138,8 @@ def _tail(path: str, n: int = 20) -> str:
 
 
 def cmd_stop(args) -> int:
-    try:
-        cfg = _load_config()
-    except config_mod.ConfigError as exc:
-        print(f"contextuate-trio: {exc}", file=sys.stderr)
+    cfg = _config_or_none()
+    if cfg is None:
         return 2
     from contextuate_trio.daemon import read_pid
 
@@ -156,10 +159,8 @@ def cmd_stop(args) -> int:
 
 
 def cmd_status(args) -> int:
-    try:
-        cfg = _load_config()
-    except config_mod.ConfigError as exc:
-        print(f"contextuate-trio: {exc}", file=sys.stderr)
+    cfg = _config_or_none()
+    if cfg is None:
         return 2
     try:
         st = _api(cfg, "/api/status")
@@ -251,10 +252,11 @@ def build_parser() -> argparse.ArgumentParser:
 
 def _add_integration_commands(sub) -> None:
     """Claude Code integration and everyday use (each in its own module)."""
-    from contextuate_trio import claude_settings, doctor
+    from contextuate_trio import claude_settings, doctor, tail
 
     claude_settings.add_parser(sub)
     doctor.add_parser(sub)
+    tail.add_parser(sub)
 
 
 def main(argv: Optional[list[str]] = None) -> int:
