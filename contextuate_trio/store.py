@@ -330,16 +330,8 @@ class FileStore:
         return blocks
 
     def _iter_lines(self, key: str, start: int, end: int):
-        if end <= start:
-            return
         path = os.path.join(self.sessions_dir, key, "events.jsonl")
-        try:
-            with open(path, "rb") as f:
-                f.seek(start)
-                data = f.read(end - start)
-        except FileNotFoundError:
-            return
-        for raw in data.splitlines(keepends=True):
+        for raw in self._raw_lines(key, start, end):
             try:
                 ev = json.loads(raw)
             except ValueError:
@@ -371,17 +363,19 @@ class FileStore:
                 lines.append((raw, _ts(ev)))
         return lines
 
-    def _raw_lines(self, key: str, start: int, end: int) -> list:
+    def _read_bytes(self, key: str, start: int, end: int) -> Optional[bytes]:
+        """Bytes [start, end) of a session's events file; None when it is gone."""
         if end <= start:
-            return []
-        path = os.path.join(self.sessions_dir, key, "events.jsonl")
+            return b""
         try:
-            with open(path, "rb") as f:
+            with open(os.path.join(self.sessions_dir, key, "events.jsonl"), "rb") as f:
                 f.seek(start)
-                data = f.read(end - start)
+                return f.read(end - start)
         except FileNotFoundError:
-            return []
-        return data.splitlines(keepends=True)
+            return None
+
+    def _raw_lines(self, key: str, start: int, end: int) -> list:
+        return (self._read_bytes(key, start, end) or b"").splitlines(keepends=True)
 
     def _read_range(self, key: str, start: int, end: int):
         for _, ev in self._iter_lines(key, start, end):
@@ -426,16 +420,13 @@ class FileStore:
         """Exact duplicate check, reading only the blocks whose times cover ``ts``."""
         key = session_key(session_id)
         needle = ('"id":' + json.dumps(event_id)).encode()
-        path = os.path.join(self.sessions_dir, key, "events.jsonl")
         for b in self._all_blocks(key):
             if b[3] is not None and b[3] <= ts <= b[4]:
-                try:
-                    with open(path, "rb") as f:
-                        f.seek(b[0])
-                        if needle in f.read(b[1] - b[0]):
-                            return True
-                except FileNotFoundError:
+                data = self._read_bytes(key, b[0], b[1])
+                if data is None:
                     return False
+                if needle in data:
+                    return True
         return False
 
     def recent_ids(self, sessions: list[Session], budget: int) -> list[str]:
@@ -446,12 +437,8 @@ class FileStore:
                 break
             key = session_key(s.session_id)
             for b in reversed(self._all_blocks(key)[-2:]):
-                path = os.path.join(self.sessions_dir, key, "events.jsonl")
-                try:
-                    with open(path, "rb") as f:
-                        f.seek(b[0])
-                        data = f.read(b[1] - b[0])
-                except FileNotFoundError:
+                data = self._read_bytes(key, b[0], b[1])
+                if data is None:
                     break
                 for line in data.splitlines():
                     m = _ID_AT_START.match(line)
