@@ -18,11 +18,13 @@ run: $(STAMP)
 	$(VENV)/bin/contextuate-trio start --foreground
 
 # System packages the tests use: a redis-server binary the tests start themselves,
-# and Debian's Chromium for the dashboard tests.
+# Debian's Chromium for the dashboard tests, and faketime to jump the hook's clocks.
 test-deps:
 	@need=""; \
 	command -v redis-server >/dev/null || need="$$need redis-server"; \
 	command -v chromium >/dev/null || need="$$need chromium"; \
+	command -v faketime >/dev/null || need="$$need faketime"; \
+	command -v chromedriver >/dev/null || need="$$need chromium-driver"; \
 	if [ -n "$$need" ]; then \
 		echo "installing:$$need"; \
 		(apt-get update -qq || true) && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $$need >/dev/null; \

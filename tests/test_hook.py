@@ -170,3 +170,31 @@ def test_hook_imports_only_builtin_modules(home):
                 if line.startswith("import time:") and "|" in line}
     for heavy in ("json", "socket", "os", "uuid", "re", "subprocess"):
         assert heavy not in imported, f"the hook imports {heavy}"
+
+
+FAKETIME = __import__("shutil").which("faketime")
+
+
+@pytest.mark.skipif(FAKETIME is None and not os.environ.get("CI"),
+                    reason="faketime is not installed (make test installs it)")
+@pytest.mark.parametrize("spec", ["-3y", "+20y", "@2001-01-01 00:00:00", "+0 x100"])
+def test_clock_jumps_keep_the_hook_bounded_and_delivering(daemon, home, spec):
+    """Wall and monotonic clocks jumped or racing (libfaketime): exit 0, bounded time,
+    the event delivered to the real daemon with the hook's (fake) timestamp."""
+    d = daemon()
+    env = clean_env(home)
+    t0 = time.monotonic()
+    r = subprocess.run([FAKETIME, "-f", spec, HOOK_PYTHON, "-I", "-S", HOOK],
+                       input=json.dumps(PAYLOAD).encode(), env=env, capture_output=True, timeout=20)
+    assert r.returncode == 0 and r.stdout == b""
+    assert time.monotonic() - t0 < 5
+    [ev] = d.events("s1")
+    assert ev["data"] == PAYLOAD
+    real_now = time.time() * 1000
+    if spec == "-3y":
+        assert ev["timestamp"] < real_now - 2 * 365 * 86400 * 1000
+    elif spec == "+20y":
+        assert ev["timestamp"] > real_now + 19 * 365 * 86400 * 1000
+    # A later event with a sane clock is still stored and counted.
+    run_hook(home, dict(PAYLOAD, hook_event_name="Stop"))
+    assert d.sessions()["s1"]["eventCount"] == 2
