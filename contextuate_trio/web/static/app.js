@@ -158,7 +158,7 @@ const renderTree = throttle(() => {
   const waiting = [...state.sessions.values()].filter((s) => s.status === 'waiting' && !s.hidden);
   const banner = $('#waiting-banner');
   banner.hidden = !waiting.length;
-  banner.textContent = waiting.length === 1 ? `⏳ ${sessionTitle(waiting[0])} is waiting for you` : `⏳ ${waiting.length} sessions are waiting for you`;
+  banner.textContent = waiting.length === 1 ? `● ${sessionTitle(waiting[0])} is waiting for you` : `● ${waiting.length} sessions are waiting for you`;
   banner.onclick = () => waiting[0] && selectSession(waiting[0].sessionId);
   document.title = `${waiting.length ? `(${waiting.length} waiting) ` : ''}contextuate · live agents`;
   renderMachines();
@@ -211,12 +211,12 @@ function updateCounts() {
   $('#stream-empty').hidden = shown > 0 || total === 0;
   const nb = $('#new-events');
   if (state.paused && state.missed) { nb.hidden = false; nb.textContent = `▶ ${state.missed.toLocaleString()} new events — resume`; }
-  else if (!stream.follow && !state.paused && state.newBelow) { nb.hidden = false; nb.textContent = `⤓ ${state.newBelow.toLocaleString()} new below`; }
+  else if (!stream.follow && !state.paused && state.newBelow) { nb.hidden = false; nb.textContent = `↓ ${state.newBelow.toLocaleString()} new below`; }
   else nb.hidden = true;
 }
 const updateCountsSoon = throttle(updateCounts, 250);
 
-const drawCharts = throttle(() => {
+function drawChartsNow() {
   const now = Date.now();
   const sel = selectedSet();
   const evs = sel ? state.events.filter((e) => sel.has(e.sessionId)) : (state.filters.machine ? state.events.filter((e) => e.machineId === state.filters.machine) : state.events);
@@ -244,7 +244,8 @@ const drawCharts = throttle(() => {
   for (const c of calls) tools.set(c.tool, (tools.get(c.tool) || 0) + 1);
   $('#timeline-legend').replaceChildren(...[...tools.entries()].sort((a, b) => b[1] - a[1]).slice(0, 8)
     .map(([t, n]) => el('span', {}, el('i', { style: `background:${colorFor(t)}` }), `${t} ${n}`)));
-}, 1000);
+}
+const drawCharts = throttle(drawChartsNow, 500);
 
 // --- detail --------------------------------------------------------------------------
 async function showDetail(ev) {
@@ -476,6 +477,7 @@ function onMessage(msg) {
 }
 
 const conn = new Connection({ onMessage, onState: setConn, getToken: () => token });
+window.__contextuate_push = onMessage; // lets tests feed messages as the server would
 
 // --- controls and keyboard ---------------------------------------------------------------------
 for (const key of ['machine', 'type', 'tool']) $(`#f-${key}`).addEventListener('change', (e) => setFilter(key, e.target.value));
@@ -488,7 +490,7 @@ function setPaused(on) {
   state.paused = on;
   const b = $('#pause');
   b.setAttribute('aria-pressed', String(on));
-  b.textContent = on ? '▶ Resume' : '⏸ Pause';
+  b.textContent = on ? 'Resume ▶' : 'Pause';
   if (!on) rebuildView();
   updateCounts();
 }
@@ -506,7 +508,7 @@ for (const b of document.querySelectorAll('.seg button')) {
 }
 $('#server-search').addEventListener('click', serverSearch);
 document.addEventListener('click', (e) => { if (!e.target.closest('#menu') && !e.target.closest('.more')) closeMenu(); });
-window.addEventListener('resize', throttle(() => drawCharts(), 200));
+new ResizeObserver(() => requestAnimationFrame(drawChartsNow)).observe($('.activity'));
 setInterval(drawCharts, 5000);
 
 async function serverSearch() {

@@ -98,7 +98,7 @@ export class Tree {
       title: `${s.sessionId}\n${s.workingDirectory || ''}`,
     },
     el('span', { class: 'sdot', 'aria-hidden': 'true' }),
-    el('span', { class: 'title' }, s.pinned ? el('span', { class: 'pin', text: '📌 ' }) : null, sessionTitle(s)),
+    el('span', { class: 'title' }, s.pinned ? el('span', { class: 'pin', text: '★ ', title: 'pinned' }) : null, sessionTitle(s)),
     el('span', { class: 'right' },
       el('span', { class: `badge b-${status}`, text: STATUS_LABEL[status] || status }),
       el('button', { class: 'more', type: 'button', 'aria-label': 'Session actions', tabindex: '-1', text: '⋯' })),

@@ -9,6 +9,7 @@ export function el(tag, attrs = {}, ...children) {
     else if (k === 'text') node.textContent = v;
     else if (k.startsWith('on')) node.addEventListener(k.slice(2), v);
     else if (k === 'dataset') Object.assign(node.dataset, v);
+    else if (k === 'style') node.style.cssText = v; // CSSOM: allowed by the page's CSP
     else node.setAttribute(k, v === true ? '' : v);
   }
   for (const c of children) if (c !== null && c !== undefined && c !== false) node.append(c);
