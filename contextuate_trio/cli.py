@@ -252,12 +252,13 @@ def build_parser() -> argparse.ArgumentParser:
 
 def _add_integration_commands(sub) -> None:
     """Claude Code integration and everyday use (each in its own module)."""
-    from contextuate_trio import claude_settings, demo, doctor, tail
+    from contextuate_trio import claude_settings, demo, doctor, export, tail
 
     claude_settings.add_parser(sub)
     doctor.add_parser(sub)
     tail.add_parser(sub)
     demo.add_parser(sub)
+    export.add_parser(sub)
 
 
 def main(argv: Optional[list[str]] = None) -> int:

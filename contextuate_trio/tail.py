@@ -67,7 +67,12 @@ class Printer:
     def session_label(self, ev: dict) -> str:
         sid = ev.get("sessionId") or "?"
         s = self.sessions.get(sid) or {}
-        label = sid[:8] if not sid.startswith(("agent-", "task-")) else sid.split("-", 1)[0] + "-" + sid.split("-", 1)[1][:6]
+        short = sid.rpartition(":")[2]  # sub-agents may be "<parent id>:agent-<id>"
+        if short.startswith(("agent-", "task-")):
+            kind_, _, rest = short.partition("-")
+            label = f"{kind_}-{rest[:6]}"
+        else:
+            label = short[:8]
         kind = s.get("agentType") or ev.get("agentType")
         if ev.get("parentSessionId") or s.get("parentSessionId"):
             label = "↳" + label
