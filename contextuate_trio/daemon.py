@@ -52,6 +52,7 @@ class Daemon:
             where = config.persistence.dir if config.persistence.enabled else config.home
             self.redis = RedisSource(self.broker, config.redis, checkpoint_file(where))
         self._sources_scope: Optional[trio.CancelScope] = None
+        self._stop_requested = False
         self._lock_fd: Optional[int] = None
         self.http_urls: list[str] = []
         self.ws = WsServer(self)
@@ -98,7 +99,9 @@ class Daemon:
             self._lock_fd = None
 
     def stop(self) -> None:
-        """Begin a graceful shutdown (safe to call from within the Trio run)."""
+        """Begin a graceful shutdown (safe to call from within the Trio run, at any
+        point of start-up: a stop asked for before the sources run stops them at once)."""
+        self._stop_requested = True
         if self._sources_scope is not None:
             self._sources_scope.cancel()
 
@@ -111,11 +114,15 @@ class Daemon:
                      self.config.persistence.dir if self.broker.store else "(persistence off)")
             self.broker.prune(self.config.persistence.retention_days)
             async with trio.open_nursery() as outer:
+                # Signals first: a SIGTERM that arrives while starting is not lost.
+                await outer.start(self._signals)
                 await outer.start(self.broker.run)
                 self.ws_url = await outer.start(self.ws.serve)  # before HTTP: healthy means both
                 self.http_urls = await outer.start(self._serve_http)
                 with trio.CancelScope() as sources:
                     self._sources_scope = sources
+                    if self._stop_requested:
+                        sources.cancel()
                     async with trio.open_nursery() as inner:
                         await inner.start(unix_socket.serve, self.broker, self.config.socket_path,
                                           self.config.max_line_bytes)
@@ -123,7 +130,6 @@ class Daemon:
                         if self.redis is not None:
                             inner.start_soon(self.redis.run)
                         inner.start_soon(self._retention)
-                        inner.start_soon(self._signals)
                         log.info("ready: socket %s, dashboard %s", self.config.socket_path,
                                  ", ".join(self.http_urls))
                         task_status.started(self)
@@ -140,8 +146,9 @@ class Daemon:
             self._release()
             log.info("stopped")
 
-    async def _signals(self) -> None:
+    async def _signals(self, *, task_status=trio.TASK_STATUS_IGNORED) -> None:
         with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
+            task_status.started()
             async for signum in signals:
                 log.info("received %s", signal.Signals(signum).name)
                 self.stop()

@@ -142,3 +142,22 @@ async def test_unwritable_store_keeps_events_and_recovers(tmp_path):
         assert d.ok and b.last_error is None
         n.cancel_scope.cancel()
     assert st.events("s9", 10)[0]["id"] == "x"
+
+
+async def test_deleting_a_session_deletes_its_sub_agents(tmp_path):
+    b = Broker(FileStore(str(tmp_path)))
+    b.load()
+    async with trio.open_nursery() as n:
+        await n.start(b.run)
+        for i, p in enumerate([
+            {"session_id": "top", "hook_event_name": "SessionStart"},
+            {"session_id": "top", "hook_event_name": "PreToolUse", "tool_name": "Read", "agent_id": "a"},
+            {"session_id": "other", "hook_event_name": "SessionStart"},
+        ]):
+            await b.submit(events.from_payload(p, event_id=f"d{i}", timestamp=10**12 * 2 + i,
+                                               machine_id="m"), wait=True)
+        n.cancel_scope.cancel()
+    assert b.delete_session("top")
+    assert set(b.manager.sessions) == {"other"}
+    assert sorted(os.listdir(tmp_path / "sessions")) == ["other"]
+    assert not b.delete_session("top")
