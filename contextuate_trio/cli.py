@@ -252,13 +252,14 @@ def build_parser() -> argparse.ArgumentParser:
 
 def _add_integration_commands(sub) -> None:
     """Claude Code integration and everyday use (each in its own module)."""
-    from contextuate_trio import claude_settings, demo, doctor, export, tail
+    from contextuate_trio import claude_settings, demo, doctor, export, service, tail
 
     claude_settings.add_parser(sub)
     doctor.add_parser(sub)
     tail.add_parser(sub)
     demo.add_parser(sub)
     export.add_parser(sub)
+    service.add_parser(sub)
 
 
 def main(argv: Optional[list[str]] = None) -> int:
