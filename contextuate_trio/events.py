@@ -279,7 +279,8 @@ def _from_complete(obj: dict, source: Optional[str]) -> Event:
     for key, value in obj.items():
         name = _CAMEL.get(key)
         if name is None:
-            extra[key] = value
+            if key != "ack":  # a request to the socket, not part of the event
+                extra[key] = value
         else:
             fields[name] = value
     for name in ("session_id", "event_type"):

@@ -124,3 +124,10 @@ def test_any_payload_normalises_and_round_trips(payload):
     assert back.session_id == ev.session_id
     if isinstance(payload, dict):
         assert json.loads(line)["data"] == json.loads(json.dumps(payload))
+
+
+def test_ack_request_is_not_stored_with_a_complete_event():
+    ev = from_object({"id": "a", "timestamp": 1, "sessionId": "s", "machineId": "m",
+                      "eventType": "stop", "ack": True, "mine": 1})
+    d = events.to_dict(ev)
+    assert "ack" not in d and d["mine"] == 1

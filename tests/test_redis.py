@@ -47,13 +47,19 @@ def total_events(d: DaemonProc) -> int:
 
 @pytest.fixture
 def monitor(daemon, redis_server):
+    extra: list[DaemonProc] = []
+
     def make(server, extra_redis: dict | None = None, home: str | None = None) -> DaemonProc:
         cfg = {"mode": "redis", "redis": {"host": "127.0.0.1", "port": server.port, **(extra_redis or {})}}
         if home is None:
             return daemon(cfg)
         d = DaemonProc(home, cfg)
+        extra.append(d)  # a second monitor, in its own home: stopped even if the test fails
         return d.start()
-    return make
+
+    yield make
+    for d in extra:
+        d.kill9()
 
 
 def test_two_machines_replaying_fixtures(monitor, redis_server):
