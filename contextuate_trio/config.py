@@ -83,6 +83,22 @@ class RedactionConfig:
     patterns: list[str] = attrs.Factory(list)  # extra regexes whose matches are masked
 
 
+def _prices(instance, attribute, value):
+    from contextuate_trio.usage import price_problems
+
+    problems = price_problems(value)
+    if problems:
+        raise ValueError("; ".join(problems))
+
+
+@attrs.define
+class PricingConfig:
+    # Model id prefix -> USD per million tokens ({"input", "output", "cacheWrite5m",
+    # "cacheWrite1h", "cacheRead"}, and "webSearch" per 1000), layered over the built-in
+    # table in usage.py; null removes a built-in entry.
+    models: dict = attrs.field(factory=dict, validator=_prices)
+
+
 @attrs.define
 class Config:
     mode: Literal["local", "redis"] = "local"
@@ -92,6 +108,7 @@ class Config:
     redis: RedisConfig = attrs.Factory(RedisConfig)
     persistence: PersistenceConfig = attrs.Factory(PersistenceConfig)
     redaction: RedactionConfig = attrs.Factory(RedactionConfig)
+    pricing: PricingConfig = attrs.Factory(PricingConfig)
     log_level: Literal["debug", "info", "warning", "error"] = "info"
     # Longest line accepted on the socket; a longer one is rejected and logged.
     max_line_bytes: int = attrs.field(default=16 * 1024 * 1024, validator=_positive)
@@ -100,7 +117,10 @@ class Config:
     path: str = attrs.field(default="", metadata={"internal": True})
 
 
-_SECTIONS = (ServerConfig, HookConfig, RedisConfig, PersistenceConfig, RedactionConfig, Config)
+_SECTIONS = (ServerConfig, HookConfig, RedisConfig, PersistenceConfig, RedactionConfig, PricingConfig,
+             Config)
+# Objects whose keys are the user's own (model names), not ours to warn about.
+_FREE_FORM = ("pricing.models",)
 
 
 def _make_converter() -> cattrs.Converter:
@@ -137,6 +157,8 @@ def unknown_keys(defaults: dict, given: dict, prefix: str = "") -> list[str]:
     for key, value in given.items():
         if key not in defaults:
             found.append(prefix + key)
+        elif prefix + key in _FREE_FORM:
+            continue
         elif isinstance(value, dict) and isinstance(defaults[key], dict):
             found += unknown_keys(defaults[key], value, prefix + key + ".")
     return found

@@ -18,11 +18,12 @@ import trio
 from hypercorn.config import Config as HyperConfig
 from hypercorn.trio import serve as hypercorn_serve
 
-from contextuate_trio import __version__, hook
+from contextuate_trio import __version__, hook, usage
 from contextuate_trio.broker import Broker
 from contextuate_trio.config import Config
 from contextuate_trio.redact import Redactor
 from contextuate_trio.sources import spool as spool_source
+from contextuate_trio.sources import transcripts
 from contextuate_trio.sources import unix_socket
 from contextuate_trio.store import FileStore
 from contextuate_trio.web import http
@@ -51,6 +52,13 @@ class Daemon:
 
             where = config.persistence.dir if config.persistence.enabled else config.home
             self.redis = RedisSource(self.broker, config.redis, checkpoint_file(where))
+        usage.configure(config.pricing.models)
+        # Local mode: the daemon shares the machine with the transcripts and reads them.
+        # Redis mode: each machine's hook reads its own and sends the usage along.
+        self.transcripts = None
+        if config.mode == "local":
+            where = config.persistence.dir if config.persistence.enabled else config.home
+            self.transcripts = transcripts.TranscriptReader(self.broker, where)
         self._sources_scope: Optional[trio.CancelScope] = None
         self._stop_requested = False
         self._lock_fd: Optional[int] = None
@@ -127,6 +135,8 @@ class Daemon:
                         await inner.start(unix_socket.serve, self.broker, self.config.socket_path,
                                           self.config.max_line_bytes)
                         inner.start_soon(spool_source.run, self.broker, self.spool_dir)
+                        if self.transcripts is not None:
+                            await inner.start(self.transcripts.run)
                         if self.redis is not None:
                             inner.start_soon(self.redis.run)
                         inner.start_soon(self._retention)
@@ -235,6 +245,7 @@ class Daemon:
         )
         for name, help_, value in gauges:
             lines += [f"# HELP {name} {help_}", f"# TYPE {name} gauge", f"{name} {value}"]
+        lines += usage.metrics_lines((s.machine_id, s.usage) for s in b.manager.sessions.values())
         return "\n".join(lines) + "\n"
 
 

@@ -421,6 +421,31 @@ def release_spooled(claimed: list, delivered: bool) -> None:
             pass
 
 
+def _usage_for(raw: bytes, home: str, machine: str, parent, ts: int, say):
+    """Redis mode, Stop/SubagentStop: the transcript's new usage as a second event line
+    (see usage_hook.py), and the function that saves the offset once it is sent or
+    spooled. Any other event pays one substring test."""
+    if b'Stop"' not in raw:
+        return None, None
+    try:
+        from contextuate_trio import usage_hook
+
+        payload = parse_json(raw.decode("utf-8", "replace").lstrip("\ufeff"))
+        return usage_hook.prepare(payload, home, machine, parent, ts)
+    except FileNotFoundError:
+        return None, None
+    except Exception as exc:  # never let usage cost the event
+        say(f"transcript usage not read: {exc!r}")
+        return None, None
+
+
+def _commit_usage(commit, say) -> None:
+    try:
+        commit()
+    except Exception as exc:
+        say(f"transcript offset not saved: {exc!r}")
+
+
 def _on_alarm(signum, frame):
     raise _Deadline()
 
@@ -504,9 +529,17 @@ def run(env) -> int:
                 say(f"custom redaction patterns failed ({exc!r}); using the built-in ones")
                 mine = envelope(raw, event_id, ts, machine, parent, ack=False, redactor=Redactor())
             line = mine  # what is spooled, if it comes to that, is masked too
-            lines = [c[2] for c in claimed] + [mine.rstrip(b"\n")]
+            usage_line, usage_commit = _usage_for(raw, home, machine, parent, ts, say)
+            lines = [c[2] for c in claimed] + [mine.rstrip(b"\n")] + ([usage_line] if usage_line else [])
             why = deliver_redis(rs, lines, deadline)
             release_spooled(claimed, delivered=not why)
+            if usage_line and why:
+                try:  # the usage travels later, with the spool
+                    spool(home, usage_line + b"\n", new_id(), ts)
+                except OSError:
+                    usage_commit = None  # not sent, not kept: read it again next time
+            if usage_commit is not None:
+                _commit_usage(usage_commit, say)
             if not why:
                 say(f"event {event_id} added to {rs['stream']} and published on {rs['channel']}"
                     + (f", with {len(claimed)} spooled events" if claimed else ""))

@@ -22,6 +22,7 @@ from typing import Optional
 
 import attrs
 
+from contextuate_trio import usage as usage_mod
 from contextuate_trio.events import AGENT_TOOLS, Event, camel
 
 log = logging.getLogger("contextuate.sessions")
@@ -40,6 +41,7 @@ WAITING_NOTIFICATIONS = frozenset(
     }
 )
 MAX_PENDING = 64
+USAGE_EVENT = "usage"  # tokens read from a transcript; see usage.py and _apply_usage
 _STATUS_BY_TYPE = {
     "permission_request": WAITING,
     "elicitation": WAITING,
@@ -89,6 +91,8 @@ class Session:
     pinned: bool = False
     hidden: bool = False
     parent_set_by_user: bool = False  # the parent was set or removed by hand: keep it
+    # Tokens and cost (``usage.empty()`` shape), from its transcript; None until known.
+    usage: Optional[dict] = None
 
     def to_dict(self) -> dict:
         return {camel(a.name): getattr(self, a.name) for a in attrs.fields(Session)}
@@ -102,6 +106,7 @@ class Session:
         d = self.to_dict()
         for k in ("pendingSpawns", "legacyOpen", "modern"):
             d.pop(k)
+        d["usage"] = usage_mod.render(self.usage)
         return d
 
     def parent_session_id_locked(self) -> bool:
@@ -118,6 +123,9 @@ class Outcome:
 class SessionManager:
     def __init__(self) -> None:
         self.sessions: dict[str, Session] = {}
+        # What each model response has already added (responses repeat across lines,
+        # files and reads); see usage.py.
+        self.usage_ledger = usage_mod.Ledger()
 
     # --- state restored from disk -------------------------------------------------
     def restore(self, session: Session) -> None:
@@ -141,6 +149,8 @@ class SessionManager:
         changed: dict[str, Session] = {}
         links: list[tuple[str, str]] = []
         root = self._session(ev.session_id, ev, changed)
+        if ev.event_type == USAGE_EVENT:
+            return self._apply_usage(root, ev, changed, links)
         target = root
         if ev.from_hook:
             target = self._attribute(root, ev, changed, links)
@@ -283,6 +293,11 @@ class SessionManager:
             if ev.tool_use_id in root.legacy_open:
                 root.legacy_open.remove(ev.tool_use_id)
         if child is not None:
+            est = usage_mod.estimate_from_agent_result(out)
+            if est is not None and not (child.usage and child.usage["models"]):
+                # Until (unless) its transcript is read, what the Agent tool reported.
+                child.usage = child.usage or usage_mod.empty()
+                child.usage["estimate"] = est
             child.spawn_tool_use_id = child.spawn_tool_use_id or ev.tool_use_id
             if spawn:
                 child.agent_type = child.agent_type or spawn.get("agentType")
@@ -293,6 +308,53 @@ class SessionManager:
                 child.end_time = ev.timestamp
             changed[child.session_id] = child
         changed[root.session_id] = root
+
+    def _apply_usage(self, root: Session, ev: Event, changed: dict, links: list) -> Outcome:
+        """A ``usage`` event: records read from a transcript (see usage.py). Each record
+        adds only what its response key has not added yet, to the session it ran in:
+        the event's ``agentId`` (a sub-agent's own transcript), or a record's own
+        ``agentId`` (a sub-agent's lines in the parent's transcript), else the root.
+        It changes no status and no counts: it is bookkeeping, not a step."""
+        if ev.parent_session_id and root.parent_session_id is None and ev.parent_session_id != root.session_id:
+            self._link(root, ev.parent_session_id, changed, links)
+        records = ev.data.get("records") if isinstance(ev.data, dict) else None
+        for rec in records if isinstance(records, list) else ():
+            if not usage_mod.valid_record(rec):
+                continue
+            taken = self.usage_ledger.take(rec)
+            if taken is None:
+                continue
+            agent = ev.agent_id or (rec[usage_mod.R_AGENT] if len(rec) > usage_mod.R_AGENT else None)
+            target = root
+            if isinstance(agent, str) and agent:
+                target = self._child(root, child_id(root.session_id, "agent", agent), ev, changed, links)
+                target.agent_id = target.agent_id or agent
+            if target.usage is None:
+                target.usage = usage_mod.empty()
+            target.usage["estimate"] = None  # measured now
+            delta, new_call = taken
+            usage_mod.add(target.usage, rec[usage_mod.R_MODEL], rec[usage_mod.R_TS] or ev.timestamp,
+                          delta, new_call)
+            if rec[usage_mod.R_MODEL] != "unknown":
+                target.model = rec[usage_mod.R_MODEL]
+            changed[target.session_id] = target
+        if ev.parent_session_id is None and root.parent_session_id:
+            ev.parent_session_id = root.parent_session_id
+        return Outcome(ev, [root] + [s for sid, s in changed.items() if sid != root.session_id], links)
+
+    def usage_total(self, s: Session) -> Optional[dict]:
+        """The session's usage with every sub-agent's under it (any depth)."""
+        seen, stack, parts = set(), [s], []
+        while stack:
+            node = stack.pop()
+            if node.session_id in seen:
+                continue
+            seen.add(node.session_id)
+            parts.append(node.usage)
+            stack.extend(c for c in map(self.sessions.get, node.child_session_ids) if c is not None)
+        if not any(parts):
+            return None
+        return usage_mod.merge(parts)
 
     def _count(self, s: Session, ev: Event) -> None:
         s.event_count += 1

@@ -16,7 +16,7 @@ from starlette.responses import HTMLResponse, JSONResponse, PlainTextResponse, R
 from starlette.routing import Mount, Route
 from starlette.staticfiles import StaticFiles
 
-from contextuate_trio import __version__, config as config_mod
+from contextuate_trio import __version__, config as config_mod, usage as usage_mod
 from contextuate_trio.sources import http_hook, spool as spool_source
 from contextuate_trio.store import session_key
 from contextuate_trio.web.security import Guard, host_name
@@ -96,13 +96,34 @@ def create_app(daemon: "Daemon") -> Starlette:
         if state:
             items = [s for s in items if s.status == state]
         items.sort(key=lambda s: s.last_event_time or 0, reverse=True)
-        return JSONResponse({"sessions": [s.public() for s in items]})
+        return JSONResponse({"sessions": [_with_total(s) for s in items]})
+
+    def _with_total(s) -> dict:
+        d = s.public()
+        d["usageTotal"] = usage_mod.render(broker.manager.usage_total(s))  # sub-agents included
+        return d
 
     async def session(request: Request) -> Response:
         s = broker.manager.get(request.path_params["session_id"])
         if s is None:
             return JSONResponse({"error": "no such session"}, status_code=404)
-        return JSONResponse(s.public())
+        return JSONResponse(_with_total(s))
+
+    async def usage_view(request: Request) -> Response:
+        """Tokens and cost grouped ?by=machine|model|day|hour|session, optionally
+        ?since=&until= (ms) and ?machine=a,b."""
+        by = request.query_params.get("by") or "machine"
+        try:
+            since = _int_param(request, "since")
+            until = _int_param(request, "until")
+            machines = set(filter(None, (request.query_params.get("machine") or "").split(",")))
+            result = usage_mod.group(
+                ((s.session_id, s.machine_id, s.usage) for s in broker.manager.sessions.values()
+                 if not machines or s.machine_id in machines), by, since, until)
+        except ValueError as exc:
+            return JSONResponse({"error": str(exc)}, status_code=400)
+        result["prices"] = usage_mod.prices()
+        return JSONResponse(result)
 
     async def session_events(request: Request) -> Response:
         sid = request.path_params["session_id"]
@@ -298,6 +319,7 @@ def create_app(daemon: "Daemon") -> Starlette:
         Route("/api/sessions/{session_id}/export", export),
         Route("/api/sessions/{session_id}/actions", action, methods=["POST"]),
         Route("/api/search", search),
+        Route("/api/usage", usage_view),
         Route("/api/config", config_view),
         Route("/metrics", metrics_all),
         Route("/api/hooks", http_hook.endpoint(daemon), methods=["POST"]),  # Claude Code http hooks

@@ -1,0 +1,339 @@
+"""Tokens and cost from transcripts written in Claude Code's format, with totals and
+dollars computed by hand in the comments."""
+
+from __future__ import annotations
+
+import json
+import os
+
+import pytest
+
+from contextuate_trio import events, usage
+from contextuate_trio.sessions import SessionManager
+from contextuate_trio.sources import transcripts
+
+SONNET = "claude-sonnet-4-5-20250929"
+HAIKU = "claude-haiku-4-5-20251001"
+OPUS = "claude-opus-4-5-20251101"
+
+
+def assistant(mid, model, inp, out, cread=0, w5=0, w1=0, *, req=None, block="text",
+              ts="2025-10-01T12:00:00.000Z", agent=None, breakdown=True, web=0) -> dict:
+    """One transcript line of a model response, as Claude Code writes it (one line per
+    content block, each carrying the response's usage)."""
+    u = {"input_tokens": inp, "cache_creation_input_tokens": w5 + w1, "cache_read_input_tokens": cread,
+         "output_tokens": out, "service_tier": "standard"}
+    if breakdown:
+        u["cache_creation"] = {"ephemeral_5m_input_tokens": w5, "ephemeral_1h_input_tokens": w1}
+    if web:
+        u["server_tool_use"] = {"web_search_requests": web}
+    content = ({"type": "text", "text": "ok"} if block == "text" else
+               {"type": "tool_use", "id": "toolu_" + mid[-6:], "name": "Read", "input": {"file_path": "/x"}}
+               if block == "tool" else {"type": "thinking", "thinking": "hmm", "signature": "s"})
+    line = {"parentUuid": "p", "isSidechain": agent is not None, "userType": "external", "cwd": "/w",
+            "sessionId": "S", "version": "2.0.28", "gitBranch": "main",
+            "message": {"model": model, "id": mid, "type": "message", "role": "assistant",
+                        "content": [content], "stop_reason": None, "stop_sequence": None, "usage": u},
+            "requestId": req or "req_" + mid, "type": "assistant", "uuid": "u-" + mid + block,
+            "timestamp": ts}
+    if agent:
+        line["agentId"] = agent
+    return line
+
+
+def user(text: str, ts="2025-10-01T12:00:00.000Z") -> dict:
+    return {"type": "user", "message": {"role": "user", "content": text}, "uuid": "u", "timestamp": ts,
+            "sessionId": "S", "isSidechain": False}
+
+
+def tool_result(text: str) -> dict:
+    # A tool result that happens to contain the words the cheap filter looks for.
+    return {"type": "user", "message": {"role": "user", "content": [
+        {"type": "tool_result", "tool_use_id": "t", "content": text}]}, "uuid": "u2"}
+
+
+def dump(lines) -> bytes:
+    return b"".join(json.dumps(x, separators=(",", ":")).encode() + b"\n" for x in lines)
+
+
+def read_all(state, data: bytes, at_eof=True):
+    return usage.read_chunk(state, data, json.loads, at_eof=at_eof)
+
+
+def apply_records(manager: SessionManager, records, session="S", agent=None, ts=1):
+    ev = events.Event(id=f"u{ts}-{len(records)}-{agent}", timestamp=ts, session_id=session,
+                      machine_id="m1", event_type="usage", agent_id=agent, source="transcript",
+                      data={"records": records})
+    return manager.apply(ev)
+
+
+# A turn: a streamed reply split over three lines (thinking, text, tool call) whose
+# first lines carry a partial output_tokens, a tool result, then a second reply.
+TURN = [
+    user("fix the bug"),
+    assistant("msg_A", SONNET, 10, 1, 20_000, 1_000, 2_000, block="thinking"),
+    assistant("msg_A", SONNET, 10, 1, 20_000, 1_000, 2_000, block="text"),
+    assistant("msg_A", SONNET, 10, 120, 20_000, 1_000, 2_000, block="tool"),
+    tool_result('{"type":"assistant","usage":{"input_tokens":999999}}'),
+    assistant("msg_B", SONNET, 5, 50, 21_000, ts="2025-10-01T13:05:00.000Z"),
+]
+# input 10+5 = 15; output 120+50 = 170; cache read 20,000+21,000 = 41,000;
+# 5m writes 1,000; 1h writes 2,000; 2 calls.
+# Sonnet 4.5 ($3 in, $15 out, $0.30 read, $3.75 5m, $6 1h per million):
+#   15*3 + 170*15 + 41,000*0.30 + 1,000*3.75 + 2,000*6 = 45 + 2,550 + 12,300 + 3,750 + 12,000
+#   = 30,645 micro-dollars = $0.030645
+TURN_COST = 0.030645
+
+
+def test_a_response_split_over_lines_counts_once_with_its_final_usage():
+    st = usage.FileState()
+    data = dump(TURN)
+    recs = read_all(st, data)
+    assert st.offset == len(data)
+    assert [r[usage.R_KEY] for r in recs] == ["msg_A", "msg_A", "msg_B"]  # grew once (1 -> 120)
+    m = SessionManager()
+    apply_records(m, recs)
+    u = m.get("S").public()["usage"]
+    assert u["tokens"] == {"input": 15, "output": 170, "cacheRead": 41_000, "cacheWrite5m": 1_000,
+                           "cacheWrite1h": 2_000, "total": 44_185}
+    assert u["calls"] == 2
+    assert u["costUsd"] == pytest.approx(TURN_COST)
+    assert u["models"][SONNET]["pricedAs"] == "claude-sonnet-4-5"
+    assert m.get("S").model == SONNET
+
+
+def test_a_truncated_last_line_waits_for_the_rest_and_a_growing_file_reads_only_what_is_new():
+    data = dump(TURN)
+    cut = data.rfind(b'{"parentUuid"') + 40  # msg_B half written
+    st = usage.FileState()
+    first = read_all(st, data[:cut])
+    assert {r[usage.R_KEY] for r in first} == {"msg_A"}
+    assert st.offset == data.rfind(b'{"parentUuid"')  # the partial line is not consumed
+    second = read_all(st, data[st.offset:])
+    assert [r[usage.R_KEY] for r in second] == ["msg_B"]
+    m = SessionManager()
+    apply_records(m, first + second)
+    assert m.get("S").public()["usage"]["costUsd"] == pytest.approx(TURN_COST)
+    # Nothing new: nothing read twice.
+    assert read_all(st, b"") == []
+
+
+def test_a_last_line_without_newline_is_taken_only_when_it_is_whole():
+    line = json.dumps(assistant("msg_Z", HAIKU, 1, 2)).encode()
+    st = usage.FileState()
+    assert len(read_all(st, line, at_eof=True)) == 1 and st.offset == len(line)
+    st2 = usage.FileState()
+    assert read_all(st2, line, at_eof=False) == [] and st2.offset == 0
+    st3 = usage.FileState()
+    assert read_all(st3, line[:-5], at_eof=True) == [] and st3.offset == 0
+
+
+def test_the_same_response_in_two_files_counts_once_and_growth_adds_the_difference():
+    # A resumed session copies its history into a new file; a sub-agent's lines may be
+    # in the parent's transcript and in its own.
+    m = SessionManager()
+    a, b = usage.FileState(), usage.FileState()
+    apply_records(m, read_all(a, dump(TURN)))
+    apply_records(m, read_all(b, dump(TURN)), ts=2)
+    assert m.get("S").public()["usage"]["costUsd"] == pytest.approx(TURN_COST)
+    # msg_B's output grows from 50 to 80 in a later line: +30 output = +$0.00045.
+    apply_records(m, read_all(b, dump([assistant("msg_B", SONNET, 5, 80, 21_000)])), ts=3)
+    u = m.get("S").public()["usage"]
+    assert u["tokens"]["output"] == 200 and u["calls"] == 2
+    assert u["costUsd"] == pytest.approx(TURN_COST + 30 * 15 / 1e6)
+
+
+def test_sub_agent_usage_goes_to_the_sub_agent_and_rolls_up_to_the_parent():
+    m = SessionManager()
+    apply_records(m, read_all(usage.FileState(), dump(TURN)))
+    # The sub-agent's own transcript (SubagentStop's agent_transcript_path), on Haiku 4.5:
+    # 100 in, 200 out, 300 read, 400 5m writes, 500 1h writes, and a second reply 7/3.
+    sub = dump([assistant("msg_S1", HAIKU, 100, 200, 300, 400, 500, agent="a1"),
+                assistant("msg_S2", HAIKU, 7, 3, agent="a1")])
+    apply_records(m, read_all(usage.FileState(), sub), agent="a1", ts=5)
+    child = m.get("S:agent-a1")
+    assert child is not None and child.parent_session_id == "S" and "S:agent-a1" in m.get("S").child_session_ids
+    # Haiku 4.5 ($1, $5, $0.10, $1.25, $2): 107*1 + 203*5 + 300*0.1 + 400*1.25 + 500*2
+    #   = 107 + 1,015 + 30 + 500 + 1,000 = 2,652 -> $0.002652
+    cu = child.public()["usage"]
+    assert cu["calls"] == 2 and cu["costUsd"] == pytest.approx(0.002652)
+    assert m.get("S").public()["usage"]["costUsd"] == pytest.approx(TURN_COST)  # own only
+    total = usage.render(m.usage_total(m.get("S")))
+    assert total["costUsd"] == pytest.approx(TURN_COST + 0.002652)
+    assert total["calls"] == 4 and set(total["models"]) == {SONNET, HAIKU}
+
+
+def test_sidechain_lines_in_the_parent_transcript_go_to_their_sub_agent():
+    m = SessionManager()
+    lines = TURN + [assistant("msg_C", HAIKU, 1, 1, agent="a9")]
+    apply_records(m, read_all(usage.FileState(), dump(lines)))
+    assert m.get("S:agent-a9").public()["usage"]["calls"] == 1
+    assert m.get("S").public()["usage"]["calls"] == 2
+
+
+def test_unknown_model_shows_tokens_and_no_cost():
+    m = SessionManager()
+    apply_records(m, read_all(usage.FileState(), dump(TURN + [assistant("msg_X", "gpt-5-mystery", 1000, 10)])))
+    u = m.get("S").public()["usage"]
+    assert u["costUsd"] is None
+    assert u["unpricedModels"] == ["gpt-5-mystery"]
+    assert u["pricedCostUsd"] == pytest.approx(TURN_COST)
+    assert u["models"]["gpt-5-mystery"]["costUsd"] is None and u["tokens"]["input"] == 1015
+
+
+def test_synthetic_and_empty_responses_are_not_calls():
+    st = usage.FileState()
+    assert read_all(st, dump([assistant("msg_0", "<synthetic>", 0, 0), assistant("msg_1", SONNET, 0, 0)])) == []
+
+
+def test_cache_writes_without_breakdown_are_5_minute_ones_and_web_searches_are_priced():
+    rec = read_all(usage.FileState(), dump([assistant("msg_W", OPUS, 0, 0, 0, 1000, 0, breakdown=False, web=3)]))[0]
+    assert rec[usage.R_TOKENS:usage.R_AGENT] == [0, 0, 0, 1000, 0, 3]
+    m = SessionManager()
+    apply_records(m, [rec])
+    # Opus 4.5: 1,000 5m writes * $6.25/M = $0.00625; 3 searches * $10/1000 = $0.03
+    assert m.get("S").public()["usage"]["costUsd"] == pytest.approx(0.03625)
+
+
+@pytest.mark.parametrize("model,prefix", [
+    ("claude-opus-4-5-20251101", "claude-opus-4-5"),
+    ("claude-opus-4-20250514", "claude-opus-4"),
+    ("claude-opus-4-1-20250805", "claude-opus-4-1"),
+    ("claude-sonnet-4-5", "claude-sonnet-4-5"),
+    ("us.anthropic.claude-sonnet-4-5-20250929-v1:0", "claude-sonnet-4-5"),
+    ("claude-sonnet-4-5@20250929", "claude-sonnet-4-5"),
+    ("claude-sonnet-4-5-20250929[1m]", "claude-sonnet-4-5"),
+    ("claude-haiku-4-5-20251001", "claude-haiku-4-5"),
+    ("claude-3-5-haiku-20241022", "claude-3-5-haiku"),
+    ("claude-opus-4-9", None),  # a newer minor version is not priced as an older one
+    ("claude-opus-45", None),
+    ("gpt-4o", None),
+])
+def test_models_are_priced_by_their_longest_prefix_and_never_guessed(model, prefix):
+    assert usage.price_for(model)[0] == prefix
+
+
+def test_the_price_table_can_be_overridden_extended_and_trimmed():
+    try:
+        usage.configure({"claude-sonnet-4-5": {"input": 6, "output": 30},
+                         "my-proxy-model": {"input": 1, "output": 2, "cacheRead": 0},
+                         "claude-haiku-4-5": None})
+        p = usage.prices()
+        # Cache prices derived from input with Anthropic's multipliers when not given.
+        assert p["claude-sonnet-4-5"]["cacheWrite5m"] == 7.5 and p["claude-sonnet-4-5"]["cacheWrite1h"] == 12
+        assert p["claude-sonnet-4-5"]["cacheRead"] == pytest.approx(0.6)
+        assert usage.cost([1_000_000, 0, 0, 0, 0, 0], "my-proxy-model") == 1
+        assert usage.price_for(HAIKU) == (None, None)
+    finally:
+        usage.configure({})
+    assert usage.prices()["claude-sonnet-4-5"]["input"] == 3
+
+
+def test_timestamps_and_days_without_datetime():
+    import datetime
+
+    for text in ("2025-10-01T12:34:56.789Z", "2024-02-29T00:00:00Z", "1999-12-31T23:59:59.5+02:00"):
+        want = datetime.datetime.fromisoformat(text.replace("Z", "+00:00"))
+        assert usage.iso_ms(text) == int(want.timestamp() * 1000)
+        assert usage.day_of(usage.iso_ms(text)) == want.astimezone(datetime.timezone.utc).strftime("%Y-%m-%d")
+    assert usage.iso_ms("garbage") == 0 and usage.iso_ms(None) == 0
+
+
+def test_group_by_machine_model_day_and_hour():
+    m = SessionManager()
+    apply_records(m, read_all(usage.FileState(), dump(TURN)))
+    m.get("S").machine_id = "m1"
+    apply_records(m, read_all(usage.FileState(), dump([assistant("msg_T", HAIKU, 1000, 0, ts="2025-10-02T01:00:00Z")])),
+                  session="T")
+    m.get("T").machine_id = "m2"
+    triples = [(s.session_id, s.machine_id, s.usage) for s in m.sessions.values()]
+    by_machine = {r["key"]: r for r in usage.group(triples, "machine")["rows"]}
+    assert by_machine["m1"]["costUsd"] == pytest.approx(TURN_COST)
+    assert by_machine["m2"]["costUsd"] == pytest.approx(0.001)
+    days = usage.group(triples, "day")
+    assert [r["key"] for r in days["rows"]] == ["2025-10-01", "2025-10-02"]
+    assert days["total"]["costUsd"] == pytest.approx(TURN_COST + 0.001)
+    hours = usage.group(triples, "hour")["rows"]
+    assert [usage.day_of(r["key"]) for r in hours] == ["2025-10-01", "2025-10-01", "2025-10-02"]
+    assert hours[0]["calls"] == 1 and hours[1]["calls"] == 1  # msg_A at 12:00, msg_B at 13:05
+    since = usage.iso_ms("2025-10-02T00:00:00Z")
+    assert usage.group(triples, "model", since=since)["total"]["costUsd"] == pytest.approx(0.001)
+    with pytest.raises(ValueError):
+        usage.group(triples, "colour")
+
+
+def test_agent_result_is_an_estimate_until_the_transcript_is_read():
+    m = SessionManager()
+    base = {"session_id": "S", "cwd": "/w", "transcript_path": "/nowhere/S.jsonl"}
+
+    def hook(i, **p):
+        return events.from_payload({**base, **p}, event_id=f"e{i}", timestamp=i, machine_id="m1")
+
+    m.apply(hook(1, hook_event_name="PreToolUse", tool_name="Agent", tool_use_id="tu1",
+                 tool_input={"subagent_type": "Explore", "description": "d"}))
+    m.apply(hook(2, hook_event_name="PostToolUse", tool_name="Agent", tool_use_id="tu1",
+                 tool_response={"status": "completed", "agentId": "a1", "totalTokens": 24680,
+                                "totalDurationMs": 29159, "totalToolUseCount": 4,
+                                "usage": {"input_tokens": 3, "output_tokens": 400,
+                                          "cache_read_input_tokens": 24000,
+                                          "cache_creation_input_tokens": 277}}))
+    u = m.get("S:agent-a1").public()["usage"]
+    assert u["estimate"]["totalTokens"] == 24680 and u["estimate"]["lastCall"]["output"] == 400
+    assert u["costUsd"] is None and u["calls"] == 0  # an estimate is never priced
+    apply_records(m, read_all(usage.FileState(), dump([assistant("msg_S1", HAIKU, 100, 200, agent="a1")])),
+                  agent="a1", ts=3)
+    u = m.get("S:agent-a1").public()["usage"]
+    assert u["estimate"] is None and u["calls"] == 1 and u["costUsd"] == pytest.approx(0.0011)
+
+
+# --- the reader's file handling ---------------------------------------------------------------
+def test_reader_follows_a_growing_file_and_restarts_on_rotation_and_truncation(tmp_path):
+    path = str(tmp_path / "S.jsonl")
+    data = dump(TURN)
+    with open(path, "wb") as f:
+        f.write(data[:100])
+    st = usage.FileState()
+    recs, start, end, more = transcripts.read_new(path, st)
+    assert recs == [] and start == 0 and end == 0 and not more  # first line not complete yet
+    with open(path, "wb") as f:
+        f.write(data)
+    recs, start, end, _ = transcripts.read_new(path, st)
+    assert (start, end) == (0, len(data)) and len(recs) == 3
+    recs, start, end, _ = transcripts.read_new(path, st)
+    assert recs == [] and start == end == len(data)
+    # Rotated: another file under the same name, starting with the same history.
+    os.rename(path, path + ".old")
+    with open(path, "wb") as f:
+        f.write(data + dump([assistant("msg_N", SONNET, 1, 1)]))
+    recs, start, _, _ = transcripts.read_new(path, st)
+    assert start == 0 and [r[usage.R_KEY] for r in recs] == ["msg_N"]  # the copy is known
+    # Truncated in place: read from the start again.
+    with open(path, "r+b") as f:
+        f.truncate(len(data) // 2)
+    recs, start, _, _ = transcripts.read_new(path, st)
+    assert start == 0 and st.offset <= len(data) // 2
+    with pytest.raises(FileNotFoundError):
+        transcripts.read_new(str(tmp_path / "missing.jsonl"), usage.FileState())
+
+
+def test_reader_budget_leaves_the_rest_for_the_next_read(tmp_path):
+    path = str(tmp_path / "big.jsonl")
+    lines = [assistant(f"msg_{i:04d}", SONNET, 1, 1) for i in range(200)]
+    with open(path, "wb") as f:
+        f.write(dump(lines))
+    st = usage.FileState()
+    got = []
+    for _ in range(100):
+        recs, _, _, more = transcripts.read_new(path, st, max_bytes=10_000)
+        got += recs
+        if not more:
+            break
+    assert len({r[usage.R_KEY] for r in got}) == 200 and st.offset == os.path.getsize(path)
+
+
+def test_file_state_round_trips():
+    st = usage.FileState()
+    read_all(st, dump(TURN))
+    again = usage.FileState.from_dict(json.loads(json.dumps(st.to_dict())))
+    assert again.offset == st.offset and read_all(again, dump(TURN[-1:])) == []
+    assert usage.FileState.from_dict("junk").offset == 0
