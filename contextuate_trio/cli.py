@@ -252,7 +252,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def _add_integration_commands(sub) -> None:
     """Claude Code integration and everyday use (each in its own module)."""
-    from contextuate_trio import claude_settings, demo, doctor, export, service, tail
+    from contextuate_trio import claude_settings, demo, doctor, export, service, tail, usage_cli
 
     claude_settings.add_parser(sub)
     doctor.add_parser(sub)
@@ -260,6 +260,7 @@ def _add_integration_commands(sub) -> None:
     demo.add_parser(sub)
     export.add_parser(sub)
     service.add_parser(sub)
+    usage_cli.add_parser(sub)
 
 
 def main(argv: Optional[list[str]] = None) -> int:

@@ -6,12 +6,14 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import subprocess
+import sys
 import tempfile
 import urllib.request
 
 import pytest
 
-from conftest import run_hook, wait_for
+from conftest import clean_env, run_hook, wait_for
 from redis_server import needs_redis, redis_server  # noqa: F401 (fixture)
 from test_usage import HAIKU, SONNET, TURN, TURN_COST, assistant, dump
 
@@ -82,6 +84,16 @@ def test_local_stop_reads_the_transcript_and_the_api_shows_usage(home, daemon):
     events = d.events(SID)
     assert [e["eventType"] for e in events].count("usage") >= 2
     assert all(e["source"] == "transcript" for e in events if e["eventType"] == "usage")
+
+    # The terminal: a table per model with the total.
+    out = subprocess.run([sys.executable, "-m", "contextuate_trio", "usage", "--by", "model"],
+                         env=clean_env(home), capture_output=True, text=True, timeout=30)
+    assert out.returncode == 0, out.stderr
+    assert SONNET in out.stdout and HAIKU in out.stdout and "$0.0306" in out.stdout
+    assert out.stdout.splitlines()[-1].split()[-1] == f"${TURN_COST + SUB_COST:.4f}"
+    by_session = subprocess.run([sys.executable, "-m", "contextuate_trio", "usage", "--by", "session", "--json"],
+                                env=clean_env(home), capture_output=True, text=True, timeout=30)
+    assert len(json.loads(by_session.stdout)["rows"]) == 2
 
     # A restart reads nothing twice: the offsets were kept.
     d.stop()
