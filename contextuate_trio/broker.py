@@ -60,13 +60,26 @@ class RecentIds:
 
 
 class Subscription:
-    """A sink's bounded queue of broker messages. Dropped (closed) when full."""
+    """A sink's bounded queue of broker messages. Dropped (closed) when full.
 
-    def __init__(self, broker: "Broker", size: int, name: str) -> None:
+    A *batched* subscription gets one ``{"type": "batch", "seq", "events": [...],
+    "sessions": [...]}`` message per pipeline batch instead of one message per event,
+    and its bound counts events, not messages: a reader that takes whatever is there
+    whenever it wakes keeps up with bursts that would overflow a per-event queue."""
+
+    def __init__(self, broker: "Broker", size: int, name: str, batched: bool = False) -> None:
         self.broker = broker
         self.name = name
+        self.batched = batched
+        self.max_events = size
+        self.queued_events = 0  # batched only: events sent and not yet taken
         self.send, self.receive = trio.open_memory_channel(size)
         self.dropped: Optional[str] = None
+
+    def taken(self, message: dict) -> None:
+        """The reader took ``message`` off the queue (batched accounting)."""
+        if message.get("type") == "batch":
+            self.queued_events -= len(message["events"])
 
     def close(self, why: Optional[str] = None) -> None:
         if self.dropped is None:
@@ -146,22 +159,30 @@ class Broker:
         return self._receive.statistics().current_buffer_used
 
     # --- sinks' side ----------------------------------------------------------------
-    def subscribe(self, size: int = 1000, name: str = "subscriber") -> Subscription:
-        sub = Subscription(self, size, name)
+    def subscribe(self, size: int = 1000, name: str = "subscriber", batched: bool = False) -> Subscription:
+        sub = Subscription(self, size, name, batched)
         self._subscribers.add(sub)
         return sub
 
     def subscriber_count(self) -> int:
         return len(self._subscribers)
 
-    def _publish(self, message: dict) -> None:
+    def _publish(self, message: dict, *, plain: bool = True, batched: bool = True) -> None:
+        """Offer ``message`` to the per-message (``plain``) and/or ``batched``
+        subscribers; one whose queue is full is dropped, never waited for."""
         for sub in list(self._subscribers):
+            if not (batched if sub.batched else plain):
+                continue
             try:
+                if sub.batched and message.get("type") == "batch":
+                    sub.queued_events += len(message["events"])
+                    if sub.queued_events > sub.max_events:
+                        raise trio.WouldBlock
                 sub.send.send_nowait(message)
             except trio.WouldBlock:
                 self.counters["dropped_subscribers"] += 1
-                log.warning("dropping %s: it fell %d messages behind", sub.name,
-                            sub.send.statistics().max_buffer_size)
+                unit = "events" if sub.batched else "messages"
+                log.warning("dropping %s: it fell %d %s behind", sub.name, sub.max_events, unit)
                 sub.close("too slow")
             except trio.ClosedResourceError:
                 sub.close()
@@ -293,13 +314,19 @@ class Broker:
         self.counters["store_errors"] += 1
 
     def _fan_out(self, accepted, changed) -> None:
+        msgs = []
         for _, ev, line in accepted:
             self.seq += 1
             msg = {"type": "event", "seq": self.seq, "event": ev, "line": line}
             self.replay.append(msg)
-            self._publish(msg)
-        for s in changed.values():
-            self._publish({"type": "session_update", "seq": self.seq, "session": s})
+            msgs.append(msg)
+        if any(not sub.batched for sub in self._subscribers):
+            for msg in msgs:
+                self._publish(msg, batched=False)
+            for s in changed.values():
+                self._publish({"type": "session_update", "seq": self.seq, "session": s}, batched=False)
+        self._publish({"type": "batch", "seq": self.seq, "events": msgs,
+                       "sessions": list(changed.values())}, plain=False)
 
     # --- actions on sessions ----------------------------------------------------------
     def delete_session(self, session_id: str) -> bool:

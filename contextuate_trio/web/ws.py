@@ -188,7 +188,7 @@ class Client:
     def queue_depth(self) -> int:
         if self.sub is None:
             return 0
-        return self.sub.receive.statistics().current_buffer_used
+        return self.sub.queued_events
 
 
 class WsServer:
@@ -200,7 +200,9 @@ class WsServer:
         self.port = cfg.server.ws_port
         self.guard = Guard(cfg.server.allowed_hosts, cfg.server.token, cfg.server.host)
         # Tunables (tests shrink them).
-        self.queue_size = 10_000
+        # Events a client may lag behind before it is dropped: as many as the broker
+        # keeps for resume, so a dropped client can usually come back with ?since=.
+        self.queue_size = 50_000
         self.snapshot_events = 1000
         self.ping_interval = 20.0
         self.ping_timeout = 20.0
@@ -336,7 +338,7 @@ class WsServer:
     def _start(self, client: Client, since: Optional[int], epoch: Optional[str], limit: int) -> list[str]:
         """Subscribe and build the first messages. MUST NOT await (see the module doc)."""
         b = self.broker
-        client.sub = b.subscribe(self.queue_size, f"WebSocket client {client.remote}")
+        client.sub = b.subscribe(self.queue_size, f"WebSocket client {client.remote}", batched=True)
         seq = b.seq
         if since is not None:
             replay = self._replay_after(since, epoch)
@@ -462,21 +464,37 @@ class WsServer:
                 batch = [await sub.receive.receive()]
             except (trio.EndOfChannel, trio.ClosedResourceError):
                 if sub.dropped == "too slow":
-                    self._drop(client, f"fell {self.queue_size} messages behind", scope)
+                    self._drop(client, f"fell {self.queue_size} events behind", scope)
                 else:
                     client.closing = client.closing or (CLOSE_SHUTDOWN, "server closing")
                     scope.cancel()
                 return
             if sub.dropped == "too slow":
-                self._drop(client, f"fell {self.queue_size} messages behind", scope)
+                self._drop(client, f"fell {self.queue_size} events behind", scope)
                 return
-            while len(batch) < BATCH_MAX * 4:
+            while len(batch) < 64:
                 try:
                     batch.append(sub.receive.receive_nowait())
                 except (trio.WouldBlock, trio.EndOfChannel, trio.ClosedResourceError):
                     break
-            for text in self._render(client, batch):
+            for text in self._render(client, self._expand(sub, batch)):
                 await self._send(client, text, scope)
+
+    @staticmethod
+    def _expand(sub, batch: list[dict]) -> list[dict]:
+        """The broker's batch messages as the per-event and per-session messages
+        ``_render`` takes (the subscription is batched: one message per pipeline
+        batch, however many events it holds)."""
+        out: list[dict] = []
+        for m in batch:
+            sub.taken(m)
+            if m["type"] != "batch":
+                out.append(m)
+                continue
+            out.extend(m["events"])
+            seq = m["seq"]
+            out.extend({"type": "session_update", "seq": seq, "session": s} for s in m["sessions"])
+        return out
 
     def _render(self, client: Client, batch: list[dict]) -> list[str]:
         """Broker messages -> the texts to send: events batched, updates coalesced."""
@@ -537,7 +555,7 @@ class WsServer:
                 await trio.sleep(step)
                 waited += step
                 if client.sub is not None and client.sub.dropped == "too slow":
-                    self._drop(client, f"fell {self.queue_size} messages behind", scope)
+                    self._drop(client, f"fell {self.queue_size} events behind", scope)
                     return
             with trio.move_on_after(self.ping_timeout) as timer:
                 await client.ws.ping()
