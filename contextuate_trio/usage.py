@@ -322,6 +322,7 @@ def read_chunk(state: FileState, data: bytes, loads, at_eof: bool = True) -> lis
         except Exception:  # incomplete; json's C scanner may even raise SystemError
             pass
     out = []
+    where: dict = {}
     recent = state.recent
     for line in lines:
         # Cheap filter before parsing: most lines (tool results, prompts) carry no usage.
@@ -345,7 +346,12 @@ def read_chunk(state: FileState, data: bytes, loads, at_eof: bool = True) -> lis
             rec[R_TOKENS:R_AGENT] = values
         recent.pop(key, None)
         recent[key] = list(values)
-        out.append(rec)
+        at = where.get(key)
+        if at is None:
+            where[key] = len(out)
+            out.append(rec)
+        else:
+            out[at] = rec  # a response that grew within this read: one record, its largest
     while len(recent) > FILE_RECENT_KEYS:
         del recent[next(iter(recent))]
     state.offset += consumed

@@ -90,7 +90,8 @@ def test_a_response_split_over_lines_counts_once_with_its_final_usage():
     data = dump(TURN)
     recs = read_all(st, data)
     assert st.offset == len(data)
-    assert [r[usage.R_KEY] for r in recs] == ["msg_A", "msg_A", "msg_B"]  # grew once (1 -> 120)
+    assert [r[usage.R_KEY] for r in recs] == ["msg_A", "msg_B"]  # one record each, the largest usage
+    assert recs[0][usage.R_TOKENS:usage.R_AGENT] == [10, 120, 20_000, 1_000, 2_000, 0]
     m = SessionManager()
     apply_records(m, recs)
     u = m.get("S").public()["usage"]
@@ -298,7 +299,7 @@ def test_reader_follows_a_growing_file_and_restarts_on_rotation_and_truncation(t
     with open(path, "wb") as f:
         f.write(data)
     recs, start, end, _ = transcripts.read_new(path, st)
-    assert (start, end) == (0, len(data)) and len(recs) == 3
+    assert (start, end) == (0, len(data)) and len(recs) == 2
     recs, start, end, _ = transcripts.read_new(path, st)
     assert recs == [] and start == end == len(data)
     # Rotated: another file under the same name, starting with the same history.
