@@ -28,6 +28,7 @@ from contextuate_trio.store import FileStore, StoreError
 log = logging.getLogger("contextuate.broker")
 
 MAX_BATCH = 1024
+META_DELAY = 0.25  # seconds a changed session's meta.json may lag its events
 
 
 @attrs.define(eq=False)
@@ -114,6 +115,8 @@ class Broker:
         self.by_source: collections.Counter = collections.Counter()
         self.last_error: Optional[str] = None
         self.ready = trio.Event()
+        self._dirty: dict[str, Session] = {}  # sessions whose meta.json is behind
+        self._dirty_since = 0.0
         self.finished = trio.Event()
         self.on_stored: list[Callable[[list[Event]], None]] = []
 
@@ -196,7 +199,7 @@ class Broker:
             async with self._receive:
                 while True:
                     try:
-                        batch = [await self._receive.receive()]
+                        batch = [await self._receive_or_flush()]
                     except trio.EndOfChannel:
                         return
                     while len(batch) < MAX_BATCH:
@@ -206,7 +209,35 @@ class Broker:
                             break
                     await self.process(batch)
         finally:
+            self.flush_sessions()
             self.finished.set()
+
+    async def _receive_or_flush(self) -> Delivery:
+        """The next delivery; while waiting for it, session metadata that changed is
+        written once it is META_DELAY old (see ``flush_sessions``)."""
+        while self._dirty:
+            with trio.move_on_at(self._dirty_since + META_DELAY):
+                return await self._receive.receive()
+            self.flush_sessions()
+        return await self._receive.receive()
+
+    def flush_sessions(self) -> None:
+        """Write the metadata of sessions changed since the last write.
+
+        Deferred by up to META_DELAY, so a burst rewrites each session's meta.json
+        once rather than once per batch (it was a fifth of the pipeline's time). Safe
+        across a crash: each meta records the size of the events file it counts, and
+        a start replays whatever was appended after it."""
+        if not self._dirty or self.store is None:
+            self._dirty.clear()
+            return
+        try:
+            self.store.save_sessions(list(self._dirty.values()))
+        except StoreError as exc:
+            self._store_failed(exc)
+            self._dirty_since = trio.current_time()  # try again a little later
+            return
+        self._dirty.clear()
 
     def _duplicate(self, ev: Event) -> bool:
         if ev.id in self.recent:
@@ -295,14 +326,11 @@ class Broker:
                 self._store_failed(exc)
                 await trio.sleep(delay)
                 delay = min(delay * 2, 5.0)
-        while True:
-            try:
-                self.store.save_sessions(changed.values())
-                break
-            except StoreError as exc:
-                self._store_failed(exc)
-                await trio.sleep(delay)
-                delay = min(delay * 2, 5.0)
+        if not self._dirty:
+            self._dirty_since = trio.current_time()
+        self._dirty.update(changed)
+        if trio.current_time() - self._dirty_since >= META_DELAY:
+            self.flush_sessions()  # a steady stream: still at most every META_DELAY
         if self.last_error:
             log.warning("the store can write again; %d events kept in memory are stored", len(accepted))
             self.last_error = None
@@ -339,6 +367,7 @@ class Broker:
             if child is not None and child.parent_session_id == session_id:
                 self.delete_session(child_id)
         self.manager.remove(session_id)
+        self._dirty.pop(session_id, None)
         if self.store is not None:
             self.store.delete(session_id)
             parent = self.manager.get(s.parent_session_id or "")
