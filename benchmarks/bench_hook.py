@@ -5,8 +5,8 @@ PreToolUse payload from tests/fixtures on stdin, nothing on stdout) interleaved 
 ``<python3> -I -S -c pass`` on the same binary: every round runs each case once, in a
 shuffled order, so machine noise hits all of them alike. Reports p50/p95/p99 of the
 wall time (spawn → exit, measured with posix_spawn + wait4 in this process) and the
-ratio of medians hook / bare. Cases: daemon up, daemon down (spool), and slots for the
-Redis cases (up, down, hung) that return "n/a" until Redis mode exists.
+ratio of medians hook / bare. Cases: daemon up, daemon down (spool), Redis up (and
+with a secret to mask), Redis down, Redis hung.
 
     .venv/bin/python benchmarks/bench_hook.py          # BENCH_QUICK=1, BENCH_HOOK_ROUNDS=N
 """
@@ -42,33 +42,111 @@ def daemon_down() -> Iterator[dict]:
         yield {"env": dict(C.Daemon(home).env()), "home": home}
 
 
-# Redis mode: slots for the Redis engineer. Yield {"env": ..., "home": ...} set up so
-# the hook runs in redis mode against a Redis that is up / refuses connections / hangs
-# (e.g. a listening TCP socket that never answers). Until then they report n/a.
+# Redis mode: the hook speaks RESP to a real redis-server started here (up), to a
+# port where nothing listens (down), and to a socket that accepts and never answers
+# (hung; hook.timeoutMs lowered to 100 ms so the run stays short: the hook waits
+# exactly that long, then spools). "with a secret" sends a payload holding an API key,
+# so the hook's masking (and its lazy ``import re``) is on the measured path.
+SECRET_PAYLOAD = None  # set in run(): the PreToolUse payload with a key in its command
+
+
+def _redis_home(home: str, redis_cfg: dict, timeout_ms: Optional[int] = None) -> dict:
+    env = dict(C.Daemon(home).env())  # (writes a local-mode config: replaced below)
+    cfg: dict = {"mode": "redis", "redis": redis_cfg}
+    if timeout_ms:
+        cfg["hook"] = {"timeoutMs": timeout_ms}
+    with open(os.path.join(home, "monitor.config.json"), "w") as f:
+        json.dump(cfg, f)
+    return env
+
+
+@contextlib.contextmanager
+def _redis_server() -> Iterator[Optional[int]]:
+    import shutil
+    import subprocess
+
+    exe = shutil.which("redis-server")
+    if exe is None:
+        yield None
+        return
+    port = C.free_port()
+    with C.temp_dir("ctx-bench-redis-") as d:
+        p = subprocess.Popen([exe, "--port", str(port), "--bind", "127.0.0.1", "--save", "",
+                              "--appendonly", "no", "--dir", d], stdout=subprocess.DEVNULL,
+                             stderr=subprocess.DEVNULL)
+        try:
+            import socket
+
+            for _ in range(200):
+                try:
+                    socket.create_connection(("127.0.0.1", port), timeout=0.1).close()
+                    break
+                except OSError:
+                    time.sleep(0.02)
+            yield port
+        finally:
+            p.kill()
+            p.wait()
+
+
+def _stream_len(port: int) -> int:
+    import redis
+
+    return int(redis.Redis(port=port).xlen("contextuate:events:stream"))
+
+
 @contextlib.contextmanager
 def redis_up() -> Iterator[Optional[dict]]:
-    yield None
+    with _redis_server() as port, C.temp_dir() as home:
+        if port is None:
+            yield None
+            return
+        yield {"env": _redis_home(home, {"host": "127.0.0.1", "port": port}), "home": home,
+               "stored": lambda: _stream_len(port)}
+
+
+@contextlib.contextmanager
+def redis_up_secret() -> Iterator[Optional[dict]]:
+    with _redis_server() as port, C.temp_dir() as home:
+        if port is None:
+            yield None
+            return
+        yield {"env": _redis_home(home, {"host": "127.0.0.1", "port": port}), "home": home,
+               "stored": lambda: _stream_len(port),
+               "stdin": (json.dumps(SECRET_PAYLOAD) + "\n").encode()}
 
 
 @contextlib.contextmanager
 def redis_down() -> Iterator[Optional[dict]]:
-    yield None
+    with C.temp_dir() as home:
+        yield {"env": _redis_home(home, {"host": "127.0.0.1", "port": C.free_port()}), "home": home}
 
 
 @contextlib.contextmanager
 def redis_hung() -> Iterator[Optional[dict]]:
-    yield None
+    import socket
+
+    srv = socket.socket()
+    srv.bind(("127.0.0.1", 0))
+    srv.listen(4096)  # accepts (in the kernel), never answers
+    try:
+        with C.temp_dir() as home:
+            yield {"env": _redis_home(home, {"host": "127.0.0.1", "port": srv.getsockname()[1]}, 100),
+                   "home": home}
+    finally:
+        srv.close()
 
 
-# (label, setup, target ratio of medians or None, what "delivered" means)
+# (label, setup, target ratio of medians or None)
 CASES: list[tuple[str, Callable, Optional[float]]] = [
     ("daemon up", daemon_up, 1.5),
     ("daemon down (spool)", daemon_down, 1.6),
     ("Redis up", redis_up, 1.5),
+    ("Redis up, payload with a secret (masked)", redis_up_secret, None),
     ("Redis down", redis_down, 1.6),
-    ("Redis hung", redis_hung, None),
+    ("Redis hung (timeoutMs 100)", redis_hung, None),
 ]
-NOT_YET = "n/a, no Redis mode yet"
+NOT_YET = "n/a, no redis-server here"
 
 
 # --- measuring ------------------------------------------------------------------------------
@@ -130,6 +208,10 @@ def run(rounds: Optional[int] = None) -> dict:
     python = C.real_python()
     payload = C.pre_tool_use_payload()
     stdin = (json.dumps(payload) + "\n").encode()
+    global SECRET_PAYLOAD
+    SECRET_PAYLOAD = json.loads(json.dumps(payload))
+    SECRET_PAYLOAD.setdefault("tool_input", {})["command"] = (
+        "ANTHROPIC_API_KEY=sk-ant-api03-" + "Xy7" * 20 + " claude -p 'summarise the diff'")
     rng = random.Random(1234)
     rows: list[dict] = []
     result: dict = {"name": NAME, "python": python, "rounds": rounds, "payload_bytes": len(stdin),
@@ -154,7 +236,8 @@ def run(rounds: Optional[int] = None) -> dict:
             rng.shuffle(order)
             for j in order:
                 label, argv, env, _, _ = active[j]
-                wall, cpu_s = spawn_timed(argv, stdin if j else b"", env, err)
+                case_stdin = active[j][4].get("stdin", stdin) if j else b""
+                wall, cpu_s = spawn_timed(argv, case_stdin, env, err)
                 if i >= warmup:
                     samples[label].append(wall)
                     cpu[label].append(cpu_s)
@@ -165,7 +248,10 @@ def run(rounds: Optional[int] = None) -> dict:
             spool = os.path.join(home, "spool")
             n_spooled = len([n for n in os.listdir(spool) if n.endswith(".json")]) if os.path.isdir(spool) else 0
             d = info.get("daemon")
-            n_stored = d.events_stored() if d is not None else 0
+            if "stored" in info:
+                n_stored = info["stored"]()
+            else:
+                n_stored = d.events_stored() if d is not None else 0
             result["cases"].setdefault(label, {})["delivery"] = {"stored": n_stored, "spooled": n_spooled}
         result["import_audit"] = import_audit(python, stdin, base_env)
 
@@ -183,7 +269,7 @@ def run(rounds: Optional[int] = None) -> dict:
                       "target_ratio": target})
         deliv = extra["delivery"]
         note = ""
-        if label.startswith("daemon up") and deliv["spooled"]:
+        if (label.startswith("daemon up") or label.startswith("Redis up")) and deliv["spooled"]:
             note = f" ({deliv['spooled']} spooled!)"
         rows.append(C.row("1 hook cost", f"hook, {label}: p50/p95/p99", fmt3(s) + note, "", ""))
         rows.append(C.row("1 hook cost", f"hook, {label}: median / bare median",

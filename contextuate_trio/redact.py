@@ -15,35 +15,36 @@ from __future__ import annotations
 
 MASK = "[REDACTED:%s]"
 
-# Substrings at least one of which any secret we mask contains.
-MARKERS = (
-    "sk-", "ghp_", "gho_", "ghu_", "ghs_", "ghr_", "github_pat_", "glpat-", "xox",
-    "AKIA", "ASIA", "AIza", "hf_", "npm_", "pypi-", "PRIVATE KEY", "earer ", "EARER ",
-    "assword", "ASSWORD", "asswd", "ecret", "ECRET", "oken", "OKEN", "pi_key", "PI_KEY",
-    "pi-key", "piKey", "uthorization", "UTHORIZATION", "ccess_key", "CCESS_KEY", "://",
-)
-
-# (kind, pattern, group to mask). Secret characters never include " or \ (see above).
+# (kind, markers, pattern, group to mask). A pattern can only match text holding one
+# of its markers (plain substrings), so a cheap scan decides which patterns to run.
+# Secret characters never include " or \\ (see above).
 _PATTERNS = (
-    ("private-key", r"-----BEGIN ([A-Z ]{0,20})PRIVATE KEY-----.*?-----END \1PRIVATE KEY-----", 0),
-    ("anthropic-key", r"\bsk-ant-[A-Za-z0-9_-]{20,}", 0),
-    ("openai-key", r"\bsk-(?:proj-|svcacct-)?[A-Za-z0-9_-]{20,}", 0),
-    ("github-token", r"\b(?:gh[pousr]_[A-Za-z0-9]{30,}|github_pat_[A-Za-z0-9_]{40,})", 0),
-    ("gitlab-token", r"\bglpat-[A-Za-z0-9_-]{20,}", 0),
-    ("slack-token", r"\bxox[abprs]-[A-Za-z0-9-]{10,}", 0),
-    ("aws-access-key", r"\b(?:AKIA|ASIA)[A-Z0-9]{16}\b", 0),
-    ("google-api-key", r"\bAIza[A-Za-z0-9_-]{35}", 0),
-    ("huggingface-token", r"\bhf_[A-Za-z0-9]{30,}", 0),
-    ("npm-token", r"\bnpm_[A-Za-z0-9]{36}", 0),
-    ("pypi-token", r"\bpypi-[A-Za-z0-9_-]{50,}", 0),
-    ("bearer", r"(?i)\b(?:bearer|token)\s+([A-Za-z0-9._~+/=-]{16,})", 1),
-    ("basic-auth", r"(?i)\bauthorization:\s*basic\s+([A-Za-z0-9+/=]{8,})", 1),
-    ("url-password", r"\b[a-z][a-z0-9+.-]*://[^\s:/@\"\\]{1,64}:([^\s@/\"\\]{1,256})@", 1),
+    ("private-key", ("PRIVATE KEY",),
+     r"-----BEGIN ([A-Z ]{0,20})PRIVATE KEY-----.*?-----END \1PRIVATE KEY-----", 0),
+    ("anthropic-key", ("sk-ant-",), r"\bsk-ant-[A-Za-z0-9_-]{20,}", 0),
+    ("openai-key", ("sk-",), r"\bsk-(?:proj-|svcacct-)?[A-Za-z0-9_-]{20,}", 0),
+    ("github-token", ("ghp_", "gho_", "ghu_", "ghs_", "ghr_", "github_pat_"),
+     r"\b(?:gh[pousr]_[A-Za-z0-9]{30,}|github_pat_[A-Za-z0-9_]{40,})", 0),
+    ("gitlab-token", ("glpat-",), r"\bglpat-[A-Za-z0-9_-]{20,}", 0),
+    ("slack-token", ("xox",), r"\bxox[abprs]-[A-Za-z0-9-]{10,}", 0),
+    ("aws-access-key", ("AKIA", "ASIA"), r"\b(?:AKIA|ASIA)[A-Z0-9]{16}\b", 0),
+    ("google-api-key", ("AIza",), r"\bAIza[A-Za-z0-9_-]{35}", 0),
+    ("huggingface-token", ("hf_",), r"\bhf_[A-Za-z0-9]{30,}", 0),
+    ("npm-token", ("npm_",), r"\bnpm_[A-Za-z0-9]{36}", 0),
+    ("pypi-token", ("pypi-",), r"\bpypi-[A-Za-z0-9_-]{50,}", 0),
+    ("bearer", ("earer", "EARER", "oken", "OKEN"),
+     r"(?i)\b(?:bearer|token)\s+([A-Za-z0-9._~+/=-]{16,})", 1),
+    ("basic-auth", ("uthorization", "UTHORIZATION"),
+     r"(?i)\bauthorization:\s*basic\s+([A-Za-z0-9+/=]{8,})", 1),
+    ("url-password", ("://",), r"\b[a-z][a-z0-9+.-]*://[^\s:/@\"\\]{1,64}:([^\s@/\"\\]{1,256})@", 1),
     ("assignment",
+     ("assword", "ASSWORD", "asswd", "ASSWD", "ecret", "ECRET", "oken", "OKEN", "pi_key", "PI_KEY",
+      "pi-key", "API-KEY", "piKey", "PIKEY", "pikey", "ccess_key", "CCESS_KEY", "ccess-key", "ccessKey"),
      r"(?i)(?:password|passwd|secret|api[_-]?key|apikey|access[_-]?key|auth[_-]?token|"
      r"access[_-]?token|client[_-]?secret|private[_-]?token|token)"
      r"(?:\\?[\"'])?\s*[:=]\s*(?:\\?[\"'])?([^\s\"'\\,;&}{)(\]\[]{4,})", 1),
 )
+MARKERS = tuple(sorted({m for _, markers, _, _ in _PATTERNS for m in markers}))
 
 
 class Redactor:
@@ -52,16 +53,21 @@ class Redactor:
     def __init__(self, extra: tuple | list = (), enabled: bool = True) -> None:
         self.enabled = enabled
         self.extra = tuple(extra)
-        self._compiled = None
+        self._compiled: dict = {}  # pattern index -> compiled regex, made when first needed
+        self._custom = None
 
-    def _patterns(self):
-        if self._compiled is None:
+    def _regex(self, i: int):
+        rx = self._compiled.get(i)
+        if rx is None:
             import re
 
-            compiled = [(k, re.compile(p, re.DOTALL), g) for k, p, g in _PATTERNS]
-            compiled += [("custom", re.compile(p), 0) for p in self.extra]
-            self._compiled = compiled
-        return self._compiled
+            rx = self._compiled[i] = re.compile(_PATTERNS[i][2], re.DOTALL)
+        return rx
+
+    def _wanted(self, text: str) -> list:
+        """Indexes of the built-in patterns whose markers the text holds."""
+        return [i for i, (_, markers, _, _) in enumerate(_PATTERNS)
+                if any(m in text for m in markers)]
 
     def may_hold_secret(self, text: str) -> bool:
         if self.extra:
@@ -76,11 +82,20 @@ class Redactor:
         if not self.enabled or not self.may_hold_secret(text):
             return text
         out = text
-        for kind, rx, group in self._patterns():
+        for i in self._wanted(text):
+            kind, _, _, group = _PATTERNS[i]
+            rx = self._regex(i)
             if group == 0:
                 out = rx.sub(lambda m, k=kind: MASK % k, out)
             else:
                 out = rx.sub(lambda m, k=kind, g=group: _mask_group(m, g, k), out)
+        if self.extra:
+            if self._custom is None:
+                import re
+
+                self._custom = [re.compile(p) for p in self.extra]
+            for rx in self._custom:
+                out = rx.sub(MASK % "custom", out)
         return out
 
 
