@@ -198,3 +198,19 @@ def test_clock_jumps_keep_the_hook_bounded_and_delivering(daemon, home, spec):
     # A later event with a sane clock is still stored and counted.
     run_hook(home, dict(PAYLOAD, hook_event_name="Stop"))
     assert d.sessions()["s1"]["eventCount"] == 2
+
+
+def test_redis_mode_hook_imports_stay_light(home):
+    """No IDNA codec (it pulls in re and unicodedata), no json/socket/os, no re for
+    an event with nothing to mask."""
+    from conftest import free_port
+
+    with open(os.path.join(home, "monitor.config.json"), "w") as f:
+        json.dump({"mode": "redis", "redis": {"host": "localhost", "port": free_port()}}, f)
+    r = subprocess.run([HOOK_PYTHON, "-I", "-S", "-X", "importtime", HOOK], input=json.dumps(PAYLOAD).encode(),
+                       capture_output=True, env=clean_env(home))
+    imported = {line.split("|")[-1].strip() for line in r.stderr.decode().splitlines()
+                if line.startswith("import time:") and "|" in line}
+    assert "contextuate_trio.redact" in imported  # it ran...
+    for heavy in ("encodings.idna", "re", "json", "socket", "os", "unicodedata"):
+        assert heavy not in imported, f"the hook imports {heavy}"
