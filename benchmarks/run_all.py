@@ -20,10 +20,15 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import _common as C  # noqa: E402
 import bench_history  # noqa: E402
 import bench_hook  # noqa: E402
+import bench_http_hook  # noqa: E402
 import bench_ingest  # noqa: E402
 import bench_latency  # noqa: E402
+import bench_redis_ingest  # noqa: E402
+import bench_usage_hook  # noqa: E402
 
-BENCHES = [("hook", bench_hook), ("ingest", bench_ingest), ("latency", bench_latency), ("history", bench_history)]
+BENCHES = [("hook", bench_hook), ("http_hook", bench_http_hook), ("usage_hook", bench_usage_hook),
+           ("ingest", bench_ingest), ("latency", bench_latency), ("history", bench_history),
+           ("redis_ingest", bench_redis_ingest)]
 
 
 def chart(results: dict, path: str) -> bool:

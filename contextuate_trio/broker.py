@@ -41,6 +41,24 @@ class Delivery:
     error: Optional[str] = None
 
 
+class LiveEvent:
+    """What subscribers and WebSocket resume need of an event besides its JSON line:
+    the fields clients filter on. The event's payload is not kept (the line has it):
+    the replay buffer holds tens of thousands of these."""
+
+    __slots__ = ("id", "timestamp", "session_id", "parent_session_id", "machine_id",
+                 "event_type", "tool_name")
+
+    def __init__(self, ev: Event) -> None:
+        self.id = ev.id
+        self.timestamp = ev.timestamp
+        self.session_id = ev.session_id
+        self.parent_session_id = ev.parent_session_id
+        self.machine_id = ev.machine_id
+        self.event_type = ev.event_type
+        self.tool_name = ev.tool_name
+
+
 class RecentIds:
     """The ids seen lately, oldest forgotten first (a bounded ordered set)."""
 
@@ -96,8 +114,8 @@ class Broker:
         manager: Optional[SessionManager] = None,
         *,
         channel_size: int = 10_000,
-        recent_ids: int = 100_000,
-        replay_size: int = 50_000,
+        recent_ids: int = 50_000,
+        replay_size: int = 20_000,
         started_ms: Optional[int] = None,
         redactor: Optional[Redactor] = None,
     ) -> None:
@@ -345,7 +363,7 @@ class Broker:
         msgs = []
         for _, ev, line in accepted:
             self.seq += 1
-            msg = {"type": "event", "seq": self.seq, "event": ev, "line": line}
+            msg = {"type": "event", "seq": self.seq, "event": LiveEvent(ev), "line": line}
             self.replay.append(msg)
             msgs.append(msg)
         if any(not sub.batched for sub in self._subscribers):

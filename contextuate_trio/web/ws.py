@@ -32,7 +32,6 @@ from urllib.parse import parse_qs, urlsplit
 import trio
 from trio_websocket import ConnectionClosed, WebSocketConnection, WebSocketRequest, serve_websocket
 
-from contextuate_trio import events as events_mod
 from contextuate_trio.web.security import Guard
 
 if TYPE_CHECKING:
@@ -91,7 +90,7 @@ def event_json(msg: dict) -> str:
     if text is None:
         line: bytes = msg["line"]
         if len(line) > LIVE_EVENT_MAX:
-            d = events_mod.to_dict(msg["event"])
+            d = json.loads(line)
             d["data"] = _trim(d.get("data"))
             d["truncated"] = True
             text = json.dumps(d, ensure_ascii=False, separators=(",", ":"))
@@ -202,7 +201,7 @@ class WsServer:
         # Tunables (tests shrink them).
         # Events a client may lag behind before it is dropped: as many as the broker
         # keeps for resume, so a dropped client can usually come back with ?since=.
-        self.queue_size = 50_000
+        self.queue_size = self.broker.replay.maxlen or 20_000
         self.snapshot_events = 1000
         self.ping_interval = 20.0
         self.ping_timeout = 20.0
@@ -706,7 +705,7 @@ class WsServer:
     def find_event(self, event_id: str, session_id: Any = None, ts: Any = None) -> Optional[dict]:
         for m in reversed(self.broker.replay):
             if m["event"].id == event_id:
-                return events_mod.to_dict(m["event"])
+                return json.loads(m["line"])
         for d in self.history:
             if d.get("id") == event_id:
                 return d

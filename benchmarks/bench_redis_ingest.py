@@ -1,0 +1,86 @@
+"""Benchmark 5 — the daemon's ingest rate from Redis (many machines, one monitor).
+
+A real redis-server; N events (complete, in the contract's shape) are XADDed to the
+stream before the monitor starts, as if it had been down while machines kept working;
+then the daemon starts in Redis mode and catches up from its checkpoint. Reports the
+catch-up rate (stream -> stored, persistence on) and, with the monitor running, the
+rate at which events XADDed by a producer (pipelined, like many hooks at once) are
+stored. The channel carries nothing here: only the durable path is measured.
+
+    .venv/bin/python benchmarks/bench_redis_ingest.py     # BENCH_QUICK=1 for a short run
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import time
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import _common as C  # noqa: E402
+
+NAME = "redis_ingest"
+STREAM = "contextuate:events:stream"
+
+
+def _fill(client, n: int, payload: dict, tag: str) -> None:
+    pipe = client.pipeline(transaction=False)
+    for i in range(n):
+        ev = C.complete_event(f"redis-{tag}-s{i % 10}", payload)
+        pipe.xadd(STREAM, {"data": json.dumps(ev, separators=(",", ":"))})
+        if i % 1000 == 999:
+            pipe.execute()
+    pipe.execute()
+
+
+def run() -> dict:
+    exe = shutil.which("redis-server")
+    if exe is None:
+        return {"name": NAME, "rows": [C.row("5 redis ingest", "catch-up from the stream", "n/a (no redis-server)")]}
+    import redis
+
+    n = C.knob("redis_events", 20_000, 60_000)
+    payload = C.pre_tool_use_payload()
+    port = C.free_port()
+    with C.temp_dir("ctx-bench-redis-") as rdir:
+        srv = subprocess.Popen([exe, "--port", str(port), "--bind", "127.0.0.1", "--save", "",
+                                "--appendonly", "no", "--dir", rdir],
+                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        try:
+            for _ in range(200):
+                try:
+                    socket.create_connection(("127.0.0.1", port), timeout=0.1).close()
+                    break
+                except OSError:
+                    time.sleep(0.02)
+            client = redis.Redis(port=port)
+            _fill(client, n, payload, "backlog")
+            cfg = {"mode": "redis", "redis": {"host": "127.0.0.1", "port": port}}
+            with C.Daemon(extra_config=cfg) as d:
+                t_start = d.start_to_healthy or 0.0
+                t0 = time.perf_counter()
+                d.wait_stored(n)
+                catch_up = time.perf_counter() - t0
+                t1 = time.perf_counter()
+                _fill(client, n, payload, "live")
+                d.wait_stored(2 * n)
+                live = time.perf_counter() - t1
+        finally:
+            srv.kill()
+            srv.wait()
+    rows = [
+        C.row("5 redis ingest", f"catch-up: {n:,} events waiting in the stream -> stored",
+              f"{n / catch_up:,.0f} ev/s ({catch_up:.1f} s after healthy in {t_start:.2f} s)"),
+        C.row("5 redis ingest", f"live: {n:,} events XADDed while running -> stored",
+              f"{n / live:,.0f} ev/s (includes the producer's own time)"),
+    ]
+    return {"name": NAME, "rows": rows, "events": n, "catch_up_s": catch_up, "live_s": live}
+
+
+if __name__ == "__main__":
+    res = run()
+    print(C.format_table(res["rows"]))
