@@ -373,3 +373,29 @@ def standalone(run) -> None:
     print(format_table(result["rows"]))
     path = write_json(result["name"] + ".json", result)
     print(f"\nresults: {path}")
+
+
+@contextlib.contextmanager
+def redis_server() -> Iterator[Optional[int]]:
+    """A throw-away redis-server on a free loopback port (its port), or None when
+    redis-server is not installed. Killed on exit."""
+    exe = shutil.which("redis-server")
+    if exe is None:
+        yield None
+        return
+    port = free_port()
+    with temp_dir("ctx-bench-redis-") as d:
+        p = subprocess.Popen([exe, "--port", str(port), "--bind", "127.0.0.1", "--save", "",
+                              "--appendonly", "no", "--dir", d], stdout=subprocess.DEVNULL,
+                             stderr=subprocess.DEVNULL)
+        try:
+            for _ in range(200):
+                try:
+                    socket.create_connection(("127.0.0.1", port), timeout=0.1).close()
+                    break
+                except OSError:
+                    time.sleep(0.02)
+            yield port
+        finally:
+            p.kill()
+            p.wait()

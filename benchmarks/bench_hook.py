@@ -60,35 +60,6 @@ def _redis_home(home: str, redis_cfg: dict, timeout_ms: Optional[int] = None) ->
     return env
 
 
-@contextlib.contextmanager
-def _redis_server() -> Iterator[Optional[int]]:
-    import shutil
-    import subprocess
-
-    exe = shutil.which("redis-server")
-    if exe is None:
-        yield None
-        return
-    port = C.free_port()
-    with C.temp_dir("ctx-bench-redis-") as d:
-        p = subprocess.Popen([exe, "--port", str(port), "--bind", "127.0.0.1", "--save", "",
-                              "--appendonly", "no", "--dir", d], stdout=subprocess.DEVNULL,
-                             stderr=subprocess.DEVNULL)
-        try:
-            import socket
-
-            for _ in range(200):
-                try:
-                    socket.create_connection(("127.0.0.1", port), timeout=0.1).close()
-                    break
-                except OSError:
-                    time.sleep(0.02)
-            yield port
-        finally:
-            p.kill()
-            p.wait()
-
-
 def _stream_len(port: int) -> int:
     import redis
 
@@ -97,7 +68,7 @@ def _stream_len(port: int) -> int:
 
 @contextlib.contextmanager
 def redis_up() -> Iterator[Optional[dict]]:
-    with _redis_server() as port, C.temp_dir() as home:
+    with C.redis_server() as port, C.temp_dir() as home:
         if port is None:
             yield None
             return
@@ -107,7 +78,7 @@ def redis_up() -> Iterator[Optional[dict]]:
 
 @contextlib.contextmanager
 def redis_up_secret() -> Iterator[Optional[dict]]:
-    with _redis_server() as port, C.temp_dir() as home:
+    with C.redis_server() as port, C.temp_dir() as home:
         if port is None:
             yield None
             return

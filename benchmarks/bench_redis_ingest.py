@@ -14,9 +14,6 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
-import socket
-import subprocess
 import sys
 import time
 
@@ -38,40 +35,26 @@ def _fill(client, n: int, payload: dict, tag: str) -> None:
 
 
 def run() -> dict:
-    exe = shutil.which("redis-server")
-    if exe is None:
-        return {"name": NAME, "rows": [C.row("5 redis ingest", "catch-up from the stream", "n/a (no redis-server)")]}
     import redis
 
     n = C.knob("redis_events", 20_000, 60_000)
     payload = C.pre_tool_use_payload()
-    port = C.free_port()
-    with C.temp_dir("ctx-bench-redis-") as rdir:
-        srv = subprocess.Popen([exe, "--port", str(port), "--bind", "127.0.0.1", "--save", "",
-                                "--appendonly", "no", "--dir", rdir],
-                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        try:
-            for _ in range(200):
-                try:
-                    socket.create_connection(("127.0.0.1", port), timeout=0.1).close()
-                    break
-                except OSError:
-                    time.sleep(0.02)
-            client = redis.Redis(port=port)
-            _fill(client, n, payload, "backlog")
-            cfg = {"mode": "redis", "redis": {"host": "127.0.0.1", "port": port}}
-            with C.Daemon(extra_config=cfg) as d:
-                t_start = d.start_to_healthy or 0.0
-                t0 = time.perf_counter()
-                d.wait_stored(n)
-                catch_up = time.perf_counter() - t0
-                t1 = time.perf_counter()
-                _fill(client, n, payload, "live")
-                d.wait_stored(2 * n)
-                live = time.perf_counter() - t1
-        finally:
-            srv.kill()
-            srv.wait()
+    with C.redis_server() as port:
+        if port is None:
+            return {"name": NAME, "rows": [C.row("5 redis ingest", "catch-up from the stream",
+                                                 "n/a (no redis-server)")]}
+        client = redis.Redis(port=port)
+        _fill(client, n, payload, "backlog")
+        cfg = {"mode": "redis", "redis": {"host": "127.0.0.1", "port": port}}
+        with C.Daemon(extra_config=cfg) as d:
+            t_start = d.start_to_healthy or 0.0
+            t0 = time.perf_counter()
+            d.wait_stored(n)
+            catch_up = time.perf_counter() - t0
+            t1 = time.perf_counter()
+            _fill(client, n, payload, "live")
+            d.wait_stored(2 * n)
+            live = time.perf_counter() - t1
     rows = [
         C.row("5 redis ingest", f"catch-up: {n:,} events waiting in the stream -> stored",
               f"{n / catch_up:,.0f} ev/s ({catch_up:.1f} s after healthy in {t_start:.2f} s)"),

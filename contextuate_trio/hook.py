@@ -189,15 +189,20 @@ def spool(home: str, line: bytes, event_id: str, ts: int) -> str:
     make_dirs(directory)
     tmp = f"{directory}/.{event_id}.tmp"
     final = f"{directory}/{ts:013d}-{event_id}{SPOOL_SUFFIX}"
-    fd = posix.open(tmp, posix.O_WRONLY | posix.O_CREAT | posix.O_EXCL, 0o600)
+    write_file(tmp, line, posix.O_EXCL)
+    posix.rename(tmp, final)
+    return final
+
+
+def write_file(path: str, data: bytes, flags: int = posix.O_TRUNC) -> None:
+    """Create ``path`` (0600) holding ``data``, without ``os``/``io``."""
+    fd = posix.open(path, posix.O_WRONLY | posix.O_CREAT | flags, 0o600)
     try:
-        view = memoryview(line)
+        view = memoryview(data)
         while view:
             view = view[posix.write(fd, view):]
     finally:
         posix.close(fd)
-    posix.rename(tmp, final)
-    return final
 
 
 # --- Redis mode ----------------------------------------------------------------------

@@ -18,7 +18,7 @@ is delivered or spooled.
 import posix
 
 from contextuate_trio import usage
-from contextuate_trio.hook import json_string, make_dirs, new_id, parse_json
+from contextuate_trio.hook import json_string, make_dirs, new_id, parse_json, write_file
 
 MAX_READ = 4 << 20
 STATE_DIR = "usage"
@@ -66,13 +66,7 @@ def _read(path: str, limit: int) -> bytes:
 
 def _write_atomic(path: str, data: bytes) -> None:
     tmp = path + ".%s.tmp" % new_id()[:8]
-    fd = posix.open(tmp, posix.O_WRONLY | posix.O_CREAT | posix.O_TRUNC, 0o600)
-    try:
-        view = memoryview(data)
-        while view:
-            view = view[posix.write(fd, view):]
-    finally:
-        posix.close(fd)
+    write_file(tmp, data)
     posix.rename(tmp, path)
 
 

@@ -70,6 +70,21 @@ def replay_fixture(home: str, name: str, env_extra: dict | None = None) -> None:
         assert r.returncode == 0 and r.stdout == b"", r
 
 
+def write_config(home: str, port: int, ws_port: int, config: dict | None) -> str:
+    """The home's config: these ports, with ``config``'s sections merged in."""
+    cfg: dict = {"server": {"port": port, "wsPort": ws_port}}
+    for key, value in (config or {}).items():
+        if isinstance(value, dict):
+            cfg.setdefault(key, {}).update(value)
+        else:
+            cfg[key] = value
+    os.makedirs(home, mode=0o700, exist_ok=True)
+    path = os.path.join(home, "monitor.config.json")
+    with open(path, "w") as f:
+        json.dump(cfg, f)
+    return path
+
+
 class DaemonProc:
     """A real daemon process (``python -m contextuate_trio start --foreground``)."""
 
@@ -77,16 +92,7 @@ class DaemonProc:
         self.home = home
         self.port = free_port()
         self.ws_port = free_port()
-        cfg = {"server": {"port": self.port, "wsPort": self.ws_port}}
-        for key, value in (config or {}).items():
-            if isinstance(value, dict):
-                cfg.setdefault(key, {}).update(value)
-            else:
-                cfg[key] = value
-        os.makedirs(home, mode=0o700, exist_ok=True)
-        self.config_path = os.path.join(home, "monitor.config.json")
-        with open(self.config_path, "w") as f:
-            json.dump(cfg, f)
+        self.config_path = write_config(home, self.port, self.ws_port, config)
         self.proc: subprocess.Popen | None = None
         self.log_path = os.path.join(home, "test-daemon.log")
 
@@ -214,15 +220,7 @@ class LiveDaemon:
         self.home = home
         self.port = port or free_port()
         self.ws_port = ws_port or free_port()
-        cfg = {"server": {"port": self.port, "wsPort": self.ws_port}}
-        for key, value in (config or {}).items():
-            if isinstance(value, dict):
-                cfg.setdefault(key, {}).update(value)
-            else:
-                cfg[key] = value
-        os.makedirs(home, mode=0o700, exist_ok=True)
-        with open(os.path.join(home, "monitor.config.json"), "w") as f:
-            json.dump(cfg, f)
+        write_config(home, self.port, self.ws_port, config)
         conf, _ = config_mod.load({"CONTEXTUATE_HOME": home})
         self.daemon = Daemon(conf)
         self.done = None
