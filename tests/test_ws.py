@@ -415,3 +415,45 @@ async def test_token_required_by_header_or_subprotocol(live_daemon):
     async with open_websocket_url(d.ws_url, subprotocols=protos) as ws:
         assert ws.subprotocol == "contextuate"  # the token is never echoed
         assert (await recv(ws))["type"] == "snapshot"
+
+
+async def test_a_flood_of_requests_stalls_neither_ingest_nor_others(live_daemon):
+    d = await live_daemon()
+    for i in range(300):
+        await d.submit(ev(i, session="hist"))
+    async with open_websocket_url(d.ws_url) as flooder, open_websocket_url(d.ws_url) as watcher:
+        await recv_type(flooder, "snapshot")
+        await recv_type(watcher, "snapshot")
+        replies = 0
+
+        async def drain():
+            nonlocal replies
+            while True:
+                m = json.loads(await flooder.get_message())
+                if m["type"] == "recent_events":
+                    replies += 1
+
+        async with trio.open_nursery() as n:
+            n.start_soon(drain)
+            request = json.dumps({"type": "get_all_recent_events", "limit": 50})
+
+            async def flood():
+                for _ in range(500):  # as fast as the socket takes them
+                    await flooder.send_message(request)
+
+            n.start_soon(flood)
+            while replies < 50:  # the flood is under way
+                await trio.sleep(0.01)
+            # Meanwhile ingest and another client go on at their normal pace.
+            for i in range(20):
+                with trio.fail_after(1.0):
+                    await d.submit(ev(1000 + i, session="live"))
+            got = await recv_events(watcher, 20, timeout=3.0)
+            assert [e["id"] for _, e in got][-1].startswith("e-live-1019")
+            # The flooder is still served, at its own pace (past its burst it waits
+            # for its own budget), and not disconnected.
+            with trio.fail_after(30):
+                while replies < 400:
+                    await trio.sleep(0.05)
+            assert d.daemon.ws.counters["throttled"] > 0
+            n.cancel_scope.cancel()

@@ -50,6 +50,8 @@ CLOSE_SHUTDOWN = 1001  # the daemon is stopping
 
 MAX_CLIENT_MESSAGE = 64 * 1024  # bytes a client may send in one message
 BATCH_MAX = 500  # events in one ``events`` message
+REQUESTS_PER_S = 100  # a client's sustained request rate; beyond it, its reader waits
+REQUESTS_BURST = 200
 LIVE_EVENT_MAX = 128 * 1024  # larger events are sent trimmed (``truncated: true``)
 TRIM_STRING = 4096  # ... their strings cut to this many characters
 HISTORY_MAX = 5000  # most events one history request or snapshot returns
@@ -183,6 +185,8 @@ class Client:
         self.sent = 0
         self.closing: Optional[tuple[int, str]] = None
         self.sending = False  # inside send_message: a frame may be half written
+        self.tokens = float(REQUESTS_BURST)  # request budget (see WsServer._throttle)
+        self.tokens_at = trio.current_time()
 
     def queue_depth(self) -> int:
         if self.sub is None:
@@ -540,9 +544,22 @@ class WsServer:
                 scope.cancel()
                 return
             self.counters["messages_received"] += 1
+            await self._throttle(client)
             reply = await self.handle_message(client, raw)
             if reply is not None:
                 await self._send(client, reply, scope)
+
+    async def _throttle(self, client: Client) -> None:
+        """A token bucket per client (REQUESTS_PER_S, bursts of REQUESTS_BURST): a client
+        that floods us with requests waits for its own replies; nobody else does."""
+        now = trio.current_time()
+        client.tokens = min(REQUESTS_BURST, client.tokens + (now - client.tokens_at) * REQUESTS_PER_S)
+        client.tokens_at = now
+        if client.tokens < 1:
+            self.counters["throttled"] += 1
+            await trio.sleep((1 - client.tokens) / REQUESTS_PER_S)
+            client.tokens, client.tokens_at = 1.0, trio.current_time()
+        client.tokens -= 1
 
     async def _keepalive(self, client: Client, scope: trio.CancelScope) -> None:
         while True:
@@ -743,6 +760,8 @@ class WsServer:
              self.counters["messages_sent"]),
             ("contextuate_ws_bad_messages_total", "Client messages answered with an error.", "counter",
              self.counters["bad_messages"]),
+            ("contextuate_ws_throttled_total", "Client requests held back by the per-client rate limit.",
+             "counter", self.counters["throttled"]),
         ):
             lines += [f"# HELP {name} {help_}", f"# TYPE {name} {kind}", f"{name} {value}"]
         lines += ["# HELP contextuate_ws_refused_total WebSocket handshakes refused, by HTTP status.",
