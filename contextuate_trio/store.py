@@ -416,6 +416,17 @@ class FileStore:
         out.sort(key=_ts)
         return out[-limit:] if limit else []
 
+    def raw_blocks(self, session_id: str, before: Optional[int] = None,
+                   after: Optional[int] = None):
+        """The stored lines (bytes) of each block whose times may fall in (after,
+        before), newest block first: for scans (search) that match text before they
+        parse, and yield to other work between blocks."""
+        key = session_key(session_id)
+        for b in reversed(self._all_blocks(key)):
+            if not b[2] or (after is not None and b[4] <= after) or (before is not None and b[3] >= before):
+                continue
+            yield self._raw_lines(key, b[0], b[1])
+
     def contains(self, session_id: str, event_id: str, ts: int) -> bool:
         """Exact duplicate check, reading only the blocks whose times cover ``ts``."""
         key = session_key(session_id)

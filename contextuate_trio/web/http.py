@@ -218,26 +218,35 @@ def create_app(daemon: "Daemon") -> Starlette:
         truncated = False
         if broker.store is not None:
             for s in candidates:
-                evs = broker.store.events(
-                    s.session_id, 1_000_000,
-                    before=None if t_to is None else t_to + 1,
-                    after=None if t_from is None else t_from - 1)
-                scanned += len(evs)
                 hits = []
-                for e in reversed(evs):
-                    if types and e.get("eventType") not in types:
-                        continue
-                    if tools and e.get("toolName") not in tools:
-                        continue
-                    if matcher is not None and not matcher(
-                            json.dumps(e, ensure_ascii=False, separators=(",", ":"))):
-                        continue
-                    hits.append(e)
+                for lines in broker.store.raw_blocks(
+                        s.session_id,
+                        before=None if t_to is None else t_to + 1,
+                        after=None if t_from is None else t_from - 1):
+                    for raw in reversed(lines):
+                        scanned += 1
+                        # Match the stored text first; parse only what may be a hit.
+                        if matcher is not None and not matcher(raw.decode("utf-8", "replace")):
+                            continue
+                        try:
+                            e = json.loads(raw)
+                        except ValueError:
+                            continue
+                        ts = e.get("timestamp") or 0
+                        if (t_from is not None and ts < t_from) or (t_to is not None and ts > t_to):
+                            continue
+                        if types and e.get("eventType") not in types:
+                            continue
+                        if tools and e.get("toolName") not in tools:
+                            continue
+                        hits.append(e)
+                        if len(hits) >= limit:
+                            break
+                    await trio.sleep(0)  # let ingest and other clients run between blocks
                     if len(hits) >= limit:
                         truncated = True
                         break
                 found.extend(hits)
-                await trio.sleep(0)  # let ingest run between sessions
         found.sort(key=lambda e: e.get("timestamp") or 0, reverse=True)
         if len(found) > limit:
             truncated = True
