@@ -512,12 +512,26 @@ def run(env) -> int:
     event_id = new_id()
     machine = machine_id(env)
     parent = env.get("CONTEXTUATE_PARENT_SESSION") or None
-    line = envelope(raw, event_id, ts, machine, parent, ack=True)
+    line = b""  # what goes to the spool if delivery fails: set by the mode below
 
     mode = cfg.get("mode", "local")
     sock_path = cfg.get("socketPath") if isinstance(cfg.get("socketPath"), str) else None
     sock_path = sock_path or home + "/" + SOCKET_NAME
     if mode == "redis":
+        # Secrets are masked before the event leaves the machine, and in the spool too:
+        # a later hook run takes spooled lines along as they are.
+        red = cfg.get("redaction") if isinstance(cfg.get("redaction"), dict) else {}
+        redactor = None
+        if red.get("enabled", True) is not False:
+            from contextuate_trio.redact import Redactor
+
+            extra = red.get("patterns") if isinstance(red.get("patterns"), list) else ()
+            redactor = Redactor([p for p in extra if isinstance(p, str)])
+        try:
+            line = envelope(raw, event_id, ts, machine, parent, ack=False, redactor=redactor)
+        except Exception as exc:  # a broken custom pattern: keep the built-in ones
+            say(f"custom redaction patterns failed ({exc!r}); using the built-in ones")
+            line = envelope(raw, event_id, ts, machine, parent, ack=False, redactor=Redactor())
         try:
             rs = redis_settings(cfg)
         except ValueError as exc:
@@ -525,22 +539,8 @@ def run(env) -> int:
             say(f"redis settings unusable: {exc}")
         if rs is not None:
             claimed = claim_spooled(home)
-            # Secrets are masked before the event leaves the machine.
-            red = cfg.get("redaction") if isinstance(cfg.get("redaction"), dict) else {}
-            redactor = None
-            if red.get("enabled", True) is not False:
-                from contextuate_trio.redact import Redactor
-
-                extra = red.get("patterns") if isinstance(red.get("patterns"), list) else ()
-                redactor = Redactor([p for p in extra if isinstance(p, str)])
-            try:
-                mine = envelope(raw, event_id, ts, machine, parent, ack=False, redactor=redactor)
-            except Exception as exc:  # a broken custom pattern: keep the built-in ones
-                say(f"custom redaction patterns failed ({exc!r}); using the built-in ones")
-                mine = envelope(raw, event_id, ts, machine, parent, ack=False, redactor=Redactor())
-            line = mine  # what is spooled, if it comes to that, is masked too
             usage_line, usage_commit = _usage_for(raw, home, machine, parent, ts, say)
-            lines = [c[2] for c in claimed] + [mine.rstrip(b"\n")] + ([usage_line] if usage_line else [])
+            lines = [c[2] for c in claimed] + [line.rstrip(b"\n")] + ([usage_line] if usage_line else [])
             why = deliver_redis(rs, lines, deadline)
             release_spooled(claimed, delivered=not why)
             if usage_line and why:
@@ -556,6 +556,7 @@ def run(env) -> int:
                 return 0
             say(why)
     else:
+        line = envelope(raw, event_id, ts, machine, parent, ack=True)
         why = deliver_socket(sock_path, line, event_id, deadline)
         if not why:
             say(f"event {event_id} stored by the daemon at {sock_path}")
