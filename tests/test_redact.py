@@ -107,3 +107,16 @@ def test_redis_mode_hook_masks_before_sending(redis_server):
 
 
 from redis_server import redis_server  # noqa: E402,F401 (fixture)
+
+
+def test_redis_mode_spools_masked_when_redis_is_unreachable(home):
+    from conftest import free_port
+
+    with open(os.path.join(home, "monitor.config.json"), "w") as f:
+        json.dump({"mode": "redis", "redis": {"host": "127.0.0.1", "port": free_port()}}, f)
+    secret = SECRETS["aws-access-key"]
+    assert run_hook(home, {"session_id": "r3", "hook_event_name": "Stop", "m": f"key {secret}"}).returncode == 0
+    spool = os.path.join(home, "spool")
+    [name] = os.listdir(spool)
+    data = open(os.path.join(spool, name), "rb").read()
+    assert secret.encode() not in data and b"[REDACTED:aws-access-key]" in data
