@@ -278,18 +278,22 @@ class Broker:
         duplicates: list[Delivery] = []
         for d in batch:
             ev = d.event
-            if self._duplicate(ev):
-                self.counters["duplicates"] += 1
-                duplicates.append(d)
+            try:
+                if self._duplicate(ev):
+                    self.counters["duplicates"] += 1
+                    duplicates.append(d)
+                    continue
+                outcome: Outcome = self.manager.apply(ev)
+                line = self._redacted_line(ev, outcome.changed)
+            except Exception as exc:  # one event must never take the pipeline down
+                self._reject(d, exc)
                 continue
             self.recent.add(ev.id)
-            outcome: Outcome = self.manager.apply(ev)
             for s in outcome.changed:
                 changed[s.session_id] = s
             if log.isEnabledFor(logging.DEBUG):
                 log.debug("[%s] Received event from %s/%s: %s", (ev.source or "?").title(),
                           ev.machine_id, ev.session_id[:8], ev.event_type)
-            line = self._redacted_line(ev, outcome.changed)
             accepted.append((d, ev, line))
         if self.store is not None and accepted:
             await self._write(accepted, changed)
@@ -307,6 +311,17 @@ class Broker:
             for hook in self.on_stored:
                 hook(stored)
             self._fan_out(accepted, changed)
+
+    def _reject(self, d: Delivery, exc: Exception) -> None:
+        """An event the pipeline could not handle (a bug): logged with its id and
+        refused, so its producer keeps it (the hook spools it; the spool sets it aside)."""
+        self.counters["rejected"] += 1
+        log.exception("rejected event %s (%s from %s): %s", d.event.id, d.event.event_type,
+                      d.event.source, exc)
+        d.ok = False
+        d.error = f"rejected: {type(exc).__name__}: {exc}"
+        if d.done is not None:
+            d.done.set()
 
     def _redacted_line(self, ev: Event, sessions: list) -> bytes:
         """The event's stored form: secrets masked, and text that cannot be UTF-8 (lone

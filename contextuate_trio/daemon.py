@@ -230,6 +230,7 @@ class Daemon:
             ("contextuate_bad_lines_total", "bad_lines", "Socket lines rejected."),
             ("contextuate_dropped_clients_total", "dropped_subscribers", "Subscribers dropped for being slow."),
             ("contextuate_store_errors_total", "store_errors", "Failed store writes (retried)."),
+            ("contextuate_rejected_events_total", "rejected", "Events the pipeline failed on (logged, refused)."),
             ("contextuate_bad_redis_messages_total", "bad_redis_messages", "Redis messages that were not events."),
         ):
             lines += [f"# HELP {name} {help_}", f"# TYPE {name} counter", f"{name} {b.counters[key]}"]

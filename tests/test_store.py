@@ -161,3 +161,37 @@ async def test_deleting_a_session_deletes_its_sub_agents(tmp_path):
     assert set(b.manager.sessions) == {"other"}
     assert sorted(os.listdir(tmp_path / "sessions")) == ["other"]
     assert not b.delete_session("top")
+
+
+async def test_an_event_the_pipeline_fails_on_is_refused_and_the_rest_goes_on(tmp_path):
+    """A bug triggered by one event (stood in for by a manager that fails on one
+    session) must not take the daemon's single pipeline task down."""
+    from contextuate_trio.sessions import SessionManager as Real
+    from contextuate_trio.sources import spool as spool_source
+
+    class FailsOnBoom(Real):
+        def apply(self, ev):
+            if ev.session_id == "boom":
+                raise RuntimeError("bug")
+            return super().apply(ev)
+
+    b = Broker(FileStore(str(tmp_path / "data")), FailsOnBoom())
+    b.load()
+    spool_dir = tmp_path / "spool"
+    spool_dir.mkdir()
+    env = {"kind": "hook", "id": "sp-1", "timestamp": 5, "machineId": "m",
+           "payload": {"session_id": "boom", "hook_event_name": "Stop"}}
+    (spool_dir / "0000000000005-sp-1.json").write_text(json.dumps(env))
+    async with trio.open_nursery() as n:
+        await n.start(b.run)
+        bad = await b.submit(events.from_payload({"session_id": "boom", "hook_event_name": "Stop"},
+                                                 event_id="x1", timestamp=1, machine_id="m"), wait=True)
+        assert not bad.ok and bad.error.startswith("rejected: RuntimeError")
+        good = await b.submit(events.from_payload({"session_id": "fine", "hook_event_name": "Stop"},
+                                                  event_id="x2", timestamp=2, machine_id="m"), wait=True)
+        assert good.ok
+        assert await spool_source.drain_once(b, str(spool_dir)) == 0
+        n.cancel_scope.cancel()
+    assert not list(spool_dir.glob("*.json"))
+    assert (spool_dir / "corrupt" / "0000000000005-sp-1.json").exists()
+    assert b.counters["rejected"] == 2 and "fine" in b.manager.sessions

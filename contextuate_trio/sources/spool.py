@@ -82,6 +82,10 @@ async def drain_once(broker: Broker, spool_dir: str) -> int:
                     stored += 1
                 except FileNotFoundError:
                     pass
+            elif (d.error or "").startswith("rejected"):
+                # The daemon cannot handle it (logged there): keep it, but stop retrying.
+                broker.counters["bad_spool_files"] += 1
+                _set_aside(spool_dir, os.path.basename(path), d.error)
     if stored:
         log.info("spool: ingested %d undelivered events", stored)
     return stored
