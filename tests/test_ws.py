@@ -457,3 +457,25 @@ async def test_a_flood_of_requests_stalls_neither_ingest_nor_others(live_daemon)
                     await trio.sleep(0.05)
             assert d.daemon.ws.counters["throttled"] > 0
             n.cancel_scope.cancel()
+
+
+async def test_connections_reset_mid_handshake_do_not_harm_the_daemon(live_daemon):
+    import socket as stdsocket
+    import struct
+
+    d = await live_daemon()
+    hello = (b"GET / HTTP/1.1\r\nHost: 127.0.0.1\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
+             b"Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n")
+    for i in range(30):
+        s = stdsocket.socket()
+        s.connect(("127.0.0.1", d.ws_port))
+        s.sendall(hello if i % 3 else hello[:20])
+        s.setsockopt(stdsocket.SOL_SOCKET, stdsocket.SO_LINGER, struct.pack("ii", 1, 0))
+        s.close()  # RST, maybe before the daemon even looked at the request
+        await trio.sleep(0.005)
+    await trio.sleep(0.3)
+    async with open_websocket_url(d.ws_url) as ws:
+        await recv_type(ws, "snapshot")
+        await d.submit(ev(1))
+        got = await recv_events(ws, 1)
+        assert got[0][1]["id"].startswith("e-s1-1-")

@@ -260,6 +260,17 @@ class WsServer:
 
     # --- handshake --------------------------------------------------------------------
     async def _handle(self, request: WebSocketRequest) -> None:
+        """One connection. Whatever happens to it stays with it: trio-websocket hands
+        a handler's exception to the server's nursery, which would end the daemon."""
+        try:
+            await self._handle_one(request)
+        except* (ConnectionClosed, OSError, trio.BrokenResourceError, trio.ClosedResourceError):
+            self.counters["aborted"] += 1  # the peer went away mid-handshake or mid-message
+        except* Exception:
+            log.exception("WebSocket connection failed")
+            self.counters["errors"] += 1
+
+    async def _handle_one(self, request: WebSocketRequest) -> None:
         r = request.remote
         remote = f"{r.address}:{r.port}" if hasattr(r, "port") else str(r)
         headers = {k.decode("latin-1").lower(): v.decode("latin-1") for k, v in request.headers}
