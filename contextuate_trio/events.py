@@ -9,6 +9,7 @@ beside it so nothing has to dig through ``data`` to draw a row.
 from __future__ import annotations
 
 import json
+import math
 import re
 import time
 import uuid
@@ -290,7 +291,7 @@ def _from_complete(obj: dict, source: Optional[str]) -> Event:
     if not isinstance(fields["id"], str) or not fields["id"]:
         fields["id"] = str(uuid.uuid4())
     ts = fields.get("timestamp")
-    if isinstance(ts, float):
+    if isinstance(ts, float) and math.isfinite(ts):
         fields["timestamp"] = int(ts)
     elif not isinstance(ts, int) or isinstance(ts, bool):
         fields["timestamp"] = int(time.time() * 1000)

@@ -8,6 +8,7 @@ once the event is stored. Anything else streams complete events and reads nothin
 from __future__ import annotations
 
 import json
+import math
 from typing import Optional
 
 from contextuate_trio.events import Event, EventError, from_object
@@ -63,24 +64,41 @@ class LineSplitter:
         return len(self._buf)
 
 
+def _finite(text: str):
+    value = float(text)
+    return value if math.isfinite(value) else text  # 1e400 is inf: kept as its text
+
+
 def loads(data):
-    """JSON from any producer: invalid UTF-8 replaced, ``NaN``/``Infinity`` (which
-    Python accepts and browsers do not) kept as strings; errors as ``EventError``."""
+    """JSON from any producer: invalid UTF-8 replaced; ``NaN``, ``Infinity`` and
+    numbers too large for a float (which Python accepts and browsers do not) kept as
+    strings; errors as ``EventError``."""
     try:
         try:
-            return json.loads(data, parse_constant=str)
+            return json.loads(data, parse_constant=str, parse_float=_finite)
         except UnicodeDecodeError:
-            return json.loads(data.decode("utf-8", "replace"), parse_constant=str)
+            return json.loads(data.decode("utf-8", "replace"), parse_constant=str, parse_float=_finite)
     except ValueError as exc:
         raise EventError(f"not JSON: {exc}") from None
     except RecursionError:
         raise EventError("JSON nested too deeply") from None
 
 
+def to_event(obj, source: Optional[str] = None) -> Event:
+    """``events.from_object``, with any failure on a producer's odd values reported as
+    an ``EventError`` (a bad line is counted and skipped; it never stops a source)."""
+    try:
+        return from_object(obj, source)
+    except EventError:
+        raise
+    except Exception as exc:
+        raise EventError(f"not an event: {type(exc).__name__}: {exc}") from None
+
+
 def parse_line(line: bytes, source: Optional[str] = None) -> tuple[Event, bool]:
     """One line -> (event, whether the producer asked for an acknowledgement)."""
     obj = loads(line)
-    event = from_object(obj, source)
+    event = to_event(obj, source)
     return event, bool(obj.get("ack") is True)
 
 

@@ -138,7 +138,7 @@ class RedisSource:
         try:
             if isinstance(raw, dict):  # a stream entry: our field is "data"
                 raw = raw.get(b"data") or raw.get(b"event") or next(iter(raw.values()), b"")
-            return events.from_object(wire.loads(raw), source="redis")
+            return wire.to_event(wire.loads(raw), source="redis")
         except (TypeError, events.EventError) as exc:
             self.broker.counters["bad_redis_messages"] += 1
             if self._bad_logged < 20:
