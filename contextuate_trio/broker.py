@@ -22,7 +22,7 @@ import trio
 from contextuate_trio import events
 from contextuate_trio.events import Event
 from contextuate_trio.sessions import Outcome, Session, SessionManager
-from contextuate_trio.redact import Redactor
+from contextuate_trio.redact import Redactor, mask_values
 from contextuate_trio.store import FileStore, StoreError
 
 log = logging.getLogger("contextuate.broker")
@@ -337,12 +337,24 @@ class Broker:
             data = masked.encode("utf-8") + b"\n"
         if masked != text:
             self.counters["redacted_events"] += 1
-            obj = json.loads(masked)
+            old_summary = ev.summary
+            try:
+                obj = json.loads(masked)
+            except ValueError:  # a (custom) pattern crossed a string's end: go value by value
+                obj = mask_values(self.redactor, events.to_dict(ev))
             ev.data = obj.get("data", {})
-            ev.summary = obj.get("summary")
+            # The summary was cut from the unmasked payload (a cut secret no longer
+            # matches its pattern): made again from the masked one.
+            ev.summary = (events.summarize(ev.event_type, ev.data) if ev.from_hook and isinstance(ev.data, dict)
+                          else obj.get("summary"))
+            masked = events.dumps(ev)
+            data = masked.encode("utf-8", "replace") + b"\n"
             mask = self.redactor.text
             for s in sessions:
-                s.last_summary = mask(s.last_summary) if s.last_summary else s.last_summary
+                if s.last_summary is not None and s.last_summary == old_summary:
+                    s.last_summary = ev.summary
+                elif s.last_summary:
+                    s.last_summary = mask(s.last_summary)
                 s.description = mask(s.description) if s.description else s.description
                 for spawn in s.pending_spawns:
                     if isinstance(spawn.get("description"), str):

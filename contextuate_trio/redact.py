@@ -19,8 +19,10 @@ MASK = "[REDACTED:%s]"
 # of its markers (plain substrings), so a cheap scan decides which patterns to run.
 # Secret characters never include " or \\ (see above).
 _PATTERNS = (
+    # Within one JSON string (escapes kept whole): to its END line, or to the string's
+    # end when the END line is not there (a cut or truncated key).
     ("private-key", ("PRIVATE KEY",),
-     r"-----BEGIN ([A-Z ]{0,20})PRIVATE KEY-----.*?-----END \1PRIVATE KEY-----", 0),
+     r'-----BEGIN ([A-Z ]{0,20})PRIVATE KEY-----(?:[^"\\]|\\.)*?(?:-----END \1PRIVATE KEY-----|(?="|$))', 0),
     ("anthropic-key", ("sk-ant-",), r"\bsk-ant-[A-Za-z0-9_-]{20,}", 0),
     ("openai-key", ("sk-",), r"\bsk-(?:proj-|svcacct-)?[A-Za-z0-9_-]{20,}", 0),
     ("github-token", ("ghp_", "gho_", "ghu_", "ghs_", "ghr_", "github_pat_"),
@@ -97,6 +99,18 @@ class Redactor:
             for rx in self._custom:
                 out = rx.sub(MASK % "custom", out)
         return out
+
+
+def mask_values(redactor: "Redactor", value):
+    """Mask string by string (for text where masking the JSON as a whole went wrong:
+    a custom pattern that crossed a string's end)."""
+    if isinstance(value, str):
+        return redactor.text(value)
+    if isinstance(value, list):
+        return [mask_values(redactor, v) for v in value]
+    if isinstance(value, dict):
+        return {k: mask_values(redactor, v) for k, v in value.items()}
+    return value
 
 
 def _mask_group(m, group: int, kind: str) -> str:

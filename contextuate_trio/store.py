@@ -274,8 +274,10 @@ class FileStore:
                 meta["_bytes"] = self._bytes.get(key, 0)
                 tmp = os.path.join(d, "meta.json.tmp")
                 text = json.dumps(meta, ensure_ascii=False, separators=(",", ":"))
-                with open(tmp, "w", encoding="utf-8") as f:
-                    f.write(text)  # one write: json.dump() writes piece by piece
+                with open(tmp, "wb") as f:
+                    # One write (json.dump writes piece by piece); text that cannot be
+                    # UTF-8 (a lone surrogate some producer sent) never stops a save.
+                    f.write(text.encode("utf-8", "replace"))
                 os.replace(tmp, os.path.join(d, "meta.json"))
         except OSError as exc:
             self.degraded = f"cannot write to {self.dir}: {exc.strerror or exc}"

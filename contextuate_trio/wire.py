@@ -69,15 +69,35 @@ def _finite(text: str):
     return value if math.isfinite(value) else text  # 1e400 is inf: kept as its text
 
 
+def _may_hold_surrogates(data) -> bool:
+    marks = (b"\\ud", b"\\uD") if isinstance(data, bytes) else ("\\ud", "\\uD")
+    return marks[0] in data or marks[1] in data
+
+
+def _no_lone_surrogates(value):
+    """``"\\ud800"`` escapes give Python strings that no UTF-8 file, socket or browser
+    takes: replaced (U+FFFD) once, here, before they reach sessions, disk or clients."""
+    if isinstance(value, str):
+        return value.encode("utf-16", "surrogatepass").decode("utf-16", "replace")
+    if isinstance(value, list):
+        return [_no_lone_surrogates(v) for v in value]
+    if isinstance(value, dict):
+        return {_no_lone_surrogates(k): _no_lone_surrogates(v) for k, v in value.items()}
+    return value
+
+
 def loads(data):
     """JSON from any producer: invalid UTF-8 replaced; ``NaN``, ``Infinity`` and
     numbers too large for a float (which Python accepts and browsers do not) kept as
     strings; errors as ``EventError``."""
     try:
         try:
-            return json.loads(data, parse_constant=str, parse_float=_finite)
+            obj = json.loads(data, parse_constant=str, parse_float=_finite)
         except UnicodeDecodeError:
-            return json.loads(data.decode("utf-8", "replace"), parse_constant=str, parse_float=_finite)
+            obj = json.loads(data.decode("utf-8", "replace"), parse_constant=str, parse_float=_finite)
+        if _may_hold_surrogates(data):
+            obj = _no_lone_surrogates(obj)
+        return obj
     except ValueError as exc:
         raise EventError(f"not JSON: {exc}") from None
     except RecursionError:

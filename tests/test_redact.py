@@ -120,3 +120,15 @@ def test_redis_mode_spools_masked_when_redis_is_unreachable(home):
     [name] = os.listdir(spool)
     data = open(os.path.join(spool, name), "rb").read()
     assert secret.encode() not in data and b"[REDACTED:aws-access-key]" in data
+
+
+def test_summary_is_made_from_the_masked_payload(daemon, home):
+    """A summary is cut at 160 characters: cut from the unmasked payload, a key would
+    lose its END line (or its length) and escape the patterns."""
+    d = daemon()
+    key = "-----BEGIN PRIVATE KEY-----\n" + "MIIEvQIBADANBgkqhkiG9w0BAQEFAASC" * 8 + "\n-----END PRIVATE KEY-----"
+    run_hook(home, {"session_id": "pk", "hook_event_name": "PreToolUse", "tool_name": "Bash",
+                    "tool_input": {"command": f"cat > key.pem <<'EOF'\n{key}\nEOF"}})
+    [ev] = d.events("pk")
+    assert "MIIE" not in json.dumps(ev) and "MIIE" not in json.dumps(d.sessions()["pk"])
+    assert "[REDACTED:private-key]" in ev["summary"]
