@@ -211,6 +211,7 @@ def write_file(path: str, data: bytes, flags: int = posix.O_TRUNC) -> None:
 # in one round trip) is a few dozen lines. TLS needs ``ssl`` (+23 ms, TLS users only).
 SPOOL_PIGGYBACK = 20  # spooled events a hook that reaches Redis takes along, at most
 SPOOL_PIGGYBACK_BYTES = 1 << 20
+STALE_CLAIM_SECONDS = 60  # a claimed spool file this old belongs to a hook that died
 
 
 class RedisError(Exception):
@@ -399,10 +400,20 @@ def claim_spooled(home: str, limit: int = SPOOL_PIGGYBACK, max_bytes: int = SPOO
     loses gets ENOENT). Returns [(claimed_path, original_path, line)]."""
     directory = home + "/" + SPOOL_NAME
     try:
-        names = sorted(n for n in posix.listdir(directory)
-                       if n.endswith(SPOOL_SUFFIX) and not n.startswith("."))
+        listing = posix.listdir(directory)
     except OSError:
         return []
+    now = time.time()
+    for n in listing:  # a claim whose hook died (killed) goes back to the spool
+        if n.startswith(".claim-") and n.endswith(SPOOL_SUFFIX):
+            try:
+                # ctime: the claim's rename updates it (mtime keeps the spooling time).
+                if now - posix.stat(directory + "/" + n).st_ctime > STALE_CLAIM_SECONDS:
+                    posix.rename(directory + "/" + n, directory + "/" + n[len(".claim-"):])
+            except OSError:
+                pass
+    names = sorted(n for n in posix.listdir(directory)
+                   if n.endswith(SPOOL_SUFFIX) and not n.startswith("."))
     out = []
     total = 0
     for name in names[:limit]:
@@ -504,6 +515,10 @@ def run(env) -> int:
         timeout_ms = DEFAULT_TIMEOUT_MS
     deadline = started + timeout_ms / 1000.0
     _signal.signal(_signal.SIGALRM, _on_alarm)
+    # Claude Code may interrupt a hook it is done waiting for; the event is still
+    # delivered or spooled (every step below is bounded by the deadline).
+    _signal.signal(_signal.SIGINT, _signal.SIG_IGN)
+    _signal.signal(_signal.SIGTERM, _signal.SIG_IGN)
 
     raw = _read_stdin(deadline)
     if not raw.strip():
@@ -516,6 +531,8 @@ def run(env) -> int:
 
     mode = cfg.get("mode", "local")
     sock_path = cfg.get("socketPath") if isinstance(cfg.get("socketPath"), str) else None
+    if sock_path and sock_path.startswith("~/") and env.get("HOME"):
+        sock_path = env["HOME"].rstrip("/") + sock_path[1:]  # as the daemon reads it
     sock_path = sock_path or home + "/" + SOCKET_NAME
     if mode == "redis":
         # Secrets are masked before the event leaves the machine, and in the spool too:

@@ -214,3 +214,57 @@ def test_redis_mode_hook_imports_stay_light(home):
     assert "contextuate_trio.redact" in imported  # it ran...
     for heavy in ("encodings.idna", "re", "json", "socket", "os", "unicodedata"):
         assert heavy not in imported, f"the hook imports {heavy}"
+
+
+def _acking_server(path: str, count: int = 1):
+    srv = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    srv.bind(path)
+    srv.listen(5)
+
+    def serve():
+        for _ in range(count):
+            c, _ = srv.accept()
+            data = b""
+            while not data.endswith(b"\n"):
+                data += c.recv(65536)
+            c.sendall(b'{"ack":"%s"}\n' % json.loads(data)["id"].encode())
+            c.close()
+
+    t = threading.Thread(target=serve)
+    t.start()
+    return srv, t
+
+
+def test_socket_path_with_tilde_is_the_daemons(home):
+    with open(os.path.join(home, "monitor.config.json"), "w") as f:
+        json.dump({"socketPath": "~/other.sock"}, f)
+    srv, t = _acking_server(os.path.join(home, "other.sock"))
+    try:
+        r = run_hook(home, PAYLOAD, {"HOME": home})
+    finally:
+        t.join(10)
+        srv.close()
+    assert r.returncode == 0 and spooled(home) == []
+
+
+def test_sigterm_or_sigint_do_not_lose_the_event(home):
+    """Claude Code may stop waiting for a hook and signal it: the event still lands."""
+    import signal as sig
+
+    with open(os.path.join(home, "monitor.config.json"), "w") as f:
+        json.dump({"hook": {"timeoutMs": 800}}, f)
+    srv = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    srv.bind(os.path.join(home, "monitor.sock"))
+    srv.listen(5)  # accepts, never answers
+    try:
+        for signum in (sig.SIGTERM, sig.SIGINT):
+            p = subprocess.Popen([HOOK_PYTHON, "-I", "-S", HOOK], stdin=subprocess.PIPE,
+                                 stdout=subprocess.PIPE, env=clean_env(home))
+            p.stdin.write(json.dumps(dict(PAYLOAD, n=int(signum))).encode())
+            p.stdin.close()
+            time.sleep(0.3)
+            p.send_signal(signum)
+            assert p.wait(timeout=5) == 0 and p.stdout.read() == b""
+    finally:
+        srv.close()
+    assert sorted(l["payload"]["n"] for l in spooled(home)) == sorted([int(sig.SIGTERM), int(sig.SIGINT)])

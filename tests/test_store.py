@@ -195,3 +195,22 @@ async def test_an_event_the_pipeline_fails_on_is_refused_and_the_rest_goes_on(tm
     assert not list(spool_dir.glob("*.json"))
     assert (spool_dir / "corrupt" / "0000000000005-sp-1.json").exists()
     assert b.counters["rejected"] == 2 and "fine" in b.manager.sessions
+
+
+async def test_a_claim_left_by_a_dead_hook_is_ingested(tmp_path, monkeypatch):
+    from contextuate_trio import hook
+    from contextuate_trio.sources import spool as spool_source
+
+    monkeypatch.setattr(hook, "STALE_CLAIM_SECONDS", 0)  # "long ago", without waiting a minute
+    spool_dir = tmp_path / "spool"
+    spool_dir.mkdir()
+    env = {"kind": "hook", "id": "cl-1", "timestamp": 10**12 * 2, "machineId": "m",
+           "payload": {"session_id": "claimed", "hook_event_name": "Stop"}}
+    (spool_dir / ".claim-0000000000009-cl-1.json").write_text(json.dumps(env))
+    b = Broker(FileStore(str(tmp_path / "data")))
+    b.load()
+    async with trio.open_nursery() as n:
+        await n.start(b.run)
+        assert await spool_source.drain_once(b, str(spool_dir)) == 1
+        n.cancel_scope.cancel()
+    assert "claimed" in b.manager.sessions and not list(spool_dir.iterdir())

@@ -23,6 +23,8 @@ STALE_TMP_SECONDS = 60  # a temp file this old belongs to a hook that was killed
 
 
 def pending(spool_dir: str) -> list[str]:
+    """Spooled files to ingest, oldest first: finished ones, and leftovers of hooks
+    that died: a temp file never renamed, a Redis-mode claim never sent or released."""
     try:
         names = os.listdir(spool_dir)
     except FileNotFoundError:
@@ -32,12 +34,19 @@ def pending(spool_dir: str) -> list[str]:
     for name in names:
         if name.endswith(hook.SPOOL_SUFFIX) and not name.startswith("."):
             out.append(name)
+            continue
+        if name.startswith(".claim-") and name.endswith(hook.SPOOL_SUFFIX):
+            stale = hook.STALE_CLAIM_SECONDS
         elif name.startswith(".") and name.endswith(".tmp"):
-            try:
-                if now - os.path.getmtime(os.path.join(spool_dir, name)) > STALE_TMP_SECONDS:
-                    out.append(name)
-            except FileNotFoundError:
-                pass
+            stale = STALE_TMP_SECONDS
+        else:
+            continue
+        try:
+            # ctime: a rename (the claim) updates it, mtime keeps the spooling time.
+            if now - os.stat(os.path.join(spool_dir, name)).st_ctime > stale:
+                out.append(name)
+        except FileNotFoundError:
+            pass
     return sorted(out)
 
 
