@@ -404,14 +404,13 @@ class Broker:
     # --- actions on sessions ----------------------------------------------------------
     def delete_session(self, session_id: str) -> bool:
         """Delete a session with its sub-agents (children would point at nothing)."""
-        s = self.manager.get(session_id)
+        s = self.manager.remove(session_id)  # first: a cycle on disk cannot recurse forever
         if s is None:
             return False
         for child_id in list(s.child_session_ids):
             child = self.manager.get(child_id)
             if child is not None and child.parent_session_id == session_id:
                 self.delete_session(child_id)
-        self.manager.remove(session_id)
         self._dirty.pop(session_id, None)
         if self.store is not None:
             self.store.delete(session_id)

@@ -184,9 +184,28 @@ class SessionManager:
                 s.machine_id = ev.machine_id
         return s
 
+    def would_cycle(self, child_id: str, parent_id: str) -> bool:
+        """Is ``parent_id`` the child itself or one of its descendants?"""
+        seen: set = set()
+        node_id: Optional[str] = parent_id
+        while node_id is not None and node_id not in seen:
+            if node_id == child_id:
+                return True
+            seen.add(node_id)
+            node = self.sessions.get(node_id)
+            node_id = node.parent_session_id if node is not None else None
+        return False
+
     def _link(self, child: Session, parent_id: str, changed: dict, links: list) -> None:
         if child.parent_session_id == parent_id or child.parent_session_id_locked():
             return
+        if self.would_cycle(child.session_id, parent_id):
+            log.warning("not linking %s under %s: that would make a cycle", child.session_id, parent_id)
+            return
+        old = self.sessions.get(child.parent_session_id or "")
+        if old is not None and child.session_id in old.child_session_ids:
+            old.child_session_ids.remove(child.session_id)
+            changed[old.session_id] = old
         child.parent_session_id = parent_id
         changed[child.session_id] = child
         parent = self.sessions.get(parent_id)
@@ -379,6 +398,8 @@ class SessionManager:
             new = None
         else:
             new = _STATUS_BY_TYPE.get(et, ACTIVE)
+        if et == "subagent_stop" and s is root:
+            new = None  # no sub-agent to end (old Claude Code, or its window already closed)
         if new is None:
             return
         if late and s.status in (ENDED, FAILED):
@@ -421,13 +442,8 @@ def set_parent(manager: SessionManager, child_id: str, parent_id: Optional[str])
         parent = manager.get(parent_id)
         if parent is None:
             raise ActionError(f"no such session {parent_id!r}")
-        # No cycles: the new parent must not be the child or one of its descendants.
-        seen, node = set(), parent
-        while node is not None and node.session_id not in seen:
-            if node.session_id == child_id:
-                raise ActionError("a session cannot be put under itself or its own sub-agent")
-            seen.add(node.session_id)
-            node = manager.get(node.parent_session_id or "")
+        if manager.would_cycle(child_id, parent_id):
+            raise ActionError("a session cannot be put under itself or its own sub-agent")
     old = manager.get(child.parent_session_id or "")
     if old is not None and child_id in old.child_session_ids:
         old.child_session_ids.remove(child_id)

@@ -173,3 +173,19 @@ def test_unknown_and_invalid_never_crash():
     feed(m, {"hook_event_name": "PreToolUse", "tool_name": "Agent", "tool_input": "weird"})
     feed(m, {"hook_event_name": "PostToolUse", "tool_name": "Agent", "tool_response": [1]})
     assert m.get("unknown").event_count == 3
+
+
+def test_parent_links_never_make_a_cycle():
+    m = SessionManager()
+    feed(m, p("SessionStart", sid="A"), parent_session_id="B")
+    feed(m, p("SessionStart", sid="B"), parent_session_id="A")  # would close the loop
+    assert m.get("A").parent_session_id == "B" and m.get("B").parent_session_id is None
+    assert m.would_cycle("B", "A") and not m.would_cycle("A", "B")
+
+
+def test_subagent_stop_with_no_sub_agent_does_not_end_the_session():
+    m = SessionManager()
+    feed(m, p("UserPromptSubmit", prompt="go"))
+    feed(m, p("PreToolUse", tool_name="Agent", tool_use_id="c1", tool_input={"subagent_type": "Explore"}))
+    feed(m, p("SubagentStop"))  # no agent_id, no Task window: nothing to end
+    assert m.get("root").status == "active" and m.get("root").end_time is None
