@@ -23,7 +23,7 @@ from contextuate_trio import events
 from contextuate_trio.events import Event
 from contextuate_trio.sessions import Outcome, Session, SessionManager
 from contextuate_trio.redact import Redactor, mask_values
-from contextuate_trio.store import FileStore, StoreError
+from contextuate_trio.store import FileStore, StoreError, session_key
 
 log = logging.getLogger("contextuate.broker")
 
@@ -60,19 +60,23 @@ class LiveEvent:
 
 
 class RecentIds:
-    """The ids seen lately, oldest forgotten first (a bounded ordered set)."""
+    """The ids seen lately, oldest forgotten first (a bounded ordered set), and the
+    newest timestamp among the forgotten ones: an event not newer than that may be a
+    copy of one that is no longer remembered, and is checked on disk."""
 
     def __init__(self, cap: int) -> None:
         self.cap = cap
-        self._ids: dict[str, None] = {}
+        self._ids: dict[str, int] = {}
+        self.forgotten_upto = 0  # the newest timestamp of an evicted id
 
     def __contains__(self, event_id: str) -> bool:
         return event_id in self._ids
 
-    def add(self, event_id: str) -> None:
-        self._ids[event_id] = None
+    def add(self, event_id: str, timestamp: int = 0) -> None:
+        self._ids[event_id] = timestamp
         if len(self._ids) > self.cap:
-            del self._ids[next(iter(self._ids))]
+            oldest = next(iter(self._ids))
+            self.forgotten_upto = max(self.forgotten_upto, self._ids.pop(oldest))
 
     def __len__(self) -> int:
         return len(self._ids)
@@ -260,8 +264,8 @@ class Broker:
     def _duplicate(self, ev: Event) -> bool:
         if ev.id in self.recent:
             return True
-        if self.store is None or ev.timestamp >= self.started_ms:
-            return False  # everything stored since start-up is in `recent`
+        if self.store is None or ev.timestamp > max(self.started_ms, self.recent.forgotten_upto):
+            return False  # everything stored since then is still in `recent`
         # An event from before this start (spool, a catch-up): ask the disk, in the
         # sessions it can belong to, reading only the blocks around its time.
         root = self.manager.get(ev.session_id)
@@ -288,7 +292,7 @@ class Broker:
             except Exception as exc:  # one event must never take the pipeline down
                 self._reject(d, exc)
                 continue
-            self.recent.add(ev.id)
+            self.recent.add(ev.id, ev.timestamp)
             for s in outcome.changed:
                 changed[s.session_id] = s
             if log.isEnabledFor(logging.DEBUG):
@@ -363,13 +367,16 @@ class Broker:
 
     async def _write(self, accepted, changed) -> None:
         delay = 0.1
+        pending = accepted
         while True:
             try:
-                self.store.append((ev.session_id, ev.timestamp, line) for _, ev, line in accepted)
+                self.store.append((ev.session_id, ev.timestamp, line) for _, ev, line in pending)
                 break
             except StoreError as exc:
                 self._store_failed(exc)
-                await trio.sleep(delay)
+                # Sessions whose lines did land are not written twice.
+                pending = [a for a in pending if session_key(a[1].session_id) not in exc.written]
+                await trio.sleep(delay)  # a retry timer (the disk gives no signal to wait on)
                 delay = min(delay * 2, 5.0)
         if not self._dirty:
             self._dirty_since = trio.current_time()

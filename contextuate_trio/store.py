@@ -42,7 +42,10 @@ _TS_AT_START = re.compile(rb'^\{"id":"[^"\\]*","timestamp":(\d+)[,}]')
 
 
 class StoreError(Exception):
-    """The store cannot write; events are kept by the caller until it can."""
+    """The store cannot write; events are kept by the caller until it can.
+    ``written``: the session keys an ``append`` did write before it failed."""
+
+    written: set = set()
 
 
 def session_key(session_id: str) -> str:
@@ -200,12 +203,16 @@ class FileStore:
         grouped: dict[str, list] = {}
         for sid, ts, line in batch:
             grouped.setdefault(session_key(sid), []).append((ts, line))
+        written: set[str] = set()
         try:
             for key, items in grouped.items():
                 self._append_session(key, items)
+                written.add(key)
         except OSError as exc:
             self.degraded = f"cannot write to {self.dir}: {exc.strerror or exc}"
-            raise StoreError(self.degraded) from exc
+            err = StoreError(self.degraded)
+            err.written = written  # sessions whose lines did land: not to be written again
+            raise err from exc
         self.degraded = None
 
     def _append_session(self, key: str, items: list) -> None:
@@ -233,11 +240,15 @@ class FileStore:
                 tail = _Tail(tail.end)
         self._tails[key] = tail
         if new_blocks:
+            self._index(key).extend(new_blocks)  # (loaded first: the file lacks them yet)
             path = os.path.join(self.sessions_dir, key, "index.jsonl")
-            with open(path, "a") as idx:
-                idx.writelines(json.dumps(b) + "\n" for b in new_blocks)
-            if key in self._blocks:
-                self._blocks[key].extend(new_blocks)
+            try:
+                with open(path, "a") as idx:
+                    idx.writelines(json.dumps(b) + "\n" for b in new_blocks)
+            except OSError as exc:
+                # The events are written; the index is only a shortcut (a start that
+                # finds it short or torn rebuilds the rest from the events).
+                log.warning("%s: index not updated (%s); it is rebuilt at start", path, exc)
 
     def _file(self, key: str):
         f = self._files.get(key)

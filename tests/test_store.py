@@ -214,3 +214,50 @@ async def test_a_claim_left_by_a_dead_hook_is_ingested(tmp_path, monkeypatch):
         assert await spool_source.drain_once(b, str(spool_dir)) == 1
         n.cancel_scope.cancel()
     assert "claimed" in b.manager.sessions and not list(spool_dir.iterdir())
+
+
+async def test_a_copy_arriving_after_its_id_was_forgotten_is_still_one_event(tmp_path):
+    b = Broker(FileStore(str(tmp_path)), recent_ids=10, started_ms=1000)
+    b.load()
+
+    def mk(eid, ts, sid="s"):
+        return events.from_payload({"session_id": sid, "hook_event_name": "Stop"},
+                                   event_id=eid, timestamp=ts, machine_id="m")
+
+    async with trio.open_nursery() as n:
+        await n.start(b.run)
+        await b.submit(mk("live", 5000), wait=True)
+        for i in range(30):  # push "live" out of the remembered ids
+            await b.submit(mk(f"other-{i}", 6000 + i), wait=True)
+        assert "live" not in b.recent
+        again = await b.submit(mk("live", 5000), wait=True)  # e.g. the stream's copy
+        assert again.ok
+        n.cancel_scope.cancel()
+    assert [e["id"] for e in b.store.events("s", 100)].count("live") == 1
+    assert b.counters["duplicates"] == 1
+
+
+async def test_a_batch_that_fails_half_way_is_not_written_twice(tmp_path):
+    """Session A's lines land, session B's write fails (a file where its directory
+    should be): the retry writes B only."""
+    b = Broker(FileStore(str(tmp_path)))
+    b.load()
+    blocker = tmp_path / "sessions" / "sB"
+    blocker.write_text("not a directory")
+
+    def mk(eid, sid):
+        return events.from_payload({"session_id": sid, "hook_event_name": "Stop"},
+                                   event_id=eid, timestamp=10**12 * 2, machine_id="m")
+
+    async with trio.open_nursery() as n:
+        # Both queued before the pipeline runs: one batch, A's write then B's.
+        da, db = await b.enqueue(mk("a1", "sA")), await b.enqueue(mk("b1", "sB"))
+        await n.start(b.run)
+        with trio.move_on_after(0.5):
+            await db.done.wait()
+        assert not db.done.is_set() and b.last_error
+        blocker.unlink()
+        await db.done.wait()
+        n.cancel_scope.cancel()
+    assert [e["id"] for e in b.store.events("sA", 10)] == ["a1"]
+    assert [e["id"] for e in b.store.events("sB", 10)] == ["b1"]
