@@ -157,3 +157,34 @@ def test_nothing_written_outside_the_home(daemon, home, tmp_path):
     after = set(os.listdir("/tmp"))
     created = {n for n in after - before if not n.startswith(("ct-", "pytest", "tmp"))}
     assert created == set()
+
+
+def test_other_web_pages_cannot_call_the_api(daemon, home):
+    import urllib.error
+
+    d = daemon()
+    run_hook(home, {"session_id": "x", "hook_event_name": "Stop"})
+    for headers in ({"Sec-Fetch-Site": "cross-site"}, {"Sec-Fetch-Site": "same-site"},
+                    {"Origin": "http://evil.example"}, {"Origin": f"http://127.0.0.1:{d.port + 1}"}):
+        with pytest.raises(urllib.error.HTTPError) as err:
+            d.get("/api/search?q=x", headers=headers)
+        assert err.value.code == 403, headers
+    # The dashboard itself (same origin) and scripts (no browser headers) are fine.
+    assert d.get("/api/sessions", headers={"Sec-Fetch-Site": "same-origin",
+                                           "Origin": f"http://127.0.0.1:{d.port}"})["sessions"]
+    assert d.get("/api/sessions")["sessions"]
+
+
+def test_a_catastrophic_regex_cannot_freeze_the_daemon(daemon, home):
+    import urllib.error
+    from urllib.parse import quote
+
+    d = daemon()
+    for i in range(3):
+        run_hook(home, {"session_id": "re", "hook_event_name": "UserPromptSubmit",
+                        "prompt": "a" * 5000 + "b"})
+    t0 = time.monotonic()
+    with pytest.raises(urllib.error.HTTPError) as err:
+        d.get("/api/search?regex=1&q=" + quote("(a|aa)+#"), timeout=10)
+    assert err.value.code == 400 and time.monotonic() - t0 < 5
+    assert d.get("/api/health")["status"] == "ok"

@@ -7,6 +7,8 @@ import json
 import os
 import re
 import time
+
+import regex
 from typing import TYPE_CHECKING
 
 import trio
@@ -23,6 +25,7 @@ from contextuate_trio.web.security import Guard, host_name
 
 STATIC_DIR = os.path.join(os.path.dirname(__file__), "static")
 SEARCH_MAX = 2000
+REGEX_TIMEOUT_S = 0.05  # one stored event; a pattern slower than this is refused
 
 if TYPE_CHECKING:
     from contextuate_trio.daemon import Daemon
@@ -31,11 +34,14 @@ PUBLIC_PATHS = ("/api/health",)
 
 
 class GuardMiddleware:
-    """Refuse foreign Host headers (DNS rebinding) and, with a token, anonymous calls."""
+    """Refuse foreign Host headers (DNS rebinding), API calls made by other web pages
+    (a cross-site ``<img src=…/api/search?…>`` carries no Origin, but browsers mark it
+    with ``Sec-Fetch-Site``), and, with a token, anonymous calls."""
 
-    def __init__(self, app, guard: Guard) -> None:
+    def __init__(self, app, guard: Guard, dashboard_ports: tuple = ()) -> None:
         self.app = app
         self.guard = guard
+        self.dashboard_ports = dashboard_ports
 
     async def __call__(self, scope, receive, send):
         if scope["type"] != "http":
@@ -46,6 +52,10 @@ class GuardMiddleware:
             return await resp(scope, receive, send)
         path = scope["path"]
         needs_token = path.startswith("/api/") or path == "/metrics"
+        if needs_token and (headers.get("sec-fetch-site") in ("cross-site", "same-site")
+                            or not self.guard.origin_ok(headers.get("origin"), self.dashboard_ports)):
+            resp = JSONResponse({"error": "not from another web page"}, status_code=403)
+            return await resp(scope, receive, send)
         if needs_token and path not in PUBLIC_PATHS and not self.guard.token_ok(headers.get("authorization")):
             resp = JSONResponse({"error": "missing or wrong token"}, status_code=401,
                                 headers={"WWW-Authenticate": "Bearer"})
@@ -189,11 +199,15 @@ def create_app(daemon: "Daemon") -> Starlette:
         text = (qp.get("q") or "").strip()
         matcher = None
         if text and qp.get("regex") in ("1", "true"):
+            # The ``regex`` package, for its timeout: a pattern that backtracks
+            # without end must not hold the event loop (``re`` cannot be stopped).
             try:
-                rx = re.compile(text, re.IGNORECASE)
-            except re.error as exc:
+                rx = regex.compile(text, regex.IGNORECASE)
+            except regex.error as exc:
                 return JSONResponse({"error": f"bad regex: {exc}"}, status_code=400)
-            matcher = rx.search
+
+            def matcher(hay: str):
+                return rx.search(hay, timeout=REGEX_TIMEOUT_S)
         elif text:
             needle = text.lower()
             matcher = lambda hay: needle in hay.lower()  # noqa: E731
@@ -216,37 +230,41 @@ def create_app(daemon: "Daemon") -> Starlette:
         found: list[dict] = []
         scanned = 0
         truncated = False
-        if broker.store is not None:
-            for s in candidates:
-                hits = []
-                for lines in broker.store.raw_blocks(
-                        s.session_id,
-                        before=None if t_to is None else t_to + 1,
-                        after=None if t_from is None else t_from - 1):
-                    for raw in reversed(lines):
-                        scanned += 1
-                        # Match the stored text first; parse only what may be a hit.
-                        if matcher is not None and not matcher(raw.decode("utf-8", "replace")):
-                            continue
-                        try:
-                            e = json.loads(raw)
-                        except ValueError:
-                            continue
-                        ts = e.get("timestamp") or 0
-                        if (t_from is not None and ts < t_from) or (t_to is not None and ts > t_to):
-                            continue
-                        if types and e.get("eventType") not in types:
-                            continue
-                        if tools and e.get("toolName") not in tools:
-                            continue
-                        hits.append(e)
+        try:
+            if broker.store is not None:
+                for s in candidates:
+                    hits = []
+                    for lines in broker.store.raw_blocks(
+                            s.session_id,
+                            before=None if t_to is None else t_to + 1,
+                            after=None if t_from is None else t_from - 1):
+                        for raw in reversed(lines):
+                            scanned += 1
+                            # Match the stored text first; parse only what may be a hit.
+                            if matcher is not None and not matcher(raw.decode("utf-8", "replace")):
+                                continue
+                            try:
+                                e = json.loads(raw)
+                            except ValueError:
+                                continue
+                            ts = e.get("timestamp") or 0
+                            if (t_from is not None and ts < t_from) or (t_to is not None and ts > t_to):
+                                continue
+                            if types and e.get("eventType") not in types:
+                                continue
+                            if tools and e.get("toolName") not in tools:
+                                continue
+                            hits.append(e)
+                            if len(hits) >= limit:
+                                break
+                        await trio.sleep(0)  # let ingest and other clients run between blocks
                         if len(hits) >= limit:
+                            truncated = True
                             break
-                    await trio.sleep(0)  # let ingest and other clients run between blocks
-                    if len(hits) >= limit:
-                        truncated = True
-                        break
-                found.extend(hits)
+                    found.extend(hits)
+        except TimeoutError:
+            return JSONResponse({"error": "the regex takes too long on stored events; simplify it"},
+                                status_code=400)
         found.sort(key=lambda e: e.get("timestamp") or 0, reverse=True)
         if len(found) > limit:
             truncated = True
@@ -337,7 +355,7 @@ def create_app(daemon: "Daemon") -> Starlette:
         routes.append(Mount("/static", app=StaticFiles(directory=STATIC_DIR), name="static"))
     app = Starlette(routes=routes)
     guard = Guard(cfg.server.allowed_hosts, cfg.server.token, cfg.server.host)
-    return GuardMiddleware(app, guard)
+    return GuardMiddleware(app, guard, (cfg.server.port,))
 
 
 def spool_backlog(home: str) -> int:
