@@ -129,7 +129,10 @@ class Broker:
         self.send_channel, self._receive = trio.open_memory_channel(channel_size)
         self.recent = RecentIds(recent_ids)
         self.started_ms = started_ms if started_ms is not None else int(time.time() * 1000)
-        self.seq = 0
+        # Event numbers for WebSocket resume. They start where no earlier run's can
+        # reach (the start time in µs), so a client resuming with a number from a
+        # previous run is told to reset, with or without the run's epoch.
+        self.seq = self.started_ms * 1000
         # (seq, message) pairs for WebSocket resume, newest last.
         self.replay: collections.deque = collections.deque(maxlen=replay_size)
         self._subscribers: set[Subscription] = set()

@@ -27,6 +27,11 @@ def ev(i: int, session: str = "s1", machine: str = "m1", etype: str = "tool_call
     return d
 
 
+def base(d) -> int:
+    """The number before this run's first event (numbers continue across runs)."""
+    return d.broker.started_ms * 1000
+
+
 async def recv(ws, timeout: float = 5.0) -> dict:
     with trio.fail_after(timeout):
         return json.loads(await ws.get_message())
@@ -62,13 +67,13 @@ async def test_snapshot_then_live_events(live_daemon):
     async with open_websocket_url(d.ws_url) as ws:
         snap = await recv(ws)
         assert snap["type"] == "snapshot"
-        assert snap["seq"] == 3 and snap["epoch"]
+        assert snap["seq"] == base(d) + 3 and snap["epoch"]
         assert [s["sessionId"] for s in snap["sessions"]] == ["s1"]
         assert [e["timestamp"] for e in snap["events"]] == [T0, T0 + 1, T0 + 2]
         await d.submit(ev(3))
         await d.submit(ev(4))
         got = await recv_events(ws, 2)
-        assert [s for s, _ in got] == [4, 5]
+        assert [s for s, _ in got] == [base(d) + 4, base(d) + 5]
         assert got[0][1]["data"]["tool_input"]["command"] == "echo 3"
         upd = await recv_type(ws, "session_update")
         assert upd["session"]["sessionId"] == "s1" and upd["session"]["eventCount"] >= 4
@@ -93,7 +98,7 @@ async def test_many_events_at_once_are_batched(live_daemon):
                     seqs.extend(range(m["seq"] - len(m["events"]) + 1, m["seq"] + 1))
                 elif m["type"] == "event":
                     seqs.append(m["seq"])
-        assert seqs == list(range(1, 301))
+        assert seqs == list(range(base(d) + 1, base(d) + 301))
         assert kinds["events"] >= 1 and kinds["events"] + kinds["event"] < 300
 
 
@@ -126,7 +131,7 @@ async def test_resume_exactly_once_while_events_keep_arriving(live_daemon):
             assert {s["sessionId"] for s in first["sessions"]} >= {"s0", "s1"}
             seen += await recv_events(ws, 400 - len(seen), timeout=20)
     seqs = [s for s, _ in seen]
-    assert seqs == list(range(1, 401)), "a gap or a duplicate"
+    assert seqs == list(range(base(d) + 1, base(d) + 401)), "a gap or a duplicate"
     assert [e["id"] for _, e in seen] == submitted
 
 
@@ -135,25 +140,28 @@ async def test_resume_too_old_or_other_run_resets(live_daemon, home):
     d.broker.replay = collections.deque(d.broker.replay, maxlen=10)
     for i in range(30):
         await d.submit(ev(i))
-    async with open_websocket_url(f"{d.ws_url}?since=2&epoch={d.daemon.ws.epoch}") as ws:
+    async with open_websocket_url(f"{d.ws_url}?since={base(d) + 2}&epoch={d.daemon.ws.epoch}") as ws:
         m = await recv(ws)
         assert m["type"] == "reset" and m["reason"] == "too old"
         snap = await recv(ws)
-        assert snap["type"] == "snapshot" and snap["seq"] == 30 and len(snap["events"]) == 30
+        assert snap["type"] == "snapshot" and snap["seq"] == base(d) + 30 and len(snap["events"]) == 30
     # A seq from another daemon run (epoch differs) is meaningless here.
-    async with open_websocket_url(f"{d.ws_url}?since=25&epoch=another-run") as ws:
+    async with open_websocket_url(f"{d.ws_url}?since={base(d) + 25}&epoch=another-run") as ws:
         m = await recv(ws)
         assert m["type"] == "reset" and m["reason"] == "daemon restarted"
         assert (await recv(ws))["type"] == "snapshot"
-    # Ahead of us (the daemon restarted and numbers began again).
-    async with open_websocket_url(f"{d.ws_url}?since=999") as ws:
+    # Ahead of us, or (no epoch given) a number from an earlier run: numbers of each
+    # run start above every earlier run's, so either way it is a reset, never a gap.
+    async with open_websocket_url(f"{d.ws_url}?since={base(d) + 999}") as ws:
+        assert (await recv(ws))["type"] == "reset"
+    async with open_websocket_url(f"{d.ws_url}?since=25") as ws:
         assert (await recv(ws))["type"] == "reset"
     # Up to date: nothing to replay, then live.
-    async with open_websocket_url(f"{d.ws_url}?since=30&epoch={d.daemon.ws.epoch}") as ws:
+    async with open_websocket_url(f"{d.ws_url}?since={base(d) + 30}&epoch={d.daemon.ws.epoch}") as ws:
         m = await recv(ws)
-        assert m["type"] == "resume" and m["seq"] == 30
+        assert m["type"] == "resume" and m["seq"] == base(d) + 30
         await d.submit(ev(99))
-        assert [s for s, _ in await recv_events(ws, 1)] == [31]
+        assert [s for s, _ in await recv_events(ws, 1)] == [base(d) + 31]
 
 
 async def test_filters_in_url_and_messages(live_daemon):
@@ -341,7 +349,7 @@ async def test_slow_client_is_dropped_while_ingest_and_others_go_on(live_daemon,
                     await d.submit(ev(i, data={"tool_response": payload}))
                     while i - len(got) > 40:  # the fast client reads as it comes
                         await trio.sleep(0.001)
-        assert got == list(range(1, 601))
+        assert got == list(range(base(d) + 1, base(d) + 601))
         assert d.daemon.ws.counters["dropped"] == 1
         assert d.broker.counters["dropped_subscribers"] == 1
         assert any("dropping WebSocket client" in r.getMessage() for r in caplog.records)
