@@ -67,15 +67,16 @@ def cmd_run(args) -> int:
     if cfg is None:
         return 2
     setup_logging("debug" if args.debug else cfg.log_level)
+    problems: list[str] = []
     try:
         trio.run(Daemon(cfg).run)
-    except (AlreadyRunning, SocketInUse) as exc:
-        print(f"contextuate-trio: {exc}", file=sys.stderr)
-        return 1
-    except OSError as exc:
-        print(f"contextuate-trio: cannot start: {exc}", file=sys.stderr)
-        return 1
-    return 0
+    except* (AlreadyRunning, SocketInUse) as group:
+        problems += [str(exc) for exc in group.exceptions]
+    except* OSError as group:  # e.g. a port in use: said plainly, not as a traceback
+        problems += [f"cannot start: {exc}" for exc in group.exceptions]
+    for problem in problems:
+        print(f"contextuate-trio: {problem}", file=sys.stderr)
+    return 1 if problems else 0
 
 
 def cmd_start(args) -> int:

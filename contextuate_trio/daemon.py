@@ -61,6 +61,7 @@ class Daemon:
             self.transcripts = transcripts.TranscriptReader(self.broker, where)
         self._sources_scope: Optional[trio.CancelScope] = None
         self._stop_requested = False
+        self.accepting = trio.Event()  # the socket is bound: /api/health may say ok
         self._lock_fd: Optional[int] = None
         self.http_urls: list[str] = []
         self.ws = WsServer(self)
@@ -134,6 +135,7 @@ class Daemon:
                     async with trio.open_nursery() as inner:
                         await inner.start(unix_socket.serve, self.broker, self.config.socket_path,
                                           self.config.max_line_bytes)
+                        self.accepting.set()  # healthy from here: hooks can deliver
                         inner.start_soon(spool_source.run, self.broker, self.spool_dir)
                         if self.transcripts is not None:
                             await inner.start(self.transcripts.run)

@@ -359,3 +359,20 @@ def test_parent_session_env_links_sessions_across_machines(daemon, home):
     assert s["child-1"]["machineId"] == "machine-b"
     assert s["parent-1"]["childSessionIds"] == ["child-1"]
     assert s["parent-1"]["machineId"] == "machine-a"
+
+
+def test_a_busy_port_is_said_plainly(daemon, home):
+    import socket as stdsocket
+
+    busy = stdsocket.socket()
+    busy.bind(("127.0.0.1", 0))
+    busy.listen(1)
+    try:
+        d = daemon({"server": {"port": busy.getsockname()[1]}}, start=False)
+        p = subprocess.run([sys.executable, "-m", "contextuate_trio", "start", "--foreground"],
+                           env=clean_env(home), capture_output=True, text=True, timeout=30)
+    finally:
+        busy.close()
+    assert p.returncode == 1
+    assert "cannot start" in p.stderr and "Traceback" not in p.stderr, p.stderr
+    assert not os.path.exists(d.socket_path)

@@ -83,7 +83,7 @@ def create_app(daemon: "Daemon") -> Starlette:
     cfg = daemon.config
 
     async def health(request: Request) -> Response:
-        if not broker.ready.is_set():
+        if not (broker.ready.is_set() and daemon.accepting.is_set()):
             return JSONResponse({"status": "starting"}, status_code=503)
         reasons = daemon.problems()
         return JSONResponse({
