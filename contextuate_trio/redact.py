@@ -34,19 +34,27 @@ _PATTERNS = (
     ("huggingface-token", ("hf_",), r"\bhf_[A-Za-z0-9]{30,}", 0),
     ("npm-token", ("npm_",), r"\bnpm_[A-Za-z0-9]{36}", 0),
     ("pypi-token", ("pypi-",), r"\bpypi-[A-Za-z0-9_-]{50,}", 0),
-    ("bearer", ("earer", "EARER", "oken", "OKEN"),
+    ("bearer", ("earer ", "EARER ", "oken ", "OKEN "),
      r"(?i)\b(?:bearer|token)\s+([A-Za-z0-9._~+/=-]{16,})", 1),
     ("basic-auth", ("uthorization", "UTHORIZATION"),
      r"(?i)\bauthorization:\s*basic\s+([A-Za-z0-9+/=]{8,})", 1),
-    ("url-password", ("://",), r"\b[a-z][a-z0-9+.-]*://[^\s:/@\"\\]{1,64}:([^\s@/\"\\]{1,256})@", 1),
+    ("url-password", (("://", "@"),), r"\b[a-z][a-z0-9+.-]*://[^\s:/@\"\\]{1,64}:([^\s@/\"\\]{1,256})@", 1),
     ("assignment",
-     ("assword", "ASSWORD", "asswd", "ASSWD", "ecret", "ECRET", "oken", "OKEN", "pi_key", "PI_KEY",
+     ("assword", "ASSWORD", "asswd", "ASSWD", "ecret", "ECRET", 'oken"', "oken'", "oken=", "oken:",
+      "oken\\", 'OKEN"', "OKEN'", "OKEN=", "OKEN:", "OKEN\\", "pi_key", "PI_KEY",
       "pi-key", "API-KEY", "piKey", "PIKEY", "pikey", "ccess_key", "CCESS_KEY", "ccess-key", "ccessKey"),
      r"(?i)(?:password|passwd|secret|api[_-]?key|apikey|access[_-]?key|auth[_-]?token|"
      r"access[_-]?token|client[_-]?secret|private[_-]?token|token)"
      r"(?:\\?[\"'])?\s*[:=]\s*(?:\\?[\"'])?([^\s\"'\\,;&}{)(\]\[]{4,})", 1),
 )
-MARKERS = tuple(sorted({m for _, markers, _, _ in _PATTERNS for m in markers}))
+# A marker is a substring, or a tuple of substrings that must all be there.
+MARKERS = tuple(sorted({m for _, markers, _, _ in _PATTERNS for m in markers}, key=str))
+
+
+def _holds(text: str, marker) -> bool:
+    if isinstance(marker, tuple):
+        return all(m in text for m in marker)
+    return marker in text
 
 
 class Redactor:
@@ -69,13 +77,13 @@ class Redactor:
     def _wanted(self, text: str) -> list:
         """Indexes of the built-in patterns whose markers the text holds."""
         return [i for i, (_, markers, _, _) in enumerate(_PATTERNS)
-                if any(m in text for m in markers)]
+                if any(_holds(text, m) for m in markers)]
 
     def may_hold_secret(self, text: str) -> bool:
         if self.extra:
             return True  # custom patterns have no markers we could know
         for m in MARKERS:
-            if m in text:
+            if _holds(text, m):
                 return True
         return False
 
