@@ -558,7 +558,14 @@ def run(env) -> int:
             claimed = claim_spooled(home)
             usage_line, usage_commit = _usage_for(raw, home, machine, parent, ts, say)
             lines = [c[2] for c in claimed] + [line.rstrip(b"\n")] + ([usage_line] if usage_line else [])
-            why = deliver_redis(rs, lines, deadline)
+            # The alarm bounds what socket timeouts cannot: a slow name lookup.
+            _signal.setitimer(_signal.ITIMER_REAL, max(deadline - time.monotonic(), 0.001) + 0.05)
+            try:
+                why = deliver_redis(rs, lines, deadline)
+            except _Deadline:
+                why = f"Redis at {rs['host']}:{rs['port']} not reached within the deadline"
+            finally:
+                _signal.setitimer(_signal.ITIMER_REAL, 0)
             release_spooled(claimed, delivered=not why)
             if usage_line and why:
                 try:  # the usage travels later, with the spool
