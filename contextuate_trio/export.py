@@ -17,12 +17,11 @@ from __future__ import annotations
 
 import json
 import os
-import socket
 import sys
-import threading
-import time
 import urllib.parse
 from typing import Iterable, Optional
+
+import trio
 
 from contextuate_trio import config as config_mod
 
@@ -181,64 +180,56 @@ def read_events(path: str) -> Iterable[tuple[int, object]]:
 
 
 def import_events(socket_path: str, items: list[dict], timeout: float = 60.0) -> dict:
-    """Stream events into the daemon's socket; wait until it has processed them all."""
-    acked = 0
-    want = 0
-    lock = threading.Condition()
+    """Stream events into the daemon's socket; wait until it has processed them all.
+
+    Sending and reading the acknowledgements run side by side (a Trio nursery), so a
+    long import never blocks on a full socket buffer in either direction."""
+    return trio.run(_import, socket_path, items, timeout)
+
+
+async def _import(socket_path: str, items: list[dict], timeout: float) -> dict:
+    state = {"acked": 0, "want": 0}
     nacks: list[str] = []
-    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-    sock.settimeout(10)
-    sock.connect(socket_path)
+    all_acked = trio.Event()
+    with trio.move_on_after(timeout):
+        stream = await trio.open_unix_socket(socket_path)
+        async with stream, trio.open_nursery() as nursery:
 
-    def reader():
-        nonlocal acked
-        buf = b""
-        try:
-            sock.settimeout(timeout)
-            while True:
-                chunk = sock.recv(65536)
-                if not chunk:
-                    break
-                buf += chunk
-                while b"\n" in buf:
-                    line, buf = buf.split(b"\n", 1)
-                    with lock:
-                        if line.startswith(b'{"ack"'):
-                            acked += 1
-                        else:
+            async def reader() -> None:
+                buf = b""
+                while True:
+                    chunk = await stream.receive_some(65536)
+                    if not chunk:
+                        return
+                    buf += chunk
+                    while b"\n" in buf:
+                        line, buf = buf.split(b"\n", 1)
+                        state["acked"] += 1
+                        if not line.startswith(b'{"ack"'):
                             nacks.append(line.decode("utf-8", "replace"))
-                            acked += 1
-                        lock.notify_all()
-        except OSError:
-            pass
-        with lock:
-            lock.notify_all()
+                        if sending_done.is_set() and state["acked"] >= state["want"]:
+                            all_acked.set()
 
-    t = threading.Thread(target=reader, daemon=True)
-    t.start()
-    barrier: Optional[bytes] = None
-    try:
-        for ev in items:
-            line, acks = to_line(ev)
-            if acks:
-                want += 1
-                barrier = barrier or line
-            sock.sendall(line)
-        if barrier is not None:
-            # Lines of one connection are handled in order: once this duplicate of the
-            # first acknowledged event is acknowledged, everything before it is stored.
-            want += 1
-            sock.sendall(barrier)
-        deadline = time.monotonic() + timeout
-        with lock:
-            while acked < want and time.monotonic() < deadline and t.is_alive():
-                lock.wait(0.2)
-    finally:
-        try:
-            sock.shutdown(socket.SHUT_WR)
-        except OSError:
-            pass
-        sock.close()
+            sending_done = trio.Event()
+            nursery.start_soon(reader)
+            barrier: Optional[bytes] = None
+            for ev in items:
+                line, acks = to_line(ev)
+                if acks:
+                    state["want"] += 1
+                    barrier = barrier or line
+                await stream.send_all(line)
+            if barrier is not None:
+                # Lines of one connection are handled in order: once this duplicate of
+                # the first acknowledged event is acknowledged, everything before it is.
+                state["want"] += 1
+                await stream.send_all(barrier)
+            sending_done.set()
+            if state["acked"] >= state["want"]:
+                all_acked.set()
+            await all_acked.wait()
+            nursery.cancel_scope.cancel()
+    acked, want = state["acked"], state["want"]
     return {"sent": len(items), "acknowledged": acked, "expected": want, "refused": nacks,
             "complete": acked >= want}
 
@@ -255,8 +246,9 @@ def cmd_export(args) -> int:
     try:
         if out is None:
             tmp = target + ".tmp"
-            out = open(tmp, "w", encoding="utf-8", errors="surrogateescape")
-            os.chmod(tmp, 0o600)
+            # Owner-only from the start: no moment when others could read it.
+            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+            out = os.fdopen(fd, "w", encoding="utf-8", errors="surrogateescape")
         n_sessions, n_events, where = export(cfg, args.session or [], out)
         if tmp:
             out.close()
