@@ -188,3 +188,22 @@ def test_a_catastrophic_regex_cannot_freeze_the_daemon(daemon, home):
         d.get("/api/search?regex=1&q=" + quote("(a|aa)+#"), timeout=10)
     assert err.value.code == 400 and time.monotonic() - t0 < 5
     assert d.get("/api/health")["status"] == "ok"
+
+
+def test_an_event_nested_very_deep_cannot_break_the_api(daemon, home):
+    d = daemon()
+    deep = {"id": "deep", "timestamp": 1_800_000_000_000, "sessionId": "deep", "machineId": "m",
+            "eventType": "x", "data": json.loads("[" * 960 + "]" * 960)}
+    ok = {"id": "ok", "timestamp": 1_800_000_000_001, "sessionId": "deep", "machineId": "m",
+          "eventType": "x"}
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as s:
+        s.connect(d.socket_path)
+        s.sendall(json.dumps(deep).encode() + b"\n" + json.dumps(ok).encode() + b"\n")
+    wait_for(lambda: d.sessions().get("deep", {}).get("eventCount") == 2, what="both events")
+    import urllib.request
+
+    url = f"http://127.0.0.1:{d.port}/api/sessions/deep/events"
+    with urllib.request.urlopen(url, timeout=10) as resp:  # 200, not 500
+        body = resp.read()
+    assert b'"id":"ok"' in body and b'"id":"deep"' in body
+    assert d.get("/api/health")["status"] == "ok"

@@ -63,6 +63,23 @@ class GuardMiddleware:
         return await self.app(scope, receive, send)
 
 
+def events_response(body: dict) -> Response:
+    """JSON of stored events. An event nested too deeply to serialise here (a producer
+    sent ~1000 levels; it was stored as it came) is replaced by a stub naming it, so
+    it cannot make the whole answer fail."""
+    try:
+        return JSONResponse(body)
+    except RecursionError:
+        def safe(e: dict) -> dict:
+            try:
+                json.dumps(e)
+                return e
+            except RecursionError:
+                return {k: e.get(k) for k in ("id", "timestamp", "sessionId", "machineId", "eventType")} | {
+                    "data": {}, "truncated": "nested too deeply to show; export the session for all of it"}
+        return JSONResponse(dict(body, events=[safe(e) for e in body["events"]]))
+
+
 def _int_param(request: Request, name: str, default=None, lo=None, hi=None):
     raw = request.query_params.get(name)
     if raw is None or raw == "":
@@ -147,7 +164,7 @@ def create_app(daemon: "Daemon") -> Starlette:
             return JSONResponse({"error": str(exc)}, status_code=400)
         if broker.store is None:
             return JSONResponse({"events": []})
-        return JSONResponse({"events": broker.store.events(sid, limit, before=before, after=after)})
+        return events_response({"events": broker.store.events(sid, limit, before=before, after=after)})
 
     async def config_view(request: Request) -> Response:
         return JSONResponse(config_mod.public_dict(cfg))
@@ -269,7 +286,7 @@ def create_app(daemon: "Daemon") -> Starlette:
         if len(found) > limit:
             truncated = True
             found = found[:limit]
-        return JSONResponse({"events": found, "count": len(found), "truncated": truncated,
+        return events_response({"events": found, "count": len(found), "truncated": truncated,
                              "sessionsScanned": len(candidates), "eventsScanned": scanned})
 
     async def export(request: Request) -> Response:
