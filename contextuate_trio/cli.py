@@ -27,11 +27,7 @@ def _load_config() -> config_mod.Config:
 
 def _config_or_none() -> Optional[config_mod.Config]:
     """The config, or None after printing why it cannot be used (exit code 2)."""
-    try:
-        return _load_config()
-    except config_mod.ConfigError as exc:
-        print(f"contextuate-trio: {exc}", file=sys.stderr)
-        return None
+    return config_mod.load_or_report()
 
 
 def _api(cfg: config_mod.Config, path: str, timeout: float = 2.0) -> dict:

@@ -314,3 +314,19 @@ def public_dict(cfg: Config) -> dict:
     data["home"] = cfg.home
     data["path"] = cfg.path
     return data
+
+
+def load_or_report(warn: bool = True) -> Optional[Config]:
+    """For commands: the config, or None after saying on stderr why it cannot be used
+    (the command then exits 2). Warnings (unknown keys…) are printed too."""
+    import sys
+
+    try:
+        cfg, warnings = load()
+    except ConfigError as exc:
+        print(f"contextuate-trio: {exc}", file=sys.stderr)
+        return None
+    if warn:
+        for w in warnings:
+            print(f"warning: {w}", file=sys.stderr)
+    return cfg

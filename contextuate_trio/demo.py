@@ -86,10 +86,8 @@ def replay(speed: float = 1.0, env: Optional[dict] = None, out=sys.stdout) -> di
 def cmd_demo(args) -> int:
     from contextuate_trio.doctor import _api_base, api_get
 
-    try:
-        cfg, _ = config_mod.load()
-    except config_mod.ConfigError as exc:
-        print(f"contextuate-trio: {exc}", file=sys.stderr)
+    cfg = config_mod.load_or_report(warn=False)
+    if cfg is None:
         return 2
     base = _api_base(cfg)
     try:

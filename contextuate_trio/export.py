@@ -235,10 +235,8 @@ async def _import(socket_path: str, items: list[dict], timeout: float) -> dict:
 
 
 def cmd_export(args) -> int:
-    try:
-        cfg, _ = config_mod.load()
-    except config_mod.ConfigError as exc:
-        print(f"contextuate-trio: {exc}", file=sys.stderr)
+    cfg = config_mod.load_or_report(warn=False)
+    if cfg is None:
         return 2
     target = args.output
     out = sys.stdout if target in (None, "-") else None
@@ -265,10 +263,8 @@ def cmd_export(args) -> int:
 
 
 def cmd_import(args) -> int:
-    try:
-        cfg, _ = config_mod.load()
-    except config_mod.ConfigError as exc:
-        print(f"contextuate-trio: {exc}", file=sys.stderr)
+    cfg = config_mod.load_or_report(warn=False)
+    if cfg is None:
         return 2
     items, bad = [], 0
     try:

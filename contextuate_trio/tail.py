@@ -250,10 +250,8 @@ def _split(values) -> list[str]:
 
 
 def cmd_tail(args) -> int:
-    try:
-        cfg, _ = config_mod.load()
-    except config_mod.ConfigError as exc:
-        print(f"contextuate-trio: {exc}", file=sys.stderr)
+    cfg = config_mod.load_or_report(warn=False)
+    if cfg is None:
         return 2
     color = not args.no_color and not args.json and sys.stdout.isatty() and not os.environ.get("NO_COLOR")
     try:
