@@ -98,6 +98,7 @@ class Subscription:
         self.queued_events = 0  # batched only: events sent and not yet taken
         self.send, self.receive = trio.open_memory_channel(size)
         self.dropped: Optional[str] = None
+        self.closed = trio.Event()  # set when dropped or closed
 
     def taken(self, message: dict) -> None:
         """The reader took ``message`` off the queue (batched accounting)."""
@@ -109,6 +110,7 @@ class Subscription:
             self.dropped = why or "closed"
         self.broker._subscribers.discard(self)
         self.send.close()
+        self.closed.set()
 
 
 class Broker:

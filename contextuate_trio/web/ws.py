@@ -574,16 +574,15 @@ class WsServer:
 
     async def _keepalive(self, client: Client, scope: trio.CancelScope) -> None:
         while True:
-            # Check often whether the broker dropped this client: its sender may be
-            # stuck writing to a socket nobody reads.
-            waited = 0.0
-            while waited < self.ping_interval:
-                step = min(0.25, self.ping_interval - waited)
-                await trio.sleep(step)
-                waited += step
-                if client.sub is not None and client.sub.dropped == "too slow":
-                    self._drop(client, f"fell {self.queue_size} events behind", scope)
-                    return
+            # Between pings, watch for the broker dropping this client: its sender
+            # may be stuck writing to a socket nobody reads, so it cannot notice.
+            with trio.move_on_after(self.ping_interval):
+                if client.sub is not None:
+                    await client.sub.closed.wait()
+                    if client.sub.dropped == "too slow":
+                        self._drop(client, f"fell {self.queue_size} events behind", scope)
+                    return  # closed for another reason: the sender ends the connection
+                await trio.sleep_forever()
             with trio.move_on_after(self.ping_timeout) as timer:
                 await client.ws.ping()
             if timer.cancelled_caught:
