@@ -35,7 +35,7 @@ def lines_for(args, payload: dict) -> list:
         data = dict(payload, session_id=sid, tool_use_id=f"toolu_{args.tag}_{i}")
         ev = {
             "id": new_id(),
-            "timestamp": ts,
+            "timestamp": ts + i // 20,  # stamped per event, as hooks do (~20 per ms here)
             "sessionId": sid,
             "machineId": "bench-host",
             "workingDirectory": payload.get("cwd"),

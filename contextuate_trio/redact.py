@@ -51,6 +51,16 @@ _PATTERNS = (
 MARKERS = tuple(sorted({m for _, markers, _, _ in _PATTERNS for m in markers}, key=str))
 
 
+# The pre-scan runs on the lower-cased text: fewer markers to look for (the precise,
+# case-sensitive ones then pick the patterns).
+MARKERS_LOWER = tuple(sorted({(tuple(x.lower() for x in m) if isinstance(m, tuple) else m.lower())
+                              for m in MARKERS}, key=str))
+
+
+_PLAIN_LOWER = tuple(m for m in MARKERS_LOWER if isinstance(m, str))
+_ALL_OF_LOWER = tuple(m for m in MARKERS_LOWER if isinstance(m, tuple))
+
+
 def _holds(text: str, marker) -> bool:
     if isinstance(marker, tuple):
         return all(m in text for m in marker)
@@ -82,8 +92,12 @@ class Redactor:
     def may_hold_secret(self, text: str) -> bool:
         if self.extra:
             return True  # custom patterns have no markers we could know
-        for m in MARKERS:
-            if _holds(text, m):
+        low = text.lower()
+        for m in _PLAIN_LOWER:  # a plain loop: this runs on every event the daemon stores
+            if m in low:
+                return True
+        for group in _ALL_OF_LOWER:
+            if all(m in low for m in group):
                 return True
         return False
 
