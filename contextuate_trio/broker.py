@@ -141,7 +141,7 @@ class Broker:
         manager: Optional[SessionManager] = None,
         *,
         channel_size: int = 10_000,
-        recent_ids: int = 50_000,
+        recent_ids: int = 20_000,
         replay_size: int = 20_000,
         started_ms: Optional[int] = None,
         redactor: Optional[Redactor] = None,
