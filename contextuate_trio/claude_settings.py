@@ -452,12 +452,9 @@ def _scope(args) -> str:
 
 
 def _daemon_url(cfg) -> str:
-    host = cfg.server.host
-    if host in ("0.0.0.0", "::", ""):
-        host = "127.0.0.1"
-    if ":" in host:
-        host = f"[{host}]"
-    return f"http://{host}:{cfg.server.port}{HTTP_PATH}"
+    from contextuate_trio.config import api_base
+
+    return api_base(cfg) + HTTP_PATH
 
 
 def wired_elsewhere(scope: str, env: Optional[dict] = None, cwd: Optional[str] = None) -> list[str]:

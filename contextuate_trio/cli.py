@@ -31,12 +31,7 @@ def _config_or_none() -> Optional[config_mod.Config]:
 
 
 def _api(cfg: config_mod.Config, path: str, timeout: float = 2.0) -> dict:
-    host = cfg.server.host
-    if host in ("0.0.0.0", "::", ""):
-        host = "127.0.0.1"
-    if ":" in host:
-        host = f"[{host}]"
-    req = urllib.request.Request(f"http://{host}:{cfg.server.port}{path}")
+    req = urllib.request.Request(config_mod.api_base(cfg) + path)
     if cfg.server.token:
         req.add_header("Authorization", f"Bearer {cfg.server.token}")
     with urllib.request.urlopen(req, timeout=timeout) as resp:

@@ -330,3 +330,14 @@ def load_or_report(warn: bool = True) -> Optional[Config]:
         for w in warnings:
             print(f"warning: {w}", file=sys.stderr)
     return cfg
+
+
+def api_base(cfg: Config) -> str:
+    """``http://host:port`` where a local client reaches this config's daemon (a
+    wildcard bind is reached on loopback)."""
+    host = cfg.server.host
+    if host in ("0.0.0.0", "::", ""):
+        host = "127.0.0.1"
+    if ":" in host:
+        host = f"[{host}]"
+    return f"http://{host}:{cfg.server.port}"

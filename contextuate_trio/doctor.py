@@ -40,13 +40,7 @@ class Check:
     fix: Optional[str] = None
 
 
-def _api_base(cfg: config_mod.Config) -> str:
-    host = cfg.server.host
-    if host in ("0.0.0.0", "::", ""):
-        host = "127.0.0.1"
-    if ":" in host:
-        host = f"[{host}]"
-    return f"http://{host}:{cfg.server.port}"
+_api_base = config_mod.api_base
 
 
 def api_get(cfg: config_mod.Config, path: str, timeout: float = NET_TIMEOUT) -> Any:

@@ -48,18 +48,23 @@ def dumps(v) -> str:
     return "[" + ",".join(dumps(x) for x in v) + "]"
 
 
+def _read_fd(fd: int, limit: int) -> bytes:
+    """Up to ``limit`` bytes from ``fd``'s position, in chunks of at most 1 MiB."""
+    out = []
+    n = 0
+    while n < limit:
+        chunk = posix.read(fd, min(1 << 20, limit - n))
+        if not chunk:
+            break
+        out.append(chunk)
+        n += len(chunk)
+    return b"".join(out)
+
+
 def _read(path: str, limit: int) -> bytes:
     fd = posix.open(path, posix.O_RDONLY)
     try:
-        out = []
-        n = 0
-        while n < limit:
-            chunk = posix.read(fd, min(1 << 20, limit - n))
-            if not chunk:
-                break
-            out.append(chunk)
-            n += len(chunk)
-        return b"".join(out)
+        return _read_fd(fd, limit)
     finally:
         posix.close(fd)
 
@@ -110,17 +115,9 @@ def prepare(payload, home: str, machine: str, parent, ts: int, max_read: int = M
             state.head = head
         start = state.offset
         posix.lseek(fd, start, 0)
-        chunks = []
-        n = 0
-        while n < max_read:
-            chunk = posix.read(fd, min(1 << 20, max_read - n))
-            if not chunk:
-                break
-            chunks.append(chunk)
-            n += len(chunk)
+        data = _read_fd(fd, max_read)
     finally:
         posix.close(fd)
-    data = b"".join(chunks)
     records = usage.read_chunk(state, data, parse_json, at_eof=start + len(data) >= st.st_size)
     if state.offset == start and len(data) >= max_read:
         state.offset += len(data)  # one line longer than the budget: never readable here
