@@ -6,6 +6,6 @@ from it is byte-code cached. Under ``-I`` the script's folder is not on sys.path
 import sys
 
 sys.path.insert(0, __file__.rpartition("/")[0] or ".")
-from contextuate_trio.hook import main  # noqa: E402
+from contextuate_trio.hook.process import main  # noqa: E402
 
 main()

@@ -75,11 +75,6 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def ws_available() -> bool:
-    """True once the WebSocket server module exists (another engineer builds it)."""
-    return os.path.exists(os.path.join(REPO, "contextuate_trio", "web", "ws.py"))
-
-
 # --- statistics -----------------------------------------------------------------------
 def pct(values, p: float) -> float:
     """Percentile by linear interpolation (numpy's default), on a copy."""

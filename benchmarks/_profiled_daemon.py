@@ -9,7 +9,7 @@ cleanly on SIGTERM, so the profile is written.
 import cProfile
 import sys
 
-from contextuate_trio.cli import main
+from contextuate_trio.cli.main import main
 
 if __name__ == "__main__":
     out = sys.argv[1]

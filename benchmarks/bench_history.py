@@ -38,9 +38,9 @@ SMALL = 1_000
 
 def generate(data_dir: str, total: int) -> dict:
     """``total`` events in the store's format; returns the big session's id and sizes."""
-    from contextuate_trio import events
-    from contextuate_trio.sessions import Session
-    from contextuate_trio.store import FileStore
+    from contextuate_trio.core import events
+    from contextuate_trio.core.sessions import Session
+    from contextuate_trio.runtime.store import FileStore
 
     payload = C.pre_tool_use_payload()
     t_gen = time.perf_counter()

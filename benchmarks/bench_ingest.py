@@ -121,12 +121,16 @@ AREAS = [  # (area, substrings of pstats' "file:line(function)")
     ("store files (open/write/replace/stat)", ("posix.", "io.open", "_io.", "_IOBase", "BufferedWriter",
                                                "FileIO", "TextIOWrapper", "posixpath", "<frozen os>")),
     ("trio scheduler + channels", ("/trio/",)),
-    ("contextuate_trio.events", ("contextuate_trio/events.py",)),
-    ("contextuate_trio.sessions", ("contextuate_trio/sessions.py",)),
-    ("contextuate_trio.broker", ("contextuate_trio/broker.py",)),
-    ("contextuate_trio.store", ("contextuate_trio/store.py",)),
-    ("contextuate_trio.wire + socket source", ("contextuate_trio/wire.py", "unix_socket.py")),
-    ("contextuate_trio.web.ws", ("contextuate_trio/web/ws.py",)),
+    ("contextuate_trio.core.events", ("contextuate_trio/core/events.py",)),
+    ("contextuate_trio.core.sessions", ("contextuate_trio/core/sessions.py",)),
+    ("contextuate_trio.core (masking, redaction, dedupe)", ("contextuate_trio/core/masking.py",
+                                                          "contextuate_trio/core/redact.py",
+                                                          "contextuate_trio/core/dedupe.py")),
+    ("contextuate_trio.runtime.broker + fanout", ("contextuate_trio/runtime/broker.py",
+                                                  "contextuate_trio/runtime/fanout.py")),
+    ("contextuate_trio.runtime.store", ("contextuate_trio/runtime/store.py",)),
+    ("contextuate_trio.core.wire + socket source", ("contextuate_trio/core/wire.py", "unix_socket.py")),
+    ("contextuate_trio.web.ws", ("contextuate_trio/web/ws_server.py", "contextuate_trio/web/ws_protocol.py")),
 ]
 
 
@@ -163,7 +167,7 @@ def run() -> dict:
     n = C.knob("ingest_events", 60_000, 150_000)
     producers = C.knob("producers", 3, 3)
     k = C.knob("subscribers", 5, 5)
-    ws = C.ws_available()
+    ws = True  # the WebSocket fan-out is part of the daemon
     rows = []
     result: dict = {"name": NAME, "target_events_per_s": TARGET, "ws_available": ws}
     plain = one_run(n, producers, 0)

@@ -84,12 +84,12 @@ def hook_to_visible(d: C.Daemon, n: int, ws: bool, procs: list) -> dict:
 
 
 def ack_probe(path: str, i: int) -> float:
-    from contextuate_trio import hook
+    from contextuate_trio.hook import paths, wire
 
-    eid = hook.new_id()
+    eid = paths.new_id()
     raw = json.dumps({"session_id": "bench-probe", "hook_event_name": "Notification",
                       "message": f"probe {i}", "notification_type": "bench"}).encode()
-    line = hook.envelope(raw, eid, int(time.time() * 1000), "bench-host", None, ack=True)
+    line = wire.envelope(raw, eid, int(time.time() * 1000), "bench-host", None, ack=True)
     s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     s.settimeout(5)
     try:
@@ -137,7 +137,7 @@ def background(d: C.Daemon, seconds: float, rate: int, ws: bool, procs: list) ->
 def run() -> dict:
     n = C.knob("latency_samples", 60, 150)
     seconds = C.knob("background_seconds", 5, 10)
-    ws = C.ws_available()
+    ws = True  # the WebSocket fan-out is part of the daemon
     result: dict = {"name": NAME, "ws_available": ws}
     rows = []
     with C.Daemon() as d, C.processes() as procs:

@@ -78,12 +78,12 @@ def import_cost(python: str) -> dict:
     best: dict = {}
     for _ in range(5):
         r = subprocess.run([python, "-I", "-S", "-X", "importtime", "-c",
-                            f"import sys; sys.path.insert(0, {ROOT!r}); import contextuate_trio.hook; "
-                            "import contextuate_trio.usage_hook"],
+                            f"import sys; sys.path.insert(0, {ROOT!r}); import contextuate_trio.hook.process; "
+                            "import contextuate_trio.hook.usage"],
                            capture_output=True, text=True)
         for line in r.stderr.splitlines():
             parts = [p.strip() for p in line.split("|")]
-            if len(parts) == 3 and parts[2].strip() in ("contextuate_trio.usage", "contextuate_trio.usage_hook"):
+            if len(parts) == 3 and parts[2].strip() in ("contextuate_trio.core.usage", "contextuate_trio.hook.usage"):
                 try:
                     us = int(parts[1])
                 except ValueError:

@@ -1,3 +1,3 @@
-from contextuate_trio.cli import main
+from contextuate_trio.cli.main import main
 
 raise SystemExit(main())

@@ -16,16 +16,13 @@ import attrs
 import cattrs
 from cattrs.gen import make_dict_structure_fn, make_dict_unstructure_fn, override
 
-from contextuate_trio import hook
+from contextuate_trio.core.names import camel
+from contextuate_trio.hook import paths as hook_paths
+from contextuate_trio.hook.process import DEFAULT_TIMEOUT_MS
 
 
 class ConfigError(Exception):
     """The config cannot be used; the message names the file and the key."""
-
-
-def camel(name: str) -> str:
-    head, *rest = name.split("_")
-    return head + "".join(p.title() for p in rest)
 
 
 def _port(instance, attribute, value):
@@ -49,7 +46,7 @@ class ServerConfig:
 
 @attrs.define
 class HookConfig:
-    timeout_ms: int = attrs.field(default=hook.DEFAULT_TIMEOUT_MS, validator=_positive)
+    timeout_ms: int = attrs.field(default=DEFAULT_TIMEOUT_MS, validator=_positive)
 
 
 @attrs.define
@@ -84,7 +81,7 @@ class RedactionConfig:
 
 
 def _prices(instance, attribute, value):
-    from contextuate_trio.usage import price_problems
+    from contextuate_trio.core.usage import price_problems
 
     problems = price_problems(value)
     if problems:
@@ -180,8 +177,8 @@ def _describe(exc: Exception, file: str) -> str:
 def load(env: Optional[dict] = None) -> tuple[Config, list[str]]:
     """The config for this environment, and warnings worth logging."""
     env = dict(os.environ if env is None else env)
-    home = os.path.abspath(os.path.expanduser(hook.home_dir(env)))
-    path = hook.config_path(env, home)
+    home = os.path.abspath(os.path.expanduser(hook_paths.home_dir(env)))
+    path = hook_paths.config_path(env, home)
     warnings: list[str] = []
     try:
         with open(path, "rb") as f:
@@ -214,7 +211,7 @@ def load(env: Optional[dict] = None) -> tuple[Config, list[str]]:
             raise ConfigError(f"{path}: key 'redaction.patterns[{i}]': not a valid regex: {exc}") from None
     cfg.home = home
     cfg.path = path
-    cfg.socket_path = os.path.expanduser(cfg.socket_path or os.path.join(home, hook.SOCKET_NAME))
+    cfg.socket_path = os.path.expanduser(cfg.socket_path or os.path.join(home, hook_paths.SOCKET_NAME))
     cfg.persistence.dir = os.path.expanduser(cfg.persistence.dir or os.path.join(home, "data"))
     if cfg.server.host not in ("127.0.0.1", "localhost", "::1") and not cfg.server.token:
         warnings.append(

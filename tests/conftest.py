@@ -215,7 +215,7 @@ class LiveDaemon:
     def __init__(self, home: str, config: dict | None = None, port: int | None = None,
                  ws_port: int | None = None) -> None:
         from contextuate_trio import config as config_mod
-        from contextuate_trio.daemon import Daemon
+        from contextuate_trio.daemon.daemon import Daemon
 
         self.home = home
         self.port = port or free_port()
@@ -258,9 +258,10 @@ class LiveDaemon:
 
     async def submit(self, obj: dict):
         """One complete event through the real pipeline; returns once it is stored."""
-        from contextuate_trio import events
+        from contextuate_trio.core import events
+        from contextuate_trio.runtime.clock import SYSTEM_MINT
 
-        d = await self.broker.submit(events.from_object(obj, source="socket"), wait=True)
+        d = await self.broker.submit(events.from_object(obj, source="socket", mint=SYSTEM_MINT), wait=True)
         assert d.ok
         return d
 

@@ -10,8 +10,8 @@ import sys
 import time
 
 from conftest import ROOT, clean_env, run_hook, wait_for
-from contextuate_trio import claude_settings as cs
-from contextuate_trio.doctor import skew_findings
+from contextuate_trio.cli import hooks as cs
+from contextuate_trio.cli.doctor import skew_findings
 from redis_server import make_tls_files, needs_redis, redis_server  # noqa: F401 (fixture)
 
 

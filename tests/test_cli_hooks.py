@@ -13,7 +13,7 @@ import sys
 import pytest
 
 from conftest import ROOT, clean_env, wait_for
-from contextuate_trio import claude_settings as cs
+from contextuate_trio.cli import hooks as cs
 
 CMD = "/usr/bin/python3 -I -S /opt/x/contextuate_trio/hook_emit.py"
 OTHERS = {

@@ -11,7 +11,7 @@ import urllib.error
 import urllib.request
 
 from conftest import ROOT, clean_env, wait_for
-from contextuate_trio import claude_settings as cs
+from contextuate_trio.cli import hooks as cs
 
 
 def post(url, body, headers=None, timeout=10):

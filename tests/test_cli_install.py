@@ -16,7 +16,7 @@ import time
 import pytest
 
 from conftest import ROOT, clean_env, free_port
-from contextuate_trio import claude_settings as cs
+from contextuate_trio.cli import hooks as cs
 
 
 def sh(*args, **kw) -> subprocess.CompletedProcess:

@@ -13,11 +13,7 @@ import time
 import pytest
 
 from conftest import ROOT, clean_env, run_hook
-from contextuate_trio.tail import Printer
-
-pytestmark = pytest.mark.skipif(not os.path.exists(ROOT / "contextuate_trio" / "web" / "ws.py"),
-                                reason="the WebSocket server (web/ws.py) is not there yet")
-
+from contextuate_trio.cli.tail import Printer
 
 class Tail:
     def __init__(self, home, *args):

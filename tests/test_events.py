@@ -8,8 +8,9 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from contextuate_trio import events
-from contextuate_trio.events import EventError, from_object, from_payload
+from contextuate_trio.core import events
+from contextuate_trio.core.events import EventError, from_object, from_payload
+from helpers import MINT, fixed_mint
 
 HOOKS = {
     "SessionStart": "session_start", "SessionEnd": "session_end",
@@ -83,19 +84,20 @@ def test_not_an_object_is_an_invalid_event_with_raw_text():
 def test_envelope_and_complete_event_and_bare_payload():
     env = {"kind": "hook", "id": "i1", "timestamp": 5, "machineId": "mx", "ack": True,
            "parentSessionId": "p", "payload": {"session_id": "s", "hook_event_name": "Stop"}}
-    ev = from_object(env, "socket")
+    ev = from_object(env, "socket", mint=MINT)
     assert (ev.id, ev.timestamp, ev.machine_id, ev.parent_session_id, ev.source) == ("i1", 5, "mx", "p", "socket")
     assert ev.from_hook
     complete = {"id": "c1", "timestamp": 7, "sessionId": "s2", "machineId": "m2",
                 "eventType": "tool_call", "data": {"x": 1}, "customField": "kept"}
-    ev = from_object(complete)
+    ev = from_object(complete, mint=MINT)
     assert not ev.from_hook and ev.session_id == "s2"
     assert events.to_dict(ev)["customField"] == "kept"
-    bare = from_object({"session_id": "s3", "hook_event_name": "Stop"})
-    assert bare.session_id == "s3" and bare.id and bare.timestamp > 0
+    mint = fixed_mint(start_ms=4242)
+    bare = from_object({"session_id": "s3", "hook_event_name": "Stop"}, mint=mint)
+    assert bare.session_id == "s3" and bare.id == "id-1" and bare.timestamp == 4242
     for bad in ([1], {"foo": 1}, {"eventType": "x"}, {"kind": "hook", "payload": {}}):
         with pytest.raises(EventError):
-            from_object(bad)
+            from_object(bad, mint=MINT)
 
 
 json_values = st.recursive(
@@ -119,7 +121,7 @@ payload_fields = st.fixed_dictionaries(
 def test_any_payload_normalises_and_round_trips(payload):
     ev = norm(payload)
     line = events.dumps(ev)
-    back = from_object(json.loads(line))
+    back = from_object(json.loads(line), mint=MINT)
     assert back.id == ev.id and back.event_type == ev.event_type
     assert back.session_id == ev.session_id
     if isinstance(payload, dict):
@@ -127,7 +129,7 @@ def test_any_payload_normalises_and_round_trips(payload):
 
 
 def test_ack_request_is_not_stored_with_a_complete_event():
-    ev = from_object({"id": "a", "timestamp": 1, "sessionId": "s", "machineId": "m",
+    ev = from_object(mint=MINT, obj={"id": "a", "timestamp": 1, "sessionId": "s", "machineId": "m",
                       "eventType": "stop", "ack": True, "mine": 1})
     d = events.to_dict(ev)
     assert "ack" not in d and d["mine"] == 1

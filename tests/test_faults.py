@@ -144,7 +144,7 @@ def test_corrupt_files_on_start_recover_what_can_be(daemon, home):
 def test_non_loopback_bind_without_token_warns(home):
     with open(os.path.join(home, "monitor.config.json"), "w") as f:
         json.dump({"server": {"host": "0.0.0.0", "port": 1, "wsPort": 2}}, f)
-    p = subprocess.run([sys.executable, "-c", "from contextuate_trio import cli; cli._load_config()"],
+    p = subprocess.run([sys.executable, "-c", "from contextuate_trio.cli import main; main._load_config()"],
                        env=clean_env(home), capture_output=True, text=True)
     assert "warning" in p.stderr and "0.0.0.0" in p.stderr and "token" in p.stderr
 

@@ -10,7 +10,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from conftest import run_hook, wait_for
-from contextuate_trio.redact import Redactor
+from contextuate_trio.core.redact import Redactor
 
 SECRETS = {
     "anthropic-key": "sk-ant-api03-" + "A1b2C3d4E5" * 4,

@@ -7,8 +7,8 @@ import itertools
 import pytest
 
 from conftest import FIXTURE_NAMES, load_expect, load_fixture
-from contextuate_trio.events import from_payload
-from contextuate_trio.sessions import SessionManager
+from contextuate_trio.core.events import from_payload
+from contextuate_trio.core.sessions import SessionManager
 
 _ids = itertools.count()
 

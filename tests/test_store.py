@@ -7,11 +7,12 @@ import os
 
 import trio
 
-from contextuate_trio import events
-from contextuate_trio.broker import Broker
-from contextuate_trio.events import Event
-from contextuate_trio.sessions import SessionManager
-from contextuate_trio.store import BLOCK, FileStore, session_key
+from contextuate_trio.core import events
+from contextuate_trio.runtime.broker import Broker
+from contextuate_trio.core.events import Event
+from contextuate_trio.core.sessions import SessionManager
+from contextuate_trio.runtime.store import BLOCK, FileStore, session_key
+from helpers import MINT
 
 
 def ev(i, sid="s1", ts=None):
@@ -68,7 +69,7 @@ async def test_crash_after_events_before_meta_is_recovered(tmp_path):
     """Events on disk that the meta does not count (kill -9 between the two writes)."""
     st = FileStore(str(tmp_path))
     b = Broker(st)
-    b.load()
+    b.load(MINT)
     async with trio.open_nursery() as n:
         await n.start(b.run)
         for i in range(10):
@@ -84,14 +85,14 @@ async def test_crash_after_events_before_meta_is_recovered(tmp_path):
     meta_path.write_text(good_meta)
     st.close()
     b2 = Broker(FileStore(str(tmp_path)))
-    b2.load()
+    b2.load(MINT)
     s = b2.manager.get("s1")
     assert s.event_count == 15 and s.tool_count == 15
     assert "late-4" in b2.recent and "e0" in b2.recent
     # A corrupt meta is rebuilt from the events.
     meta_path.write_text("{corrupt")
     b3 = Broker(FileStore(str(tmp_path)))
-    b3.load()
+    b3.load(MINT)
     assert b3.manager.get("s1").event_count == 15
 
 
@@ -119,7 +120,7 @@ async def test_unwritable_store_keeps_events_and_recovers(tmp_path):
     data = tmp_path / "data"
     st = FileStore(str(data))
     b = Broker(st)
-    b.load()
+    b.load(MINT)
     async with trio.open_nursery() as n:
         await n.start(b.run)
         os.chmod(data / "sessions", 0o500)
@@ -128,7 +129,7 @@ async def test_unwritable_store_keeps_events_and_recovers(tmp_path):
                 os.chmod(data / "sessions", 0o700)
                 os.rename(data / "sessions", data / "moved")
                 (data / "sessions").write_text("not a directory")
-            d = await b.enqueue(events.from_payload({"session_id": "s9", "hook_event_name": "Stop"},
+            d = await b.submit(track=True, event=events.from_payload({"session_id": "s9", "hook_event_name": "Stop"},
                                                     event_id="x", timestamp=1, machine_id="m"))
             with trio.move_on_after(0.5):
                 await d.done.wait()
@@ -146,7 +147,7 @@ async def test_unwritable_store_keeps_events_and_recovers(tmp_path):
 
 async def test_deleting_a_session_deletes_its_sub_agents(tmp_path):
     b = Broker(FileStore(str(tmp_path)))
-    b.load()
+    b.load(MINT)
     async with trio.open_nursery() as n:
         await n.start(b.run)
         for i, p in enumerate([
@@ -166,7 +167,7 @@ async def test_deleting_a_session_deletes_its_sub_agents(tmp_path):
 async def test_an_event_the_pipeline_fails_on_is_refused_and_the_rest_goes_on(tmp_path):
     """A bug triggered by one event (stood in for by a manager that fails on one
     session) must not take the daemon's single pipeline task down."""
-    from contextuate_trio.sessions import SessionManager as Real
+    from contextuate_trio.core.sessions import SessionManager as Real
     from contextuate_trio.sources import spool as spool_source
 
     class FailsOnBoom(Real):
@@ -176,7 +177,7 @@ async def test_an_event_the_pipeline_fails_on_is_refused_and_the_rest_goes_on(tm
             return super().apply(ev)
 
     b = Broker(FileStore(str(tmp_path / "data")), FailsOnBoom())
-    b.load()
+    b.load(MINT)
     spool_dir = tmp_path / "spool"
     spool_dir.mkdir()
     env = {"kind": "hook", "id": "sp-1", "timestamp": 5, "machineId": "m",
@@ -198,17 +199,17 @@ async def test_an_event_the_pipeline_fails_on_is_refused_and_the_rest_goes_on(tm
 
 
 async def test_a_claim_left_by_a_dead_hook_is_ingested(tmp_path, monkeypatch):
-    from contextuate_trio import hook
+    from contextuate_trio.hook import spool as hook_spool
     from contextuate_trio.sources import spool as spool_source
 
-    monkeypatch.setattr(hook, "STALE_CLAIM_SECONDS", 0)  # "long ago", without waiting a minute
+    monkeypatch.setattr(hook_spool, "STALE_CLAIM_SECONDS", 0)  # "long ago", without waiting a minute
     spool_dir = tmp_path / "spool"
     spool_dir.mkdir()
     env = {"kind": "hook", "id": "cl-1", "timestamp": 10**12 * 2, "machineId": "m",
            "payload": {"session_id": "claimed", "hook_event_name": "Stop"}}
     (spool_dir / ".claim-0000000000009-cl-1.json").write_text(json.dumps(env))
     b = Broker(FileStore(str(tmp_path / "data")))
-    b.load()
+    b.load(MINT)
     async with trio.open_nursery() as n:
         await n.start(b.run)
         assert await spool_source.drain_once(b, str(spool_dir)) == 1
@@ -218,7 +219,7 @@ async def test_a_claim_left_by_a_dead_hook_is_ingested(tmp_path, monkeypatch):
 
 async def test_a_copy_arriving_after_its_id_was_forgotten_is_still_one_event(tmp_path):
     b = Broker(FileStore(str(tmp_path)), recent_ids=10, started_ms=1000)
-    b.load()
+    b.load(MINT)
 
     def mk(eid, ts, sid="s"):
         return events.from_payload({"session_id": sid, "hook_event_name": "Stop"},
@@ -241,7 +242,7 @@ async def test_a_batch_that_fails_half_way_is_not_written_twice(tmp_path):
     """Session A's lines land, session B's write fails (a file where its directory
     should be): the retry writes B only."""
     b = Broker(FileStore(str(tmp_path)))
-    b.load()
+    b.load(MINT)
     blocker = tmp_path / "sessions" / "sB"
     blocker.write_text("not a directory")
 
@@ -251,7 +252,7 @@ async def test_a_batch_that_fails_half_way_is_not_written_twice(tmp_path):
 
     async with trio.open_nursery() as n:
         # Both queued before the pipeline runs: one batch, A's write then B's.
-        da, db = await b.enqueue(mk("a1", "sA")), await b.enqueue(mk("b1", "sB"))
+        da, db = await b.submit(track=True, event=mk("a1", "sA")), await b.submit(track=True, event=mk("b1", "sB"))
         await n.start(b.run)
         with trio.move_on_after(0.5):
             await db.done.wait()

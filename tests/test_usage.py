@@ -8,9 +8,10 @@ import os
 
 import pytest
 
-from contextuate_trio import events, usage
-from contextuate_trio.sessions import SessionManager
+from contextuate_trio.core import events, usage
+from contextuate_trio.core.sessions import SessionManager
 from contextuate_trio.sources import transcripts
+from helpers import PRICES
 
 SONNET = "claude-sonnet-4-5-20250929"
 HAIKU = "claude-haiku-4-5-20251001"
@@ -94,7 +95,7 @@ def test_a_response_split_over_lines_counts_once_with_its_final_usage():
     assert recs[0][usage.R_TOKENS:usage.R_AGENT] == [10, 120, 20_000, 1_000, 2_000, 0]
     m = SessionManager()
     apply_records(m, recs)
-    u = m.get("S").public()["usage"]
+    u = m.get("S").public(PRICES)["usage"]
     assert u["tokens"] == {"input": 15, "output": 170, "cacheRead": 41_000, "cacheWrite5m": 1_000,
                            "cacheWrite1h": 2_000, "total": 44_185}
     assert u["calls"] == 2
@@ -114,7 +115,7 @@ def test_a_truncated_last_line_waits_for_the_rest_and_a_growing_file_reads_only_
     assert [r[usage.R_KEY] for r in second] == ["msg_B"]
     m = SessionManager()
     apply_records(m, first + second)
-    assert m.get("S").public()["usage"]["costUsd"] == pytest.approx(TURN_COST)
+    assert m.get("S").public(PRICES)["usage"]["costUsd"] == pytest.approx(TURN_COST)
     # Nothing new: nothing read twice.
     assert read_all(st, b"") == []
 
@@ -136,10 +137,10 @@ def test_the_same_response_in_two_files_counts_once_and_growth_adds_the_differen
     a, b = usage.FileState(), usage.FileState()
     apply_records(m, read_all(a, dump(TURN)))
     apply_records(m, read_all(b, dump(TURN)), ts=2)
-    assert m.get("S").public()["usage"]["costUsd"] == pytest.approx(TURN_COST)
+    assert m.get("S").public(PRICES)["usage"]["costUsd"] == pytest.approx(TURN_COST)
     # msg_B's output grows from 50 to 80 in a later line: +30 output = +$0.00045.
     apply_records(m, read_all(b, dump([assistant("msg_B", SONNET, 5, 80, 21_000)])), ts=3)
-    u = m.get("S").public()["usage"]
+    u = m.get("S").public(PRICES)["usage"]
     assert u["tokens"]["output"] == 200 and u["calls"] == 2
     assert u["costUsd"] == pytest.approx(TURN_COST + 30 * 15 / 1e6)
 
@@ -156,10 +157,10 @@ def test_sub_agent_usage_goes_to_the_sub_agent_and_rolls_up_to_the_parent():
     assert child is not None and child.parent_session_id == "S" and "S:agent-a1" in m.get("S").child_session_ids
     # Haiku 4.5 ($1, $5, $0.10, $1.25, $2): 107*1 + 203*5 + 300*0.1 + 400*1.25 + 500*2
     #   = 107 + 1,015 + 30 + 500 + 1,000 = 2,652 -> $0.002652
-    cu = child.public()["usage"]
+    cu = child.public(PRICES)["usage"]
     assert cu["calls"] == 2 and cu["costUsd"] == pytest.approx(0.002652)
-    assert m.get("S").public()["usage"]["costUsd"] == pytest.approx(TURN_COST)  # own only
-    total = usage.render(m.usage_total(m.get("S")))
+    assert m.get("S").public(PRICES)["usage"]["costUsd"] == pytest.approx(TURN_COST)  # own only
+    total = usage.render(m.usage_total(m.get("S")), PRICES)
     assert total["costUsd"] == pytest.approx(TURN_COST + 0.002652)
     assert total["calls"] == 4 and set(total["models"]) == {SONNET, HAIKU}
 
@@ -168,14 +169,14 @@ def test_sidechain_lines_in_the_parent_transcript_go_to_their_sub_agent():
     m = SessionManager()
     lines = TURN + [assistant("msg_C", HAIKU, 1, 1, agent="a9")]
     apply_records(m, read_all(usage.FileState(), dump(lines)))
-    assert m.get("S:agent-a9").public()["usage"]["calls"] == 1
-    assert m.get("S").public()["usage"]["calls"] == 2
+    assert m.get("S:agent-a9").public(PRICES)["usage"]["calls"] == 1
+    assert m.get("S").public(PRICES)["usage"]["calls"] == 2
 
 
 def test_unknown_model_shows_tokens_and_no_cost():
     m = SessionManager()
     apply_records(m, read_all(usage.FileState(), dump(TURN + [assistant("msg_X", "gpt-5-mystery", 1000, 10)])))
-    u = m.get("S").public()["usage"]
+    u = m.get("S").public(PRICES)["usage"]
     assert u["costUsd"] is None
     assert u["unpricedModels"] == ["gpt-5-mystery"]
     assert u["pricedCostUsd"] == pytest.approx(TURN_COST)
@@ -193,7 +194,7 @@ def test_cache_writes_without_breakdown_are_5_minute_ones_and_web_searches_are_p
     m = SessionManager()
     apply_records(m, [rec])
     # Opus 4.5: 1,000 5m writes * $6.25/M = $0.00625; 3 searches * $10/1000 = $0.03
-    assert m.get("S").public()["usage"]["costUsd"] == pytest.approx(0.03625)
+    assert m.get("S").public(PRICES)["usage"]["costUsd"] == pytest.approx(0.03625)
 
 
 @pytest.mark.parametrize("model,prefix", [
@@ -211,23 +212,22 @@ def test_cache_writes_without_breakdown_are_5_minute_ones_and_web_searches_are_p
     ("gpt-4o", None),
 ])
 def test_models_are_priced_by_their_longest_prefix_and_never_guessed(model, prefix):
-    assert usage.price_for(model)[0] == prefix
+    assert PRICES.price_for(model)[0] == prefix
 
 
 def test_the_price_table_can_be_overridden_extended_and_trimmed():
-    try:
-        usage.configure({"claude-sonnet-4-5": {"input": 6, "output": 30},
-                         "my-proxy-model": {"input": 1, "output": 2, "cacheRead": 0},
-                         "claude-haiku-4-5": None})
-        p = usage.prices()
-        # Cache prices derived from input with Anthropic's multipliers when not given.
-        assert p["claude-sonnet-4-5"]["cacheWrite5m"] == 7.5 and p["claude-sonnet-4-5"]["cacheWrite1h"] == 12
-        assert p["claude-sonnet-4-5"]["cacheRead"] == pytest.approx(0.6)
-        assert usage.cost([1_000_000, 0, 0, 0, 0, 0], "my-proxy-model") == 1
-        assert usage.price_for(HAIKU) == (None, None)
-    finally:
-        usage.configure({})
-    assert usage.prices()["claude-sonnet-4-5"]["input"] == 3
+    table = usage.PriceTable.from_config({"claude-sonnet-4-5": {"input": 6, "output": 30},
+                                          "my-proxy-model": {"input": 1, "output": 2, "cacheRead": 0},
+                                          "claude-haiku-4-5": None})
+    p = table.models
+    # Cache prices derived from input with Anthropic's multipliers when not given.
+    assert p["claude-sonnet-4-5"]["cacheWrite5m"] == 7.5 and p["claude-sonnet-4-5"]["cacheWrite1h"] == 12
+    assert p["claude-sonnet-4-5"]["cacheRead"] == pytest.approx(0.6)
+    assert table.cost([1_000_000, 0, 0, 0, 0, 0], "my-proxy-model") == 1
+    assert table.price_for(HAIKU) == (None, None)
+    # The defaults are untouched (a table is a value, not a process-wide setting).
+    assert usage.PriceTable.from_config().models["claude-sonnet-4-5"]["input"] == 3
+    assert PRICES.models["claude-sonnet-4-5"]["input"] == 3
 
 
 def test_timestamps_and_days_without_datetime():
@@ -248,19 +248,19 @@ def test_group_by_machine_model_day_and_hour():
                   session="T")
     m.get("T").machine_id = "m2"
     triples = [(s.session_id, s.machine_id, s.usage) for s in m.sessions.values()]
-    by_machine = {r["key"]: r for r in usage.group(triples, "machine")["rows"]}
+    by_machine = {r["key"]: r for r in usage.group(triples, "machine", PRICES)["rows"]}
     assert by_machine["m1"]["costUsd"] == pytest.approx(TURN_COST)
     assert by_machine["m2"]["costUsd"] == pytest.approx(0.001)
-    days = usage.group(triples, "day")
+    days = usage.group(triples, "day", PRICES)
     assert [r["key"] for r in days["rows"]] == ["2025-10-01", "2025-10-02"]
     assert days["total"]["costUsd"] == pytest.approx(TURN_COST + 0.001)
-    hours = usage.group(triples, "hour")["rows"]
+    hours = usage.group(triples, "hour", PRICES)["rows"]
     assert [usage.day_of(r["key"]) for r in hours] == ["2025-10-01", "2025-10-01", "2025-10-02"]
     assert hours[0]["calls"] == 1 and hours[1]["calls"] == 1  # msg_A at 12:00, msg_B at 13:05
     since = usage.iso_ms("2025-10-02T00:00:00Z")
-    assert usage.group(triples, "model", since=since)["total"]["costUsd"] == pytest.approx(0.001)
+    assert usage.group(triples, "model", PRICES, since=since)["total"]["costUsd"] == pytest.approx(0.001)
     with pytest.raises(ValueError):
-        usage.group(triples, "colour")
+        usage.group(triples, "colour", PRICES)
 
 
 def test_agent_result_is_an_estimate_until_the_transcript_is_read():
@@ -278,12 +278,12 @@ def test_agent_result_is_an_estimate_until_the_transcript_is_read():
                                 "usage": {"input_tokens": 3, "output_tokens": 400,
                                           "cache_read_input_tokens": 24000,
                                           "cache_creation_input_tokens": 277}}))
-    u = m.get("S:agent-a1").public()["usage"]
+    u = m.get("S:agent-a1").public(PRICES)["usage"]
     assert u["estimate"]["totalTokens"] == 24680 and u["estimate"]["lastCall"]["output"] == 400
     assert u["costUsd"] is None and u["calls"] == 0  # an estimate is never priced
     apply_records(m, read_all(usage.FileState(), dump([assistant("msg_S1", HAIKU, 100, 200, agent="a1")])),
                   agent="a1", ts=3)
-    u = m.get("S:agent-a1").public()["usage"]
+    u = m.get("S:agent-a1").public(PRICES)["usage"]
     assert u["estimate"] is None and u["calls"] == 1 and u["costUsd"] == pytest.approx(0.0011)
 
 

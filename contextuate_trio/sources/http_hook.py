@@ -20,27 +20,24 @@ import json
 import os
 import time
 import uuid
-from typing import TYPE_CHECKING
+from typing import Awaitable, Callable
 
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
-from contextuate_trio import events, hook
-from contextuate_trio.web.security import Guard
-
-if TYPE_CHECKING:
-    from contextuate_trio.daemon import Daemon
+from contextuate_trio.core import events
+from contextuate_trio.core.access import Guard
+from contextuate_trio.hook import paths as hook_paths
+from contextuate_trio.runtime.broker import Broker
 
 MACHINE_HEADER = "x-contextuate-machine"
 PARENT_HEADER = "x-contextuate-parent"
 SOURCE = "http"
 
 
-def endpoint(daemon: "Daemon"):
-    cfg = daemon.config
-    guard = Guard(cfg.server.allowed_hosts, cfg.server.token, cfg.server.host)
-    local_machine = hook.machine_id(dict(os.environ))
-    limit = cfg.max_line_bytes
+def endpoint(broker: Broker, guard: Guard, max_body: int) -> Callable[[Request], Awaitable[Response]]:
+    """The ``POST /api/hooks`` handler; the daemon mounts it in the web app."""
+    local_machine = hook_paths.machine_id(dict(os.environ))
 
     async def receive_hook(request: Request) -> Response:
         if request.headers.get("origin") is not None:
@@ -51,8 +48,8 @@ def endpoint(daemon: "Daemon"):
         body = bytearray()
         async for chunk in request.stream():
             body += chunk
-            if len(body) > limit:
-                return JSONResponse({"error": f"body over {limit} bytes"}, status_code=413)
+            if len(body) > max_body:
+                return JSONResponse({"error": f"body over {max_body} bytes"}, status_code=413)
         if not body.strip():
             return JSONResponse({"error": "empty body"}, status_code=400)
         try:
@@ -61,9 +58,9 @@ def endpoint(daemon: "Daemon"):
             payload = bytes(body).decode("utf-8", "replace")  # kept as an ``invalid`` event
         machine = (request.headers.get(MACHINE_HEADER) or "").strip() or local_machine
         parent = (request.headers.get(PARENT_HEADER) or "").strip() or None
-        ev = events.from_payload(payload, event_id=str(uuid.uuid4()), timestamp=int(time.time() * 1000),
+        ev = events.from_payload(payload, event_id=str(uuid.uuid4()), timestamp=time.time_ns() // 1_000_000,
                                  machine_id=machine, parent_session_id=parent, source=SOURCE)
-        delivery = await daemon.broker.submit(ev, wait=True)
+        delivery = await broker.submit(ev, wait=True)
         if not delivery.ok:
             return JSONResponse({"error": delivery.error or "not stored"}, status_code=503)
         return JSONResponse({})

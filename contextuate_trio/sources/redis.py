@@ -26,9 +26,11 @@ import anyio.to_thread
 import redis
 import trio
 
-from contextuate_trio import events, wire
-from contextuate_trio.broker import Broker
+from contextuate_trio.core import events, wire
+from contextuate_trio.runtime.broker import Broker
 from contextuate_trio.config import RedisConfig
+from contextuate_trio.hook.paths import write_atomic
+from contextuate_trio.runtime.clock import SYSTEM_MINT
 
 log = logging.getLogger("contextuate.redis")
 
@@ -128,17 +130,14 @@ class RedisSource:
             data = {}
         data[self.key] = self.last_id
         os.makedirs(os.path.dirname(self.checkpoint_path), mode=0o700, exist_ok=True)
-        tmp = self.checkpoint_path + ".tmp"
-        with open(tmp, "w") as f:
-            json.dump(data, f)
-        os.replace(tmp, self.checkpoint_path)
+        write_atomic(self.checkpoint_path, json.dumps(data).encode(), durable=True)
 
     # --- parsing ----------------------------------------------------------------------------
     def parse(self, raw) -> Optional[events.Event]:
         try:
             if isinstance(raw, dict):  # a stream entry: our field is "data"
                 raw = raw.get(b"data") or raw.get(b"event") or next(iter(raw.values()), b"")
-            return wire.to_event(wire.loads(raw), source="redis")
+            return wire.to_event(wire.loads(raw), source="redis", mint=SYSTEM_MINT)
         except (TypeError, events.EventError) as exc:
             self.broker.counters["bad_redis_messages"] += 1
             if self._bad_logged < 20:
@@ -190,7 +189,7 @@ class RedisSource:
             for _entry_id, fields in entries:
                 ev = self.parse(fields)
                 if ev is not None:
-                    deliveries.append(await self.broker.enqueue(ev))
+                    deliveries.append(await self.broker.submit(ev, track=True))
             for d in deliveries:
                 await d.done.wait()
             last = entries[-1][0]

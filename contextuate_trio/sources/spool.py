@@ -12,42 +12,15 @@ import time
 
 import trio
 
-from contextuate_trio import hook, wire
-from contextuate_trio.broker import Broker
-from contextuate_trio.events import EventError
+from contextuate_trio.core import wire
+from contextuate_trio.hook.spool import pending
+from contextuate_trio.core.events import EventError
+from contextuate_trio.runtime.broker import Broker
+from contextuate_trio.runtime.clock import SYSTEM_MINT
 
 log = logging.getLogger("contextuate.spool")
 
 BATCH = 1000
-STALE_TMP_SECONDS = 60  # a temp file this old belongs to a hook that was killed
-
-
-def pending(spool_dir: str) -> list[str]:
-    """Spooled files to ingest, oldest first: finished ones, and leftovers of hooks
-    that died: a temp file never renamed, a Redis-mode claim never sent or released."""
-    try:
-        names = os.listdir(spool_dir)
-    except FileNotFoundError:
-        return []
-    now = time.time()
-    out = []
-    for name in names:
-        if name.endswith(hook.SPOOL_SUFFIX) and not name.startswith("."):
-            out.append(name)
-            continue
-        if name.startswith(".claim-") and name.endswith(hook.SPOOL_SUFFIX):
-            stale = hook.STALE_CLAIM_SECONDS
-        elif name.startswith(".") and name.endswith(".tmp"):
-            stale = STALE_TMP_SECONDS
-        else:
-            continue
-        try:
-            # ctime: a rename (the claim) updates it, mtime keeps the spooling time.
-            if now - os.stat(os.path.join(spool_dir, name)).st_ctime > stale:
-                out.append(name)
-        except FileNotFoundError:
-            pass
-    return sorted(out)
 
 
 def _set_aside(spool_dir: str, name: str, why: str) -> None:
@@ -77,12 +50,12 @@ async def drain_once(broker: Broker, spool_dir: str) -> int:
                 log.warning("spool: cannot read %s: %s", name, exc)
                 continue
             try:
-                event, _ = wire.parse_line(data.strip(), source="spool")
+                event, _ = wire.parse_line(data.strip(), source="spool", mint=SYSTEM_MINT)
             except EventError as exc:
                 broker.counters["bad_spool_files"] += 1
                 _set_aside(spool_dir, name, str(exc))
                 continue
-            waiting.append((path, await broker.enqueue(event)))
+            waiting.append((path, await broker.submit(event, track=True)))
         for path, d in waiting:
             await d.done.wait()
             if d.ok:
@@ -91,10 +64,10 @@ async def drain_once(broker: Broker, spool_dir: str) -> int:
                     stored += 1
                 except FileNotFoundError:
                     pass
-            elif (d.error or "").startswith("rejected"):
+            elif d.rejected:
                 # The daemon cannot handle it (logged there): keep it, but stop retrying.
                 broker.counters["bad_spool_files"] += 1
-                _set_aside(spool_dir, os.path.basename(path), d.error)
+                _set_aside(spool_dir, os.path.basename(path), d.error or "rejected")
     if stored:
         log.info("spool: ingested %d undelivered events", stored)
     return stored

@@ -27,9 +27,10 @@ from typing import Optional
 import attrs
 import trio
 
-from contextuate_trio import usage
-from contextuate_trio.events import AGENT_TOOLS, Event
-from contextuate_trio.sessions import USAGE_EVENT
+from contextuate_trio.core import usage
+from contextuate_trio.core.events import AGENT_TOOLS, Event
+from contextuate_trio.core.sessions import USAGE_EVENT
+from contextuate_trio.hook.paths import write_atomic
 
 log = logging.getLogger("contextuate.transcripts")
 
@@ -156,11 +157,8 @@ class TranscriptReader:
     def _save(self) -> None:
         now = time.time()
         files = {p: s.to_dict() for p, s in self.states.items() if now - s.touched < FORGET_AFTER_S}
-        tmp = self.state_path + ".tmp"
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-        with os.fdopen(fd, "w") as f:
-            json.dump({"version": 1, "files": files}, f, separators=(",", ":"))
-        os.replace(tmp, self.state_path)
+        data = json.dumps({"version": 1, "files": files}, separators=(",", ":")).encode()
+        write_atomic(self.state_path, data, durable=True)
 
     # --- triggers (called by the broker, synchronously, after each stored batch) -------
     def on_stored(self, stored: list[Event]) -> None:

@@ -10,9 +10,10 @@ import stat
 
 import trio
 
-from contextuate_trio import wire
-from contextuate_trio.broker import Broker, Delivery
-from contextuate_trio.events import EventError
+from contextuate_trio.core import wire
+from contextuate_trio.core.events import EventError
+from contextuate_trio.runtime.broker import Broker
+from contextuate_trio.runtime.clock import SYSTEM_MINT
 
 log = logging.getLogger("contextuate.socket")
 
@@ -87,35 +88,25 @@ async def _connection(broker: Broker, stream: trio.SocketStream, max_line: int) 
                     broker.counters["bad_lines"] += 1
                     log.warning("socket: rejected a %s", item)
                     continue
-                try:
-                    event, want_ack = wire.parse_line(item, source="socket")
-                except EventError as exc:
-                    broker.counters["bad_lines"] += 1
-                    log.warning("socket: rejected a line: %s (starts %r)", exc, item[:80])
-                    continue
-                if want_ack:
-                    delivery = await broker.submit(event, wait=True)
-                    reply = wire.ack(event.id) if delivery.ok else wire.nack(event.id, delivery.error or "not stored")
-                    try:
-                        await stream.send_all(reply)
-                    except (trio.BrokenResourceError, trio.ClosedResourceError):
-                        return  # the hook gave up; it has spooled, dedupe handles it
-                elif not _submit_nowait(broker, event):
-                    await broker.submit(event)  # the queue is full: wait (back-pressure)
+                if not await _line(broker, stream, item):
+                    return
 
 
-def _submit_nowait(broker: Broker, event) -> bool:
-    """``broker.submit(event)`` without a checkpoint, when the queue has room.
-
-    ``await broker.submit`` yields to the scheduler on every event, so the broker
-    woke up for every few events and paid its per-batch costs (a metadata write per
-    session) each time. Queuing a whole read's worth of lines before yielding (the
-    next ``receive_some``) hands the broker batches of hundreds. Same order, same
-    back-pressure: when the queue is full the caller awaits ``submit`` as before.
-    """
+async def _line(broker: Broker, stream: trio.SocketStream, line: bytes) -> bool:
+    """One line to the broker, acknowledged when the producer asked; False once the
+    producer has gone (it gave up waiting: a hook has spooled, dedupe handles it)."""
     try:
-        broker.send_channel.send_nowait(Delivery(event))
-    except trio.WouldBlock:
+        event, want_ack = wire.parse_line(line, source="socket", mint=SYSTEM_MINT)
+    except EventError as exc:
+        broker.counters["bad_lines"] += 1
+        log.warning("socket: rejected a line: %s (starts %r)", exc, line[:80])
+        return True
+    delivery = await broker.submit(event, wait=want_ack)
+    if not want_ack:
+        return True
+    reply = wire.ack(event.id) if delivery.ok else wire.nack(event.id, delivery.error or "not stored")
+    try:
+        await stream.send_all(reply)
+    except (trio.BrokenResourceError, trio.ClosedResourceError):
         return False
-    broker.by_source[event.source or "unknown"] += 1
     return True

@@ -1,0 +1,280 @@
+"""``contextuate-trio tail``: the live event stream in a terminal, over the WebSocket.
+
+For SSH sessions and servers without a browser. It connects to ``server.wsPort``
+(with ``Authorization: Bearer <token>`` when the config has one), asks the server to
+filter (``?sessions=&machines=&types=``), prints the last ``--history`` events of the
+snapshot, then every event as it arrives. When the connection drops it reconnects with
+``?since=<last seq>&epoch=…``, so nothing is missed or printed twice while the
+daemon keeps running.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+import time
+import urllib.parse
+from typing import Optional, TextIO
+
+import trio
+from trio_websocket import ConnectionClosed, HandshakeError, open_websocket_url
+
+from contextuate_trio import config as config_mod
+
+COLORS = {
+    "session_start": "1;32",
+    "session_end": "90",
+    "user_prompt": "1;36",
+    "tool_call": "34",
+    "tool_result": "2",
+    "tool_error": "1;31",
+    "tool_batch": "2",
+    "permission_request": "1;33",
+    "notification": "33",
+    "stop": "35",
+    "stop_failure": "1;31",
+    "subagent_start": "1;35",
+    "subagent_stop": "35",
+    "invalid": "31",
+}
+MACHINE_COLORS = ("36", "33", "32", "35", "34", "91", "96")
+
+
+def _c(code: Optional[str], text: str, color: bool) -> str:
+    return f"\x1b[{code}m{text}\x1b[0m" if color and code else text
+
+
+def _one_line(text: str, width: int) -> str:
+    text = " ".join(str(text).split())
+    return text if len(text) <= width else text[: max(width - 1, 0)] + "…"
+
+
+class Printer:
+    def __init__(self, out: TextIO, color: bool, as_json: bool = False, width: Optional[int] = None) -> None:
+        self.out = out
+        self.color = color
+        self.as_json = as_json
+        self.width = width
+        self.sessions: dict[str, dict] = {}
+        self.machines: dict[str, str] = {}
+
+    def machine(self, m: str) -> str:
+        if m not in self.machines:
+            self.machines[m] = MACHINE_COLORS[len(self.machines) % len(MACHINE_COLORS)]
+        return _c(self.machines[m], f"{m[:14]:<14}", self.color)
+
+    def session_label(self, ev: dict) -> str:
+        sid = ev.get("sessionId") or "?"
+        s = self.sessions.get(sid) or {}
+        short = sid.rpartition(":")[2]  # sub-agents may be "<parent id>:agent-<id>"
+        if short.startswith(("agent-", "task-")):
+            kind_, _, rest = short.partition("-")
+            label = f"{kind_}-{rest[:6]}"
+        else:
+            label = short[:8]
+        kind = s.get("agentType") or ev.get("agentType")
+        if ev.get("parentSessionId") or s.get("parentSessionId"):
+            label = "↳" + label
+            if kind:
+                label += f" ({kind})"
+        return f"{label:<24}"
+
+    def event(self, ev: dict) -> None:
+        if self.as_json:
+            self.out.write(json.dumps(ev, ensure_ascii=False) + "\n")
+            self.out.flush()
+            return
+        ts = ev.get("timestamp")
+        when = time.strftime("%H:%M:%S", time.localtime(ts / 1000)) + f".{int(ts) % 1000:03d}" \
+            if isinstance(ts, (int, float)) else "--:--:--.---"
+        et = ev.get("eventType") or "?"
+        summary = ev.get("summary") or ev.get("toolName") or ev.get("notificationType") or ""
+        if et == "tool_result" and isinstance(ev.get("durationMs"), (int, float)):
+            summary = f"{summary} ({ev['durationMs']:.0f} ms)"
+        head = f"{_c('90', when, self.color)} {self.machine(ev.get('machineId') or '?')} {self.session_label(ev)} "
+        kind = _c(COLORS.get(et), f"{et:<18}", self.color)
+        width = self.width or 0
+        line = head + kind + " " + (_one_line(summary, max(width - 80, 40)) if width else _one_line(summary, 200))
+        self.out.write(line.rstrip() + "\n")
+        self.out.flush()
+
+    def note(self, text: str) -> None:
+        if not self.as_json:
+            self.out.write(_c("90", f"-- {text}", self.color) + "\n")
+            self.out.flush()
+
+    def sessions_from(self, items: list) -> None:
+        for s in items or []:
+            if isinstance(s, dict) and s.get("sessionId"):
+                self.sessions[s["sessionId"]] = s
+
+
+def ws_url(cfg: config_mod.Config, sessions=(), machines=(), types=(), since=None, epoch=None,
+           limit: Optional[int] = None) -> str:
+    host = cfg.server.host
+    if host in ("0.0.0.0", "::", ""):
+        host = "127.0.0.1"
+    if ":" in host:
+        host = f"[{host}]"
+    q = {}
+    if sessions:
+        q["sessions"] = ",".join(sessions)
+    if machines:
+        q["machines"] = ",".join(machines)
+    if types:
+        q["types"] = ",".join(types)
+    if since is not None:
+        q["since"] = str(since)
+        if epoch:
+            q["epoch"] = epoch
+    if limit is not None:
+        q["limit"] = str(limit)
+    return f"ws://{host}:{cfg.server.ws_port}/" + (("?" + urllib.parse.urlencode(q)) if q else "")
+
+
+def resolve_sessions(cfg: config_mod.Config, wanted: list[str]) -> list[str]:
+    """Full ids for what the user typed (an id, or the first characters shown by tail)."""
+    if not wanted:
+        return []
+    from contextuate_trio.cli.client import api_get
+
+    try:
+        known = [s["sessionId"] for s in api_get(cfg, "/api/sessions")["sessions"]]
+    except Exception:
+        return list(wanted)
+    out = []
+    for w in wanted:
+        matches = [k for k in known if k == w] or [k for k in known if k.startswith(w)]
+        out.extend(matches or [w])
+    return out
+
+
+async def run(cfg: config_mod.Config, printer: Printer, *, sessions=(), machines=(), types=(),
+              history: int = 20, reconnect: bool = True) -> int:
+    headers = [(b"Authorization", f"Bearer {cfg.server.token}".encode())] if cfg.server.token else []
+    since: Optional[int] = None
+    epoch: Optional[str] = None
+    announced = False
+    resync = False
+    delay = 0.5
+    last_ts = 0
+    shown: dict[str, None] = {}
+
+    def show(ev: dict) -> None:
+        nonlocal last_ts
+        printer.event(ev)
+        last_ts = max(last_ts, ev.get("timestamp") or 0)
+        if ev.get("id"):
+            shown[ev["id"]] = None
+            if len(shown) > 5000:
+                del shown[next(iter(shown))]
+
+    while True:
+        url = ws_url(cfg, sessions, machines, types, since, epoch, limit=history if since is None else None)
+        try:
+            async with open_websocket_url(url, extra_headers=headers, connect_timeout=5) as ws:
+                delay = 0.5
+                while True:
+                    msg = json.loads(await ws.get_message())
+                    t = msg.get("type")
+                    if t in ("snapshot", "resume"):
+                        epoch = msg.get("epoch", epoch)
+                        printer.sessions_from(msg.get("sessions"))
+                        evs = msg.get("events") or []
+                        if t == "snapshot" and resync:
+                            # After a gap (the daemon restarted): what came since the last
+                            # event shown, once.
+                            for ev in evs:
+                                if (ev.get("timestamp") or 0) >= last_ts and ev.get("id") not in shown:
+                                    show(ev)
+                        elif t == "snapshot":
+                            for ev in evs[-history:] if history else []:
+                                show(ev)
+                        resync = False
+                        if not announced:
+                            what = ", ".join(filter(None, [
+                                f"sessions {','.join(sessions)}" if sessions else "",
+                                f"machines {','.join(machines)}" if machines else "",
+                                f"types {','.join(types)}" if types else ""])) or "everything"
+                            printer.note(f"live from {url.split('?')[0]} ({what}); Ctrl-C to stop")
+                            announced = True
+                        elif t == "resume":
+                            printer.note("reconnected; nothing missed")
+                        since = msg.get("seq", since)
+                    elif t == "reset":
+                        printer.note(f"reconnected after a gap ({msg.get('reason', 'too old')})")
+                        resync = True
+                        since = None
+                    elif t == "event":
+                        show(msg["event"])
+                        since = msg.get("seq", since)
+                    elif t == "events":
+                        for ev in msg.get("events") or []:
+                            show(ev)
+                        since = msg.get("seq", since)
+                    elif t == "session_update":
+                        s = msg.get("session")
+                        if isinstance(s, dict) and s.get("sessionId"):
+                            printer.sessions[s["sessionId"]] = s
+                    elif t == "error":
+                        printer.note(f"server: {msg.get('message')}")
+        except HandshakeError as exc:
+            status = getattr(exc, "status_code", None) or getattr(getattr(exc, "response", None), "status_code", None)
+            if status == 401:
+                print("contextuate-trio tail: the daemon wants a token: set server.token in "
+                      f"{cfg.path}", file=sys.stderr)
+                return 1
+            why = f"refused ({status})" if status else str(exc)
+        except (ConnectionClosed, OSError, trio.BrokenResourceError) as exc:
+            why = f"{type(exc).__name__}: {exc}" if not isinstance(exc, ConnectionClosed) else "connection closed"
+        if not reconnect:
+            print(f"contextuate-trio tail: {why}", file=sys.stderr)
+            return 1
+        if not announced:
+            print(f"contextuate-trio tail: cannot reach the daemon's WebSocket ({why}); "
+                  "is it running? `contextuate-trio start` (retrying)", file=sys.stderr)
+            announced = True
+            since = None
+        else:
+            printer.note(f"disconnected ({why}); reconnecting")
+        await trio.sleep(delay)
+        delay = min(delay * 2, 5.0)
+
+
+def _split(values) -> list[str]:
+    out: list[str] = []
+    for v in values or []:
+        out.extend(x for x in v.split(",") if x)
+    return out
+
+
+def cmd_tail(args) -> int:
+    cfg = config_mod.load_or_report(warn=False)
+    if cfg is None:
+        return 2
+    color = not args.no_color and not args.json and sys.stdout.isatty() and not os.environ.get("NO_COLOR")
+    try:
+        width = os.get_terminal_size().columns if sys.stdout.isatty() else None
+    except OSError:
+        width = None
+    printer = Printer(sys.stdout, color, as_json=args.json, width=width)
+    sessions = resolve_sessions(cfg, _split(args.session))
+    try:
+        return trio.run(lambda: run(cfg, printer, sessions=sessions, machines=_split(args.machine),
+                                    types=_split(args.type), history=args.history))
+    except KeyboardInterrupt:
+        return 0
+
+
+def add_parser(sub) -> None:
+    p = sub.add_parser("tail", help="live, coloured event stream in the terminal (over the WebSocket)")
+    p.add_argument("--session", action="append", metavar="ID",
+                   help="only this session and its sub-agents (an id or its first characters; repeatable)")
+    p.add_argument("--machine", action="append", metavar="NAME", help="only this machine (repeatable)")
+    p.add_argument("--type", action="append", metavar="EVENT_TYPE",
+                   help="only these event types, e.g. tool_call,tool_error (repeatable)")
+    p.add_argument("--history", type=int, default=20, metavar="N", help="recent events to show first (default 20)")
+    p.add_argument("--json", action="store_true", help="one event per line as JSON (for jq)")
+    p.add_argument("--no-color", action="store_true")
+    p.set_defaults(func=cmd_tail)

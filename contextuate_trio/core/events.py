@@ -1,0 +1,309 @@
+"""The event model, and normalisation of Claude Code hook payloads into it.
+
+Plain functions, no I/O: the same code serves every source (socket, spool, Redis).
+An event keeps the payload Claude Code sent, untouched, as ``data``; the fields a
+monitor needs (tool, agent, notification type, a one-line summary) are pulled out
+beside it so nothing has to dig through ``data`` to draw a row.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from typing import Any, Callable, Optional
+
+import attrs
+import cattrs
+from cattrs.gen import make_dict_structure_fn, make_dict_unstructure_fn, override
+
+from contextuate_trio.core.names import camel, snake
+
+# Claude Code's hook_event_name -> our eventType. An unknown hook keeps its name,
+# in snake_case, so new Claude Code events are stored and shown, never dropped.
+EVENT_TYPES = {
+    "SessionStart": "session_start",
+    "SessionEnd": "session_end",
+    "UserPromptSubmit": "user_prompt",
+    "PreToolUse": "tool_call",
+    "PermissionRequest": "permission_request",
+    "PostToolUse": "tool_result",
+    "PostToolUseFailure": "tool_error",
+    "PostToolBatch": "tool_batch",
+    "Notification": "notification",
+    "Stop": "stop",
+    "StopFailure": "stop_failure",
+    "SubagentStart": "subagent_start",
+    "SubagentStop": "subagent_stop",
+    "PreCompact": "pre_compact",
+    "PostCompact": "post_compact",
+    "TaskCreated": "task_created",
+    "TaskCompleted": "task_completed",
+}
+INVALID = "invalid"  # the hook's stdin was not a JSON object; data.raw keeps the text
+UNKNOWN_SESSION = "unknown"
+AGENT_TOOLS = ("Agent", "Task")  # the sub-agent tool; "Task" in older Claude Code
+
+
+def event_type_for(hook_name: Optional[str]) -> str:
+    if not hook_name:
+        return "unknown"
+    return EVENT_TYPES.get(hook_name) or snake(hook_name)
+
+
+@attrs.define(slots=True)
+class Event:
+    id: str
+    timestamp: int
+    session_id: str
+    machine_id: str
+    event_type: str
+    hook_type: Optional[str] = None
+    working_directory: Optional[str] = None
+    parent_session_id: Optional[str] = None
+    tool_name: Optional[str] = None
+    tool_use_id: Optional[str] = None
+    duration_ms: Optional[float] = None
+    agent_id: Optional[str] = None
+    agent_type: Optional[str] = None
+    notification_type: Optional[str] = None
+    summary: Optional[str] = None
+    source: Optional[str] = None
+    data: dict = attrs.Factory(dict)
+    # Fields of a producer's event that we do not model, given back as they came.
+    extra: dict = attrs.Factory(dict)
+    # Set on events normalised from a Claude Code payload: the session manager still
+    # has to attribute them to the sub-agent they ran in. Never serialised.
+    from_hook: bool = attrs.field(default=False, eq=False)
+
+    def tool_input(self) -> Any:
+        return self.data.get("tool_input")
+
+    def tool_output(self) -> Any:
+        """The tool's result; Claude Code sometimes sends it as a JSON string."""
+        out = self.data.get("tool_response")
+        if isinstance(out, str) and out[:1] in "{[":
+            try:
+                return json.loads(out)
+            except ValueError:
+                pass
+        return out
+
+
+_FIELDS = [a.name for a in attrs.fields(Event) if a.name not in ("extra", "from_hook")]
+_CAMEL = {camel(n): n for n in _FIELDS}
+_REQUIRED = ("id", "timestamp", "session_id", "machine_id", "event_type", "data")
+
+converter = cattrs.Converter()
+
+
+def _as_is(value):
+    return value
+
+
+converter.register_unstructure_hook(
+    Event,
+    make_dict_unstructure_fn(
+        Event,
+        converter,
+        _cattrs_omit_if_default=True,
+        # Required fields are always present, even when falsy.
+        **{
+            n: override(rename=camel(n), omit_if_default=False if n in _REQUIRED else None)
+            for n in _FIELDS
+            if n != "data"
+        },
+        # ``data`` is JSON already: given as it is, not walked value by value (that
+        # walk was the largest single cost of storing an event).
+        data=override(rename="data", omit_if_default=False, unstruct_hook=_as_is),
+        extra=override(omit=True),
+        from_hook=override(omit=True),
+    ),
+)
+converter.register_structure_hook(
+    Event,
+    make_dict_structure_fn(
+        Event,
+        converter,
+        **{n: override(rename=camel(n)) for n in _FIELDS},
+        extra=override(omit=True),
+        from_hook=override(omit=True),
+    ),
+)
+
+
+def to_dict(event: Event) -> dict:
+    out = converter.unstructure(event)
+    if event.extra:
+        for k, v in event.extra.items():
+            out.setdefault(k, v)
+    return out
+
+
+def dumps(event: Event) -> str:
+    return json.dumps(to_dict(event), ensure_ascii=False, separators=(",", ":"))
+
+
+class EventError(ValueError):
+    """A line or object that cannot become an event; the message says why."""
+
+
+def _str_or_none(v: Any) -> Optional[str]:
+    return v if isinstance(v, str) and v else None
+
+
+def _num_or_none(v: Any) -> Optional[float]:
+    return v if isinstance(v, (int, float)) and not isinstance(v, bool) else None
+
+
+def _short(text: Any, n: int = 160) -> Optional[str]:
+    if not isinstance(text, str):
+        return None
+    text = " ".join(text.split())
+    return text if len(text) <= n else text[: n - 1] + "…"
+
+
+_INPUT_KEYS = ("command", "file_path", "pattern", "url", "query", "description", "path", "prompt")
+
+
+def summarize(event_type: str, p: dict) -> Optional[str]:
+    """One line a person reads in a list: what happened, with its main argument."""
+    tool = p.get("tool_name")
+    if tool:
+        ti = p.get("tool_input") if isinstance(p.get("tool_input"), dict) else {}
+        arg = next((ti[k] for k in _INPUT_KEYS if isinstance(ti.get(k), str) and ti[k]), None)
+        text = f"{tool} {arg}" if arg else str(tool)
+        if event_type == "tool_error" and p.get("error"):
+            text += f" — {p['error']}"
+        return _short(text)
+    for key in ("prompt", "message", "last_assistant_message", "error", "reason", "source"):
+        if p.get(key):
+            return _short(p[key])
+    return None
+
+
+def from_payload(
+    payload: Any,
+    *,
+    event_id: str,
+    timestamp: int,
+    machine_id: str,
+    parent_session_id: Optional[str] = None,
+    source: Optional[str] = None,
+) -> Event:
+    """Normalise one Claude Code hook payload (the hook's stdin) into an event."""
+    if not isinstance(payload, dict):
+        return Event(
+            id=event_id,
+            timestamp=timestamp,
+            session_id=UNKNOWN_SESSION,
+            machine_id=machine_id,
+            event_type=INVALID,
+            summary=_short(str(payload)),
+            source=source,
+            data={"raw": payload},
+        )
+    hook = _str_or_none(payload.get("hook_event_name"))
+    event_type = event_type_for(hook)
+    return Event(
+        id=event_id,
+        timestamp=timestamp,
+        session_id=_str_or_none(payload.get("session_id")) or UNKNOWN_SESSION,
+        machine_id=machine_id,
+        event_type=event_type,
+        hook_type=hook,
+        working_directory=_str_or_none(payload.get("cwd")),
+        parent_session_id=parent_session_id,
+        tool_name=_str_or_none(payload.get("tool_name")),
+        tool_use_id=_str_or_none(payload.get("tool_use_id")),
+        duration_ms=_num_or_none(payload.get("duration_ms")),
+        agent_id=_str_or_none(payload.get("agent_id")),
+        agent_type=_str_or_none(payload.get("agent_type")),
+        notification_type=_str_or_none(payload.get("notification_type")),
+        summary=summarize(event_type, payload),
+        source=source,
+        data=payload,
+        from_hook=True,
+    )
+
+
+def from_envelope(env: dict, source: Optional[str] = None) -> Event:
+    """The hook's wire object (``{"kind": "hook", "id", ..., "payload"}``)."""
+    event_id = env.get("id")
+    ts = env.get("timestamp")
+    if not isinstance(event_id, str) or not event_id:
+        raise EventError("hook envelope without an id")
+    if not isinstance(ts, int) or isinstance(ts, bool):
+        raise EventError("hook envelope without an integer timestamp")
+    return from_payload(
+        env.get("payload"),
+        event_id=event_id,
+        timestamp=ts,
+        machine_id=_str_or_none(env.get("machineId")) or "unknown",
+        parent_session_id=_str_or_none(env.get("parentSessionId")),
+        source=source,
+    )
+
+
+@attrs.frozen
+class Mint:
+    """Where an event that arrives without an id or a time gets one. Injected: the
+    core has no clock and no randomness of its own (tests pass fixed ones)."""
+
+    new_id: Callable[[], str]
+    now_ms: Callable[[], int]
+
+
+def from_object(obj: Any, source: Optional[str] = None, *, mint: Mint) -> Event:
+    """Any JSON object a producer may send: a hook envelope, a complete event in the
+    contract's shape, or a bare Claude Code payload."""
+    if not isinstance(obj, dict):
+        raise EventError(f"expected a JSON object, got {type(obj).__name__}")
+    if obj.get("kind") == "hook":
+        return from_envelope(obj, source)
+    if "eventType" in obj or "sessionId" in obj:
+        return _from_complete(obj, source, mint)
+    if "hook_event_name" in obj or "session_id" in obj:
+        return from_payload(
+            obj,
+            event_id=mint.new_id(),
+            timestamp=mint.now_ms(),
+            machine_id="unknown",
+            source=source,
+        )
+    raise EventError("not an event: no eventType/sessionId and no hook_event_name")
+
+
+def _from_complete(obj: dict, source: Optional[str], mint: Mint) -> Event:
+    fields: dict = {}
+    extra: dict = {}
+    for key, value in obj.items():
+        name = _CAMEL.get(key)
+        if name is None:
+            if key != "ack":  # a request to the socket, not part of the event
+                extra[key] = value
+        else:
+            fields[name] = value
+    for name in ("session_id", "event_type"):
+        if not isinstance(fields.get(name), str) or not fields[name]:
+            raise EventError(f"event without a valid {camel(name)}")
+    fields.setdefault("id", None)
+    if not isinstance(fields["id"], str) or not fields["id"]:
+        fields["id"] = mint.new_id()
+    ts = fields.get("timestamp")
+    if isinstance(ts, float) and math.isfinite(ts):
+        fields["timestamp"] = int(ts)
+    elif not isinstance(ts, int) or isinstance(ts, bool):
+        fields["timestamp"] = mint.now_ms()
+    if not isinstance(fields.get("machine_id"), str) or not fields["machine_id"]:
+        fields["machine_id"] = "unknown"
+    if not isinstance(fields.get("data", {}), dict):
+        fields["data"] = {"value": fields["data"]}
+    for name in ("hook_type", "working_directory", "parent_session_id", "tool_name",
+                 "tool_use_id", "agent_id", "agent_type", "notification_type",
+                 "summary", "source"):
+        if name in fields and not isinstance(fields[name], str):
+            fields[name] = None
+    if "duration_ms" in fields:
+        fields["duration_ms"] = _num_or_none(fields["duration_ms"])
+    fields["source"] = fields.get("source") or source
+    return Event(**fields, extra=extra)

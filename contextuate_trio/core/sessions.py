@@ -1,0 +1,428 @@
+"""Sessions and sub-agent linking: a plain state machine, no I/O.
+
+``SessionManager.apply(event)`` attributes an event to the session it belongs to
+(a sub-agent is a session of its own), updates that session's status and counts, and
+says what changed, so the store can persist it and the web layer can broadcast it.
+
+How a sub-agent's events are recognised, newest Claude Code first:
+- ``agent_id`` on the event (Claude Code 2.1.69+): the child is ``<parent>:agent-<agent_id>``;
+  stateless, so it survives restarts and works without a ``SubagentStart``.
+- the Agent tool's ``PostToolUse`` (``tool_response.agentId``) joins the spawning
+  call (``tool_use_id``) to the child.
+- older Claude Code (tool ``Task``, no ``agent_id``): the events between the Task
+  call and ``SubagentStop`` ran in the sub-agent; the child is ``<parent>:task-<tool_use_id>``.
+- ``CONTEXTUATE_PARENT_SESSION`` (the hook's ``parentSessionId``): a whole Claude
+  Code session started by another session, on any machine.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Optional
+
+import attrs
+
+from contextuate_trio.core import usage as usage_mod
+from contextuate_trio.core.events import AGENT_TOOLS, Event
+from contextuate_trio.core.names import camel
+
+log = logging.getLogger("contextuate.sessions")
+
+ACTIVE, WAITING, IDLE, ENDED, FAILED = "active", "waiting", "idle", "ended", "failed"
+STATUSES = (ACTIVE, WAITING, IDLE, ENDED, FAILED)
+
+# Notifications that mean Claude Code is waiting for the person at the keyboard.
+WAITING_NOTIFICATIONS = frozenset(
+    {
+        "permission_prompt",
+        "idle_prompt",
+        "elicitation_dialog",
+        "elicitation_url_dialog",
+        "agent_needs_input",
+    }
+)
+MAX_PENDING = 64
+USAGE_EVENT = "usage"  # tokens read from a transcript; see usage.py and _apply_usage
+_STATUS_BY_TYPE = {
+    "permission_request": WAITING,
+    "elicitation": WAITING,
+    "stop": IDLE,
+    "stop_failure": FAILED,
+    "session_end": ENDED,
+    "subagent_stop": ENDED,
+}
+# Events that say nothing about whether the agent is busy.
+_NEUTRAL = frozenset({"notification", "invalid", "config_change", "instructions_loaded",
+                      "file_changed", "cwd_changed", "message_display"})
+
+
+def child_id(root_id: str, kind: str, ident: str) -> str:
+    """A sub-agent's session id: scoped by its parent, so that ids Claude Code reuses
+    (a forked or replayed session) never merge two machines' sub-agents."""
+    return f"{root_id}:{kind}-{ident}"
+
+
+@attrs.define
+class Session:
+    session_id: str
+    machine_id: str = "unknown"
+    working_directory: Optional[str] = None
+    start_time: Optional[int] = None
+    end_time: Optional[int] = None
+    status: str = ACTIVE
+    parent_session_id: Optional[str] = None
+    child_session_ids: list = attrs.Factory(list)
+    agent_type: Optional[str] = None
+    agent_id: Optional[str] = None
+    spawn_tool_use_id: Optional[str] = None
+    description: Optional[str] = None
+    model: Optional[str] = None
+    event_count: int = 0
+    tool_count: int = 0
+    error_count: int = 0
+    last_event_time: Optional[int] = None
+    last_event_type: Optional[str] = None
+    last_summary: Optional[str] = None
+    # Linking state, persisted so a restart does not forget an open spawn.
+    pending_spawns: list = attrs.Factory(list)  # Agent/Task calls awaiting their child
+    legacy_open: list = attrs.Factory(list)  # tool_use_ids of open Task windows (old CC)
+    modern: bool = False  # this session has sent agent_id: no Task-window guessing
+    # Set by people from the dashboard (session actions), persisted like the rest.
+    name: Optional[str] = None  # a display name
+    pinned: bool = False
+    hidden: bool = False
+    parent_set_by_user: bool = False  # the parent was set or removed by hand: keep it
+    # Tokens and cost (``usage.empty()`` shape), from its transcript; None until known.
+    usage: Optional[dict] = None
+
+    def to_dict(self) -> dict:
+        return {camel(a.name): getattr(self, a.name) for a in attrs.fields(Session)}
+
+    @classmethod
+    def from_dict(cls, data: dict) -> "Session":
+        known = {camel(a.name): a.name for a in attrs.fields(Session)}
+        return cls(**{known[k]: v for k, v in data.items() if k in known})
+
+    def public(self, prices: usage_mod.PriceTable) -> dict:
+        """The session as the API and the WebSocket show it (dollars from ``prices``)."""
+        d = self.to_dict()
+        for k in ("pendingSpawns", "legacyOpen", "modern"):
+            d.pop(k)
+        d["usage"] = usage_mod.render(self.usage, prices)
+        return d
+
+    def parent_session_id_locked(self) -> bool:
+        return self.parent_set_by_user
+
+
+@attrs.define
+class Outcome:
+    event: Event
+    changed: list  # Sessions whose state changed, the event's own first
+    links: list  # (child_id, parent_id) pairs made by this event
+
+
+class SessionManager:
+    def __init__(self) -> None:
+        self.sessions: dict[str, Session] = {}
+        # What each model response has already added (responses repeat across lines,
+        # files and reads); see usage.py.
+        self.usage_ledger = usage_mod.Ledger()
+
+    # --- state restored from disk -------------------------------------------------
+    def restore(self, session: Session) -> None:
+        self.sessions[session.session_id] = session
+
+    def get(self, session_id: str) -> Optional[Session]:
+        return self.sessions.get(session_id)
+
+    def remove(self, session_id: str) -> Optional[Session]:
+        """Forget a session (retention, delete); unlink it from its relatives."""
+        s = self.sessions.pop(session_id, None)
+        if s is None:
+            return None
+        parent = self.sessions.get(s.parent_session_id or "")
+        if parent and session_id in parent.child_session_ids:
+            parent.child_session_ids.remove(session_id)
+        return s
+
+    # --- the state machine --------------------------------------------------------
+    def apply(self, ev: Event) -> Outcome:
+        changed: dict[str, Session] = {}
+        links: list[tuple[str, str]] = []
+        root = self._session(ev.session_id, ev, changed)
+        if ev.event_type == USAGE_EVENT:
+            return self._apply_usage(root, ev, changed, links)
+        target = root
+        if ev.from_hook:
+            target = self._attribute(root, ev, changed, links)
+        if ev.parent_session_id and target.parent_session_id is None and ev.parent_session_id != target.session_id:
+            self._link(target, ev.parent_session_id, changed, links)
+        ev.session_id = target.session_id
+        if target.parent_session_id:
+            ev.parent_session_id = target.parent_session_id
+        late = ev.timestamp < (target.last_event_time or 0)
+        self._count(target, ev)
+        self._status(target, root, ev, changed, late)
+        changed[target.session_id] = target
+        order = [target] + [s for sid, s in changed.items() if sid != target.session_id]
+        return Outcome(ev, order, links)
+
+    def _session(self, sid: str, ev: Event, changed: dict) -> Session:
+        s = self.sessions.get(sid)
+        if s is None:
+            s = Session(
+                session_id=sid,
+                machine_id=ev.machine_id,
+                working_directory=ev.working_directory,
+                start_time=ev.timestamp,
+            )
+            self.sessions[sid] = s
+            changed[sid] = s
+        else:
+            if ev.working_directory and not s.working_directory:
+                s.working_directory = ev.working_directory
+            if s.machine_id == "unknown" and ev.machine_id != "unknown":
+                s.machine_id = ev.machine_id
+        return s
+
+    def would_cycle(self, child_id: str, parent_id: str) -> bool:
+        """Is ``parent_id`` the child itself or one of its descendants?"""
+        seen: set = set()
+        node_id: Optional[str] = parent_id
+        while node_id is not None and node_id not in seen:
+            if node_id == child_id:
+                return True
+            seen.add(node_id)
+            node = self.sessions.get(node_id)
+            node_id = node.parent_session_id if node is not None else None
+        return False
+
+    def _link(self, child: Session, parent_id: str, changed: dict, links: list) -> None:
+        if child.parent_session_id == parent_id or child.parent_session_id_locked():
+            return
+        if self.would_cycle(child.session_id, parent_id):
+            log.warning("not linking %s under %s: that would make a cycle", child.session_id, parent_id)
+            return
+        old = self.sessions.get(child.parent_session_id or "")
+        if old is not None and child.session_id in old.child_session_ids:
+            old.child_session_ids.remove(child.session_id)
+            changed[old.session_id] = old
+        child.parent_session_id = parent_id
+        changed[child.session_id] = child
+        parent = self.sessions.get(parent_id)
+        if parent is None:  # a parent we have not heard from (yet): keep its place
+            parent = Session(session_id=parent_id, machine_id="unknown", start_time=child.start_time)
+            self.sessions[parent_id] = parent
+        if child.session_id not in parent.child_session_ids:
+            parent.child_session_ids.append(child.session_id)
+        changed[parent_id] = parent
+        links.append((child.session_id, parent_id))
+        log.info("[Broker] Linked session %s as child of %s", child.session_id, parent_id)
+
+    def _child(self, root: Session, cid: str, ev: Event, changed: dict, links: list) -> Session:
+        child = self.sessions.get(cid)
+        if child is None:
+            child = Session(
+                session_id=cid,
+                machine_id=root.machine_id if root.machine_id != "unknown" else ev.machine_id,
+                working_directory=ev.working_directory or root.working_directory,
+                start_time=ev.timestamp,
+            )
+            self.sessions[cid] = child
+            changed[cid] = child
+        self._link(child, root.session_id, changed, links)
+        return child
+
+    def _attribute(self, root: Session, ev: Event, changed: dict, links: list) -> Session:
+        hook = ev.hook_type
+        tool = ev.tool_name
+        if ev.agent_id:
+            if not root.modern:
+                root.modern = True
+                root.legacy_open.clear()  # Task windows were a guess; agent_id is fact
+                changed[root.session_id] = root
+            child = self._child(root, child_id(root.session_id, "agent", ev.agent_id), ev, changed, links)
+            child.agent_id = ev.agent_id
+            child.agent_type = child.agent_type or ev.agent_type
+            if hook == "SubagentStart":
+                self._claim_spawn(root, child, changed)
+            return child
+
+        if tool in AGENT_TOOLS and hook in ("PostToolUse", "PostToolUseFailure"):
+            self._spawn_finished(root, ev, changed, links)
+            return root
+
+        target = root
+        if root.legacy_open and hook not in ("SubagentStart",):
+            tid = root.legacy_open[-1] if hook != "SubagentStop" else root.legacy_open[0]
+            target = self._task_child(root, tid, ev, changed, links)
+            if hook == "SubagentStop":
+                root.legacy_open.remove(tid)
+                changed[root.session_id] = root
+
+        if hook == "PreToolUse" and tool in AGENT_TOOLS and target is root:
+            ti = ev.tool_input() if isinstance(ev.tool_input(), dict) else {}
+            spawn = {
+                "toolUseId": ev.tool_use_id,
+                "agentType": ti.get("subagent_type") or "general-purpose",
+                "description": ti.get("description"),
+            }
+            root.pending_spawns.append(spawn)
+            del root.pending_spawns[:-MAX_PENDING]  # calls interrupted before their result
+            if tool == "Task" and not root.modern and ev.tool_use_id:
+                root.legacy_open.append(ev.tool_use_id)
+            changed[root.session_id] = root
+        return target
+
+    def _task_child(self, root, tool_use_id, ev, changed, links) -> Session:
+        child = self._child(root, child_id(root.session_id, "task", tool_use_id), ev, changed, links)
+        child.spawn_tool_use_id = tool_use_id
+        spawn = next((p for p in root.pending_spawns if p.get("toolUseId") == tool_use_id), None)
+        if spawn and child.agent_type is None:
+            child.agent_type = spawn.get("agentType")
+            child.description = spawn.get("description")
+        return child
+
+    def _claim_spawn(self, root: Session, child: Session, changed: dict) -> None:
+        """Join a SubagentStart to the oldest unclaimed Agent call of its type."""
+        if child.spawn_tool_use_id:
+            return
+        claimed = {c.spawn_tool_use_id for c in map(self.sessions.get, root.child_session_ids) if c}
+        for spawn in root.pending_spawns:
+            if spawn.get("toolUseId") in claimed:
+                continue
+            if spawn.get("agentType") in (child.agent_type, None) or child.agent_type is None:
+                child.spawn_tool_use_id = spawn.get("toolUseId")
+                child.description = spawn.get("description")
+                child.agent_type = child.agent_type or spawn.get("agentType")
+                return
+
+    def _spawn_finished(self, root: Session, ev: Event, changed: dict, links: list) -> None:
+        out = ev.tool_output()
+        agent_id = out.get("agentId") if isinstance(out, dict) else None
+        spawn = next((p for p in root.pending_spawns if p.get("toolUseId") == ev.tool_use_id), None)
+        if spawn:
+            root.pending_spawns.remove(spawn)
+        child = None
+        if isinstance(agent_id, str) and agent_id:
+            child = self._child(root, child_id(root.session_id, "agent", agent_id), ev, changed, links)
+            child.agent_id = agent_id
+        elif ev.tool_use_id and not root.modern:
+            # Old Claude Code: the Task window (even an empty one) is the child.
+            child = self._task_child(root, ev.tool_use_id, ev, changed, links)
+            if ev.tool_use_id in root.legacy_open:
+                root.legacy_open.remove(ev.tool_use_id)
+        if child is not None:
+            est = usage_mod.estimate_from_agent_result(out)
+            if est is not None and not (child.usage and child.usage["models"]):
+                # Until (unless) its transcript is read, what the Agent tool reported.
+                child.usage = child.usage or usage_mod.empty()
+                child.usage["estimate"] = est
+            child.spawn_tool_use_id = child.spawn_tool_use_id or ev.tool_use_id
+            if spawn:
+                child.agent_type = child.agent_type or spawn.get("agentType")
+                child.description = child.description or spawn.get("description")
+            background = isinstance(out, dict) and out.get("status") == "async_launched"
+            if not background and child.status not in (ENDED, FAILED):
+                child.status = ENDED
+                child.end_time = ev.timestamp
+            changed[child.session_id] = child
+        changed[root.session_id] = root
+
+    def _apply_usage(self, root: Session, ev: Event, changed: dict, links: list) -> Outcome:
+        """A ``usage`` event: records read from a transcript (see usage.py). Each record
+        adds only what its response key has not added yet, to the session it ran in:
+        the event's ``agentId`` (a sub-agent's own transcript), or a record's own
+        ``agentId`` (a sub-agent's lines in the parent's transcript), else the root.
+        It changes no status and no counts: it is bookkeeping, not a step."""
+        if ev.parent_session_id and root.parent_session_id is None and ev.parent_session_id != root.session_id:
+            self._link(root, ev.parent_session_id, changed, links)
+        records = ev.data.get("records") if isinstance(ev.data, dict) else None
+        for rec in records if isinstance(records, list) else ():
+            if not usage_mod.valid_record(rec):
+                continue
+            taken = self.usage_ledger.take(rec)
+            if taken is None:
+                continue
+            agent = ev.agent_id or (rec[usage_mod.R_AGENT] if len(rec) > usage_mod.R_AGENT else None)
+            target = root
+            if isinstance(agent, str) and agent:
+                target = self._child(root, child_id(root.session_id, "agent", agent), ev, changed, links)
+                target.agent_id = target.agent_id or agent
+            if target.usage is None:
+                target.usage = usage_mod.empty()
+            target.usage["estimate"] = None  # measured now
+            delta, new_call = taken
+            usage_mod.add(target.usage, rec[usage_mod.R_MODEL], rec[usage_mod.R_TS] or ev.timestamp,
+                          delta, new_call)
+            if rec[usage_mod.R_MODEL] != "unknown":
+                target.model = rec[usage_mod.R_MODEL]
+            changed[target.session_id] = target
+        if ev.parent_session_id is None and root.parent_session_id:
+            ev.parent_session_id = root.parent_session_id
+        return Outcome(ev, [root] + [s for sid, s in changed.items() if sid != root.session_id], links)
+
+    def usage_total(self, s: Session) -> Optional[dict]:
+        """The session's usage with every sub-agent's under it (any depth)."""
+        seen, stack, parts = set(), [s], []
+        while stack:
+            node = stack.pop()
+            if node.session_id in seen:
+                continue
+            seen.add(node.session_id)
+            parts.append(node.usage)
+            stack.extend(c for c in map(self.sessions.get, node.child_session_ids) if c is not None)
+        if not any(parts):
+            return None
+        return usage_mod.merge(parts)
+
+    def _count(self, s: Session, ev: Event) -> None:
+        s.event_count += 1
+        if ev.event_type == "tool_call":
+            s.tool_count += 1
+        elif ev.event_type in ("tool_error", "stop_failure"):
+            s.error_count += 1
+        if s.last_event_time is None or ev.timestamp >= s.last_event_time:
+            s.last_event_time = ev.timestamp
+            s.last_event_type = ev.event_type
+            s.last_summary = ev.summary
+        if s.start_time is None or ev.timestamp < s.start_time:
+            s.start_time = ev.timestamp
+        if ev.event_type == "session_start" and isinstance(ev.data.get("model"), str):
+            s.model = ev.data["model"]
+
+    def _status(self, s: Session, root: Session, ev: Event, changed: dict, late: bool) -> None:
+        et = ev.event_type
+        if et == "notification":
+            new = WAITING if ev.notification_type in WAITING_NOTIFICATIONS else None
+        elif et in _NEUTRAL:
+            new = None
+        else:
+            new = _STATUS_BY_TYPE.get(et, ACTIVE)
+        if et == "subagent_stop" and s is root:
+            new = None  # no sub-agent to end (old Claude Code, or its window already closed)
+        if new is None:
+            return
+        if late and s.status in (ENDED, FAILED):
+            return  # a late (spooled) event does not reopen a finished session
+        s.status = new
+        if new in (ENDED, FAILED):
+            s.end_time = ev.timestamp
+        else:
+            s.end_time = None
+        if root is not s:
+            # A sub-agent waiting for the person holds its parent up, and releases it.
+            if new == WAITING and root.status != WAITING:
+                root.status = WAITING
+                changed[root.session_id] = root
+            elif new == ACTIVE and root.status == WAITING:
+                root.status = ACTIVE
+                changed[root.session_id] = root
+        if et == "session_end":
+            for cid in s.child_session_ids:
+                child = self.sessions.get(cid)
+                if child and child.status not in (ENDED, FAILED):
+                    child.status = ENDED
+                    child.end_time = ev.timestamp
+                    changed[cid] = child

@@ -1,0 +1,215 @@
+"""The daemon: one nursery supervising the sources, the broker and the sinks.
+
+Shutdown (SIGTERM/SIGINT, or ``Daemon.stop()``) is ordered: the sources stop first,
+the broker then stores everything already handed to it, and only then do the web
+servers go. Every task lives in the one nursery tree, so nothing outlives ``run``.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import logging
+import os
+import signal
+import time
+from typing import Optional
+
+import trio
+from hypercorn.config import Config as HyperConfig
+from hypercorn.trio import serve as hypercorn_serve
+
+from starlette.routing import Route
+
+from contextuate_trio import __version__
+from contextuate_trio.config import Config
+from contextuate_trio.core.redact import Redactor
+from contextuate_trio.core.usage import PriceTable
+from contextuate_trio.daemon import report
+from contextuate_trio.hook import spool as hook_spool
+from contextuate_trio.hook.paths import write_atomic
+from contextuate_trio.runtime.broker import Broker
+from contextuate_trio.runtime.clock import SYSTEM_MINT
+from contextuate_trio.runtime.store import FileStore
+from contextuate_trio.sources import http_hook, transcripts, unix_socket
+from contextuate_trio.sources import spool as spool_source
+from contextuate_trio.web.app import create_app
+from contextuate_trio.web.state import WebState
+from contextuate_trio.web.ws_server import WsServer
+
+log = logging.getLogger("contextuate.daemon")
+
+RETENTION_EVERY_S = 3600
+
+
+class AlreadyRunning(Exception):
+    pass
+
+
+class Daemon:
+    def __init__(self, config: Config) -> None:
+        self.config = config
+        self.home = config.home
+        self.started = time.time()
+        store = FileStore(config.persistence.dir) if config.persistence.enabled else None
+        self.broker = Broker(store, started_ms=int(self.started * 1000),
+                             redactor=Redactor(config.redaction.patterns, config.redaction.enabled))
+        self.redis = None
+        if config.mode == "redis":
+            from contextuate_trio.sources.redis import RedisSource, checkpoint_file
+
+            where = config.persistence.dir if config.persistence.enabled else config.home
+            self.redis = RedisSource(self.broker, config.redis, checkpoint_file(where))
+        self.prices = PriceTable.from_config(config.pricing.models)
+        # Local mode: the daemon shares the machine with the transcripts and reads them.
+        # Redis mode: each machine's hook reads its own and sends the usage along.
+        self.transcripts = None
+        if config.mode == "local":
+            where = config.persistence.dir if config.persistence.enabled else config.home
+            self.transcripts = transcripts.TranscriptReader(self.broker, where)
+        self._sources_scope: Optional[trio.CancelScope] = None
+        self._stop_requested = False
+        self.accepting = trio.Event()  # the socket is bound: /api/health may say ok
+        self._lock_fd: Optional[int] = None
+        self.web = WebState(
+            broker=self.broker, config=config, prices=self.prices, started=self.started,
+            accepting=self.accepting, problems=self.problems, status=self.status,
+            metrics=self.metrics_text, ws_port=self._ws_port)
+        self.ws = WsServer(self.web)
+        self.ws_url: Optional[str] = None
+
+    # --- paths --------------------------------------------------------------------
+    @property
+    def spool_dir(self) -> str:
+        return hook_spool.spool_dir(self.home)
+
+    @property
+    def pid_path(self) -> str:
+        return os.path.join(self.home, "daemon.pid")
+
+    # --- life cycle -----------------------------------------------------------------
+    def _acquire(self) -> None:
+        os.makedirs(self.home, mode=0o700, exist_ok=True)
+        os.chmod(self.home, 0o700)
+        fd = os.open(os.path.join(self.home, "daemon.lock"), os.O_RDWR | os.O_CREAT, 0o600)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            os.close(fd)
+            pid = read_pid(self.pid_path)
+            raise AlreadyRunning(
+                f"another contextuate-trio daemon is running for {self.home}"
+                + (f" (pid {pid})" if pid else "")
+                + "; stop it with `contextuate-trio stop`"
+            ) from None
+        self._lock_fd = fd
+        write_atomic(self.pid_path, f"{os.getpid()}\n".encode())
+
+    def _release(self) -> None:
+        try:
+            if read_pid(self.pid_path) == os.getpid():
+                os.unlink(self.pid_path)
+        except OSError:
+            pass
+        if self._lock_fd is not None:
+            os.close(self._lock_fd)
+            self._lock_fd = None
+
+    def stop(self) -> None:
+        """Begin a graceful shutdown (safe to call from within the Trio run, at any
+        point of start-up: a stop asked for before the sources run stops them at once)."""
+        self._stop_requested = True
+        if self._sources_scope is not None:
+            self._sources_scope.cancel()
+
+    async def run(self, *, task_status=trio.TASK_STATUS_IGNORED) -> None:
+        os.umask(0o077)
+        self._acquire()
+        try:
+            loaded = self.broker.load(SYSTEM_MINT)
+            log.info("contextuate-trio %s: %d sessions loaded from %s", __version__, loaded,
+                     self.config.persistence.dir if self.broker.store else "(persistence off)")
+            self.broker.prune(self.config.persistence.retention_days)
+            async with trio.open_nursery() as outer:
+                # Signals first: a SIGTERM that arrives while starting is not lost.
+                await outer.start(self._signals)
+                await outer.start(self.broker.run)
+                self.ws_url = await outer.start(self.ws.serve)  # before HTTP: healthy means both
+                self.web.http_urls[:] = await outer.start(self._serve_http)
+                with trio.CancelScope() as sources:
+                    self._sources_scope = sources
+                    if self._stop_requested:
+                        sources.cancel()
+                    async with trio.open_nursery() as inner:
+                        await inner.start(unix_socket.serve, self.broker, self.config.socket_path,
+                                          self.config.max_line_bytes)
+                        self.accepting.set()  # healthy from here: hooks can deliver
+                        inner.start_soon(spool_source.run, self.broker, self.spool_dir)
+                        if self.transcripts is not None:
+                            await inner.start(self.transcripts.run)
+                        if self.redis is not None:
+                            inner.start_soon(self.redis.run)
+                        inner.start_soon(self._retention)
+                        log.info("ready: socket %s, dashboard %s", self.config.socket_path,
+                                 ", ".join(self.web.http_urls))
+                        task_status.started(self)
+                log.info("stopping: storing what is already in the broker")
+                self.broker.send_channel.close()  # run() ends once the queue is drained
+                with trio.move_on_after(10) as waited:
+                    await self.broker.finished.wait()
+                if waited.cancelled_caught:
+                    log.error("the broker did not drain within 10 s (is the store failing?)")
+                outer.cancel_scope.cancel()
+        finally:
+            if self.broker.store is not None:
+                self.broker.store.close()
+            self._release()
+            log.info("stopped")
+
+    async def _signals(self, *, task_status=trio.TASK_STATUS_IGNORED) -> None:
+        with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
+            task_status.started()
+            async for signum in signals:
+                log.info("received %s", signal.Signals(signum).name)
+                self.stop()
+                return
+
+    async def _retention(self) -> None:
+        while True:
+            await trio.sleep(RETENTION_EVERY_S)
+            self.broker.prune(self.config.persistence.retention_days)
+
+    async def _serve_http(self, *, task_status=trio.TASK_STATUS_IGNORED) -> None:
+        hc = HyperConfig()
+        host = self.config.server.host
+        hc.bind = [f"[{host}]:{self.config.server.port}" if ":" in host else f"{host}:{self.config.server.port}"]
+        hc.accesslog = None
+        hc.errorlog = logging.getLogger("contextuate.http")
+        hc.graceful_timeout = 1.0
+        hooks = Route("/api/hooks", http_hook.endpoint(self.broker, self.web.guard, self.config.max_line_bytes),
+                      methods=["POST"])  # Claude Code http hooks: a source served by the web app
+        await hypercorn_serve(create_app(self.web, [hooks]), hc, task_status=task_status)
+
+    def _ws_port(self) -> int:
+        return self.ws.bound_port or self.config.server.ws_port
+
+    @property
+    def http_urls(self) -> list[str]:
+        return self.web.http_urls
+
+    # --- what the API reports (see ``report``) ----------------------------------------
+    def problems(self) -> list[str]:
+        return report.problems(self)
+
+    def status(self) -> dict:
+        return report.status(self)
+
+    def metrics_text(self) -> str:
+        return report.metrics_text(self)
+
+
+def read_pid(path: str) -> Optional[int]:
+    try:
+        with open(path) as f:
+            return int(f.read().strip())
+    except (OSError, ValueError):
+        return None

@@ -1,0 +1,90 @@
+"""What the daemon reports about itself: ``/api/status``, ``/metrics``, health reasons."""
+
+from __future__ import annotations
+
+import os
+import time
+from typing import TYPE_CHECKING
+
+from contextuate_trio import __version__
+from contextuate_trio.core import usage
+from contextuate_trio.hook import spool as hook_spool
+from contextuate_trio.runtime.metrics import Metric, render
+
+if TYPE_CHECKING:
+    from contextuate_trio.daemon.daemon import Daemon
+
+_COUNTERS = (
+    ("contextuate_events_stored_total", "events", "Events stored (after dedupe)."),
+    ("contextuate_duplicates_total", "duplicates", "Events dropped as already stored."),
+    ("contextuate_bad_lines_total", "bad_lines", "Socket lines rejected."),
+    ("contextuate_store_errors_total", "store_errors", "Failed store writes (retried)."),
+    ("contextuate_rejected_events_total", "rejected", "Events the pipeline failed on (logged, refused)."),
+    ("contextuate_bad_redis_messages_total", "bad_redis_messages", "Redis messages that were not events."),
+)
+
+
+def problems(d: "Daemon") -> list[str]:
+    out = []
+    if d.broker.last_error:
+        out.append(f"store: {d.broker.last_error}")
+    if d.redis is not None and not d.redis.connected():
+        out.append(f"redis: {d.redis.error or 'connecting'}")
+    return out
+
+
+def status(d: "Daemon") -> dict:
+    b = d.broker
+    by_status: dict[str, int] = {}
+    for s in b.manager.sessions.values():
+        by_status[s.status] = by_status.get(s.status, 0) + 1
+    reasons = problems(d)
+    return {
+        "status": "degraded" if reasons else "ok",
+        "reasons": reasons,
+        "version": __version__,
+        "pid": os.getpid(),
+        "mode": d.config.mode,
+        "home": d.home,
+        "socketPath": d.config.socket_path,
+        "dashboard": d.web.http_urls,
+        "uptimeMs": int((time.time() - d.started) * 1000),
+        "sessions": len(b.manager.sessions),
+        "sessionsByStatus": by_status,
+        "eventsStored": b.counters["events"],
+        "eventsBySource": dict(b.by_source),
+        "duplicates": b.counters["duplicates"],
+        "badLines": b.counters["bad_lines"],
+        "queueDepth": b.queue_depth(),
+        "subscribers": b.subscriber_count(),
+        "spoolBacklog": hook_spool.backlog(d.home),
+        "store": None if b.store is None else {"dir": b.store.dir, "bytes": b.store.size_bytes()},
+        "redis": None if d.redis is None else d.redis.info(),
+    }
+
+
+def daemon_metrics(d: "Daemon") -> list[Metric]:
+    b = d.broker
+    out = [Metric("contextuate_events_in_total", "Events received, by source.", "counter",
+                  [({"source": src}, n) for src, n in sorted(b.by_source.items())])]
+    out += [Metric(name, help_, "counter", b.counters[key]) for name, key, help_ in _COUNTERS[:3]]
+    out.append(Metric("contextuate_dropped_clients_total", "Subscribers dropped for being slow.", "counter",
+                      b.fanout.dropped))
+    out += [Metric(name, help_, "counter", b.counters[key]) for name, key, help_ in _COUNTERS[3:]]
+    out += [
+        Metric("contextuate_queue_depth", "Events waiting in the broker.", "gauge", b.queue_depth()),
+        Metric("contextuate_subscribers", "Live subscribers.", "gauge", b.subscriber_count()),
+        Metric("contextuate_sessions", "Sessions known.", "gauge", len(b.manager.sessions)),
+        Metric("contextuate_store_bytes", "Bytes of events on disk.", "gauge", b.store.size_bytes() if b.store else 0),
+        Metric("contextuate_spool_backlog", "Spooled events not yet ingested.", "gauge", hook_spool.backlog(d.home)),
+        Metric("contextuate_up", "1 when healthy, 0 when degraded.", "gauge", 0 if problems(d) else 1),
+        Metric("contextuate_redis_connected", "1 when both Redis readers are connected.", "gauge",
+               int(bool(d.redis and d.redis.connected()))),
+    ]
+    return out
+
+
+def metrics_text(d: "Daemon") -> str:
+    sessions = d.broker.manager.sessions.values()
+    usage_metrics = [Metric(*m) for m in usage.usage_metrics(((s.machine_id, s.usage) for s in sessions), d.prices)]
+    return render([*daemon_metrics(d), *usage_metrics, *d.ws.metrics()])

@@ -1,0 +1,189 @@
+"""Redis mode: the Redis protocol spoken directly.
+
+redis-py costs ~117 ms to import here, the hook's whole budget ten times over; what
+we need (AUTH, SELECT, XADD, PUBLISH, pipelined in one round trip) is a few dozen
+lines. TLS needs ``ssl`` (+23 ms, TLS users only).
+"""
+
+import time
+
+class RedisError(Exception):
+    pass
+
+
+def redis_settings(cfg: dict) -> dict:
+    """The ``redis`` section with defaults; ``url`` overrides host/port/auth/db/tls."""
+    r = cfg.get("redis") if isinstance(cfg.get("redis"), dict) else {}
+    out = {
+        "host": r.get("host") or "localhost",
+        "port": r.get("port") if isinstance(r.get("port"), int) else 6379,
+        "username": r.get("username") or None,
+        "password": r.get("password") or None,
+        "db": r.get("db") if isinstance(r.get("db"), int) else 0,
+        "tls": r.get("tls") is True,
+        "ca": r.get("tlsCaFile"),
+        "cert": r.get("tlsCertFile"),
+        "key": r.get("tlsKeyFile"),
+        "channel": r.get("channel") or "contextuate:events",
+        "stream": r.get("stream") or "contextuate:events:stream",
+        "maxlen": r.get("streamMaxLen") if isinstance(r.get("streamMaxLen"), int) else 1000000,
+    }
+    url = r.get("url")
+    if isinstance(url, str) and url:
+        out.update(parse_redis_url(url))
+    return out
+
+
+def _unquote(text: str) -> str:
+    if "%" not in text:
+        return text
+    parts = text.split("%")
+    out = bytearray(parts[0].encode())
+    for part in parts[1:]:
+        try:
+            out.append(int(part[:2], 16))
+            out += part[2:].encode()
+        except ValueError:
+            out += ("%" + part).encode()
+    return out.decode("utf-8", "replace")
+
+
+def parse_redis_url(url: str) -> dict:
+    """``redis[s]://[[user]:password@]host[:port][/db]`` (no urllib: it costs ms)."""
+    scheme, sep, rest = url.partition("://")
+    if not sep or scheme not in ("redis", "rediss"):
+        raise ValueError(f"not a redis:// or rediss:// URL: {url!r}")
+    out: dict = {"tls": scheme == "rediss"}
+    rest = rest.split("?", 1)[0]
+    netloc, _, path = rest.partition("/")
+    if "@" in netloc:
+        auth, _, netloc = netloc.rpartition("@")
+        user, colon, password = auth.partition(":")
+        if colon:
+            out["username"] = _unquote(user) or None
+            out["password"] = _unquote(password) or None
+        else:
+            out["password"] = _unquote(user) or None
+            out["username"] = None
+    if netloc.startswith("["):
+        host, _, port = netloc[1:].partition("]")
+        port = port.lstrip(":")
+    else:
+        host, _, port = netloc.partition(":")
+    if host:
+        out["host"] = host
+    if port:
+        out["port"] = int(port)
+    if path.strip("/"):
+        out["db"] = int(path.strip("/"))
+    return out
+
+
+def resp(*args) -> bytes:
+    out = [b"*%d\r\n" % len(args)]
+    for a in args:
+        if not isinstance(a, bytes):
+            a = str(a).encode("utf-8")
+        out.append(b"$%d\r\n%s\r\n" % (len(a), a))
+    return b"".join(out)
+
+
+class _Reader:
+    def __init__(self, sock, deadline: float) -> None:
+        self.sock = sock
+        self.deadline = deadline
+        self.buf = b""
+
+    def _fill(self) -> None:
+        self.sock.settimeout(max(self.deadline - time.monotonic(), 0.001))
+        chunk = self.sock.recv(65536)
+        if not chunk:
+            raise RedisError("Redis closed the connection")
+        self.buf += chunk
+
+    def line(self) -> bytes:
+        while b"\r\n" not in self.buf:
+            self._fill()
+        line, _, self.buf = self.buf.partition(b"\r\n")
+        return line
+
+    def reply(self):
+        line = self.line()
+        kind, rest = line[:1], line[1:]
+        if kind == b"-":
+            return RedisError(rest.decode("utf-8", "replace"))
+        if kind in (b"+", b":"):
+            return rest
+        if kind == b"$":
+            n = int(rest)
+            if n < 0:
+                return None
+            while len(self.buf) < n + 2:
+                self._fill()
+            value, self.buf = self.buf[:n], self.buf[n + 2:]
+            return value
+        if kind == b"*":
+            return [self.reply() for _ in range(max(int(rest), 0))]
+        raise RedisError(f"unexpected reply {line[:40]!r}")
+
+
+def _redis_connect(rs: dict, deadline: float):
+    import _socket
+
+    timeout = max(deadline - time.monotonic(), 0.001)
+    last = None
+    host = rs["host"]
+    if host.isascii():
+        # As bytes: a str host is IDNA-encoded first, and importing that codec
+        # (encodings.idna -> re, stringprep, unicodedata) costs ~12 ms here.
+        host = host.encode("ascii")
+    for family, kind, proto, _, addr in _socket.getaddrinfo(host, rs["port"], 0, _socket.SOCK_STREAM):
+        sock = _socket.socket(family, kind, proto)
+        try:
+            sock.settimeout(timeout)
+            sock.connect(addr)
+            sock.setsockopt(_socket.IPPROTO_TCP, _socket.TCP_NODELAY, 1)
+        except OSError as exc:
+            sock.close()
+            last = exc
+            continue
+        if not rs["tls"]:
+            return sock
+        import socket as socket_mod  # ssl needs a socket.socket; TLS users pay ~25 ms
+        import ssl
+
+        plain = socket_mod.socket(family, kind, proto, fileno=sock.detach())
+        ctx = ssl.create_default_context(cafile=rs.get("ca") or None)
+        if rs.get("cert"):
+            ctx.load_cert_chain(rs["cert"], rs.get("key") or None)
+        plain.settimeout(max(deadline - time.monotonic(), 0.001))
+        return ctx.wrap_socket(plain, server_hostname=rs["host"])
+    raise last or OSError(f"cannot resolve {rs['host']}")
+
+
+def deliver_redis(rs: dict, lines: list, deadline: float) -> str:
+    """XADD + PUBLISH every line, pipelined in one round trip; '' when all stored."""
+    cmds = []
+    if rs["password"]:
+        cmds.append(resp("AUTH", rs["username"], rs["password"]) if rs["username"]
+                    else resp("AUTH", rs["password"]))
+    if rs["db"]:
+        cmds.append(resp("SELECT", rs["db"]))
+    for line in lines:
+        cmds.append(resp("XADD", rs["stream"], "MAXLEN", "~", rs["maxlen"], "*", "data", line))
+        cmds.append(resp("PUBLISH", rs["channel"], line))
+    try:
+        sock = _redis_connect(rs, deadline)
+    except OSError as exc:
+        return f"cannot connect to Redis at {rs['host']}:{rs['port']}: {exc}"
+    try:
+        sock.settimeout(max(deadline - time.monotonic(), 0.001))
+        sock.sendall(b"".join(cmds))
+        reader = _Reader(sock, deadline)
+        errors = [r for r in (reader.reply() for _ in cmds) if isinstance(r, RedisError)]
+        return f"Redis refused: {errors[0]}" if errors else ""
+    except (OSError, RedisError, ValueError) as exc:
+        return f"Redis at {rs['host']}:{rs['port']} did not answer in time: {exc!r}"
+    finally:
+        sock.close()
+

@@ -1,0 +1,62 @@
+"""How a producer puts one hook event on the wire: the envelope, and the local
+socket's send-and-wait-for-ack (the daemon's side is ``core.wire``)."""
+
+import time
+
+from contextuate_trio.hook.paths import json_string, parse_json
+
+def envelope(raw: bytes, event_id: str, ts: int, machine: str, parent, ack: bool,
+             redactor=None) -> bytes:
+    """The wire line for one hook run (see ``wire.py`` for the daemon's side).
+
+    A JSON object is embedded verbatim (newlines between tokens folded, which cannot
+    change a valid document); anything else travels as a string, so it is kept too.
+    """
+    text = raw.decode("utf-8", "replace").lstrip("\ufeff")
+    if redactor is not None:
+        text = redactor.text(text)
+    try:
+        is_object = isinstance(parse_json(text), dict)
+    except Exception:
+        is_object = False
+    if is_object:
+        payload = text.strip().replace("\r", " ").replace("\n", " ")
+    else:
+        payload = json_string(text)
+    head = '{"kind":"hook","id":"%s","timestamp":%d,"machineId":%s' % (
+        event_id,
+        ts,
+        json_string(machine),
+    )
+    if parent:
+        head += ',"parentSessionId":' + json_string(parent)
+    if ack:
+        head += ',"ack":true'
+    return (head + ',"payload":' + payload + "}\n").encode("utf-8")
+
+
+def deliver_socket(path: str, line: bytes, event_id: str, deadline: float) -> str:
+    """Send one line and wait for its acknowledgement; '' on success, else why not."""
+    import _socket
+
+    sock = _socket.socket(_socket.AF_UNIX, _socket.SOCK_STREAM)
+    try:
+        sock.settimeout(max(deadline - time.monotonic(), 0.001))
+        sock.connect(path)
+        sock.sendall(line)
+        want = ('{"ack":"%s"' % event_id).encode()
+        reply = b""
+        while b"\n" not in reply:
+            sock.settimeout(max(deadline - time.monotonic(), 0.001))
+            chunk = sock.recv(4096)
+            if not chunk:
+                return "the daemon closed the connection without acknowledging"
+            reply += chunk
+        if reply.startswith(want):
+            return ""
+        return "the daemon refused the event: " + reply.decode("utf-8", "replace").strip()
+    except OSError as exc:  # includes timeouts
+        return f"{type(exc).__name__}: {exc}"
+    finally:
+        sock.close()
+

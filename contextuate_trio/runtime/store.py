@@ -1,0 +1,490 @@
+"""File persistence: per-session metadata and append-only event files.
+
+Layout under ``persistence.dir``::
+
+    sessions/<key>/events.jsonl   one event per line, in arrival order, append-only
+    sessions/<key>/index.jsonl    one line per block of BLOCK events:
+                                  [start, end, count, min_ts, max_ts] (byte offsets)
+    sessions/<key>/meta.json      the session (as the API shows it) + "_bytes", the
+                                  size events.jsonl had when it was written
+
+Why this shape: a restart reads one small meta file per session, never the events;
+events written after the last meta (a crash) are found by comparing sizes and
+replayed; "the last N events before T" reads only the blocks whose time range can
+hold them; an exact "is this id stored?" reads only the blocks around its time.
+
+Synchronous on purpose: called from the broker's single pipeline task, with batched
+writes (one write call per session per batch), which is faster than a thread hop per
+batch and keeps one writer for every file.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import re
+import shutil
+import time
+from collections import OrderedDict
+from typing import Iterable, Optional
+
+from contextuate_trio.core.sessions import Session
+from contextuate_trio.hook.paths import write_atomic
+
+log = logging.getLogger("contextuate.store")
+
+BLOCK = 512
+_SAFE = re.compile(r"^[A-Za-z0-9._:-]{1,120}$")
+_ID_AT_START = re.compile(rb'^\{"id":"([^"\\]+)"')
+# How the daemon writes every event line: id first, then the timestamp.
+_TS_AT_START = re.compile(rb'^\{"id":"[^"\\]*","timestamp":(\d+)[,}]')
+
+
+class StoreError(Exception):
+    """The store cannot write; events are kept by the caller until it can.
+    ``written``: the session keys an ``append`` did write before it failed."""
+
+    written: set = set()
+
+
+def session_key(session_id: str) -> str:
+    if _SAFE.match(session_id) and session_id not in (".", ".."):
+        return session_id
+    return "h-" + hashlib.sha256(session_id.encode("utf-8", "surrogatepass")).hexdigest()[:40]
+
+
+class _Tail:
+    """The unindexed last block of a session's file."""
+
+    __slots__ = ("start", "end", "count", "min_ts", "max_ts")
+
+    def __init__(self, start: int, end: int = -1) -> None:
+        self.start = start
+        self.end = start if end < 0 else end
+        self.count = 0
+        self.min_ts: Optional[int] = None
+        self.max_ts: Optional[int] = None
+
+    def add(self, ts: int, nbytes: int) -> None:
+        self.count += 1
+        self.end += nbytes
+        self.min_ts = ts if self.min_ts is None else min(self.min_ts, ts)
+        self.max_ts = ts if self.max_ts is None else max(self.max_ts, ts)
+
+    def skip(self, nbytes: int) -> None:
+        """A corrupt line: its bytes belong to the block, it is no event."""
+        self.end += nbytes
+
+    def as_block(self) -> list:
+        return [self.start, self.end, self.count, self.min_ts, self.max_ts]
+
+
+class FileStore:
+    def __init__(self, directory: str, max_open_files: int = 64) -> None:
+        self.dir = directory
+        self.sessions_dir = os.path.join(directory, "sessions")
+        self._files: OrderedDict[str, object] = OrderedDict()
+        self._max_open = max_open_files
+        self._tails: dict[str, _Tail] = {}
+        self._blocks: dict[str, list] = {}  # session key -> index blocks, loaded lazily
+        self._bytes: dict[str, int] = {}  # session key -> events.jsonl size
+        self.degraded: Optional[str] = None
+
+    # --- start-up -----------------------------------------------------------------
+    def open(self) -> tuple[list[Session], list[dict]]:
+        """Sessions from their meta files, and the events stored after each meta
+        was written (a crash): the caller replays those through the session manager."""
+        os.makedirs(self.sessions_dir, mode=0o700, exist_ok=True)
+        sessions: list[Session] = []
+        replay: list[dict] = []
+        for key in sorted(os.listdir(self.sessions_dir)):
+            path = os.path.join(self.sessions_dir, key)
+            if not os.path.isdir(path):
+                continue
+            try:
+                s, tail_events = self._open_session(key, path)
+            except Exception as exc:  # one broken session must not stop the others
+                log.error("session %s could not be recovered: %s", key, exc)
+                continue
+            if s is not None:
+                sessions.append(s)
+            replay.extend(tail_events)
+        replay.sort(key=lambda e: (e.get("timestamp") or 0))
+        return sessions, replay
+
+    def _open_session(self, key: str, path: str):
+        events_path = os.path.join(path, "events.jsonl")
+        size = self._repair_torn_tail(events_path)
+        self._bytes[key] = size
+        meta = None
+        try:
+            with open(os.path.join(path, "meta.json"), "rb") as f:
+                meta = json.loads(f.read())
+        except FileNotFoundError:
+            pass
+        except ValueError as exc:
+            log.warning("session %s: meta.json is corrupt (%s); rebuilding it from events", key, exc)
+        session = None
+        covered = 0
+        if isinstance(meta, dict) and isinstance(meta.get("sessionId"), str):
+            covered = meta.pop("_bytes", 0) if isinstance(meta.get("_bytes"), int) else 0
+            session = Session.from_dict(meta)
+            if covered > size:  # meta newer than the events it counts: trust the events
+                log.warning("session %s: meta counts more than is on disk; recounting", key)
+                session, covered = None, 0
+        if session is None:
+            covered = 0
+        replay = list(self._read_range(key, covered, size)) if size > covered else []
+        self._load_tail(key, size)
+        return session, replay
+
+    def _repair_torn_tail(self, events_path: str) -> int:
+        """A crash mid-write can leave a last line without its newline: set it aside."""
+        try:
+            size = os.path.getsize(events_path)
+        except FileNotFoundError:
+            return 0
+        if size == 0:
+            return 0
+        with open(events_path, "rb+") as f:
+            f.seek(max(size - 1, 0))
+            if f.read(1) == b"\n":
+                return size
+            back = min(size, 1 << 20)
+            while True:
+                f.seek(size - back)
+                chunk = f.read(back)
+                nl = chunk.rfind(b"\n")
+                if nl >= 0 or back == size:
+                    break
+                back = min(size, back * 4)
+            keep = size - back + nl + 1 if nl >= 0 else 0
+            f.seek(keep)
+            torn = f.read()
+            with open(events_path + ".torn", "ab") as t:
+                t.write(torn + b"\n")
+            f.truncate(keep)
+            log.warning("%s: set aside a torn last line of %d bytes", events_path, len(torn))
+            return keep
+
+    def _load_tail(self, key: str, size: int) -> None:
+        blocks = self._index(key)
+        start = blocks[-1][1] if blocks else 0
+        if start > size:  # index ahead of a truncated file: rebuild it
+            blocks = self._rebuild_index(key)
+            start = blocks[-1][1] if blocks else 0
+        tail = _Tail(start)
+        for raw, ts in self._iter_timestamps(key, start, size):
+            tail.add(ts, len(raw))
+        tail.end = max(tail.end, size)  # corrupt lines count as bytes of the block
+        self._tails[key] = tail
+
+    def _rebuild_index(self, key: str) -> list:
+        blocks = []
+        tail = _Tail(0)
+        for raw, ev in self._iter_lines(key, 0, self._bytes.get(key, 0)):
+            if ev is None:
+                tail.skip(len(raw))
+                continue
+            tail.add(_ts(ev), len(raw))
+            if tail.count >= BLOCK:
+                blocks.append(tail.as_block())
+                tail = _Tail(tail.end)
+        path = os.path.join(self.sessions_dir, key, "index.jsonl")
+        with open(path, "w") as f:
+            f.writelines(json.dumps(b) + "\n" for b in blocks)
+        self._blocks[key] = blocks
+        return blocks
+
+    # --- writing ------------------------------------------------------------------
+    def append(self, batch: Iterable[tuple[str, int, bytes]]) -> None:
+        """Append (session_id, timestamp, line) triples; all or nothing per session."""
+        grouped: dict[str, list] = {}
+        for sid, ts, line in batch:
+            grouped.setdefault(session_key(sid), []).append((ts, line))
+        written: set[str] = set()
+        try:
+            for key, items in grouped.items():
+                self._append_session(key, items)
+                written.add(key)
+        except OSError as exc:
+            self.degraded = f"cannot write to {self.dir}: {exc.strerror or exc}"
+            err = StoreError(self.degraded)
+            err.written = written  # sessions whose lines did land: not to be written again
+            raise err from exc
+        self.degraded = None
+
+    def _append_session(self, key: str, items: list) -> None:
+        f = self._file(key)
+        before = self._bytes.get(key, 0)
+        data = b"".join(line for _, line in items)
+        try:
+            view = memoryview(data)
+            while view:
+                view = view[f.write(view):]
+        except OSError:
+            try:  # leave no partial line behind for the retry
+                os.ftruncate(f.fileno(), before)
+            except OSError:
+                pass
+            self._close(key)
+            raise
+        self._bytes[key] = before + len(data)
+        tail = self._tails.setdefault(key, _Tail(before))
+        new_blocks = []
+        for ts, line in items:
+            tail.add(ts, len(line))
+            if tail.count >= BLOCK:
+                new_blocks.append(tail.as_block())
+                tail = _Tail(tail.end)
+        self._tails[key] = tail
+        if new_blocks:
+            self._index(key).extend(new_blocks)  # (loaded first: the file lacks them yet)
+            path = os.path.join(self.sessions_dir, key, "index.jsonl")
+            try:
+                with open(path, "a") as idx:
+                    idx.writelines(json.dumps(b) + "\n" for b in new_blocks)
+            except OSError as exc:
+                # The events are written; the index is only a shortcut (a start that
+                # finds it short or torn rebuilds the rest from the events).
+                log.warning("%s: index not updated (%s); it is rebuilt at start", path, exc)
+
+    def _file(self, key: str):
+        f = self._files.get(key)
+        if f is not None:
+            self._files.move_to_end(key)
+            return f
+        d = os.path.join(self.sessions_dir, key)
+        os.makedirs(d, mode=0o700, exist_ok=True)
+        path = os.path.join(d, "events.jsonl")
+        fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
+        f = os.fdopen(fd, "ab", buffering=0)
+        self._bytes.setdefault(key, os.fstat(fd).st_size)
+        self._files[key] = f
+        while len(self._files) > self._max_open:
+            _, old = self._files.popitem(last=False)
+            old.close()
+        return f
+
+    def _close(self, key: str) -> None:
+        f = self._files.pop(key, None)
+        if f is not None:
+            try:
+                f.close()
+            except OSError:
+                pass
+
+    def events_file(self, session_id: str) -> str:
+        """Where a session's events are appended (read by exports, as bytes)."""
+        return os.path.join(self.sessions_dir, session_key(session_id), "events.jsonl")
+
+    def save_sessions(self, sessions: Iterable[Session]) -> None:
+        try:
+            for s in sessions:
+                key = session_key(s.session_id)
+                d = os.path.join(self.sessions_dir, key)
+                os.makedirs(d, mode=0o700, exist_ok=True)
+                meta = s.to_dict()
+                meta["_bytes"] = self._bytes.get(key, 0)
+                text = json.dumps(meta, ensure_ascii=False, separators=(",", ":"))
+                # Text that cannot be UTF-8 (a lone surrogate some producer sent) never
+                # stops a save. Not fsynced: a start replays what a lost meta missed.
+                write_atomic(os.path.join(d, "meta.json"), text.encode("utf-8", "replace"))
+        except OSError as exc:
+            self.degraded = f"cannot write to {self.dir}: {exc.strerror or exc}"
+            raise StoreError(self.degraded) from exc
+
+    def flush(self) -> None:
+        """Force written events to the disk itself (they already survive a crash of
+        the daemon; this is for the machine's)."""
+        for f in list(self._files.values()):
+            try:
+                os.fsync(f.fileno())
+            except OSError:
+                pass
+
+    def close(self) -> None:
+        self.flush()
+        for key in list(self._files):
+            self._close(key)
+
+    def delete(self, session_id: str) -> None:
+        key = session_key(session_id)
+        self._close(key)
+        for d in (self._tails, self._blocks, self._bytes):
+            d.pop(key, None)
+        shutil.rmtree(os.path.join(self.sessions_dir, key), ignore_errors=True)
+
+    # --- reading ------------------------------------------------------------------
+    def _index(self, key: str) -> list:
+        blocks = self._blocks.get(key)
+        if blocks is None:
+            blocks = []
+            path = os.path.join(self.sessions_dir, key, "index.jsonl")
+            try:
+                with open(path, "rb") as f:
+                    for line in f:
+                        try:
+                            b = json.loads(line)
+                        except ValueError:
+                            break  # a torn index line: the tail scan covers the rest
+                        if isinstance(b, list) and len(b) == 5:
+                            blocks.append(b)
+            except FileNotFoundError:
+                pass
+            self._blocks[key] = blocks
+        return blocks
+
+    def _all_blocks(self, key: str) -> list:
+        blocks = list(self._index(key))
+        tail = self._tails.get(key)
+        if tail is not None and tail.count:
+            blocks.append(tail.as_block())
+        return blocks
+
+    def _iter_lines(self, key: str, start: int, end: int):
+        path = os.path.join(self.sessions_dir, key, "events.jsonl")
+        for raw in self._raw_lines(key, start, end):
+            try:
+                ev = json.loads(raw)
+            except ValueError:
+                ev = None
+            if not isinstance(ev, dict):
+                log.warning("%s: skipping a corrupt line at offset %d", path, start)
+                ev = None
+            start += len(raw)
+            yield raw, ev  # None for a corrupt line: callers still count its bytes
+
+    def _iter_timestamps(self, key: str, start: int, end: int):
+        """(line, timestamp) of each event line, like ``_iter_lines`` but without
+        parsing the lines the daemon wrote: their timestamp is read from the line's
+        start. A start-up scans every session's unindexed tail (up to BLOCK lines
+        each), and parsing them all was most of its time."""
+        lines = []
+        for raw in self._raw_lines(key, start, end):
+            offset, start = start, start + len(raw)
+            m = _TS_AT_START.match(raw)
+            if m:
+                lines.append((raw, int(m.group(1))))
+                continue
+            try:
+                ev = json.loads(raw)
+            except ValueError:
+                log.warning("session %s: skipping a corrupt line at offset ~%d", key, offset)
+                continue
+            if isinstance(ev, dict):
+                lines.append((raw, _ts(ev)))
+        return lines
+
+    def _read_bytes(self, key: str, start: int, end: int) -> Optional[bytes]:
+        """Bytes [start, end) of a session's events file; None when it is gone."""
+        if end <= start:
+            return b""
+        try:
+            with open(os.path.join(self.sessions_dir, key, "events.jsonl"), "rb") as f:
+                f.seek(start)
+                return f.read(end - start)
+        except FileNotFoundError:
+            return None
+
+    def _raw_lines(self, key: str, start: int, end: int) -> list:
+        return (self._read_bytes(key, start, end) or b"").splitlines(keepends=True)
+
+    def _read_range(self, key: str, start: int, end: int):
+        for _, ev in self._iter_lines(key, start, end):
+            if ev is not None:
+                yield ev
+
+    def events(self, session_id: str, limit: int = 100, before: Optional[int] = None,
+               after: Optional[int] = None) -> list[dict]:
+        """Oldest first. With only ``after``: the first ``limit`` events after it;
+        otherwise the last ``limit`` events (before ``before``, after ``after``)."""
+        key = session_key(session_id)
+        blocks = self._all_blocks(key)
+        lo = after if after is not None else None
+        hi = before if before is not None else None
+
+        def wanted(ts: int) -> bool:
+            return (lo is None or ts > lo) and (hi is None or ts < hi)
+
+        def useful(b) -> bool:
+            return b[2] and (lo is None or b[4] > lo) and (hi is None or b[3] < hi)
+
+        out: list[dict] = []
+        if after is not None and before is None:
+            for b in blocks:
+                if useful(b):
+                    out.extend(e for e in self._read_range(key, b[0], b[1]) if wanted(_ts(e)))
+                    if len(out) >= limit:
+                        break
+            out.sort(key=_ts)
+            return out[:limit]
+        for b in reversed(blocks):
+            if not useful(b):
+                continue
+            got = [e for e in self._read_range(key, b[0], b[1]) if wanted(_ts(e))]
+            out[:0] = got
+            if len(out) >= limit:
+                break
+        out.sort(key=_ts)
+        return out[-limit:] if limit else []
+
+    def raw_blocks(self, session_id: str, before: Optional[int] = None,
+                   after: Optional[int] = None):
+        """The stored lines (bytes) of each block whose times may fall in (after,
+        before), newest block first: for scans (search) that match text before they
+        parse, and yield to other work between blocks."""
+        key = session_key(session_id)
+        for b in reversed(self._all_blocks(key)):
+            if not b[2] or (after is not None and b[4] <= after) or (before is not None and b[3] >= before):
+                continue
+            yield self._raw_lines(key, b[0], b[1])
+
+    def contains(self, session_id: str, event_id: str, ts: int) -> bool:
+        """Exact duplicate check, reading only the blocks whose times cover ``ts``."""
+        key = session_key(session_id)
+        needle = ('"id":' + json.dumps(event_id)).encode()
+        for b in self._all_blocks(key):
+            if b[3] is not None and b[3] <= ts <= b[4]:
+                data = self._read_bytes(key, b[0], b[1])
+                if data is None:
+                    return False
+                if needle in data:
+                    return True
+        return False
+
+    def recent_ids(self, sessions: list[Session], budget: int) -> list[str]:
+        """Ids of the last events stored, newest sessions first, to prime dedupe."""
+        ids: list[str] = []
+        for s in sorted(sessions, key=lambda s: s.last_event_time or 0, reverse=True):
+            if len(ids) >= budget:
+                break
+            key = session_key(s.session_id)
+            for b in reversed(self._all_blocks(key)[-2:]):
+                data = self._read_bytes(key, b[0], b[1])
+                if data is None:
+                    break
+                for line in data.splitlines():
+                    m = _ID_AT_START.match(line)
+                    if m:
+                        ids.append(m.group(1).decode())
+        return ids[:budget]
+
+    def expired(self, sessions: Iterable[Session], retention_days: Optional[float],
+                now_ms: Optional[int] = None) -> list[str]:
+        if not retention_days:
+            return []
+        now_ms = now_ms if now_ms is not None else int(time.time() * 1000)
+        cutoff = now_ms - retention_days * 86_400_000
+        return [s.session_id for s in sessions
+                if (s.last_event_time or s.start_time or now_ms) < cutoff]
+
+    def size_bytes(self) -> int:
+        return sum(self._bytes.values())
+
+
+def _ts(ev: dict) -> int:
+    ts = ev.get("timestamp")
+    return ts if isinstance(ts, int) else 0

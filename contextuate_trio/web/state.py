@@ -1,0 +1,50 @@
+"""What the web layer reads: handed over by the daemon, so the web never imports it.
+
+Routes find it as ``request.app.state.web``; the WebSocket server is given it too.
+"""
+
+from __future__ import annotations
+
+from typing import Callable
+
+import attrs
+import trio
+from starlette.requests import Request
+
+from contextuate_trio.config import Config
+from contextuate_trio.core.access import Guard
+from contextuate_trio.core.usage import PriceTable
+from contextuate_trio.runtime.broker import Broker
+
+
+@attrs.define(eq=False)
+class WebState:
+    broker: Broker
+    config: Config
+    prices: PriceTable
+    started: float  # the daemon's start, epoch seconds (for uptime)
+    accepting: trio.Event  # set once hooks can deliver: /api/health may say ok
+    problems: Callable[[], list[str]]  # why the daemon is degraded (empty: it is not)
+    status: Callable[[], dict]  # the /api/status document
+    metrics: Callable[[], str]  # Prometheus text of every component
+    ws_port: Callable[[], int]  # the WebSocket's bound port (for the page and its CSP)
+    http_urls: list[str] = attrs.Factory(list)  # filled in once hypercorn is bound
+
+    @property
+    def guard(self) -> Guard:
+        s = self.config.server
+        return Guard(s.allowed_hosts, s.token, s.host)
+
+    def dashboard_ports(self) -> set[int]:
+        """The ports the dashboard is served on: the only Origins allowed."""
+        ports = {self.config.server.port}
+        for url in self.http_urls:
+            tail = url.rstrip("/").rsplit(":", 1)[-1]
+            if tail.isdigit():
+                ports.add(int(tail))
+        return ports
+
+
+def state_of(request: Request) -> WebState:
+    state: WebState = request.app.state.web
+    return state

@@ -1,0 +1,572 @@
+"""The WebSocket protocol, sans-IO: what the server says, whatever carries it.
+
+As wsproto is to trio-websocket: this module turns a handshake's query and a client's
+messages into replies and state, and the fan-out's messages into the texts to send; it
+never awaits, sleeps or touches a socket. ``ws_server`` carries it over
+trio-websocket, and ``contextuate-trio tail`` speaks it from the other end.
+
+Messages (JSON text, each with a ``type``; the README has the full list):
+
+- on connect: ``snapshot`` {seq, epoch, sessions, events}, then live ``event`` /
+  ``events`` (a batch; ``seq`` is its last event's) and ``session_update`` /
+  ``session_deleted``.
+- ``?since=N&epoch=E``: instead of the snapshot, ``resume`` {seq, sessions} and every
+  event numbered after N, in order, exactly once; when N is too old (or from another
+  daemon run) ``reset`` and a fresh ``snapshot``.
+"""
+
+from __future__ import annotations
+
+import base64
+import collections
+import json
+import logging
+from typing import Any, Callable, Iterable, Optional, Protocol
+from urllib.parse import parse_qs, urlsplit
+
+import attrs
+
+from contextuate_trio.core.actions import ActionError
+from contextuate_trio.core.sessions import Session
+from contextuate_trio.core.usage import PriceTable
+
+log = logging.getLogger("contextuate.ws")
+
+SUBPROTOCOL = "contextuate"
+TOKEN_PROTOCOL_PREFIX = "contextuate.bearer."  # + base64url(token), no padding
+
+# Close codes (4000-4999 are the application's own).
+CLOSE_TOO_SLOW = 4008  # fell too far behind, or stopped reading: resume with ?since
+CLOSE_KEEPALIVE = 4009  # no pong in time
+CLOSE_SHUTDOWN = 1001  # the daemon is stopping
+
+MAX_CLIENT_MESSAGE = 64 * 1024  # bytes a client may send in one message
+BATCH_MAX = 500  # events in one ``events`` message
+LIVE_EVENT_MAX = 128 * 1024  # larger events are sent trimmed (``truncated: true``)
+TRIM_STRING = 4096  # ... their strings cut to this many characters
+TRIM_ITEMS = 200  # ... their lists to this many items
+HISTORY_MAX = 5000  # most events one history request or snapshot returns
+SESSIONS_FROM_DISK = 200  # newest sessions read for recent events older than the replay
+
+
+# --- the token, as a subprotocol (browsers cannot set Authorization on a WebSocket) ----
+def b64url_token(token: str) -> str:
+    return base64.urlsafe_b64encode(token.encode()).decode().rstrip("=")
+
+
+def token_from_protocols(protocols: Iterable[str]) -> Optional[str]:
+    for p in protocols:
+        if p.startswith(TOKEN_PROTOCOL_PREFIX):
+            raw = p[len(TOKEN_PROTOCOL_PREFIX):]
+            try:
+                return base64.urlsafe_b64decode(raw + "=" * (-len(raw) % 4)).decode()
+            except (ValueError, UnicodeDecodeError):
+                return None
+    return None
+
+
+# --- event texts -----------------------------------------------------------------------
+def _trim(value: Any, limit: int = TRIM_STRING) -> Any:
+    if isinstance(value, str):
+        return value if len(value) <= limit else value[:limit] + f"… [{len(value) - limit} more characters]"
+    if isinstance(value, dict):
+        return {k: _trim(v, limit) for k, v in value.items()}
+    if isinstance(value, list):
+        out = [_trim(v, limit) for v in value[:TRIM_ITEMS]]
+        if len(value) > TRIM_ITEMS:
+            out.append(f"… [{len(value) - TRIM_ITEMS} more items]")
+        return out
+    return value
+
+
+def _compact(obj: Any) -> str:
+    return json.dumps(obj, ensure_ascii=False, separators=(",", ":"))
+
+
+def event_json(msg: dict) -> str:
+    """A fan-out event message's event as JSON text, cached on the (shared) message;
+    an oversized event is trimmed (the client asks ``get_event_detail`` for all of it)."""
+    text = msg.get("_json")
+    if text is None:
+        line: bytes = msg["line"]
+        if len(line) > LIVE_EVENT_MAX:
+            d = json.loads(line)
+            d["data"] = _trim(d.get("data"))
+            d["truncated"] = True
+            text = _compact(d)
+        else:
+            text = line.decode("utf-8", "surrogateescape").rstrip("\n")
+        msg["_json"] = text
+    return text
+
+
+def dict_json(d: dict) -> str:
+    """An event dict (from the store) as JSON text, trimmed when oversized."""
+    text = _compact(d)
+    if len(text) > LIVE_EVENT_MAX:
+        text = _compact(dict(d, data=_trim(d.get("data")), truncated=True))
+    return text
+
+
+def batch_text(msgs: list[dict]) -> str:
+    if len(msgs) == 1:
+        m = msgs[0]
+        return '{"type":"event","seq":%d,"event":%s}' % (m["seq"], event_json(m))
+    return '{"type":"events","seq":%d,"events":[%s]}' % (
+        msgs[-1]["seq"], ",".join(event_json(m) for m in msgs))
+
+
+class Raw(dict):
+    """A reply whose ``events`` are already JSON texts (no decode/encode round trip)."""
+
+    def __init__(self, kind: str, fields: dict, texts: list[str]) -> None:
+        super().__init__(type=kind, **fields)
+        self.texts = texts
+
+
+class Encoder:
+    """Messages to text; sessions rendered with the daemon's prices."""
+
+    def __init__(self, prices: PriceTable) -> None:
+        self.prices = prices
+
+    def _default(self, o: Any) -> Any:
+        if isinstance(o, Session):
+            return o.public(self.prices)
+        if isinstance(o, Filter):
+            return o.public()
+        if isinstance(o, (set, frozenset)):
+            return sorted(o)
+        raise TypeError(f"not JSON serialisable: {type(o).__name__}")
+
+    def dumps(self, obj: dict) -> str:
+        text = json.dumps(obj, ensure_ascii=False, separators=(",", ":"), default=self._default)
+        if isinstance(obj, Raw):
+            return text[:-1] + ',"events":[' + ",".join(obj.texts) + "]}"
+        return text
+
+
+# --- what a client asks for --------------------------------------------------------------
+class BadRequest(ValueError):
+    pass
+
+
+def str_list(value: Any, name: str) -> Optional[frozenset]:
+    """None or [] -> None (no filter); a list of strings -> a set; else BadRequest."""
+    if value is None:
+        return None
+    if isinstance(value, str):
+        value = [v for v in value.split(",") if v]
+    if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
+        raise BadRequest(f"{name} must be a list of strings")
+    if len(value) > 10_000:
+        raise BadRequest(f"{name}: too many values")
+    return frozenset(value) or None
+
+
+class Filter:
+    """What one client wants: None for a dimension means everything."""
+
+    __slots__ = ("sessions", "machines", "types", "tools")
+
+    def __init__(self, sessions: Optional[frozenset] = None, machines: Optional[frozenset] = None,
+                 types: Optional[frozenset] = None, tools: Optional[frozenset] = None) -> None:
+        self.sessions = sessions
+        self.machines = machines
+        self.types = types
+        self.tools = tools
+
+    @property
+    def everything(self) -> bool:
+        return not (self.sessions or self.machines or self.types or self.tools)
+
+    def _session_ok(self, sid: Optional[str], parent: Optional[str]) -> bool:
+        # A session's sub-agents come with it.
+        return self.sessions is None or sid in self.sessions or (parent is not None and parent in self.sessions)
+
+    def event_ok(self, ev: Any) -> bool:
+        if self.everything:
+            return True
+        return (self._session_ok(ev.session_id, ev.parent_session_id)
+                and (self.machines is None or ev.machine_id in self.machines)
+                and (self.types is None or ev.event_type in self.types)
+                and (self.tools is None or ev.tool_name in self.tools))
+
+    def dict_ok(self, d: dict) -> bool:
+        if self.everything:
+            return True
+        return (self._session_ok(d.get("sessionId"), d.get("parentSessionId"))
+                and (self.machines is None or d.get("machineId") in self.machines)
+                and (self.types is None or d.get("eventType") in self.types)
+                and (self.tools is None or d.get("toolName") in self.tools))
+
+    def session_ok(self, s: Session) -> bool:
+        return (self._session_ok(s.session_id, s.parent_session_id)
+                and (self.machines is None or s.machine_id in self.machines))
+
+    def public(self) -> dict:
+        def out(v: Optional[frozenset]) -> Optional[list]:
+            return sorted(v) if v else None
+        return {"sessions": out(self.sessions), "machines": out(self.machines),
+                "eventTypes": out(self.types), "tools": out(self.tools)}
+
+
+@attrs.define
+class Handshake:
+    """What a connecting client asked for in its URL."""
+
+    filter: Filter
+    since: Optional[int]
+    epoch: Optional[str]
+    limit: int
+
+
+def _q(query: dict, name: str) -> Optional[str]:
+    v = query.get(name)
+    return v[-1] if v else None
+
+
+def parse_handshake(path: str, default_limit: int) -> Handshake:
+    """``/?sessions=&machines=&types=&tools=&since=&epoch=&limit=``; BadRequest or
+    ValueError for a query that cannot be used."""
+    query = parse_qs(urlsplit(path).query)
+    flt = Filter(
+        sessions=str_list(_q(query, "sessions"), "sessions"),
+        machines=str_list(_q(query, "machines"), "machines"),
+        types=str_list(_q(query, "types") or _q(query, "eventTypes"), "types"),
+        tools=str_list(_q(query, "tools"), "tools"),
+    )
+    since = _q(query, "since")
+    limit = _q(query, "limit")
+    return Handshake(
+        filter=flt,
+        since=int(since) if since not in (None, "") else None,
+        epoch=_q(query, "epoch"),
+        limit=min(max(int(limit), 0), HISTORY_MAX) if limit not in (None, "") else default_limit,
+    )
+
+
+# --- what the protocol needs of the daemon -------------------------------------------------
+class Backend(Protocol):
+    """The daemon's side, as the protocol sees it (the server adapts the broker)."""
+
+    @property
+    def seq(self) -> int: ...
+    @property
+    def replay(self) -> collections.deque: ...
+    @property
+    def sessions(self) -> dict[str, Session]: ...
+    @property
+    def has_store(self) -> bool: ...
+    def stored_events(self, session_id: str, limit: int, before: Optional[int] = None,
+                      after: Optional[int] = None) -> list[dict]: ...
+    def session_action(self, action: str, session_id: str, value: Any) -> None: ...
+
+
+def replay_after(replay: collections.deque, seq: int, since: int) -> Optional[list[dict]]:
+    """Every event message after ``since``, or None when they are not all held."""
+    if since < 0 or since > seq:
+        return None
+    if since == seq:
+        return []
+    if not replay or replay[0]["seq"] > since + 1:
+        return None
+    # The deque holds consecutive seqs: index arithmetic instead of a scan.
+    start = since + 1 - replay[0]["seq"]
+    return [replay[i] for i in range(start, len(replay))]
+
+
+class WsProtocol:
+    """One daemon run's side of the protocol: its epoch, the history before it, and
+    the replies to every client's requests. Plain code over a ``Backend``."""
+
+    def __init__(self, backend: Backend, encoder: Encoder, epoch: str, mode: str,
+                 now_ms: Callable[[], int], history: Optional[list[dict]] = None) -> None:
+        self.backend = backend
+        self.encoder = encoder
+        self.epoch = epoch
+        self.mode = mode
+        self.now_ms = now_ms
+        self.history = history or []  # events stored before this run (snapshot filler)
+        self.counters: collections.Counter = collections.Counter()
+
+    # --- the first messages (the server takes them in the same step as it subscribes) ---
+    def first_messages(self, hs: Handshake) -> list[str]:
+        """The snapshot, or the resume and every event after ``since``, or a reset and
+        a snapshot. Exactly-once resume rests on the caller subscribing in the same
+        synchronous step as this is built: every later event is in its queue, every
+        earlier one in these messages."""
+        seq = self.backend.seq
+        if hs.since is None:
+            return [self.snapshot_text(hs.filter, seq, hs.limit)]
+        replay = None if hs.epoch not in (None, self.epoch) else replay_after(self.backend.replay, seq, hs.since)
+        if replay is not None:
+            self.counters["resumes"] += 1
+            out = [self.encoder.dumps({"type": "resume", "seq": seq, "since": hs.since, "epoch": self.epoch,
+                                       "sessions": self.sessions(hs.filter)})]
+            msgs = [m for m in replay if hs.filter.event_ok(m["event"])]
+            out += [batch_text(msgs[i:i + BATCH_MAX]) for i in range(0, len(msgs), BATCH_MAX)]
+            return out
+        self.counters["resets"] += 1
+        reason = "too old" if hs.epoch in (None, self.epoch) else "daemon restarted"
+        reset = self.encoder.dumps({"type": "reset", "seq": seq, "epoch": self.epoch, "reason": reason})
+        return [reset, self.snapshot_text(hs.filter, seq, hs.limit)]
+
+    def sessions(self, flt: Filter) -> list[dict]:
+        prices = self.encoder.prices
+        return [s.public(prices) for s in self.backend.sessions.values() if flt.session_ok(s)]
+
+    def snapshot_text(self, flt: Filter, seq: int, limit: int) -> str:
+        head = self.encoder.dumps({"type": "snapshot", "seq": seq, "epoch": self.epoch, "mode": self.mode,
+                                   "filter": flt.public(), "sessions": self.sessions(flt)})
+        return head[:-1] + ',"events":[' + ",".join(self.recent_event_texts(flt, limit)) + "]}"
+
+    def recent_event_texts(self, flt: Filter, limit: int) -> list[str]:
+        """The newest ``limit`` events (oldest first): the replay's, then older ones."""
+        out: list[str] = []
+        if limit <= 0:
+            return out
+        known = self.backend.sessions
+        replay = self.backend.replay
+        for m in reversed(replay):
+            if len(out) >= limit:
+                break
+            ev = m["event"]
+            if ev.session_id in known and flt.event_ok(ev):
+                out.append(event_json(m))
+        if len(out) < limit and replay and replay[0]["seq"] > 1:
+            out += self._older_from_disk(flt, limit - len(out))
+        elif len(out) < limit:
+            for d in reversed(self.history):
+                if len(out) >= limit:
+                    break
+                if d.get("sessionId") in known and flt.dict_ok(d):
+                    out.append(dict_json(d))
+        out.reverse()
+        return out
+
+    def _older_from_disk(self, flt: Filter, want: int) -> list[str]:
+        """Events of this run that have left the replay, newest first, from the store."""
+        replay = self.backend.replay
+        seen = {m["event"].id for m in replay}
+        oldest = replay[0]["event"].timestamp
+        older: list[dict] = []
+        newest = sorted(self.backend.sessions.values(), key=lambda s: s.last_event_time or 0, reverse=True)
+        for s in newest[:SESSIONS_FROM_DISK]:
+            if not self.backend.has_store or len(older) >= 4 * want:
+                break
+            if (s.start_time or 0) > oldest:
+                continue
+            for d in self.backend.stored_events(s.session_id, want, before=oldest + 1):
+                if d.get("id") not in seen and flt.dict_ok(d):
+                    older.append(d)
+        older.sort(key=lambda d: d.get("timestamp") or 0)
+        return [dict_json(d) for d in reversed(older[-want:])]
+
+    # --- live messages -------------------------------------------------------------------
+    def render(self, flt: Filter, batch: list[dict]) -> list[str]:
+        """Fan-out messages -> the texts to send: events batched, updates coalesced."""
+        out: list[str] = []
+        pending: list[dict] = []
+        updates: dict[str, dict] = {}
+
+        def flush_events() -> None:
+            out.extend(batch_text(pending[i:i + BATCH_MAX]) for i in range(0, len(pending), BATCH_MAX))
+            pending.clear()
+
+        def flush_updates() -> None:
+            out.extend(self.encoder.dumps(msg) for msg in updates.values())
+            updates.clear()
+
+        for m in batch:
+            t = m["type"]
+            if t == "event":
+                if updates:
+                    flush_updates()
+                if flt.event_ok(m["event"]):
+                    pending.append(m)
+            elif t == "session_update":
+                s = m["session"]
+                if flt.session_ok(s):
+                    flush_events()
+                    updates[s.session_id] = {"type": "session_update", "seq": m["seq"], "session": s}
+            else:
+                flush_events()
+                flush_updates()
+                out.append(self.encoder.dumps({k: v for k, v in m.items() if not k.startswith("_")}))
+        flush_events()
+        flush_updates()
+        return out
+
+    # --- requests --------------------------------------------------------------------------
+    def reply(self, client: "ClientState", raw: Any) -> Optional[str]:
+        """One client message -> the reply's text (None: no reply). Never raises."""
+        req_id = None
+        try:
+            msg = _request(raw)
+            req_id = msg.get("requestId")
+            if req_id is not None and not isinstance(req_id, (str, int)):
+                req_id = None
+            kind = msg.get("type")
+            handler = _HANDLERS.get(kind) if isinstance(kind, str) else None
+            if handler is None:
+                raise BadRequest(f"unknown message type {kind!r}")
+            reply = handler(self, client, msg)
+        except BadRequest as exc:
+            self.counters["bad_messages"] += 1
+            reply = {"type": "error", "message": str(exc)}
+        except Exception as exc:  # a bug must not cost the connection
+            log.exception("WebSocket request failed")
+            reply = {"type": "error", "message": f"internal error: {exc}"}
+        if reply is None:
+            return None
+        if req_id is not None:
+            reply["requestId"] = req_id
+        return self.encoder.dumps(reply)
+
+    def find_event(self, event_id: str, session_id: Any = None, ts: Any = None) -> Optional[dict]:
+        for m in reversed(self.backend.replay):
+            if m["event"].id == event_id:
+                found: dict = json.loads(m["line"])
+                return found
+        for d in self.history:
+            if d.get("id") == event_id:
+                return d
+        if not self.backend.has_store or not isinstance(session_id, str) or session_id not in self.backend.sessions:
+            return None
+        if isinstance(ts, int) and not isinstance(ts, bool):
+            evs = self.backend.stored_events(session_id, 10_000, before=ts + 1, after=ts - 1)
+        else:
+            evs = self.backend.stored_events(session_id, HISTORY_MAX)
+        return next((e for e in evs if e.get("id") == event_id), None)
+
+
+@attrs.define(eq=False)
+class ClientState:
+    """What the protocol keeps per client: its filter and who it is (for logs)."""
+
+    filter: Filter
+    remote: str
+
+
+def _request(raw: Any) -> dict:
+    if isinstance(raw, bytes):
+        raise BadRequest("send JSON text messages, not binary")
+    try:
+        msg = json.loads(raw)
+    except ValueError as exc:
+        raise BadRequest(f"not JSON: {exc}") from None
+    if not isinstance(msg, dict):
+        raise BadRequest("a message must be a JSON object")
+    return msg
+
+
+def _limit(msg: dict, default: int = 100) -> int:
+    limit = msg.get("limit", default)
+    if limit is None:
+        return default
+    if not isinstance(limit, int) or isinstance(limit, bool) or limit < 0:
+        raise BadRequest("limit must be a non-negative integer")
+    return min(limit, HISTORY_MAX)
+
+
+def _time(msg: dict, name: str) -> Optional[int]:
+    v = msg.get(name)
+    if v is None:
+        return None
+    if not isinstance(v, (int, float)) or isinstance(v, bool):
+        raise BadRequest(f"{name} must be a timestamp in ms")
+    return int(v)
+
+
+def _m_ping(p: WsProtocol, client: ClientState, msg: dict) -> dict:
+    return {"type": "pong", "seq": p.backend.seq, "time": p.now_ms()}
+
+
+def _m_filter(p: WsProtocol, client: ClientState, msg: dict) -> dict:
+    client.filter = Filter(
+        sessions=str_list(msg.get("sessions", msg.get("sessionIds")), "sessions"),
+        machines=str_list(msg.get("machines"), "machines"),
+        types=str_list(msg.get("eventTypes", msg.get("types")), "eventTypes"),
+        tools=str_list(msg.get("tools"), "tools"),
+    )
+    return {"type": "filter", "filter": client.filter.public()}
+
+
+def _m_subscribe(p: WsProtocol, client: ClientState, msg: dict) -> dict:
+    ids = str_list(msg.get("sessionIds"), "sessionIds")
+    f = client.filter
+    client.filter = Filter(ids, f.machines, f.types, f.tools)
+    return {"type": "subscribed", "sessionIds": sorted(ids) if ids else None}
+
+
+def _m_unsubscribe(p: WsProtocol, client: ClientState, msg: dict) -> dict:
+    ids = str_list(msg.get("sessionIds"), "sessionIds")
+    f = client.filter
+    if ids is None:  # unsubscribe from everything named: back to all sessions
+        new = None
+    elif f.sessions is None:
+        # Subscribed to all: "all but these" is a filter on the other sessions.
+        new = frozenset(set(p.backend.sessions) - ids) or None
+    else:
+        new = frozenset(f.sessions - ids) or None
+    client.filter = Filter(new, f.machines, f.types, f.tools)
+    return {"type": "unsubscribed", "sessionIds": sorted(new) if new else None}
+
+
+def _m_get_sessions(p: WsProtocol, client: ClientState, msg: dict) -> dict:
+    return {"type": "sessions", "seq": p.backend.seq, "sessions": p.sessions(Filter())}
+
+
+def _m_get_events(p: WsProtocol, client: ClientState, msg: dict) -> dict:
+    sid = msg.get("sessionId")
+    if not isinstance(sid, str) or not sid:
+        raise BadRequest("get_events needs a sessionId")
+    if sid not in p.backend.sessions:
+        raise BadRequest(f"no such session {sid!r}")
+    limit = _limit(msg)
+    before, after = _time(msg, "before"), _time(msg, "after")
+    evs = p.backend.stored_events(sid, limit, before=before, after=after) if p.backend.has_store else []
+    return Raw("history", {"sessionId": sid, "before": before, "after": after,
+                           "hasMore": len(evs) >= limit > 0}, [dict_json(e) for e in evs])
+
+
+def _m_get_all_recent_events(p: WsProtocol, client: ClientState, msg: dict) -> dict:
+    return Raw("recent_events", {"seq": p.backend.seq}, p.recent_event_texts(Filter(), _limit(msg, 100)))
+
+
+def _m_get_event_detail(p: WsProtocol, client: ClientState, msg: dict) -> dict:
+    eid = msg.get("eventId")
+    if not isinstance(eid, str) or not eid:
+        raise BadRequest("get_event_detail needs an eventId")
+    found = p.find_event(eid, msg.get("sessionId"), msg.get("timestamp"))
+    if found is None:
+        raise BadRequest(f"no such event {eid!r}")
+    return {"type": "event_detail", "event": found}
+
+
+def _m_session_action(p: WsProtocol, client: ClientState, msg: dict) -> dict:
+    action = msg.get("action")
+    sid = msg.get("sessionId")
+    if not isinstance(action, str) or not isinstance(sid, str):
+        raise BadRequest("session_action needs an action and a sessionId")
+    try:
+        p.backend.session_action(action, sid, msg.get("value"))
+    except ActionError as exc:
+        raise BadRequest(str(exc) or "action failed") from None
+    log.info("session %s: %s (by %s)", sid, action, client.remote)
+    return {"type": "action_done", "action": action, "sessionId": sid}
+
+
+_HANDLERS: dict[str, Callable[[WsProtocol, ClientState, dict], Optional[dict]]] = {
+    "ping": _m_ping,
+    "filter": _m_filter,
+    "subscribe": _m_subscribe,
+    "unsubscribe": _m_unsubscribe,
+    "get_sessions": _m_get_sessions,
+    "get_events": _m_get_events,
+    "get_all_recent_events": _m_get_all_recent_events,
+    "get_event_detail": _m_get_event_detail,
+    "session_action": _m_session_action,
+}
+MESSAGE_TYPES = tuple(_HANDLERS)

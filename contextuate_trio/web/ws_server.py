@@ -1,0 +1,388 @@
+"""The WebSocket server (trio-websocket on ``server.wsPort``): live fan-out to dashboards.
+
+The protocol is ``ws_protocol``'s; this module carries it: the handshake's checks
+(Host, Origin, token), and per client three tasks in one nursery — a sender draining
+the client's fan-out subscription, a reader answering requests (rate-limited), and a
+keepalive. A client whose socket stops draining, or that does not answer pings, is
+closed with a code and a log line. Nothing here ever blocks the broker.
+"""
+
+from __future__ import annotations
+
+import collections
+import json
+import logging
+import secrets
+import time
+from typing import Any, Optional
+
+import trio
+from trio_websocket import ConnectionClosed, WebSocketConnection, WebSocketRequest, serve_websocket
+
+from contextuate_trio.core.sessions import Session
+from contextuate_trio.runtime.broker import Broker
+from contextuate_trio.runtime.clock import now_ms
+from contextuate_trio.runtime.fanout import Subscription
+from contextuate_trio.runtime.metrics import Metric, render
+from contextuate_trio.web import ws_protocol as proto
+from contextuate_trio.web.state import WebState
+
+log = logging.getLogger("contextuate.ws")
+
+REQUESTS_PER_S = 100  # a client's sustained request rate; beyond it, its reader waits
+REQUESTS_BURST = 200
+SENDER_BATCH = 64  # fan-out messages taken per wake-up
+HISTORY_SESSIONS = 200  # newest sessions whose last events fill the first snapshot
+HISTORY_PER_SESSION = 500
+
+
+class BrokerBackend:
+    """The broker as the protocol's ``Backend``."""
+
+    def __init__(self, broker: Broker) -> None:
+        self.broker = broker
+
+    @property
+    def seq(self) -> int:
+        return self.broker.seq
+
+    @property
+    def replay(self) -> collections.deque:
+        return self.broker.replay
+
+    @property
+    def sessions(self) -> dict[str, Session]:
+        return self.broker.manager.sessions
+
+    @property
+    def has_store(self) -> bool:
+        return self.broker.store is not None
+
+    def stored_events(self, session_id: str, limit: int, before: Optional[int] = None,
+                      after: Optional[int] = None) -> list[dict]:
+        store = self.broker.store
+        return [] if store is None else store.events(session_id, limit, before=before, after=after)
+
+    def session_action(self, action: str, session_id: str, value: Any) -> None:
+        self.broker.session_action(action, session_id, value)
+
+
+class Client:
+    def __init__(self, ws: WebSocketConnection, state: proto.ClientState) -> None:
+        self.ws = ws
+        self.state = state
+        self.remote = state.remote
+        self.sub: Optional[Subscription] = None
+        self.connected = time.time()
+        self.sent = 0
+        self.closing: Optional[tuple[int, str]] = None
+        self.sending = False  # inside send_message: a frame may be half written
+        self.tokens = float(REQUESTS_BURST)  # request budget (see WsServer._throttle)
+        self.tokens_at = trio.current_time()
+
+    def queue_depth(self) -> int:
+        return 0 if self.sub is None else self.sub.queued_events
+
+
+class WsServer:
+    def __init__(self, state: WebState) -> None:
+        self.state = state
+        self.broker = state.broker
+        server = state.config.server
+        self.host = server.host
+        self.port = server.ws_port
+        self.guard = state.guard
+        # Tunables (tests shrink them).
+        # Events a client may lag behind before it is dropped: as many as the broker
+        # keeps for resume, so a dropped client can usually come back with ?since=.
+        self.queue_size = self.broker.replay.maxlen or 20_000
+        self.snapshot_events = 1000
+        self.ping_interval = 20.0
+        self.ping_timeout = 20.0
+        self.send_timeout = 30.0
+        self.max_message = proto.MAX_CLIENT_MESSAGE
+        # A new epoch per daemon run: a ``since`` from another run means nothing here.
+        self.protocol = proto.WsProtocol(BrokerBackend(self.broker), proto.Encoder(state.prices),
+                                         epoch=secrets.token_hex(6), mode=state.config.mode, now_ms=now_ms)
+        self.counters = self.protocol.counters
+        self.clients: set[Client] = set()
+        self.bound_port: Optional[int] = None
+
+    @property
+    def epoch(self) -> str:
+        return self.protocol.epoch
+
+    # --- life cycle -------------------------------------------------------------------
+    def load_history(self, budget: int = proto.HISTORY_MAX) -> None:
+        """The last events stored before this run, newest sessions first (read once)."""
+        store = self.broker.store
+        if store is None:
+            return
+        out: list[dict] = []
+        sessions = sorted(self.broker.manager.sessions.values(),
+                          key=lambda s: s.last_event_time or 0, reverse=True)
+        for s in sessions[:HISTORY_SESSIONS]:
+            if len(out) >= budget:
+                break
+            try:
+                out.extend(store.events(s.session_id, min(budget - len(out), HISTORY_PER_SESSION)))
+            except Exception as exc:  # a damaged session must not stop the server
+                log.warning("history of %s unreadable: %s", s.session_id, exc)
+        out.sort(key=lambda e: e.get("timestamp") or 0)
+        self.protocol.history = out[-budget:]
+
+    async def serve(self, *, task_status: Any = trio.TASK_STATUS_IGNORED) -> None:
+        self.load_history()
+        async with trio.open_nursery() as nursery:
+            server = await nursery.start(
+                lambda task_status: serve_websocket(
+                    self._handle, self.host, self.port, None,
+                    message_queue_size=16, max_message_size=self.max_message,
+                    connect_timeout=10, disconnect_timeout=2, task_status=task_status))
+            self.bound_port = server.port if len(server.listeners) == 1 else self.port
+            host = f"[{self.host}]" if ":" in self.host else self.host
+            task_status.started(f"ws://{host}:{self.bound_port}/")
+            await trio.sleep_forever()
+
+    # --- handshake --------------------------------------------------------------------
+    async def _handle(self, request: WebSocketRequest) -> None:
+        """One connection. Whatever happens to it stays with it: trio-websocket hands
+        a handler's exception to the server's nursery, which would end the daemon."""
+        try:
+            await self._handle_one(request)
+        except* (ConnectionClosed, OSError, trio.BrokenResourceError, trio.ClosedResourceError):
+            self.counters["aborted"] += 1  # the peer went away mid-handshake or mid-message
+        except* Exception:
+            log.exception("WebSocket connection failed")
+            self.counters["errors"] += 1
+
+    def _refusal(self, request: WebSocketRequest) -> Optional[tuple[int, str]]:
+        headers = {k.decode("latin-1").lower(): v.decode("latin-1") for k, v in request.headers}
+        # wsproto takes Host out of the header list; it is on the handshake event.
+        host = getattr(getattr(request, "_event", None), "host", None) or headers.get("host")
+        origin = headers.get("origin")
+        if not self.guard.host_ok(host):
+            return 403, f"host {host!r} not allowed"
+        if not self.guard.origin_ok(origin, self.state.dashboard_ports()):
+            return 403, f"origin {origin!r} not allowed"
+        if self.guard.token is not None:
+            auth = headers.get("authorization")
+            if auth is None:
+                tok = proto.token_from_protocols(request.proposed_subprotocols)
+                auth = f"Bearer {tok}" if tok is not None else None
+            if not self.guard.token_ok(auth):
+                return 401, "missing or wrong token"
+        return None
+
+    async def _handle_one(self, request: WebSocketRequest) -> None:
+        r = request.remote
+        remote = f"{r.address}:{r.port}" if hasattr(r, "port") else str(r)
+        refusal = self._refusal(request)
+        if refusal is not None:
+            return await self._refuse(request, *refusal, remote)
+        try:
+            hs = proto.parse_handshake(request.path, self.snapshot_events)
+        except ValueError as exc:  # BadRequest too
+            return await self._refuse(request, 400, f"bad query: {exc}", remote)
+        subprotocol = proto.SUBPROTOCOL if proto.SUBPROTOCOL in request.proposed_subprotocols else None
+        ws = await request.accept(subprotocol=subprotocol)
+        client = Client(ws, proto.ClientState(hs.filter, remote))
+        self.counters["connections"] += 1
+        try:
+            await self._run_client(client, hs)
+        finally:
+            self.clients.discard(client)
+            if client.sub is not None:
+                client.sub.close()
+
+    async def _refuse(self, request: WebSocketRequest, status: int, why: str, remote: str) -> None:
+        self.counters[f"refused_{status}"] += 1
+        log.warning("refused a WebSocket from %s: %s", remote, why)
+        body = json.dumps({"error": why}).encode()
+        with trio.move_on_after(2):
+            await request.reject(status, extra_headers=[(b"Content-Type", b"application/json")], body=body)
+
+    # --- one client -------------------------------------------------------------------
+    async def _run_client(self, client: Client, hs: proto.Handshake) -> None:
+        # The one synchronous step (no await in between): subscribe, and take the
+        # snapshot or the replay position.
+        client.sub = self.broker.subscribe(self.queue_size, f"WebSocket client {client.remote}", batched=True)
+        first = self.protocol.first_messages(hs)
+        self.clients.add(client)
+        log.info("WebSocket client %s connected (%s)", client.remote,
+                 "snapshot" if hs.since is None else f"resume since {hs.since}")
+        try:
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(self._sender, client, first, nursery.cancel_scope)
+                nursery.start_soon(self._reader, client, nursery.cancel_scope)
+                nursery.start_soon(self._keepalive, client, nursery.cancel_scope)
+        except* ConnectionClosed:
+            pass
+        await self._close(client)
+        log.info("WebSocket client %s disconnected (%s, %d messages sent)", client.remote,
+                 client.closing[1] if client.closing else _reason(client.ws), client.sent)
+
+    async def _close(self, client: Client) -> None:
+        if client.closing is None:
+            return
+        code, why = client.closing
+        if client.sending:
+            # Cancelled inside a frame: a close frame now would follow half a
+            # message. Cut the TCP connection instead (the client sees 1006).
+            stream = getattr(client.ws, "_stream", None)
+            if stream is not None:
+                await trio.aclose_forcefully(stream)
+        else:
+            with trio.move_on_after(1):
+                await client.ws.aclose(code, why)
+
+    async def _send(self, client: Client, text: str, scope: trio.CancelScope) -> None:
+        client.sending = True
+        with trio.move_on_after(self.send_timeout) as timer:
+            await client.ws.send_message(text)
+            client.sending = False
+        if timer.cancelled_caught:
+            self._drop(client, f"not reading (one message took over {self.send_timeout:g} s)", scope)
+            return
+        client.sent += 1
+        self.counters["messages_sent"] += 1
+
+    def _drop(self, client: Client, why: str, scope: trio.CancelScope) -> None:
+        if client.closing is None:
+            self.counters["dropped"] += 1
+            log.warning("dropping WebSocket client %s: %s (close code %d; it may resume)",
+                        client.remote, why, proto.CLOSE_TOO_SLOW)
+            client.closing = (proto.CLOSE_TOO_SLOW, "too slow: reconnect with ?since=<last seq>")
+        scope.cancel()
+
+    def _fell_behind(self, client: Client, scope: trio.CancelScope) -> None:
+        self._drop(client, f"fell {self.queue_size} events behind", scope)
+
+    async def _sender(self, client: Client, first: list[str], scope: trio.CancelScope) -> None:
+        for text in first:
+            await self._send(client, text, scope)
+        sub = client.sub
+        assert sub is not None
+        while True:
+            try:
+                batch = [await sub.receive.receive()]
+            except (trio.EndOfChannel, trio.ClosedResourceError):
+                if sub.too_slow:
+                    self._fell_behind(client, scope)
+                else:
+                    client.closing = client.closing or (proto.CLOSE_SHUTDOWN, "server closing")
+                    scope.cancel()
+                return
+            if sub.too_slow:
+                self._fell_behind(client, scope)
+                return
+            while len(batch) < SENDER_BATCH:
+                try:
+                    batch.append(sub.receive.receive_nowait())
+                except (trio.WouldBlock, trio.EndOfChannel, trio.ClosedResourceError):
+                    break
+            for text in self.protocol.render(client.state.filter, _expand(sub, batch)):
+                await self._send(client, text, scope)
+
+    async def _reader(self, client: Client, scope: trio.CancelScope) -> None:
+        while True:
+            try:
+                raw = await client.ws.get_message()
+            except ConnectionClosed:
+                scope.cancel()
+                return
+            self.counters["messages_received"] += 1
+            await self._throttle(client)
+            reply = self.protocol.reply(client.state, raw)
+            if reply is not None:
+                await self._send(client, reply, scope)
+
+    async def _throttle(self, client: Client) -> None:
+        """A token bucket per client (REQUESTS_PER_S, bursts of REQUESTS_BURST): a client
+        that floods us with requests waits for its own replies; nobody else does."""
+        now = trio.current_time()
+        client.tokens = min(REQUESTS_BURST, client.tokens + (now - client.tokens_at) * REQUESTS_PER_S)
+        client.tokens_at = now
+        if client.tokens < 1:
+            self.counters["throttled"] += 1
+            await trio.sleep((1 - client.tokens) / REQUESTS_PER_S)
+            client.tokens, client.tokens_at = 1.0, trio.current_time()
+        client.tokens -= 1
+
+    async def _keepalive(self, client: Client, scope: trio.CancelScope) -> None:
+        while True:
+            # Between pings, watch for the broker dropping this client: its sender
+            # may be stuck writing to a socket nobody reads, so it cannot notice.
+            with trio.move_on_after(self.ping_interval):
+                if client.sub is not None:
+                    await client.sub.closed.wait()
+                    if client.sub.too_slow:
+                        self._fell_behind(client, scope)
+                    return  # closed for another reason: the sender ends the connection
+                await trio.sleep_forever()
+            with trio.move_on_after(self.ping_timeout) as timer:
+                await client.ws.ping()
+            if timer.cancelled_caught:
+                self.counters["keepalive_timeouts"] += 1
+                log.warning("closing WebSocket client %s: no pong within %g s", client.remote, self.ping_timeout)
+                client.closing = (proto.CLOSE_KEEPALIVE, "no pong")
+                scope.cancel()
+                return
+
+    # --- metrics ----------------------------------------------------------------------
+    def metrics(self) -> list[Metric]:
+        depths = [c.queue_depth() for c in self.clients]
+        c = self.counters
+        return [
+            Metric("contextuate_ws_clients", "Connected WebSocket clients.", "gauge", len(self.clients)),
+            Metric("contextuate_ws_queue_depth_max", "Deepest WebSocket client queue (messages).", "gauge",
+                   max(depths, default=0)),
+            Metric("contextuate_ws_queue_depth_total", "Messages queued for all WebSocket clients.", "gauge",
+                   sum(depths)),
+            Metric("contextuate_ws_queue_capacity", "Queue size per WebSocket client.", "gauge", self.queue_size),
+            Metric("contextuate_ws_replay_events", "Events held for WebSocket resume.", "gauge",
+                   len(self.broker.replay)),
+            Metric("contextuate_ws_seq", "Last event sequence number.", "gauge", self.broker.seq),
+            Metric("contextuate_ws_connections_total", "WebSocket connections accepted.", "counter",
+                   c["connections"]),
+            Metric("contextuate_ws_dropped_clients_total", "WebSocket clients dropped as too slow.", "counter",
+                   c["dropped"]),
+            Metric("contextuate_ws_keepalive_timeouts_total", "WebSocket clients closed for not answering pings.",
+                   "counter", c["keepalive_timeouts"]),
+            Metric("contextuate_ws_resumes_total", "Successful resumes (?since).", "counter", c["resumes"]),
+            Metric("contextuate_ws_resets_total", "Resumes refused as too old (reset + snapshot).", "counter",
+                   c["resets"]),
+            Metric("contextuate_ws_messages_sent_total", "WebSocket messages sent.", "counter", c["messages_sent"]),
+            Metric("contextuate_ws_bad_messages_total", "Client messages answered with an error.", "counter",
+                   c["bad_messages"]),
+            Metric("contextuate_ws_throttled_total", "Client requests held back by the per-client rate limit.",
+                   "counter", c["throttled"]),
+            Metric("contextuate_ws_refused_total", "WebSocket handshakes refused, by HTTP status.", "counter",
+                   [({"status": str(s)}, c[f"refused_{s}"]) for s in (400, 401, 403)]),
+        ]
+
+    def metrics_text(self) -> str:
+        return render(self.metrics())
+
+
+def _expand(sub: Subscription, batch: list[dict]) -> list[dict]:
+    """The fan-out's batch messages as the per-event and per-session messages the
+    protocol renders (the subscription is batched: one message per pipeline batch,
+    however many events it holds)."""
+    out: list[dict] = []
+    for m in batch:
+        sub.taken(m)
+        if m["type"] != "batch":
+            out.append(m)
+            continue
+        out.extend(m["events"])
+        seq = m["seq"]
+        out.extend({"type": "session_update", "seq": seq, "session": s} for s in m["sessions"])
+    return out
+
+
+def _reason(ws: WebSocketConnection) -> str:
+    r = ws.closed
+    if r is None:
+        return "closed"
+    return f"code {r.code}" + (f" {r.reason}" if r.reason else "")
