@@ -19,7 +19,7 @@ import sys
 import tempfile
 import time
 import uuid
-from typing import Iterator, Optional
+from collections.abc import Iterator
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 REPO = os.path.dirname(HERE)
@@ -93,7 +93,7 @@ def summary(values) -> dict:
             "max": max(values) if values else None}
 
 
-def verdict(value: Optional[float], target: float, higher_is_better: bool = False) -> str:
+def verdict(value: float | None, target: float, higher_is_better: bool = False) -> str:
     if value is None:
         return "n/a"
     ok = value >= target if higher_is_better else value <= target
@@ -117,7 +117,7 @@ def cpu_seconds(pid: int) -> float:
 
 
 # --- events ---------------------------------------------------------------------------
-def fixture_payloads(hook_name: Optional[str] = None) -> list[dict]:
+def fixture_payloads(hook_name: str | None = None) -> list[dict]:
     """Claude Code payloads (the hook's stdin) from tests/fixtures/*.jsonl."""
     out = []
     for name in sorted(os.listdir(FIXTURES)):
@@ -141,7 +141,7 @@ def pre_tool_use_payload() -> dict:
     return (bash or calls)[0]
 
 
-def complete_event(session_id: str, payload: dict, ts: Optional[int] = None, **extra) -> dict:
+def complete_event(session_id: str, payload: dict, ts: int | None = None, **extra) -> dict:
     """A complete event in the contract's shape, as a non-hook producer sends it."""
     ev = {
         "id": str(uuid.uuid4()),
@@ -168,9 +168,9 @@ class Daemon:
     e.g. to run it under a profiler.
     """
 
-    def __init__(self, home: Optional[str] = None, *, persistence: bool = True,
-                 argv: Optional[list[str]] = None, keep_home: bool = False,
-                 extra_config: Optional[dict] = None) -> None:
+    def __init__(self, home: str | None = None, *, persistence: bool = True,
+                 argv: list[str] | None = None, keep_home: bool = False,
+                 extra_config: dict | None = None) -> None:
         self._own_home = home is None
         self.home = home or tempfile.mkdtemp(prefix="ctx-bench-")
         self.keep_home = keep_home
@@ -184,9 +184,9 @@ class Daemon:
         with open(os.path.join(self.home, "monitor.config.json"), "w") as f:
             json.dump(cfg, f)
         self.argv = argv or [daemon_python(), "-m", "contextuate_trio", "start", "--foreground"]
-        self.proc: Optional[subprocess.Popen] = None
+        self.proc: subprocess.Popen | None = None
         self.log_path = os.path.join(self.home, "bench-daemon.log")
-        self.start_to_healthy: Optional[float] = None
+        self.start_to_healthy: float | None = None
 
     @property
     def socket_path(self) -> str:
@@ -213,7 +213,7 @@ class Daemon:
         env["PYTHONPATH"] = REPO + os.pathsep + env.get("PYTHONPATH", "")
         return env
 
-    def start(self, timeout: float = 60.0) -> "Daemon":
+    def start(self, timeout: float = 60.0) -> Daemon:
         log = open(self.log_path, "ab")
         t0 = time.perf_counter()
         self.proc = subprocess.Popen(self.argv, env=self.env(), cwd=REPO, stdin=subprocess.DEVNULL,
@@ -277,7 +277,7 @@ class Daemon:
         except OSError:
             return "(no log)"
 
-    def stop(self, timeout: float = 20.0) -> Optional[int]:
+    def stop(self, timeout: float = 20.0) -> int | None:
         if self.proc is None:
             return None
         p, self.proc = self.proc, None
@@ -295,7 +295,7 @@ class Daemon:
         if self._own_home and not self.keep_home:
             shutil.rmtree(self.home, ignore_errors=True)
 
-    def __enter__(self) -> "Daemon":
+    def __enter__(self) -> Daemon:
         try:
             return self.start()
         except BaseException:
@@ -349,7 +349,7 @@ def format_table(rows: list[dict]) -> str:
     return "\n".join(out)
 
 
-def ms(x: Optional[float], digits: int = 1) -> str:
+def ms(x: float | None, digits: int = 1) -> str:
     return "n/a" if x is None else f"{x * 1000:.{digits}f} ms"
 
 
@@ -371,7 +371,7 @@ def standalone(run) -> None:
 
 
 @contextlib.contextmanager
-def redis_server() -> Iterator[Optional[int]]:
+def redis_server() -> Iterator[int | None]:
     """A throw-away redis-server on a free loopback port (its port), or None when
     redis-server is not installed. Killed on exit."""
     exe = shutil.which("redis-server")

@@ -19,7 +19,7 @@ import os
 import random
 import sys
 import time
-from typing import Callable, Iterator, Optional
+from collections.abc import Callable, Iterator
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import _common as C  # noqa: E402
@@ -50,7 +50,7 @@ def daemon_down() -> Iterator[dict]:
 SECRET_PAYLOAD = None  # set in run(): the PreToolUse payload with a key in its command
 
 
-def _redis_home(home: str, redis_cfg: dict, timeout_ms: Optional[int] = None) -> dict:
+def _redis_home(home: str, redis_cfg: dict, timeout_ms: int | None = None) -> dict:
     env = dict(C.Daemon(home).env())  # (writes a local-mode config: replaced below)
     cfg: dict = {"mode": "redis", "redis": redis_cfg}
     if timeout_ms:
@@ -67,7 +67,7 @@ def _stream_len(port: int) -> int:
 
 
 @contextlib.contextmanager
-def redis_up() -> Iterator[Optional[dict]]:
+def redis_up() -> Iterator[dict | None]:
     with C.redis_server() as port, C.temp_dir() as home:
         if port is None:
             yield None
@@ -77,7 +77,7 @@ def redis_up() -> Iterator[Optional[dict]]:
 
 
 @contextlib.contextmanager
-def redis_up_secret() -> Iterator[Optional[dict]]:
+def redis_up_secret() -> Iterator[dict | None]:
     with C.redis_server() as port, C.temp_dir() as home:
         if port is None:
             yield None
@@ -88,13 +88,13 @@ def redis_up_secret() -> Iterator[Optional[dict]]:
 
 
 @contextlib.contextmanager
-def redis_down() -> Iterator[Optional[dict]]:
+def redis_down() -> Iterator[dict | None]:
     with C.temp_dir() as home:
         yield {"env": _redis_home(home, {"host": "127.0.0.1", "port": C.free_port()}), "home": home}
 
 
 @contextlib.contextmanager
-def redis_hung() -> Iterator[Optional[dict]]:
+def redis_hung() -> Iterator[dict | None]:
     import socket
 
     srv = socket.socket()
@@ -109,7 +109,7 @@ def redis_hung() -> Iterator[Optional[dict]]:
 
 
 # (label, setup, target ratio of medians or None)
-CASES: list[tuple[str, Callable, Optional[float]]] = [
+CASES: list[tuple[str, Callable, float | None]] = [
     ("daemon up", daemon_up, 1.5),
     ("daemon down (spool)", daemon_down, 1.6),
     ("Redis up", redis_up, 1.5),
@@ -173,7 +173,7 @@ def import_audit(python: str, stdin: bytes, env: dict) -> dict:
             "hook_extra_import_us": sum(extra.values())}
 
 
-def run(rounds: Optional[int] = None) -> dict:
+def run(rounds: int | None = None) -> dict:
     rounds = rounds or C.knob("hook_rounds", 120, 400)
     warmup = 10
     python = C.real_python()

@@ -21,7 +21,6 @@ import os
 import random
 import sys
 import time
-from typing import Optional
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import _common as C  # noqa: E402
@@ -30,7 +29,7 @@ from bench_hook import spawn_timed  # noqa: E402
 NAME = "http_hook"
 
 
-def run(rounds: Optional[int] = None) -> dict:
+def run(rounds: int | None = None) -> dict:
     rounds = rounds or C.knob("http_hook_rounds", 60, 300)
     python = C.real_python()
     payload = C.pre_tool_use_payload()

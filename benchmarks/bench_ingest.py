@@ -24,7 +24,6 @@ import select
 import subprocess
 import sys
 import time
-from typing import Optional
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import _common as C  # noqa: E402
@@ -79,7 +78,7 @@ def start_producers(d: C.Daemon, n: int, producers: int, procs: list, *, start_i
     return t0
 
 
-def one_run(n: int, producers: int, k: int, profile_out: Optional[str] = None, rate: float = 0.0) -> dict:
+def one_run(n: int, producers: int, k: int, profile_out: str | None = None, rate: float = 0.0) -> dict:
     n -= n % producers
     argv = None
     if profile_out:

@@ -10,7 +10,7 @@ from __future__ import annotations
 import json
 import os
 import re
-from typing import Any, Literal, Optional
+from typing import Any, Literal
 
 import attrs
 import cattrs
@@ -40,7 +40,7 @@ class ServerConfig:
     host: str = "127.0.0.1"
     port: int = attrs.field(default=3847, validator=_port)
     ws_port: int = attrs.field(default=3848, validator=_port)
-    token: Optional[str] = None
+    token: str | None = None
     allowed_hosts: list[str] = attrs.Factory(list)
 
 
@@ -53,15 +53,15 @@ class HookConfig:
 class RedisConfig:
     host: str = "localhost"
     port: int = attrs.field(default=6379, validator=_port)
-    password: Optional[str] = None
-    username: Optional[str] = None
+    password: str | None = None
+    username: str | None = None
     db: int = 0
     channel: str = "contextuate:events"
     tls: bool = False
-    tls_ca_file: Optional[str] = None
-    tls_cert_file: Optional[str] = None
-    tls_key_file: Optional[str] = None
-    url: Optional[str] = None
+    tls_ca_file: str | None = None
+    tls_cert_file: str | None = None
+    tls_key_file: str | None = None
+    url: str | None = None
     stream: str = "contextuate:events:stream"
     stream_max_len: int = attrs.field(default=1_000_000, validator=_positive)
 
@@ -70,8 +70,8 @@ class RedisConfig:
 class PersistenceConfig:
     enabled: bool = True
     type: Literal["file"] = "file"
-    dir: Optional[str] = None
-    retention_days: Optional[float] = attrs.field(default=30, validator=_positive)
+    dir: str | None = None
+    retention_days: float | None = attrs.field(default=30, validator=_positive)
 
 
 @attrs.define
@@ -99,7 +99,7 @@ class PricingConfig:
 @attrs.define
 class Config:
     mode: Literal["local", "redis"] = "local"
-    socket_path: Optional[str] = None
+    socket_path: str | None = None
     server: ServerConfig = attrs.Factory(ServerConfig)
     hook: HookConfig = attrs.Factory(HookConfig)
     redis: RedisConfig = attrs.Factory(RedisConfig)
@@ -174,7 +174,7 @@ def _describe(exc: Exception, file: str) -> str:
     return "\n".join(lines) if lines else f"{file}: {exc}"
 
 
-def load(env: Optional[dict] = None) -> tuple[Config, list[str]]:
+def load(env: dict | None = None) -> tuple[Config, list[str]]:
     """The config for this environment, and warnings worth logging."""
     env = dict(os.environ if env is None else env)
     home = os.path.abspath(os.path.expanduser(hook_paths.home_dir(env)))
@@ -313,7 +313,7 @@ def public_dict(cfg: Config) -> dict:
     return data
 
 
-def load_or_report(warn: bool = True) -> Optional[Config]:
+def load_or_report(warn: bool = True) -> Config | None:
     """For commands: the config, or None after saying on stderr why it cannot be used
     (the command then exits 2). Warnings (unknown keys…) are printed too."""
     import sys

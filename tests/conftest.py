@@ -100,7 +100,7 @@ class DaemonProc:
     def socket_path(self) -> str:
         return os.path.join(self.home, "monitor.sock")
 
-    def start(self, wait: bool = True) -> "DaemonProc":
+    def start(self, wait: bool = True) -> DaemonProc:
         log = open(self.log_path, "ab")
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "contextuate_trio", "start", "--foreground"],
@@ -237,7 +237,7 @@ class LiveDaemon:
     def http_url(self) -> str:
         return f"http://127.0.0.1:{self.port}"
 
-    async def start(self, nursery) -> "LiveDaemon":
+    async def start(self, nursery) -> LiveDaemon:
         import trio
 
         self.done = trio.Event()

@@ -12,7 +12,6 @@ import tempfile
 import time
 
 import pytest
-
 from conftest import free_port
 
 REDIS_SERVER = shutil.which("redis-server")
@@ -40,7 +39,7 @@ class RedisServer:
             base += ["--port", str(self.port)]
         return base + self.extra
 
-    def start(self) -> "RedisServer":
+    def start(self) -> RedisServer:
         self.proc = subprocess.Popen(self.args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         deadline = time.monotonic() + 10
         while time.monotonic() < deadline:

@@ -10,9 +10,10 @@ import sys
 import time
 
 from conftest import ROOT, clean_env, run_hook, wait_for
+from redis_server import make_tls_files, needs_redis, redis_server  # noqa: F401 (fixture)
+
 from contextuate_trio.cli import hooks as cs
 from contextuate_trio.cli.doctor import skew_findings
-from redis_server import make_tls_files, needs_redis, redis_server  # noqa: F401 (fixture)
 
 
 def doctor(env, cwd=None) -> tuple[int, dict]:

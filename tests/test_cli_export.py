@@ -9,6 +9,7 @@ import sys
 import tempfile
 
 from conftest import ROOT, DaemonProc, clean_env, run_hook, wait_for
+
 from contextuate_trio.cli.export import order, select
 
 KEYS = ("sessionId", "machineId", "parentSessionId", "childSessionIds", "agentType", "description",

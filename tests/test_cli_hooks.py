@@ -11,8 +11,8 @@ import subprocess
 import sys
 
 import pytest
-
 from conftest import ROOT, clean_env, wait_for
+
 from contextuate_trio.cli import hooks as cs
 
 CMD = "/usr/bin/python3 -I -S /opt/x/contextuate_trio/hook_emit.py"

@@ -11,6 +11,7 @@ import urllib.error
 import urllib.request
 
 from conftest import ROOT, clean_env, wait_for
+
 from contextuate_trio.cli import hooks as cs
 
 

@@ -14,8 +14,8 @@ import tempfile
 import time
 
 import pytest
-
 from conftest import ROOT, clean_env, free_port
+
 from contextuate_trio.cli import hooks as cs
 
 

@@ -3,17 +3,16 @@
 from __future__ import annotations
 
 import io
-import os
 import queue
 import subprocess
 import sys
 import threading
 import time
 
-import pytest
-
 from conftest import ROOT, clean_env, run_hook
+
 from contextuate_trio.cli.tail import Printer
+
 
 class Tail:
     def __init__(self, home, *args):

@@ -5,12 +5,12 @@ from __future__ import annotations
 import json
 
 import pytest
+from helpers import MINT, fixed_mint
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from contextuate_trio.core import events
 from contextuate_trio.core.events import EventError, from_object, from_payload
-from helpers import MINT, fixed_mint
 
 HOOKS = {
     "SessionStart": "session_start", "SessionEnd": "session_end",

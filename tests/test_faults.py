@@ -13,7 +13,6 @@ from pathlib import Path
 
 import pytest
 import trio
-
 from conftest import clean_env, run_hook, wait_for
 
 CORPUS = sorted((Path(__file__).parent / "fuzz_corpus").glob("*.bin"))

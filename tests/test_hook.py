@@ -11,7 +11,6 @@ import threading
 import time
 
 import pytest
-
 from conftest import HOOK, HOOK_PYTHON, clean_env, run_hook
 
 PAYLOAD = {"session_id": "s1", "hook_event_name": "PreToolUse", "tool_name": "Read",

@@ -14,7 +14,6 @@ import threading
 import time
 
 import pytest
-
 from conftest import (
     FIXTURE_NAMES,
     DaemonProc,

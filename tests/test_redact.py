@@ -6,10 +6,10 @@ import json
 import os
 
 import pytest
+from conftest import run_hook
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from conftest import run_hook, wait_for
 from contextuate_trio.core.redact import Redactor
 
 SECRETS = {
@@ -89,9 +89,9 @@ def test_daemon_stores_masked_events(daemon, home):
 
 
 def test_redis_mode_hook_masks_before_sending(redis_server):
-    from redis_server import RedisServer  # noqa: F401
-
     import tempfile
+
+    from redis_server import RedisServer  # noqa: F401
 
     r = redis_server()
     home = tempfile.mkdtemp(prefix="ct-m-")

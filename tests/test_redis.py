@@ -9,8 +9,7 @@ import time
 import uuid
 
 import pytest
-
-from conftest import DaemonProc, load_expect, load_fixture, run_hook, wait_for
+from conftest import DaemonProc, load_fixture, run_hook, wait_for
 from redis_server import make_tls_files, needs_redis, redis_server  # noqa: F401 (fixture)
 
 pytestmark = needs_redis

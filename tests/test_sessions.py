@@ -5,8 +5,8 @@ from __future__ import annotations
 import itertools
 
 import pytest
-
 from conftest import FIXTURE_NAMES, load_expect, load_fixture
+
 from contextuate_trio.core.events import from_payload
 from contextuate_trio.core.sessions import SessionManager
 

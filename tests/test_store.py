@@ -6,13 +6,13 @@ import json
 import os
 
 import trio
+from helpers import MINT
 
 from contextuate_trio.core import events
-from contextuate_trio.runtime.broker import Broker
 from contextuate_trio.core.events import Event
 from contextuate_trio.core.sessions import SessionManager
+from contextuate_trio.runtime.broker import Broker
 from contextuate_trio.runtime.store import BLOCK, FileStore, session_key
-from helpers import MINT
 
 
 def ev(i, sid="s1", ts=None):

@@ -7,11 +7,11 @@ import json
 import os
 
 import pytest
+from helpers import PRICES
 
 from contextuate_trio.core import events, usage
 from contextuate_trio.core.sessions import SessionManager
 from contextuate_trio.sources import transcripts
-from helpers import PRICES
 
 SONNET = "claude-sonnet-4-5-20250929"
 HAIKU = "claude-haiku-4-5-20251001"
@@ -236,7 +236,7 @@ def test_timestamps_and_days_without_datetime():
     for text in ("2025-10-01T12:34:56.789Z", "2024-02-29T00:00:00Z", "1999-12-31T23:59:59.5+02:00"):
         want = datetime.datetime.fromisoformat(text.replace("Z", "+00:00"))
         assert usage.iso_ms(text) == int(want.timestamp() * 1000)
-        assert usage.day_of(usage.iso_ms(text)) == want.astimezone(datetime.timezone.utc).strftime("%Y-%m-%d")
+        assert usage.day_of(usage.iso_ms(text)) == want.astimezone(datetime.UTC).strftime("%Y-%m-%d")
     assert usage.iso_ms("garbage") == 0 and usage.iso_ms(None) == 0
 
 

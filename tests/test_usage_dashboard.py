@@ -7,7 +7,6 @@ import os
 import time
 
 import pytest
-
 from conftest import run_hook, wait_for
 from test_usage import TURN, dump
 from test_usage_e2e import SID, SUB_LINES, payload, write

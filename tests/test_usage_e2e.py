@@ -12,7 +12,6 @@ import tempfile
 import urllib.request
 
 import pytest
-
 from conftest import clean_env, run_hook, wait_for
 from redis_server import needs_redis, redis_server  # noqa: F401 (fixture)
 from test_usage import HAIKU, SONNET, TURN, TURN_COST, assistant, dump

@@ -5,12 +5,12 @@ from __future__ import annotations
 import json
 
 import pytest
+from helpers import MINT
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from contextuate_trio.core import wire
 from contextuate_trio.core.events import EventError
-from helpers import MINT
 
 
 def split_all(chunks, max_line=1000):

@@ -6,7 +6,6 @@ import json
 import time
 
 import httpx
-
 from test_ws import ev
 
 NOW = int(time.time() * 1000) - 60_000

@@ -20,10 +20,9 @@ import sys
 import time
 import uuid
 from importlib import resources
-from typing import Optional
 
-from contextuate_trio.cli import hooks as cs
 from contextuate_trio import config as config_mod
+from contextuate_trio.cli import hooks as cs
 from contextuate_trio.core import events
 
 DATA = "multi_agent_two_machines.jsonl"
@@ -47,7 +46,7 @@ def substitute(row: dict, ids: dict[str, str]) -> dict:
     return json.loads(text)
 
 
-def run_hook(stdin: dict, machine: str, parent: Optional[str], env: dict, python: str, script: str) -> int:
+def run_hook(stdin: dict, machine: str, parent: str | None, env: dict, python: str, script: str) -> int:
     henv = {k: v for k, v in env.items() if k not in ("CONTEXTUATE_PARENT_SESSION", "CONTEXTUATE_MACHINE_ID")}
     henv["CONTEXTUATE_MACHINE_ID"] = machine
     if parent:
@@ -57,7 +56,7 @@ def run_hook(stdin: dict, machine: str, parent: Optional[str], env: dict, python
     return p.returncode
 
 
-def replay(speed: float = 1.0, env: Optional[dict] = None, out=sys.stdout) -> dict:
+def replay(speed: float = 1.0, env: dict | None = None, out=sys.stdout) -> dict:
     """Run the demo; returns the ids used ({"parent", "child", "agents", "machines"})."""
     env = dict(os.environ if env is None else env)
     about, rows = load()

@@ -18,13 +18,12 @@ import sys
 import time
 import urllib.error
 import urllib.request
-from typing import Any, Optional
 
 import attrs
 
+from contextuate_trio import config as config_mod
 from contextuate_trio.cli import hooks as cs
 from contextuate_trio.cli.client import api_get
-from contextuate_trio import config as config_mod
 from contextuate_trio.hook import paths as hook_paths
 from contextuate_trio.hook import spool as hook_spool
 
@@ -39,16 +38,16 @@ class Check:
     name: str
     status: str
     detail: str
-    fix: Optional[str] = None
+    fix: str | None = None
 
 
 class Doctor:
-    def __init__(self, env: Optional[dict] = None, cwd: Optional[str] = None) -> None:
+    def __init__(self, env: dict | None = None, cwd: str | None = None) -> None:
         self.env = dict(os.environ if env is None else env)
         self.cwd = cwd or os.getcwd()
-        self.cfg: Optional[config_mod.Config] = None
-        self.daemon_status: Optional[dict] = None
-        self.daemon_config: Optional[dict] = None
+        self.cfg: config_mod.Config | None = None
+        self.daemon_status: dict | None = None
+        self.daemon_config: dict | None = None
         self.checks: list[Check] = []
 
     def add(self, *args, **kw) -> Check:
@@ -214,7 +213,6 @@ class Doctor:
         import ssl
 
         import redis as redis_py
-
         from redis.backoff import NoBackoff
         from redis.retry import Retry
 
@@ -322,7 +320,7 @@ class Doctor:
             if i["transport"] == "http":
                 self._check_http_hook(i)
 
-    def _run_hook_command(self, command: str) -> Optional[str]:
+    def _run_hook_command(self, command: str) -> str | None:
         """Run the wired command as Claude Code would, with empty stdin (sends nothing)."""
         env = {k: v for k, v in self.env.items() if not k.startswith("CONTEXTUATE_")}
         env["CONTEXTUATE_DEBUG"] = "1"

@@ -19,7 +19,7 @@ import json
 import os
 import sys
 import urllib.parse
-from typing import Iterable, Optional
+from collections.abc import Iterable
 
 import trio
 
@@ -212,7 +212,7 @@ async def _import(socket_path: str, items: list[dict], timeout: float) -> dict:
 
             sending_done = trio.Event()
             nursery.start_soon(reader)
-            barrier: Optional[bytes] = None
+            barrier: bytes | None = None
             for ev in items:
                 line, acks = to_line(ev)
                 if acks:
@@ -282,8 +282,8 @@ def cmd_import(args) -> int:
     try:
         before = api_get(cfg, "/api/status")
     except Exception:
-        print(f"contextuate-trio import: the daemon is not running (import goes through it, so it "
-              f"stays the one writer): contextuate-trio start", file=sys.stderr)
+        print("contextuate-trio import: the daemon is not running (import goes through it, so it "
+              "stays the one writer): contextuate-trio start", file=sys.stderr)
         return 1
     try:
         result = import_events(cfg.socket_path, items)

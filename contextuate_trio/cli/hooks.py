@@ -28,7 +28,7 @@ import re
 import shlex
 import subprocess
 import sys
-from typing import Any, Optional
+from typing import Any
 
 from contextuate_trio.hook.paths import write_atomic
 
@@ -40,7 +40,7 @@ PREV_SUFFIX = ".contextuate.prev"  # just before the last change
 
 # Every Claude Code hook we map to an event type (README, "Events"), with the Claude
 # Code version that introduced it (None: older than hooks we care about).
-EVENTS: dict[str, Optional[tuple]] = {
+EVENTS: dict[str, tuple | None] = {
     "SessionStart": None,
     "SessionEnd": None,
     "UserPromptSubmit": None,
@@ -121,7 +121,7 @@ def command_handler(command: str, async_: bool = False) -> dict:
     return h
 
 
-def http_handler(url: str, machine: str, token: Optional[str], token_inline: bool) -> dict:
+def http_handler(url: str, machine: str, token: str | None, token_inline: bool) -> dict:
     headers = {MACHINE_HEADER: machine, PARENT_HEADER: "$CONTEXTUATE_PARENT_SESSION"}
     allowed = ["CONTEXTUATE_PARENT_SESSION"]
     if token:
@@ -134,8 +134,8 @@ def http_handler(url: str, machine: str, token: Optional[str], token_inline: boo
             "timeout": HOOK_TIMEOUT_S}
 
 
-def plan(events: list[str], command: str, *, transport: str = "command", url: Optional[str] = None,
-         machine: str = "", token: Optional[str] = None, token_inline: bool = True,
+def plan(events: list[str], command: str, *, transport: str = "command", url: str | None = None,
+         machine: str = "", token: str | None = None, token_inline: bool = True,
          async_: bool = False) -> dict[str, dict]:
     """Event -> the matcher group we want in the settings for it."""
     out = {}
@@ -152,12 +152,12 @@ def plan(events: list[str], command: str, *, transport: str = "command", url: Op
     return out
 
 
-def parse_version(text: str) -> Optional[tuple]:
+def parse_version(text: str) -> tuple | None:
     m = re.search(r"(\d+)\.(\d+)\.(\d+)", text or "")
     return tuple(int(x) for x in m.groups()) if m else None
 
 
-def claude_version(timeout: float = 5.0) -> Optional[tuple]:
+def claude_version(timeout: float = 5.0) -> tuple | None:
     """The installed Claude Code's version (``claude --version``), or None."""
     try:
         out = subprocess.run(["claude", "--version"], capture_output=True, text=True, timeout=timeout)
@@ -166,7 +166,7 @@ def claude_version(timeout: float = 5.0) -> Optional[tuple]:
     return parse_version(out.stdout) if out.returncode == 0 else None
 
 
-def events_for(version: Optional[tuple]) -> tuple[list[str], list[str]]:
+def events_for(version: tuple | None) -> tuple[list[str], list[str]]:
     """(events to register, events left out because that Claude Code predates them).
     Unknown version: all of them (a current Claude Code knows every one)."""
     keep, skip = [], []
@@ -311,7 +311,7 @@ def command_parts(command: str) -> tuple[dict, list[str]]:
 
 
 # --- files ------------------------------------------------------------------------------
-def settings_path(scope: str, env: Optional[dict] = None, cwd: Optional[str] = None) -> str:
+def settings_path(scope: str, env: dict | None = None, cwd: str | None = None) -> str:
     env = dict(os.environ if env is None else env)
     cwd = cwd or os.getcwd()
     if scope == "global":
@@ -324,7 +324,7 @@ def settings_path(scope: str, env: Optional[dict] = None, cwd: Optional[str] = N
     raise ValueError(scope)
 
 
-def read_settings(path: str) -> tuple[dict, Optional[bytes]]:
+def read_settings(path: str) -> tuple[dict, bytes | None]:
     """(settings, the file's bytes or None when it does not exist). Refuses a broken file."""
     try:
         with open(path, "rb") as f:
@@ -354,7 +354,7 @@ def _atomic_write(path: str, data: bytes, mode: int) -> None:
     write_atomic(path, data, mode, durable=True)
 
 
-def write_settings(path: str, data: bytes, previous: Optional[bytes]) -> Optional[str]:
+def write_settings(path: str, data: bytes, previous: bytes | None) -> str | None:
     """Write ``data`` atomically (a symlink keeps pointing at its target) and keep what
     was there: ``<file>.contextuate.prev`` is always the file just before this change;
     ``<file>.contextuate.bak`` is the file before contextuate-trio was first wired into
@@ -379,7 +379,7 @@ def write_settings(path: str, data: bytes, previous: Optional[bytes]) -> Optiona
     return prev
 
 
-def read_backup(path: str) -> tuple[Optional[dict], Optional[bytes]]:
+def read_backup(path: str) -> tuple[dict | None, bytes | None]:
     target = os.path.realpath(path) + BACKUP_SUFFIX
     try:
         with open(target, "rb") as f:
@@ -436,7 +436,7 @@ def _daemon_url(cfg) -> str:
     return api_base(cfg) + HTTP_PATH
 
 
-def wired_elsewhere(scope: str, env: Optional[dict] = None, cwd: Optional[str] = None) -> list[str]:
+def wired_elsewhere(scope: str, env: dict | None = None, cwd: str | None = None) -> list[str]:
     """Other settings files that also wire our hook (each event would be sent twice)."""
     out = []
     here = os.path.realpath(settings_path(scope, env, cwd))
@@ -568,7 +568,7 @@ def cmd_uninstall(args) -> int:
     return code
 
 
-def status(env: Optional[dict] = None, cwd: Optional[str] = None) -> list[dict]:
+def status(env: dict | None = None, cwd: str | None = None) -> list[dict]:
     """Per settings file: what of ours is wired, and what is wrong with it."""
     from contextuate_trio.hook import paths as hook_paths
 

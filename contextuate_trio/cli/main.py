@@ -13,9 +13,9 @@ import sys
 import time
 import urllib.error
 import urllib.request
-from typing import Optional
 
-from contextuate_trio import __version__, config as config_mod
+from contextuate_trio import __version__
+from contextuate_trio import config as config_mod
 from contextuate_trio.cli.client import api_get
 from contextuate_trio.hook import paths as hook_paths
 from contextuate_trio.hook import spool as hook_spool
@@ -28,7 +28,7 @@ def _load_config() -> config_mod.Config:
     return cfg
 
 
-def _config_or_none() -> Optional[config_mod.Config]:
+def _config_or_none() -> config_mod.Config | None:
     """The config, or None after printing why it cannot be used (exit code 2)."""
     return config_mod.load_or_report()
 
@@ -238,7 +238,7 @@ def _add_integration_commands(sub) -> None:
     usage.add_parser(sub)
 
 
-def main(argv: Optional[list[str]] = None) -> int:
+def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         return args.func(args)

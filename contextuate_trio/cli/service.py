@@ -13,14 +13,13 @@ import os
 import shutil
 import subprocess
 import sys
-from typing import Optional
 
 from contextuate_trio.hook.paths import write_atomic
 
 UNIT = "contextuate-trio.service"
 
 
-def unit_dir(env: Optional[dict] = None) -> str:
+def unit_dir(env: dict | None = None) -> str:
     env = dict(os.environ if env is None else env)
     base = env.get("XDG_CONFIG_HOME") or os.path.join(env.get("HOME") or os.path.expanduser("~"), ".config")
     return os.path.join(base, "systemd", "user")
@@ -33,7 +32,7 @@ def _q(arg: str) -> str:
     return '"' + arg.replace("\\", "\\\\").replace('"', '\\"') + '"'
 
 
-def unit_text(python: str, env: Optional[dict] = None) -> str:
+def unit_text(python: str, env: dict | None = None) -> str:
     env = dict(os.environ if env is None else env)
     lines = [
         "# Written by `contextuate-trio service install`; remove with `contextuate-trio service uninstall`.",

@@ -15,7 +15,7 @@ import os
 import sys
 import time
 import urllib.parse
-from typing import Optional, TextIO
+from typing import TextIO
 
 import trio
 from trio_websocket import ConnectionClosed, HandshakeError, open_websocket_url
@@ -41,7 +41,7 @@ COLORS = {
 MACHINE_COLORS = ("36", "33", "32", "35", "34", "91", "96")
 
 
-def _c(code: Optional[str], text: str, color: bool) -> str:
+def _c(code: str | None, text: str, color: bool) -> str:
     return f"\x1b[{code}m{text}\x1b[0m" if color and code else text
 
 
@@ -51,7 +51,7 @@ def _one_line(text: str, width: int) -> str:
 
 
 class Printer:
-    def __init__(self, out: TextIO, color: bool, as_json: bool = False, width: Optional[int] = None) -> None:
+    def __init__(self, out: TextIO, color: bool, as_json: bool = False, width: int | None = None) -> None:
         self.out = out
         self.color = color
         self.as_json = as_json
@@ -111,7 +111,7 @@ class Printer:
 
 
 def ws_url(cfg: config_mod.Config, sessions=(), machines=(), types=(), since=None, epoch=None,
-           limit: Optional[int] = None) -> str:
+           limit: int | None = None) -> str:
     host = cfg.server.host
     if host in ("0.0.0.0", "::", ""):
         host = "127.0.0.1"
@@ -153,8 +153,8 @@ def resolve_sessions(cfg: config_mod.Config, wanted: list[str]) -> list[str]:
 async def run(cfg: config_mod.Config, printer: Printer, *, sessions=(), machines=(), types=(),
               history: int = 20, reconnect: bool = True) -> int:
     headers = [(b"Authorization", f"Bearer {cfg.server.token}".encode())] if cfg.server.token else []
-    since: Optional[int] = None
-    epoch: Optional[str] = None
+    since: int | None = None
+    epoch: str | None = None
     announced = False
     resync = False
     delay = 0.5

@@ -6,7 +6,7 @@ Shared by the HTTP app and the WebSocket server so both answer the same way.
 from __future__ import annotations
 
 import hmac
-from typing import Iterable, Optional
+from collections.abc import Iterable
 
 LOOPBACK_NAMES = ("127.0.0.1", "localhost", "::1")
 
@@ -22,7 +22,7 @@ def host_name(host_header: str) -> str:
 
 
 class Guard:
-    def __init__(self, allowed_hosts: Iterable[str] = (), token: Optional[str] = None,
+    def __init__(self, allowed_hosts: Iterable[str] = (), token: str | None = None,
                  bind_host: str = "127.0.0.1") -> None:
         names = {h.lower() for h in LOOPBACK_NAMES}
         names.update(h.lower() for h in allowed_hosts)
@@ -31,11 +31,11 @@ class Guard:
         self.hosts = names
         self.token = token or None
 
-    def host_ok(self, host_header: Optional[str]) -> bool:
+    def host_ok(self, host_header: str | None) -> bool:
         # HTTP/1.1 requires Host; a request without one is not from a browser page.
         return host_header is None or host_name(host_header) in self.hosts
 
-    def origin_ok(self, origin: Optional[str], dashboard_ports: Iterable[int]) -> bool:
+    def origin_ok(self, origin: str | None, dashboard_ports: Iterable[int]) -> bool:
         """No Origin (a non-browser client) or the dashboard's own origin."""
         if origin is None:
             return True
@@ -49,7 +49,7 @@ class Guard:
                 return name in self.hosts and port in set(dashboard_ports)
         return False
 
-    def token_ok(self, authorization: Optional[str]) -> bool:
+    def token_ok(self, authorization: str | None) -> bool:
         if self.token is None:
             return True
         if not authorization or not authorization.startswith("Bearer "):

@@ -8,7 +8,7 @@ session was not found, so the HTTP layer answers 404 without reading a message.
 
 from __future__ import annotations
 
-from typing import Any, Optional
+from typing import Any
 
 from contextuate_trio.core.sessions import Session, SessionManager
 
@@ -20,7 +20,7 @@ class ActionError(ValueError):
     """An action that cannot be done; the message says why."""
 
 
-def set_parent(manager: SessionManager, child_id: str, parent_id: Optional[str]) -> list[Session]:
+def set_parent(manager: SessionManager, child_id: str, parent_id: str | None) -> list[Session]:
     """Move ``child_id`` under ``parent_id`` (None: make it a root); the choice sticks
     (automatic linking no longer moves it). Returns the sessions that changed."""
     child = manager.get(child_id)

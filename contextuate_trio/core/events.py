@@ -10,7 +10,8 @@ from __future__ import annotations
 
 import json
 import math
-from typing import Any, Callable, Optional
+from collections.abc import Callable
+from typing import Any
 
 import attrs
 import cattrs
@@ -44,7 +45,7 @@ UNKNOWN_SESSION = "unknown"
 AGENT_TOOLS = ("Agent", "Task")  # the sub-agent tool; "Task" in older Claude Code
 
 
-def event_type_for(hook_name: Optional[str]) -> str:
+def event_type_for(hook_name: str | None) -> str:
     if not hook_name:
         return "unknown"
     return EVENT_TYPES.get(hook_name) or snake(hook_name)
@@ -57,17 +58,17 @@ class Event:
     session_id: str
     machine_id: str
     event_type: str
-    hook_type: Optional[str] = None
-    working_directory: Optional[str] = None
-    parent_session_id: Optional[str] = None
-    tool_name: Optional[str] = None
-    tool_use_id: Optional[str] = None
-    duration_ms: Optional[float] = None
-    agent_id: Optional[str] = None
-    agent_type: Optional[str] = None
-    notification_type: Optional[str] = None
-    summary: Optional[str] = None
-    source: Optional[str] = None
+    hook_type: str | None = None
+    working_directory: str | None = None
+    parent_session_id: str | None = None
+    tool_name: str | None = None
+    tool_use_id: str | None = None
+    duration_ms: float | None = None
+    agent_id: str | None = None
+    agent_type: str | None = None
+    notification_type: str | None = None
+    summary: str | None = None
+    source: str | None = None
     data: dict = attrs.Factory(dict)
     # Fields of a producer's event that we do not model, given back as they came.
     extra: dict = attrs.Factory(dict)
@@ -147,15 +148,15 @@ class EventError(ValueError):
     """A line or object that cannot become an event; the message says why."""
 
 
-def _str_or_none(v: Any) -> Optional[str]:
+def _str_or_none(v: Any) -> str | None:
     return v if isinstance(v, str) and v else None
 
 
-def _num_or_none(v: Any) -> Optional[float]:
+def _num_or_none(v: Any) -> float | None:
     return v if isinstance(v, (int, float)) and not isinstance(v, bool) else None
 
 
-def _short(text: Any, n: int = 160) -> Optional[str]:
+def _short(text: Any, n: int = 160) -> str | None:
     if not isinstance(text, str):
         return None
     text = " ".join(text.split())
@@ -165,7 +166,7 @@ def _short(text: Any, n: int = 160) -> Optional[str]:
 _INPUT_KEYS = ("command", "file_path", "pattern", "url", "query", "description", "path", "prompt")
 
 
-def summarize(event_type: str, p: dict) -> Optional[str]:
+def summarize(event_type: str, p: dict) -> str | None:
     """One line a person reads in a list: what happened, with its main argument."""
     tool = p.get("tool_name")
     if tool:
@@ -187,8 +188,8 @@ def from_payload(
     event_id: str,
     timestamp: int,
     machine_id: str,
-    parent_session_id: Optional[str] = None,
-    source: Optional[str] = None,
+    parent_session_id: str | None = None,
+    source: str | None = None,
 ) -> Event:
     """Normalise one Claude Code hook payload (the hook's stdin) into an event."""
     if not isinstance(payload, dict):
@@ -226,7 +227,7 @@ def from_payload(
     )
 
 
-def from_envelope(env: dict, source: Optional[str] = None) -> Event:
+def from_envelope(env: dict, source: str | None = None) -> Event:
     """The hook's wire object (``{"kind": "hook", "id", ..., "payload"}``)."""
     event_id = env.get("id")
     ts = env.get("timestamp")
@@ -253,7 +254,7 @@ class Mint:
     now_ms: Callable[[], int]
 
 
-def from_object(obj: Any, source: Optional[str] = None, *, mint: Mint) -> Event:
+def from_object(obj: Any, source: str | None = None, *, mint: Mint) -> Event:
     """Any JSON object a producer may send: a hook envelope, a complete event in the
     contract's shape, or a bare Claude Code payload."""
     if not isinstance(obj, dict):
@@ -273,7 +274,7 @@ def from_object(obj: Any, source: Optional[str] = None, *, mint: Mint) -> Event:
     raise EventError("not an event: no eventType/sessionId and no hook_event_name")
 
 
-def _from_complete(obj: dict, source: Optional[str], mint: Mint) -> Event:
+def _from_complete(obj: dict, source: str | None, mint: Mint) -> Event:
     fields: dict = {}
     extra: dict = {}
     for key, value in obj.items():

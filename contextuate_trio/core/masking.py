@@ -8,7 +8,8 @@ summary, a sub-agent's description), so nothing downstream holds the secret.
 from __future__ import annotations
 
 import json
-from typing import Iterable, NamedTuple
+from collections.abc import Iterable
+from typing import NamedTuple
 
 from contextuate_trio.core import events
 from contextuate_trio.core.events import Event

@@ -123,7 +123,7 @@ class Redactor:
         return out
 
 
-def mask_values(redactor: "Redactor", value):
+def mask_values(redactor: Redactor, value):
     """Mask string by string (for text where masking the JSON as a whole went wrong:
     a custom pattern that crossed a string's end)."""
     if isinstance(value, str):

@@ -18,7 +18,6 @@ How a sub-agent's events are recognised, newest Claude Code first:
 from __future__ import annotations
 
 import logging
-from typing import Optional
 
 import attrs
 
@@ -66,40 +65,40 @@ def child_id(root_id: str, kind: str, ident: str) -> str:
 class Session:
     session_id: str
     machine_id: str = "unknown"
-    working_directory: Optional[str] = None
-    start_time: Optional[int] = None
-    end_time: Optional[int] = None
+    working_directory: str | None = None
+    start_time: int | None = None
+    end_time: int | None = None
     status: str = ACTIVE
-    parent_session_id: Optional[str] = None
+    parent_session_id: str | None = None
     child_session_ids: list = attrs.Factory(list)
-    agent_type: Optional[str] = None
-    agent_id: Optional[str] = None
-    spawn_tool_use_id: Optional[str] = None
-    description: Optional[str] = None
-    model: Optional[str] = None
+    agent_type: str | None = None
+    agent_id: str | None = None
+    spawn_tool_use_id: str | None = None
+    description: str | None = None
+    model: str | None = None
     event_count: int = 0
     tool_count: int = 0
     error_count: int = 0
-    last_event_time: Optional[int] = None
-    last_event_type: Optional[str] = None
-    last_summary: Optional[str] = None
+    last_event_time: int | None = None
+    last_event_type: str | None = None
+    last_summary: str | None = None
     # Linking state, persisted so a restart does not forget an open spawn.
     pending_spawns: list = attrs.Factory(list)  # Agent/Task calls awaiting their child
     legacy_open: list = attrs.Factory(list)  # tool_use_ids of open Task windows (old CC)
     modern: bool = False  # this session has sent agent_id: no Task-window guessing
     # Set by people from the dashboard (session actions), persisted like the rest.
-    name: Optional[str] = None  # a display name
+    name: str | None = None  # a display name
     pinned: bool = False
     hidden: bool = False
     parent_set_by_user: bool = False  # the parent was set or removed by hand: keep it
     # Tokens and cost (``usage.empty()`` shape), from its transcript; None until known.
-    usage: Optional[dict] = None
+    usage: dict | None = None
 
     def to_dict(self) -> dict:
         return {camel(a.name): getattr(self, a.name) for a in attrs.fields(Session)}
 
     @classmethod
-    def from_dict(cls, data: dict) -> "Session":
+    def from_dict(cls, data: dict) -> Session:
         known = {camel(a.name): a.name for a in attrs.fields(Session)}
         return cls(**{known[k]: v for k, v in data.items() if k in known})
 
@@ -133,10 +132,10 @@ class SessionManager:
     def restore(self, session: Session) -> None:
         self.sessions[session.session_id] = session
 
-    def get(self, session_id: str) -> Optional[Session]:
+    def get(self, session_id: str) -> Session | None:
         return self.sessions.get(session_id)
 
-    def remove(self, session_id: str) -> Optional[Session]:
+    def remove(self, session_id: str) -> Session | None:
         """Forget a session (retention, delete); unlink it from its relatives."""
         s = self.sessions.pop(session_id, None)
         if s is None:
@@ -189,7 +188,7 @@ class SessionManager:
     def would_cycle(self, child_id: str, parent_id: str) -> bool:
         """Is ``parent_id`` the child itself or one of its descendants?"""
         seen: set = set()
-        node_id: Optional[str] = parent_id
+        node_id: str | None = parent_id
         while node_id is not None and node_id not in seen:
             if node_id == child_id:
                 return True
@@ -363,7 +362,7 @@ class SessionManager:
             ev.parent_session_id = root.parent_session_id
         return Outcome(ev, [root] + [s for sid, s in changed.items() if sid != root.session_id], links)
 
-    def usage_total(self, s: Session) -> Optional[dict]:
+    def usage_total(self, s: Session) -> dict | None:
         """The session's usage with every sub-agent's under it (any depth)."""
         seen, stack, parts = set(), [s], []
         while stack:

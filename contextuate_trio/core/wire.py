@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import json
 import math
-from typing import Optional
 
 from contextuate_trio.core.events import Event, EventError, Mint, from_object
 
@@ -104,7 +103,7 @@ def loads(data):
         raise EventError("JSON nested too deeply") from None
 
 
-def to_event(obj, source: Optional[str] = None, *, mint: Mint) -> Event:
+def to_event(obj, source: str | None = None, *, mint: Mint) -> Event:
     """``events.from_object``, with any failure on a producer's odd values reported as
     an ``EventError`` (a bad line is counted and skipped; it never stops a source)."""
     try:
@@ -115,7 +114,7 @@ def to_event(obj, source: Optional[str] = None, *, mint: Mint) -> Event:
         raise EventError(f"not an event: {type(exc).__name__}: {exc}") from None
 
 
-def parse_line(line: bytes, source: Optional[str] = None, *, mint: Mint) -> tuple[Event, bool]:
+def parse_line(line: bytes, source: str | None = None, *, mint: Mint) -> tuple[Event, bool]:
     """One line -> (event, whether the producer asked for an acknowledgement)."""
     obj = loads(line)
     event = to_event(obj, source, mint=mint)
@@ -126,5 +125,5 @@ def ack(event_id: str) -> bytes:
     return b'{"ack":' + json.dumps(event_id).encode() + b"}\n"
 
 
-def nack(event_id: Optional[str], error: str) -> bytes:
+def nack(event_id: str | None, error: str) -> bytes:
     return (json.dumps({"nack": event_id, "error": error}) + "\n").encode()

@@ -12,12 +12,10 @@ import logging
 import os
 import signal
 import time
-from typing import Optional
 
 import trio
 from hypercorn.config import Config as HyperConfig
 from hypercorn.trio import serve as hypercorn_serve
-
 from starlette.routing import Route
 
 from contextuate_trio import __version__
@@ -66,16 +64,16 @@ class Daemon:
         if config.mode == "local":
             where = config.persistence.dir if config.persistence.enabled else config.home
             self.transcripts = transcripts.TranscriptReader(self.broker, where)
-        self._sources_scope: Optional[trio.CancelScope] = None
+        self._sources_scope: trio.CancelScope | None = None
         self._stop_requested = False
         self.accepting = trio.Event()  # the socket is bound: /api/health may say ok
-        self._lock_fd: Optional[int] = None
+        self._lock_fd: int | None = None
         self.web = WebState(
             broker=self.broker, config=config, prices=self.prices, started=self.started,
             accepting=self.accepting, problems=self.problems, status=self.status,
             metrics=self.metrics_text, ws_port=self._ws_port)
         self.ws = WsServer(self.web)
-        self.ws_url: Optional[str] = None
+        self.ws_url: str | None = None
 
     # --- paths --------------------------------------------------------------------
     @property
@@ -207,7 +205,7 @@ class Daemon:
         return report.metrics_text(self)
 
 
-def read_pid(path: str) -> Optional[int]:
+def read_pid(path: str) -> int | None:
     try:
         with open(path) as f:
             return int(f.read().strip())

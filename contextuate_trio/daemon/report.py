@@ -24,7 +24,7 @@ _COUNTERS = (
 )
 
 
-def problems(d: "Daemon") -> list[str]:
+def problems(d: Daemon) -> list[str]:
     out = []
     if d.broker.last_error:
         out.append(f"store: {d.broker.last_error}")
@@ -33,7 +33,7 @@ def problems(d: "Daemon") -> list[str]:
     return out
 
 
-def status(d: "Daemon") -> dict:
+def status(d: Daemon) -> dict:
     b = d.broker
     by_status: dict[str, int] = {}
     for s in b.manager.sessions.values():
@@ -63,7 +63,7 @@ def status(d: "Daemon") -> dict:
     }
 
 
-def daemon_metrics(d: "Daemon") -> list[Metric]:
+def daemon_metrics(d: Daemon) -> list[Metric]:
     b = d.broker
     out = [Metric("contextuate_events_in_total", "Events received, by source.", "counter",
                   [({"source": src}, n) for src, n in sorted(b.by_source.items())])]
@@ -84,7 +84,7 @@ def daemon_metrics(d: "Daemon") -> list[Metric]:
     return out
 
 
-def metrics_text(d: "Daemon") -> str:
+def metrics_text(d: Daemon) -> str:
     sessions = d.broker.manager.sessions.values()
     usage_metrics = [Metric(*m) for m in usage.usage_metrics(((s.machine_id, s.usage) for s in sessions), d.prices)]
     return render([*daemon_metrics(d), *usage_metrics, *d.ws.metrics()])

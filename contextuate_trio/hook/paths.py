@@ -5,9 +5,8 @@ The hook imports only built-in C modules (see ``process``): ``posix`` instead of
 for the home, config, socket and spool paths, so both sides always agree.
 """
 
-import posix
-
 import _json
+import posix
 
 CONFIG_NAME = "monitor.config.json"
 SOCKET_NAME = "monitor.sock"

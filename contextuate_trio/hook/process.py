@@ -9,12 +9,20 @@ with ``python3 -I -S -X importtime`` (CPython 3.11): ``os`` 1.2 ms, ``json`` 8.8
 usual ones. Redis mode and the spool are imported only when they are used.
 """
 
+import _signal
 import posix
 import time
 
-import _signal
-
-from contextuate_trio.hook.paths import config_path, environ, home_dir, load_raw_config, machine_id, new_id, parse_json, socket_path
+from contextuate_trio.hook.paths import (
+    config_path,
+    environ,
+    home_dir,
+    load_raw_config,
+    machine_id,
+    new_id,
+    parse_json,
+    socket_path,
+)
 from contextuate_trio.hook.wire import deliver_socket, envelope
 
 DEFAULT_TIMEOUT_MS = 1000

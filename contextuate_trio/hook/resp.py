@@ -7,6 +7,7 @@ lines. TLS needs ``ssl`` (+23 ms, TLS users only).
 
 import time
 
+
 class RedisError(Exception):
     pass
 

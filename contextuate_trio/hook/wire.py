@@ -5,6 +5,7 @@ import time
 
 from contextuate_trio.hook.paths import json_string, parse_json
 
+
 def envelope(raw: bytes, event_id: str, ts: int, machine: str, parent, ack: bool,
              redactor=None) -> bytes:
     """The wire line for one hook run (see ``wire.py`` for the daemon's side).

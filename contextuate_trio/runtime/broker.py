@@ -15,7 +15,8 @@ from __future__ import annotations
 import collections
 import logging
 import time
-from typing import Any, Callable, Optional
+from collections.abc import Callable
+from typing import Any
 
 import attrs
 import trio
@@ -42,12 +43,12 @@ class Delivery:
     """One event on its way in; ``done`` (when tracked) is set once it is stored or refused."""
 
     event: Event
-    done: Optional[trio.Event] = None
+    done: trio.Event | None = None
     ok: bool = False
-    error: Optional[str] = None
+    error: str | None = None
     rejected: bool = False  # the pipeline failed on it: retrying cannot help
 
-    def finish(self, ok: bool, error: Optional[str] = None, rejected: bool = False) -> None:
+    def finish(self, ok: bool, error: str | None = None, rejected: bool = False) -> None:
         self.ok, self.error, self.rejected = ok, error, rejected
         if self.done is not None:
             self.done.set()
@@ -65,14 +66,14 @@ class Accepted:
 class Broker:
     def __init__(
         self,
-        store: Optional[FileStore],
-        manager: Optional[SessionManager] = None,
+        store: FileStore | None,
+        manager: SessionManager | None = None,
         *,
         channel_size: int = 10_000,
         recent_ids: int = 20_000,
         replay_size: int = 20_000,
-        started_ms: Optional[int] = None,
-        redactor: Optional[Redactor] = None,
+        started_ms: int | None = None,
+        redactor: Redactor | None = None,
     ) -> None:
         self.store = store
         self.redactor = redactor if redactor is not None else Redactor()
@@ -87,7 +88,7 @@ class Broker:
         self.fanout = FanOut(replay_size, first_seq=self.started_ms * 1000)
         self.counters: collections.Counter = collections.Counter()
         self.by_source: collections.Counter = collections.Counter()
-        self.last_error: Optional[str] = None
+        self.last_error: str | None = None
         self.ready = trio.Event()
         self._dirty: dict[str, Session] = {}  # sessions whose meta.json is behind
         self._dirty_since = 0.0
@@ -218,7 +219,7 @@ class Broker:
         return any(self.store.contains(sid, ev.id, ev.timestamp)
                    for sid in [root.session_id, *root.child_session_ids])
 
-    def _accept(self, d: Delivery, changed: dict[str, Session], duplicates: list[Delivery]) -> Optional[Accepted]:
+    def _accept(self, d: Delivery, changed: dict[str, Session], duplicates: list[Delivery]) -> Accepted | None:
         """One event through dedupe, the session machine and masking; None when it is
         a duplicate (acknowledged with the batch, not stored) or rejected."""
         ev = d.event
@@ -318,7 +319,7 @@ class Broker:
         self.fanout.session_deleted(session_id)
         return True
 
-    def prune(self, retention_days: Optional[float]) -> int:
+    def prune(self, retention_days: float | None) -> int:
         if self.store is None:
             return 0
         expired = self.store.expired(list(self.manager.sessions.values()), retention_days)

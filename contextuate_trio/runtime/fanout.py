@@ -11,7 +11,8 @@ from __future__ import annotations
 import collections
 import enum
 import logging
-from typing import Any, Iterable, Optional
+from collections.abc import Iterable
+from typing import Any
 
 import trio
 
@@ -54,14 +55,14 @@ class Subscription:
     and its bound counts events, not messages: a reader that takes whatever is there
     whenever it wakes keeps up with bursts that would overflow a per-event queue."""
 
-    def __init__(self, fanout: "FanOut", size: int, name: str, batched: bool = False) -> None:
+    def __init__(self, fanout: FanOut, size: int, name: str, batched: bool = False) -> None:
         self.fanout = fanout
         self.name = name
         self.batched = batched
         self.max_events = size
         self.queued_events = 0  # batched only: events sent and not yet taken
         self.send, self.receive = trio.open_memory_channel[dict](size)
-        self.dropped: Optional[DropReason] = None
+        self.dropped: DropReason | None = None
         self.closed = trio.Event()  # set when dropped or closed
 
     @property

@@ -3,7 +3,8 @@ records, and this module writes them (one place knows the exposition format)."""
 
 from __future__ import annotations
 
-from typing import Iterable, Union
+from collections.abc import Iterable
+from typing import Union
 
 import attrs
 
@@ -22,7 +23,7 @@ class Metric:
     help: str
     kind: str  # "counter" | "gauge"
     # One value, or (labels, value) samples.
-    value: Union[Value, list[tuple[Labels, Value]]]
+    value: Value | list[tuple[Labels, Value]]
 
 
 def _sample(name: str, labels: Labels, value: Value) -> str:

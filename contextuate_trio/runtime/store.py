@@ -28,7 +28,7 @@ import re
 import shutil
 import time
 from collections import OrderedDict
-from typing import Iterable, Optional
+from collections.abc import Iterable
 
 from contextuate_trio.core.sessions import Session
 from contextuate_trio.hook.paths import write_atomic
@@ -64,8 +64,8 @@ class _Tail:
         self.start = start
         self.end = start if end < 0 else end
         self.count = 0
-        self.min_ts: Optional[int] = None
-        self.max_ts: Optional[int] = None
+        self.min_ts: int | None = None
+        self.max_ts: int | None = None
 
     def add(self, ts: int, nbytes: int) -> None:
         self.count += 1
@@ -90,7 +90,7 @@ class FileStore:
         self._tails: dict[str, _Tail] = {}
         self._blocks: dict[str, list] = {}  # session key -> index blocks, loaded lazily
         self._bytes: dict[str, int] = {}  # session key -> events.jsonl size
-        self.degraded: Optional[str] = None
+        self.degraded: str | None = None
 
     # --- start-up -----------------------------------------------------------------
     def open(self) -> tuple[list[Session], list[dict]]:
@@ -378,7 +378,7 @@ class FileStore:
                 lines.append((raw, _ts(ev)))
         return lines
 
-    def _read_bytes(self, key: str, start: int, end: int) -> Optional[bytes]:
+    def _read_bytes(self, key: str, start: int, end: int) -> bytes | None:
         """Bytes [start, end) of a session's events file; None when it is gone."""
         if end <= start:
             return b""
@@ -397,8 +397,8 @@ class FileStore:
             if ev is not None:
                 yield ev
 
-    def events(self, session_id: str, limit: int = 100, before: Optional[int] = None,
-               after: Optional[int] = None) -> list[dict]:
+    def events(self, session_id: str, limit: int = 100, before: int | None = None,
+               after: int | None = None) -> list[dict]:
         """Oldest first. With only ``after``: the first ``limit`` events after it;
         otherwise the last ``limit`` events (before ``before``, after ``after``)."""
         key = session_key(session_id)
@@ -431,8 +431,8 @@ class FileStore:
         out.sort(key=_ts)
         return out[-limit:] if limit else []
 
-    def raw_blocks(self, session_id: str, before: Optional[int] = None,
-                   after: Optional[int] = None):
+    def raw_blocks(self, session_id: str, before: int | None = None,
+                   after: int | None = None):
         """The stored lines (bytes) of each block whose times may fall in (after,
         before), newest block first: for scans (search) that match text before they
         parse, and yield to other work between blocks."""
@@ -472,8 +472,8 @@ class FileStore:
                         ids.append(m.group(1).decode())
         return ids[:budget]
 
-    def expired(self, sessions: Iterable[Session], retention_days: Optional[float],
-                now_ms: Optional[int] = None) -> list[str]:
+    def expired(self, sessions: Iterable[Session], retention_days: float | None,
+                now_ms: int | None = None) -> list[str]:
         if not retention_days:
             return []
         now_ms = now_ms if now_ms is not None else int(time.time() * 1000)

@@ -20,16 +20,15 @@ import json
 import logging
 import os
 import random
-from typing import Optional
 
 import anyio.to_thread
 import redis
 import trio
 
-from contextuate_trio.core import events, wire
-from contextuate_trio.runtime.broker import Broker
 from contextuate_trio.config import RedisConfig
+from contextuate_trio.core import events, wire
 from contextuate_trio.hook.paths import write_atomic
+from contextuate_trio.runtime.broker import Broker
 from contextuate_trio.runtime.clock import SYSTEM_MINT
 
 log = logging.getLogger("contextuate.redis")
@@ -97,7 +96,7 @@ class RedisSource:
         self.key = f"{describe(cfg)}#{cfg.stream}"
         self.last_id = self._load_checkpoint()
         self.state = {"stream": "connecting", "channel": "connecting"}
-        self.error: Optional[str] = None
+        self.error: str | None = None
         self.attempts = {"stream": 0, "channel": 0}
         self._bad_logged = 0
 
@@ -133,7 +132,7 @@ class RedisSource:
         write_atomic(self.checkpoint_path, json.dumps(data).encode(), durable=True)
 
     # --- parsing ----------------------------------------------------------------------------
-    def parse(self, raw) -> Optional[events.Event]:
+    def parse(self, raw) -> events.Event | None:
         try:
             if isinstance(raw, dict):  # a stream entry: our field is "data"
                 raw = raw.get(b"data") or raw.get(b"event") or next(iter(raw.values()), b"")

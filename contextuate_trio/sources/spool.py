@@ -8,13 +8,12 @@ from __future__ import annotations
 
 import logging
 import os
-import time
 
 import trio
 
 from contextuate_trio.core import wire
-from contextuate_trio.hook.spool import pending
 from contextuate_trio.core.events import EventError
+from contextuate_trio.hook.spool import pending
 from contextuate_trio.runtime.broker import Broker
 from contextuate_trio.runtime.clock import SYSTEM_MINT
 

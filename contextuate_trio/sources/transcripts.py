@@ -22,7 +22,6 @@ import logging
 import os
 import time
 import uuid
-from typing import Optional
 
 import attrs
 import trio
@@ -48,8 +47,8 @@ class Job:
     path: str
     root: str  # the Claude Code session the transcript belongs to
     machine: str
-    agent: Optional[str] = None  # a sub-agent's own transcript
-    cwd: Optional[str] = None
+    agent: str | None = None  # a sub-agent's own transcript
+    cwd: str | None = None
 
 
 def _usable(path) -> bool:
@@ -130,7 +129,7 @@ class TranscriptReader:
         self._last: dict[str, float] = {}
         self._wake = trio.Event()
         self.counters = {"reads": 0, "records": 0, "bytes": 0, "errors": 0}
-        self.last_error: Optional[str] = None
+        self.last_error: str | None = None
 
     # --- state ------------------------------------------------------------------------
     def load(self) -> None:

@@ -6,7 +6,8 @@ mount more routes (the HTTP hook source) without the web layer knowing sources.
 
 from __future__ import annotations
 
-from typing import Any, Iterable
+from collections.abc import Iterable
+from typing import Any
 
 from starlette.applications import Starlette
 from starlette.responses import JSONResponse

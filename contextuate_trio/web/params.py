@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-from typing import Optional
 
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
@@ -13,12 +12,12 @@ class BadParam(ValueError):
     """A query parameter that cannot be used; the message says which and why."""
 
 
-def error(message: str, status: int, headers: Optional[dict] = None) -> JSONResponse:
+def error(message: str, status: int, headers: dict | None = None) -> JSONResponse:
     return JSONResponse({"error": message}, status_code=status, headers=headers)
 
 
-def int_param(request: Request, name: str, default: Optional[int] = None,
-              lo: Optional[int] = None, hi: Optional[int] = None) -> Optional[int]:
+def int_param(request: Request, name: str, default: int | None = None,
+              lo: int | None = None, hi: int | None = None) -> int | None:
     raw = request.query_params.get(name)
     if raw is None or raw == "":
         return default

@@ -5,7 +5,7 @@ Routes find it as ``request.app.state.web``; the WebSocket server is given it to
 
 from __future__ import annotations
 
-from typing import Callable
+from collections.abc import Callable
 
 import attrs
 import trio

@@ -21,7 +21,8 @@ import base64
 import collections
 import json
 import logging
-from typing import Any, Callable, Iterable, Optional, Protocol
+from collections.abc import Callable, Iterable
+from typing import Any, Protocol
 from urllib.parse import parse_qs, urlsplit
 
 import attrs
@@ -54,7 +55,7 @@ def b64url_token(token: str) -> str:
     return base64.urlsafe_b64encode(token.encode()).decode().rstrip("=")
 
 
-def token_from_protocols(protocols: Iterable[str]) -> Optional[str]:
+def token_from_protocols(protocols: Iterable[str]) -> str | None:
     for p in protocols:
         if p.startswith(TOKEN_PROTOCOL_PREFIX):
             raw = p[len(TOKEN_PROTOCOL_PREFIX):]
@@ -151,7 +152,7 @@ class BadRequest(ValueError):
     pass
 
 
-def str_list(value: Any, name: str) -> Optional[frozenset]:
+def str_list(value: Any, name: str) -> frozenset | None:
     """None or [] -> None (no filter); a list of strings -> a set; else BadRequest."""
     if value is None:
         return None
@@ -169,8 +170,8 @@ class Filter:
 
     __slots__ = ("sessions", "machines", "types", "tools")
 
-    def __init__(self, sessions: Optional[frozenset] = None, machines: Optional[frozenset] = None,
-                 types: Optional[frozenset] = None, tools: Optional[frozenset] = None) -> None:
+    def __init__(self, sessions: frozenset | None = None, machines: frozenset | None = None,
+                 types: frozenset | None = None, tools: frozenset | None = None) -> None:
         self.sessions = sessions
         self.machines = machines
         self.types = types
@@ -180,7 +181,7 @@ class Filter:
     def everything(self) -> bool:
         return not (self.sessions or self.machines or self.types or self.tools)
 
-    def _session_ok(self, sid: Optional[str], parent: Optional[str]) -> bool:
+    def _session_ok(self, sid: str | None, parent: str | None) -> bool:
         # A session's sub-agents come with it.
         return self.sessions is None or sid in self.sessions or (parent is not None and parent in self.sessions)
 
@@ -205,7 +206,7 @@ class Filter:
                 and (self.machines is None or s.machine_id in self.machines))
 
     def public(self) -> dict:
-        def out(v: Optional[frozenset]) -> Optional[list]:
+        def out(v: frozenset | None) -> list | None:
             return sorted(v) if v else None
         return {"sessions": out(self.sessions), "machines": out(self.machines),
                 "eventTypes": out(self.types), "tools": out(self.tools)}
@@ -216,12 +217,12 @@ class Handshake:
     """What a connecting client asked for in its URL."""
 
     filter: Filter
-    since: Optional[int]
-    epoch: Optional[str]
+    since: int | None
+    epoch: str | None
     limit: int
 
 
-def _q(query: dict, name: str) -> Optional[str]:
+def _q(query: dict, name: str) -> str | None:
     v = query.get(name)
     return v[-1] if v else None
 
@@ -258,12 +259,12 @@ class Backend(Protocol):
     def sessions(self) -> dict[str, Session]: ...
     @property
     def has_store(self) -> bool: ...
-    def stored_events(self, session_id: str, limit: int, before: Optional[int] = None,
-                      after: Optional[int] = None) -> list[dict]: ...
+    def stored_events(self, session_id: str, limit: int, before: int | None = None,
+                      after: int | None = None) -> list[dict]: ...
     def session_action(self, action: str, session_id: str, value: Any) -> None: ...
 
 
-def replay_after(replay: collections.deque, seq: int, since: int) -> Optional[list[dict]]:
+def replay_after(replay: collections.deque, seq: int, since: int) -> list[dict] | None:
     """Every event message after ``since``, or None when they are not all held."""
     if since < 0 or since > seq:
         return None
@@ -281,7 +282,7 @@ class WsProtocol:
     the replies to every client's requests. Plain code over a ``Backend``."""
 
     def __init__(self, backend: Backend, encoder: Encoder, epoch: str, mode: str,
-                 now_ms: Callable[[], int], history: Optional[list[dict]] = None) -> None:
+                 now_ms: Callable[[], int], history: list[dict] | None = None) -> None:
         self.backend = backend
         self.encoder = encoder
         self.epoch = epoch
@@ -399,7 +400,7 @@ class WsProtocol:
         return out
 
     # --- requests --------------------------------------------------------------------------
-    def reply(self, client: "ClientState", raw: Any) -> Optional[str]:
+    def reply(self, client: ClientState, raw: Any) -> str | None:
         """One client message -> the reply's text (None: no reply). Never raises."""
         req_id = None
         try:
@@ -424,7 +425,7 @@ class WsProtocol:
             reply["requestId"] = req_id
         return self.encoder.dumps(reply)
 
-    def find_event(self, event_id: str, session_id: Any = None, ts: Any = None) -> Optional[dict]:
+    def find_event(self, event_id: str, session_id: Any = None, ts: Any = None) -> dict | None:
         for m in reversed(self.backend.replay):
             if m["event"].id == event_id:
                 found: dict = json.loads(m["line"])
@@ -470,7 +471,7 @@ def _limit(msg: dict, default: int = 100) -> int:
     return min(limit, HISTORY_MAX)
 
 
-def _time(msg: dict, name: str) -> Optional[int]:
+def _time(msg: dict, name: str) -> int | None:
     v = msg.get(name)
     if v is None:
         return None
@@ -558,7 +559,7 @@ def _m_session_action(p: WsProtocol, client: ClientState, msg: dict) -> dict:
     return {"type": "action_done", "action": action, "sessionId": sid}
 
 
-_HANDLERS: dict[str, Callable[[WsProtocol, ClientState, dict], Optional[dict]]] = {
+_HANDLERS: dict[str, Callable[[WsProtocol, ClientState, dict], dict | None]] = {
     "ping": _m_ping,
     "filter": _m_filter,
     "subscribe": _m_subscribe,

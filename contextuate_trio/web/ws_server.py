@@ -14,7 +14,7 @@ import json
 import logging
 import secrets
 import time
-from typing import Any, Optional
+from typing import Any
 
 import trio
 from trio_websocket import ConnectionClosed, WebSocketConnection, WebSocketRequest, serve_websocket
@@ -58,8 +58,8 @@ class BrokerBackend:
     def has_store(self) -> bool:
         return self.broker.store is not None
 
-    def stored_events(self, session_id: str, limit: int, before: Optional[int] = None,
-                      after: Optional[int] = None) -> list[dict]:
+    def stored_events(self, session_id: str, limit: int, before: int | None = None,
+                      after: int | None = None) -> list[dict]:
         store = self.broker.store
         return [] if store is None else store.events(session_id, limit, before=before, after=after)
 
@@ -72,10 +72,10 @@ class Client:
         self.ws = ws
         self.state = state
         self.remote = state.remote
-        self.sub: Optional[Subscription] = None
+        self.sub: Subscription | None = None
         self.connected = time.time()
         self.sent = 0
-        self.closing: Optional[tuple[int, str]] = None
+        self.closing: tuple[int, str] | None = None
         self.sending = False  # inside send_message: a frame may be half written
         self.tokens = float(REQUESTS_BURST)  # request budget (see WsServer._throttle)
         self.tokens_at = trio.current_time()
@@ -106,7 +106,7 @@ class WsServer:
                                          epoch=secrets.token_hex(6), mode=state.config.mode, now_ms=now_ms)
         self.counters = self.protocol.counters
         self.clients: set[Client] = set()
-        self.bound_port: Optional[int] = None
+        self.bound_port: int | None = None
 
     @property
     def epoch(self) -> str:
@@ -156,7 +156,7 @@ class WsServer:
             log.exception("WebSocket connection failed")
             self.counters["errors"] += 1
 
-    def _refusal(self, request: WebSocketRequest) -> Optional[tuple[int, str]]:
+    def _refusal(self, request: WebSocketRequest) -> tuple[int, str] | None:
         headers = {k.decode("latin-1").lower(): v.decode("latin-1") for k, v in request.headers}
         # wsproto takes Host out of the header list; it is on the handshake event.
         host = getattr(getattr(request, "_event", None), "host", None) or headers.get("host")

@@ -8,11 +8,12 @@ search yields to the event loop between blocks, and a regex runs with a timeout 
 from __future__ import annotations
 
 import json
-from typing import Callable, Optional
+from collections.abc import Callable
 
 import attrs
 import regex
 import trio
+import trio.lowlevel
 from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
@@ -30,9 +31,9 @@ SESSIONS_MAX = 200
 @attrs.define
 class Query:
     limit: int
-    t_from: Optional[int]
-    t_to: Optional[int]
-    matcher: Optional[Callable[[str], object]]
+    t_from: int | None
+    t_to: int | None
+    matcher: Callable[[str], object] | None
     machines: set[str]
     types: set[str]
     tools: set[str]
@@ -56,7 +57,7 @@ class Query:
         return not (self.tools and e.get("toolName") not in self.tools)
 
 
-def _matcher(request: Request) -> Optional[Callable[[str], object]]:
+def _matcher(request: Request) -> Callable[[str], object] | None:
     text = (request.query_params.get("q") or "").strip()
     if not text:
         return None
@@ -108,7 +109,7 @@ async def _scan_session(store: FileStore, s: Session, q: Query, scan: Scan) -> N
                 hits.append(e)
                 if len(hits) >= q.limit:
                     break
-        await trio.sleep(0)  # let ingest and other clients run between blocks
+        await trio.lowlevel.checkpoint()  # let ingest and other clients run between blocks
         if len(hits) >= q.limit:
             scan.truncated = True
             break

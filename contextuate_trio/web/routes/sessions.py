@@ -5,9 +5,10 @@ from __future__ import annotations
 import json
 import os
 import re
-from typing import AsyncIterator
+from collections.abc import AsyncIterator
 
 import trio
+import trio.lowlevel
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response, StreamingResponse
 from starlette.routing import Route
@@ -83,7 +84,7 @@ async def _whole_lines(paths: list[tuple[str, int]]) -> AsyncIterator[bytes]:
                 carry = data[cut:]
                 if cut:
                     yield data[:cut]
-                await trio.sleep(0)
+                await trio.lowlevel.checkpoint()
 
 
 async def export(request: Request) -> Response:
