@@ -3,6 +3,7 @@
 A stub on purpose: a script run directly is compiled on every run, a module imported
 from it is byte-code cached. Under ``-I`` the script's folder is not on sys.path.
 """
+
 import sys
 
 sys.path.insert(0, __file__.rpartition("/")[0] or ".")

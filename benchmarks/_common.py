@@ -46,8 +46,13 @@ def real_python() -> str:
     if env:
         return env
     try:
-        out = subprocess.run(["python3", "-c", "import sys; print(sys.executable)"],
-                             capture_output=True, text=True, timeout=30, check=True)
+        out = subprocess.run(
+            ["python3", "-c", "import sys; print(sys.executable)"],
+            capture_output=True,
+            text=True,
+            timeout=30,
+            check=True,
+        )
         path = out.stdout.strip()
         if path:
             return os.path.realpath(path)
@@ -65,8 +70,10 @@ def check_env() -> None:
     try:
         import contextuate_trio  # noqa: F401
     except ImportError:
-        sys.exit("run the benchmarks with the project's virtualenv: .venv/bin/python "
-                 "benchmarks/<script>.py (or `make bench`)")
+        sys.exit(
+            "run the benchmarks with the project's virtualenv: .venv/bin/python "
+            "benchmarks/<script>.py (or `make bench`)"
+        )
 
 
 def free_port() -> int:
@@ -88,9 +95,14 @@ def pct(values, p: float) -> float:
 
 
 def summary(values) -> dict:
-    return {"n": len(values), "p50": pct(values, 50), "p95": pct(values, 95),
-            "p99": pct(values, 99), "min": min(values) if values else None,
-            "max": max(values) if values else None}
+    return {
+        "n": len(values),
+        "p50": pct(values, 50),
+        "p95": pct(values, 95),
+        "p99": pct(values, 99),
+        "min": min(values) if values else None,
+        "max": max(values) if values else None,
+    }
 
 
 def verdict(value: float | None, target: float, higher_is_better: bool = False) -> str:
@@ -168,16 +180,24 @@ class Daemon:
     e.g. to run it under a profiler.
     """
 
-    def __init__(self, home: str | None = None, *, persistence: bool = True,
-                 argv: list[str] | None = None, keep_home: bool = False,
-                 extra_config: dict | None = None) -> None:
+    def __init__(
+        self,
+        home: str | None = None,
+        *,
+        persistence: bool = True,
+        argv: list[str] | None = None,
+        keep_home: bool = False,
+        extra_config: dict | None = None,
+    ) -> None:
         self._own_home = home is None
         self.home = home or tempfile.mkdtemp(prefix="ctx-bench-")
         self.keep_home = keep_home
         self.port = free_port()
         self.ws_port = free_port()
-        cfg = {"server": {"port": self.port, "wsPort": self.ws_port},
-               "persistence": {"enabled": persistence, "retentionDays": None}}
+        cfg = {
+            "server": {"port": self.port, "wsPort": self.ws_port},
+            "persistence": {"enabled": persistence, "retentionDays": None},
+        }
         for k, v in (extra_config or {}).items():
             cfg[k] = v
         os.makedirs(self.home, mode=0o700, exist_ok=True)
@@ -216,8 +236,9 @@ class Daemon:
     def start(self, timeout: float = 60.0) -> Daemon:
         log = open(self.log_path, "ab")
         t0 = time.perf_counter()
-        self.proc = subprocess.Popen(self.argv, env=self.env(), cwd=REPO, stdin=subprocess.DEVNULL,
-                                     stdout=log, stderr=log)
+        self.proc = subprocess.Popen(
+            self.argv, env=self.env(), cwd=REPO, stdin=subprocess.DEVNULL, stdout=log, stderr=log
+        )
         log.close()
         self._wait_healthy(t0, timeout)
         return self
@@ -380,9 +401,11 @@ def redis_server() -> Iterator[int | None]:
         return
     port = free_port()
     with temp_dir("ctx-bench-redis-") as d:
-        p = subprocess.Popen([exe, "--port", str(port), "--bind", "127.0.0.1", "--save", "",
-                              "--appendonly", "no", "--dir", d], stdout=subprocess.DEVNULL,
-                             stderr=subprocess.DEVNULL)
+        p = subprocess.Popen(
+            [exe, "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no", "--dir", d],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
         try:
             for _ in range(200):
                 try:

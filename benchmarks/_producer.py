@@ -78,7 +78,7 @@ def main() -> None:
         blob = "".join(lines).encode()
         view = memoryview(blob)
         for i in range(0, len(blob), 1 << 18):
-            sock.sendall(view[i:i + (1 << 18)])
+            sock.sendall(view[i : i + (1 << 18)])
     elif args.rate <= 0:
         for head, tail in lines:
             sock.sendall((head + str(time.time_ns()) + tail).encode())

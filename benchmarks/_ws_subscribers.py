@@ -25,13 +25,11 @@ HEAD = re.compile(r'^\{"type":"(events?)","seq":(\d+),')
 
 
 async def client(i: int, args, ready: list, results: list, all_ready: trio.Event) -> None:
-    res = {"client": i, "count": 0, "seq": None, "first_seq": None, "closed": None,
-           "lat_ns": [], "marks": {}}
+    res = {"client": i, "count": 0, "seq": None, "first_seq": None, "closed": None, "lat_ns": [], "marks": {}}
     results[i] = res
     done_at = args.expect if args.expect > 0 else None
     try:
-        async with open_websocket_url(args.url, message_queue_size=0,
-                                      max_message_size=64 * 1024 * 1024) as ws:
+        async with open_websocket_url(args.url, message_queue_size=0, max_message_size=64 * 1024 * 1024) as ws:
             while True:
                 msg = json.loads(await ws.get_message())
                 if msg.get("type") == "snapshot":

@@ -58,8 +58,13 @@ def generate(data_dir: str, total: int) -> dict:
     # One template per session: an event as the daemon stores it, with holes.
     sessions = []
     for n_s, (sid, count) in enumerate(plan):
-        ev = events.from_payload(dict(payload, session_id=sid, tool_use_id="TOOLUSEID"),
-                                 event_id="EVENTID", timestamp=1, machine_id="bench-host", source="socket")
+        ev = events.from_payload(
+            dict(payload, session_id=sid, tool_use_id="TOOLUSEID"),
+            event_id="EVENTID",
+            timestamp=1,
+            machine_id="bench-host",
+            source="socket",
+        )
         text = events.dumps(ev)
         head, _, tail = text.partition('"id":"EVENTID","timestamp":1,')
         a, _, b = tail.partition("TOOLUSEID")
@@ -79,14 +84,29 @@ def generate(data_dir: str, total: int) -> dict:
                 chunk = []
         if chunk:
             store.append(chunk)
-        sessions.append(Session(session_id=sid, machine_id="bench-host", working_directory=payload.get("cwd"),
-                                start_time=start, status="idle", event_count=count, tool_count=count,
-                                last_event_time=start + (count - 1) * step, last_event_type="tool_call",
-                                last_summary=ev.summary))
+        sessions.append(
+            Session(
+                session_id=sid,
+                machine_id="bench-host",
+                working_directory=payload.get("cwd"),
+                start_time=start,
+                status="idle",
+                event_count=count,
+                tool_count=count,
+                last_event_time=start + (count - 1) * step,
+                last_event_type="tool_call",
+                last_summary=ev.summary,
+            )
+        )
     store.save_sessions(sessions)
     store.close()
-    return {"big_session": "bench-big-session", "sessions": len(plan), "events": total,
-            "bytes": store.size_bytes(), "generate_s": time.perf_counter() - t_gen}
+    return {
+        "big_session": "bench-big-session",
+        "sessions": len(plan),
+        "events": total,
+        "bytes": store.size_bytes(),
+        "generate_s": time.perf_counter() - t_gen,
+    }
 
 
 def query_times(d: C.Daemon, sid: str, n: int) -> tuple[float, list[float], int]:
@@ -139,24 +159,68 @@ def run() -> dict:
                 d.stop()
     h = C.pct(healthy["history"], 50)
     e = C.pct(healthy["empty"], 50)
-    result.update({"start_to_healthy_s": healthy, "rss_after_start": rss_start, "rss_after_ingest": rss_after,
-                   "ingested": ingest, "ingest_s": ingest_s, "sessions_loaded": sessions_loaded,
-                   "query_cold_s": cold, "query_s": warm, "query_events": got})
+    result.update(
+        {
+            "start_to_healthy_s": healthy,
+            "rss_after_start": rss_start,
+            "rss_after_ingest": rss_after,
+            "ingested": ingest,
+            "ingest_s": ingest_s,
+            "sessions_loaded": sessions_loaded,
+            "query_cold_s": cold,
+            "query_s": warm,
+            "query_events": got,
+        }
+    )
     mb = 2**20
-    rows.append(C.row("4 history", f"dataset: {total:,} events, {info['sessions']} sessions, "
-                                   f"{info['bytes'] / 2**30:.2f} GiB (written in {info['generate_s']:.0f} s)",
-                      f"{sessions_loaded} sessions loaded", "", ""))
-    rows.append(C.row("4 history", "start -> healthy, 1M events on disk (empty home)",
-                      f"{h:.2f} s ({e:.2f} s)", f"<= {T_HEALTHY:g} s", C.verdict(h, T_HEALTHY)))
-    rows.append(C.row("4 history", "RSS after start", f"{max(rss_start) / mb:.0f} MB", f"<= {T_RSS // mb} MB",
-                      C.verdict(max(rss_start), T_RSS)))
-    rows.append(C.row("4 history", f"RSS after ingesting {ingest:,} more events live", f"{rss_after / mb:.0f} MB",
-                      f"<= {T_RSS // mb} MB", C.verdict(rss_after, T_RSS)))
+    rows.append(
+        C.row(
+            "4 history",
+            f"dataset: {total:,} events, {info['sessions']} sessions, "
+            f"{info['bytes'] / 2**30:.2f} GiB (written in {info['generate_s']:.0f} s)",
+            f"{sessions_loaded} sessions loaded",
+            "",
+            "",
+        )
+    )
+    rows.append(
+        C.row(
+            "4 history",
+            "start -> healthy, 1M events on disk (empty home)",
+            f"{h:.2f} s ({e:.2f} s)",
+            f"<= {T_HEALTHY:g} s",
+            C.verdict(h, T_HEALTHY),
+        )
+    )
+    rows.append(
+        C.row(
+            "4 history",
+            "RSS after start",
+            f"{max(rss_start) / mb:.0f} MB",
+            f"<= {T_RSS // mb} MB",
+            C.verdict(max(rss_start), T_RSS),
+        )
+    )
+    rows.append(
+        C.row(
+            "4 history",
+            f"RSS after ingesting {ingest:,} more events live",
+            f"{rss_after / mb:.0f} MB",
+            f"<= {T_RSS // mb} MB",
+            C.verdict(rss_after, T_RSS),
+        )
+    )
     qp50 = C.pct(warm, 50)
-    rows.append(C.row("4 history", "last 500 events of the 100k session, p50/p95 (cold)",
-                      f"{qp50 * 1000:.1f} / {C.pct(warm, 95) * 1000:.1f} ms ({cold * 1000:.0f} ms)"
-                      + ("" if got == 500 else f" [{got} returned!]"),
-                      f"<= {T_QUERY * 1000:g} ms", C.verdict(qp50, T_QUERY)))
+    rows.append(
+        C.row(
+            "4 history",
+            "last 500 events of the 100k session, p50/p95 (cold)",
+            f"{qp50 * 1000:.1f} / {C.pct(warm, 95) * 1000:.1f} ms ({cold * 1000:.0f} ms)"
+            + ("" if got == 500 else f" [{got} returned!]"),
+            f"<= {T_QUERY * 1000:g} ms",
+            C.verdict(qp50, T_QUERY),
+        )
+    )
     result["rows"] = rows
     result["charts"] = {"4 history: last-500 query": {"GET ...events?limit=500": warm}}
     return result

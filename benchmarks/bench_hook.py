@@ -72,8 +72,11 @@ def redis_up() -> Iterator[dict | None]:
         if port is None:
             yield None
             return
-        yield {"env": _redis_home(home, {"host": "127.0.0.1", "port": port}), "home": home,
-               "stored": lambda: _stream_len(port)}
+        yield {
+            "env": _redis_home(home, {"host": "127.0.0.1", "port": port}),
+            "home": home,
+            "stored": lambda: _stream_len(port),
+        }
 
 
 @contextlib.contextmanager
@@ -82,9 +85,12 @@ def redis_up_secret() -> Iterator[dict | None]:
         if port is None:
             yield None
             return
-        yield {"env": _redis_home(home, {"host": "127.0.0.1", "port": port}), "home": home,
-               "stored": lambda: _stream_len(port),
-               "stdin": (json.dumps(SECRET_PAYLOAD) + "\n").encode()}
+        yield {
+            "env": _redis_home(home, {"host": "127.0.0.1", "port": port}),
+            "home": home,
+            "stored": lambda: _stream_len(port),
+            "stdin": (json.dumps(SECRET_PAYLOAD) + "\n").encode(),
+        }
 
 
 @contextlib.contextmanager
@@ -102,8 +108,7 @@ def redis_hung() -> Iterator[dict | None]:
     srv.listen(4096)  # accepts (in the kernel), never answers
     try:
         with C.temp_dir() as home:
-            yield {"env": _redis_home(home, {"host": "127.0.0.1", "port": srv.getsockname()[1]}, 100),
-                   "home": home}
+            yield {"env": _redis_home(home, {"host": "127.0.0.1", "port": srv.getsockname()[1]}, 100), "home": home}
     finally:
         srv.close()
 
@@ -169,8 +174,7 @@ def import_audit(python: str, stdin: bytes, env: dict) -> dict:
     bare = least([python, "-I", "-S", "-X", "importtime", "-c", "pass"], b"")
     hook = least([python, "-I", "-S", "-X", "importtime", C.HOOK], stdin)
     extra = {m: us for m, us in hook.items() if m not in bare}
-    return {"bare_modules": sorted(bare), "hook_extra_modules": extra,
-            "hook_extra_import_us": sum(extra.values())}
+    return {"bare_modules": sorted(bare), "hook_extra_modules": extra, "hook_extra_import_us": sum(extra.values())}
 
 
 def run(rounds: int | None = None) -> dict:
@@ -182,11 +186,18 @@ def run(rounds: int | None = None) -> dict:
     global SECRET_PAYLOAD
     SECRET_PAYLOAD = json.loads(json.dumps(payload))
     SECRET_PAYLOAD.setdefault("tool_input", {})["command"] = (
-        "ANTHROPIC_API_KEY=sk-ant-api03-" + "Xy7" * 20 + " claude -p 'summarise the diff'")
+        "ANTHROPIC_API_KEY=sk-ant-api03-" + "Xy7" * 20 + " claude -p 'summarise the diff'"
+    )
     rng = random.Random(1234)
     rows: list[dict] = []
-    result: dict = {"name": NAME, "python": python, "rounds": rounds, "payload_bytes": len(stdin),
-                    "payload_tool": payload.get("tool_name"), "cases": {}}
+    result: dict = {
+        "name": NAME,
+        "python": python,
+        "rounds": rounds,
+        "payload_bytes": len(stdin),
+        "payload_tool": payload.get("tool_name"),
+        "cases": {},
+    }
     with contextlib.ExitStack() as stack:
         err_dir = stack.enter_context(C.temp_dir("ctx-bench-err-"))
         active = []  # (label, argv, env, target, info)
@@ -229,33 +240,49 @@ def run(rounds: int | None = None) -> dict:
     bare = samples["bare interpreter"]
     bare_p50 = C.pct(bare, 50)
     result["cases"]["bare interpreter"] = {"wall_s": C.summary(bare), "cpu_s": C.summary(cpu["bare interpreter"])}
-    rows.append(C.row("1 hook cost", "bare `python3 -I -S -c pass` p50/p95/p99",
-                      fmt3(bare), "", ""))
+    rows.append(C.row("1 hook cost", "bare `python3 -I -S -c pass` p50/p95/p99", fmt3(bare), "", ""))
     result["samples"] = {k: v for k, v in samples.items()}
     for label, _, _, target, _ in active[1:]:
         s = samples[label]
         ratio = C.pct(s, 50) / bare_p50
         extra = result["cases"][label]
-        extra.update({"wall_s": C.summary(s), "cpu_s": C.summary(cpu[label]), "ratio_of_medians": ratio,
-                      "target_ratio": target})
+        extra.update(
+            {"wall_s": C.summary(s), "cpu_s": C.summary(cpu[label]), "ratio_of_medians": ratio, "target_ratio": target}
+        )
         deliv = extra["delivery"]
         note = ""
         if (label.startswith("daemon up") or label.startswith("Redis up")) and deliv["spooled"]:
             note = f" ({deliv['spooled']} spooled!)"
         rows.append(C.row("1 hook cost", f"hook, {label}: p50/p95/p99", fmt3(s) + note, "", ""))
-        rows.append(C.row("1 hook cost", f"hook, {label}: median / bare median",
-                          f"{ratio:.2f}x", f"<= {target}x" if target else "",
-                          C.verdict(ratio, target) if target else ""))
+        rows.append(
+            C.row(
+                "1 hook cost",
+                f"hook, {label}: median / bare median",
+                f"{ratio:.2f}x",
+                f"<= {target}x" if target else "",
+                C.verdict(ratio, target) if target else "",
+            )
+        )
     for label, target in skipped:
-        rows.append(C.row("1 hook cost", f"hook, {label}: median / bare median", NOT_YET,
-                          f"<= {target}x" if target else "", "n/a"))
+        rows.append(
+            C.row(
+                "1 hook cost", f"hook, {label}: median / bare median", NOT_YET, f"<= {target}x" if target else "", "n/a"
+            )
+        )
         result["cases"][label] = {"skipped": NOT_YET}
     if stderr_text.strip():
         result["stderr"] = stderr_text[-2000:]
         rows.append(C.row("1 hook cost", "hook wrote to stderr", stderr_text.strip().splitlines()[-1][:60], "", "!"))
     audit = result["import_audit"]
-    rows.append(C.row("1 hook cost", "modules imported beyond bare (-X importtime)",
-                      f"{len(audit['hook_extra_modules'])} = {audit['hook_extra_import_us'] / 1000:.1f} ms", "", ""))
+    rows.append(
+        C.row(
+            "1 hook cost",
+            "modules imported beyond bare (-X importtime)",
+            f"{len(audit['hook_extra_modules'])} = {audit['hook_extra_import_us'] / 1000:.1f} ms",
+            "",
+            "",
+        )
+    )
     result["rows"] = rows
     return result
 

@@ -78,15 +78,29 @@ def run(rounds: int | None = None) -> dict:
         stored = d.events_stored()
     s = {k: C.summary(v) for k, v in samples.items()}
     rows = []
-    for name, label in (("command", "command hook (spawn → acked)"),
-                        ("http_new_conn", "http hook, new connection"),
-                        ("http_keepalive", "http hook, kept-alive connection")):
-        rows.append(C.row(NAME, f"{label} p50 / p95 / p99",
-                          f"{C.ms(s[name]['p50'])} / {C.ms(s[name]['p95'])} / {C.ms(s[name]['p99'])}"))
+    for name, label in (
+        ("command", "command hook (spawn → acked)"),
+        ("http_new_conn", "http hook, new connection"),
+        ("http_keepalive", "http hook, kept-alive connection"),
+    ):
+        rows.append(
+            C.row(
+                NAME,
+                f"{label} p50 / p95 / p99",
+                f"{C.ms(s[name]['p50'])} / {C.ms(s[name]['p95'])} / {C.ms(s[name]['p99'])}",
+            )
+        )
     ratio = s["command"]["p50"] / s["http_new_conn"]["p50"] if s["http_new_conn"]["p50"] else None
     rows.append(C.row(NAME, "command / http (new connection), p50", "n/a" if ratio is None else f"{ratio:.1f}x"))
-    return {"name": NAME, "rows": rows, "rounds": rounds, "summary": s, "samples": samples,
-            "events_stored": stored, "python": python}
+    return {
+        "name": NAME,
+        "rows": rows,
+        "rounds": rounds,
+        "summary": s,
+        "samples": samples,
+        "events_stored": stored,
+        "python": python,
+    }
 
 
 if __name__ == "__main__":

@@ -40,8 +40,16 @@ def read_line(proc: subprocess.Popen, timeout: float) -> str:
 
 
 def start_subscribers(d: C.Daemon, k: int, expect: int, procs: list, **kw) -> subprocess.Popen:
-    argv = [sys.executable, os.path.join(C.HERE, "_ws_subscribers.py"), "--url", d.ws_url,
-            "--k", str(k), "--expect", str(expect)]
+    argv = [
+        sys.executable,
+        os.path.join(C.HERE, "_ws_subscribers.py"),
+        "--url",
+        d.ws_url,
+        "--k",
+        str(k),
+        "--expect",
+        str(expect),
+    ]
     for key, value in kw.items():
         if value is True:
             argv.append("--" + key.replace("_", "-"))
@@ -62,14 +70,34 @@ def subscribers_result(p: subprocess.Popen, timeout: float) -> dict:
     return json.loads(lines[-1])
 
 
-def start_producers(d: C.Daemon, n: int, producers: int, procs: list, *, start_in: float = 1.0,
-                    rate: float = 0.0, stamp: bool = False, tag: str = "p") -> float:
+def start_producers(
+    d: C.Daemon,
+    n: int,
+    producers: int,
+    procs: list,
+    *,
+    start_in: float = 1.0,
+    rate: float = 0.0,
+    stamp: bool = False,
+    tag: str = "p",
+) -> float:
     payload = json.dumps(C.pre_tool_use_payload())
     t0 = time.time() + start_in
     for i in range(producers):
-        argv = [sys.executable, os.path.join(C.HERE, "_producer.py"), "--socket", d.socket_path,
-                "--count", str(n // producers), "--tag", f"{tag}{i}", "--start-at", repr(t0),
-                "--payload", payload]
+        argv = [
+            sys.executable,
+            os.path.join(C.HERE, "_producer.py"),
+            "--socket",
+            d.socket_path,
+            "--count",
+            str(n // producers),
+            "--tag",
+            f"{tag}{i}",
+            "--start-at",
+            repr(t0),
+            "--payload",
+            payload,
+        ]
         if rate:
             argv += ["--rate", str(rate / producers)]
         if stamp:
@@ -91,15 +119,24 @@ def one_run(n: int, producers: int, k: int, profile_out: str | None = None, rate
         d.wait_stored(n, timeout=600, poll=0.02)
         t_stored = time.time()
         cpu = C.cpu_seconds(d.pid) - cpu0
-        out = {"events": n, "producers": producers, "subscribers": k, "paced_rate": rate or None,
-               "stored_s": t_stored - t0, "stored_per_s": n / (t_stored - t0),
-               "daemon_cpu_s": cpu, "daemon_cpu_us_per_event": cpu / n * 1e6,
-               "rss_before": rss0, "rss_after": C.rss_bytes(d.pid)}
+        out = {
+            "events": n,
+            "producers": producers,
+            "subscribers": k,
+            "paced_rate": rate or None,
+            "stored_s": t_stored - t0,
+            "stored_per_s": n / (t_stored - t0),
+            "daemon_cpu_s": cpu,
+            "daemon_cpu_us_per_event": cpu / n * 1e6,
+            "rss_before": rss0,
+            "rss_after": C.rss_bytes(d.pid),
+        }
         if subs is not None:
             res = subscribers_result(subs, timeout=600)
             clients = res["clients"]
-            out["ws_clients"] = [{k_: c.get(k_) for k_ in ("count", "seq", "first_seq", "closed")}
-                                 for c in clients if c]
+            out["ws_clients"] = [
+                {k_: c.get(k_) for k_ in ("count", "seq", "first_seq", "closed")} for c in clients if c
+            ]
             complete = all(c and c["count"] >= n and not c.get("closed") for c in clients)
             out["ws_all_received"] = complete
             if not complete:
@@ -117,16 +154,31 @@ AREAS = [  # (area, substrings of pstats' "file:line(function)")
     ("websocket (trio-websocket, wsproto)", ("trio_websocket", "wsproto", "h11")),
     ("cattrs/attrs (event <-> dict)", ("cattrs", "<attrs generated", "attr/")),
     ("json encode/decode", ("json/", "_json", "json.")),
-    ("store files (open/write/replace/stat)", ("posix.", "io.open", "_io.", "_IOBase", "BufferedWriter",
-                                               "FileIO", "TextIOWrapper", "posixpath", "<frozen os>")),
+    (
+        "store files (open/write/replace/stat)",
+        (
+            "posix.",
+            "io.open",
+            "_io.",
+            "_IOBase",
+            "BufferedWriter",
+            "FileIO",
+            "TextIOWrapper",
+            "posixpath",
+            "<frozen os>",
+        ),
+    ),
     ("trio scheduler + channels", ("/trio/",)),
     ("contextuate_trio.core.events", ("contextuate_trio/core/events.py",)),
     ("contextuate_trio.core.sessions", ("contextuate_trio/core/sessions.py",)),
-    ("contextuate_trio.core (masking, redaction, dedupe)", ("contextuate_trio/core/masking.py",
-                                                          "contextuate_trio/core/redact.py",
-                                                          "contextuate_trio/core/dedupe.py")),
-    ("contextuate_trio.runtime.broker + fanout", ("contextuate_trio/runtime/broker.py",
-                                                  "contextuate_trio/runtime/fanout.py")),
+    (
+        "contextuate_trio.core (masking, redaction, dedupe)",
+        ("contextuate_trio/core/masking.py", "contextuate_trio/core/redact.py", "contextuate_trio/core/dedupe.py"),
+    ),
+    (
+        "contextuate_trio.runtime.broker + fanout",
+        ("contextuate_trio/runtime/broker.py", "contextuate_trio/runtime/fanout.py"),
+    ),
     ("contextuate_trio.runtime.store", ("contextuate_trio/runtime/store.py",)),
     ("contextuate_trio.core.wire + socket source", ("contextuate_trio/core/wire.py", "unix_socket.py")),
     ("contextuate_trio.web.ws", ("contextuate_trio/web/ws_server.py", "contextuate_trio/web/ws_protocol.py")),
@@ -140,8 +192,11 @@ def profile_summary(path: str, top: int = 12) -> dict:
     areas: dict[str, float] = {}
     for (fname, line, func), (cc, nc, tt, ct, callers) in st.stats.items():
         label = f"{fname}:{line}({func})"
-        short = f"{os.path.relpath(fname, C.REPO) if fname.startswith(C.REPO) else os.path.basename(fname)}:{line}({func})" \
-            if not fname.startswith("~") else func
+        short = (
+            f"{os.path.relpath(fname, C.REPO) if fname.startswith(C.REPO) else os.path.basename(fname)}:{line}({func})"
+            if not fname.startswith("~")
+            else func
+        )
         funcs.append((tt, ct, nc, short))
         area = next((a for a, keys in AREAS if any(k in label for k in keys)), None)
         if area is None and "contextuate_trio/" in fname:
@@ -154,11 +209,18 @@ def profile_summary(path: str, top: int = 12) -> dict:
     return {
         "total_s": total,
         "busy_s": busy,
-        "top_functions": [{"function": f, "tottime_s": tt, "cumtime_s": ct, "calls": nc,
-                           "share_of_busy": tt / busy if busy else 0} for tt, ct, nc, f in funcs[:top]],
-        "areas": sorted(({"area": a, "tottime_s": t, "share_of_busy": t / busy if busy else 0}
-                         for a, t in areas.items() if a != "epoll wait (idle)"),
-                        key=lambda x: -x["tottime_s"]),
+        "top_functions": [
+            {"function": f, "tottime_s": tt, "cumtime_s": ct, "calls": nc, "share_of_busy": tt / busy if busy else 0}
+            for tt, ct, nc, f in funcs[:top]
+        ],
+        "areas": sorted(
+            (
+                {"area": a, "tottime_s": t, "share_of_busy": t / busy if busy else 0}
+                for a, t in areas.items()
+                if a != "epoll wait (idle)"
+            ),
+            key=lambda x: -x["tottime_s"],
+        ),
     }
 
 
@@ -171,10 +233,24 @@ def run() -> dict:
     result: dict = {"name": NAME, "target_events_per_s": TARGET, "ws_available": ws}
     plain = one_run(n, producers, 0)
     result["no_subscribers"] = plain
-    rows.append(C.row("2 ingest", f"stored/s, {producers} producers, persistence on, no subscribers",
-                      f"{plain['stored_per_s']:,.0f} ev/s", "", ""))
-    rows.append(C.row("2 ingest", "daemon CPU per event / RSS after",
-                      f"{plain['daemon_cpu_us_per_event']:.0f} us / {plain['rss_after'] / 2**20:.0f} MB", "", ""))
+    rows.append(
+        C.row(
+            "2 ingest",
+            f"stored/s, {producers} producers, persistence on, no subscribers",
+            f"{plain['stored_per_s']:,.0f} ev/s",
+            "",
+            "",
+        )
+    )
+    rows.append(
+        C.row(
+            "2 ingest",
+            "daemon CPU per event / RSS after",
+            f"{plain['daemon_cpu_us_per_event']:.0f} us / {plain['rss_after'] / 2**20:.0f} MB",
+            "",
+            "",
+        )
+    )
     if ws:
         # Full speed first; if the subscribers cannot keep up (the daemon drops a client
         # that falls 10,000 messages behind), pace the producers lower until every
@@ -195,11 +271,25 @@ def run() -> dict:
         if last.get("ws_all_received"):
             v = last["delivered_per_s"]
             how = "full speed" if last is full else f"paced at {last['paced_rate']:,.0f}/s"
-            rows.append(C.row("2 ingest", f"stored+delivered/s, {k} WebSocket subscribers get all ({how})",
-                              f"{v:,.0f} ev/s", f">= {TARGET:,}", C.verdict(v, TARGET, True)))
+            rows.append(
+                C.row(
+                    "2 ingest",
+                    f"stored+delivered/s, {k} WebSocket subscribers get all ({how})",
+                    f"{v:,.0f} ev/s",
+                    f">= {TARGET:,}",
+                    C.verdict(v, TARGET, True),
+                )
+            )
         else:
-            rows.append(C.row("2 ingest", f"stored+delivered/s, {k} WebSocket subscribers get all",
-                              "none complete", f">= {TARGET:,}", "MISSED"))
+            rows.append(
+                C.row(
+                    "2 ingest",
+                    f"stored+delivered/s, {k} WebSocket subscribers get all",
+                    "none complete",
+                    f">= {TARGET:,}",
+                    "MISSED",
+                )
+            )
         if not full.get("ws_all_received"):
             if "error" in full:
                 why = "error: " + full["error"][:60]
@@ -210,8 +300,15 @@ def run() -> dict:
     else:
         v = plain["stored_per_s"]
         rows.append(C.row("2 ingest", f"with {k} WebSocket subscribers", NO_WS, f">= {TARGET:,}", "n/a"))
-        rows.append(C.row("2 ingest", "stored/s (no subscribers) against the target",
-                          f"{v:,.0f} ev/s", f">= {TARGET:,}", C.verdict(v, TARGET, True)))
+        rows.append(
+            C.row(
+                "2 ingest",
+                "stored/s (no subscribers) against the target",
+                f"{v:,.0f} ev/s",
+                f">= {TARGET:,}",
+                C.verdict(v, TARGET, True),
+            )
+        )
     # The profile: the same load, fewer events (cProfile roughly doubles the cost).
     with C.temp_dir("ctx-bench-prof-") as tmp:
         prof = os.path.join(tmp, "daemon.prof")
@@ -226,16 +323,25 @@ def run() -> dict:
         except OSError:
             pass
     areas = result["profile"]["areas"][:4]
-    rows.append(C.row("2 ingest", "profile: top costs (share of busy CPU)",
-                      ", ".join(f"{a['area'].split(' (')[0]} {a['share_of_busy'] * 100:.0f}%" for a in areas), "", ""))
+    rows.append(
+        C.row(
+            "2 ingest",
+            "profile: top costs (share of busy CPU)",
+            ", ".join(f"{a['area'].split(' (')[0]} {a['share_of_busy'] * 100:.0f}%" for a in areas),
+            "",
+            "",
+        )
+    )
     result["rows"] = rows
     return result
 
 
 def print_profile(result: dict) -> None:
     p = result["profile"]
-    print(f"\ndaemon profile ({p['busy_s']:.2f} s busy of {p['total_s']:.2f} s; "
-          f"full stats: benchmarks/results/ingest-daemon.prof)")
+    print(
+        f"\ndaemon profile ({p['busy_s']:.2f} s busy of {p['total_s']:.2f} s; "
+        f"full stats: benchmarks/results/ingest-daemon.prof)"
+    )
     print("  by area:")
     for a in p["areas"][:10]:
         print(f"    {a['share_of_busy'] * 100:5.1f}%  {a['area']}")

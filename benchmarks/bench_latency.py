@@ -86,8 +86,14 @@ def ack_probe(path: str, i: int) -> float:
     from contextuate_trio.hook import paths, wire
 
     eid = paths.new_id()
-    raw = json.dumps({"session_id": "bench-probe", "hook_event_name": "Notification",
-                      "message": f"probe {i}", "notification_type": "bench"}).encode()
+    raw = json.dumps(
+        {
+            "session_id": "bench-probe",
+            "hook_event_name": "Notification",
+            "message": f"probe {i}",
+            "notification_type": "bench",
+        }
+    ).encode()
     line = wire.envelope(raw, eid, int(time.time() * 1000), "bench-host", None, ack=True)
     s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     s.settimeout(5)
@@ -150,31 +156,58 @@ def run() -> dict:
         return f"{C.pct(xs, 50) * 1000:.1f} / {C.pct(xs, 99) * 1000:.1f} ms"
 
     rows.append(C.row("3 latency", "hook spawn -> hook exit (event stored + acked) p50/p99", p(a["spawn_to_exit_s"])))
-    rows.append(C.row("3 latency", "hook spawn -> event in GET /api/sessions/{id}/events p50/p99",
-                      p(a["spawn_to_api_s"])))
+    rows.append(
+        C.row("3 latency", "hook spawn -> event in GET /api/sessions/{id}/events p50/p99", p(a["spawn_to_api_s"]))
+    )
     if ws and a.get("spawn_to_ws_s"):
         miss = f" ({a['ws_missing']} missing)" if a.get("ws_missing") else ""
         rows.append(C.row("3 latency", "hook spawn -> WebSocket client received p50/p99", p(a["spawn_to_ws_s"]) + miss))
     else:
-        rows.append(C.row("3 latency", "hook spawn -> WebSocket client received p50/p99",
-                          NO_WS if not ws else f"none received ({a.get('ws_closed')})", "", "n/a"))
-    rows.append(C.row("3 latency", "@1000 ev/s: socket write -> stored + ack received p50/p99 (probes)",
-                      p(b["ack_s"]), "", ""))
+        rows.append(
+            C.row(
+                "3 latency",
+                "hook spawn -> WebSocket client received p50/p99",
+                NO_WS if not ws else f"none received ({a.get('ws_closed')})",
+                "",
+                "n/a",
+            )
+        )
+    rows.append(
+        C.row("3 latency", "@1000 ev/s: socket write -> stored + ack received p50/p99 (probes)", p(b["ack_s"]), "", "")
+    )
     if ws and b.get("ws_s"):
         p99 = C.pct(b["ws_s"], 99)
         note = "" if b.get("ws_received", 0) >= b["events"] else f" (got {b.get('ws_received')}/{b['events']})"
-        rows.append(C.row("3 latency", "@1000 ev/s: socket write -> WebSocket client p50/p99",
-                          p(b["ws_s"]) + note, "p99 <= 5 ms", C.verdict(p99, TARGET_P99)))
+        rows.append(
+            C.row(
+                "3 latency",
+                "@1000 ev/s: socket write -> WebSocket client p50/p99",
+                p(b["ws_s"]) + note,
+                "p99 <= 5 ms",
+                C.verdict(p99, TARGET_P99),
+            )
+        )
     else:
-        rows.append(C.row("3 latency", "@1000 ev/s: socket write -> WebSocket client p50/p99",
-                          NO_WS if not ws else f"none received ({b.get('ws_closed')})", "p99 <= 5 ms", "n/a"))
+        rows.append(
+            C.row(
+                "3 latency",
+                "@1000 ev/s: socket write -> WebSocket client p50/p99",
+                NO_WS if not ws else f"none received ({b.get('ws_closed')})",
+                "p99 <= 5 ms",
+                "n/a",
+            )
+        )
     result["rows"] = rows
     result["charts"] = {
         "3 latency: hook spawn -> visible": {
-            "hook exit (acked)": a["spawn_to_exit_s"], "GET /events": a["spawn_to_api_s"],
-            **({"WebSocket": a["spawn_to_ws_s"]} if a.get("spawn_to_ws_s") else {})},
+            "hook exit (acked)": a["spawn_to_exit_s"],
+            "GET /events": a["spawn_to_api_s"],
+            **({"WebSocket": a["spawn_to_ws_s"]} if a.get("spawn_to_ws_s") else {}),
+        },
         "3 latency: inside the daemon @1000 ev/s": {
-            "socket -> ack": b["ack_s"], **({"socket -> WebSocket": b["ws_s"]} if b.get("ws_s") else {})},
+            "socket -> ack": b["ack_s"],
+            **({"socket -> WebSocket": b["ws_s"]} if b.get("ws_s") else {}),
+        },
     }
     return result
 

@@ -41,8 +41,10 @@ def run() -> dict:
     payload = C.pre_tool_use_payload()
     with C.redis_server() as port:
         if port is None:
-            return {"name": NAME, "rows": [C.row("5 redis ingest", "catch-up from the stream",
-                                                 "n/a (no redis-server)")]}
+            return {
+                "name": NAME,
+                "rows": [C.row("5 redis ingest", "catch-up from the stream", "n/a (no redis-server)")],
+            }
         client = redis.Redis(port=port)
         _fill(client, n, payload, "backlog")
         cfg = {"mode": "redis", "redis": {"host": "127.0.0.1", "port": port}}
@@ -56,10 +58,16 @@ def run() -> dict:
             d.wait_stored(2 * n)
             live = time.perf_counter() - t1
     rows = [
-        C.row("5 redis ingest", f"catch-up: {n:,} events waiting in the stream -> stored",
-              f"{n / catch_up:,.0f} ev/s ({catch_up:.1f} s after healthy in {t_start:.2f} s)"),
-        C.row("5 redis ingest", f"live: {n:,} events XADDed while running -> stored",
-              f"{n / live:,.0f} ev/s (includes the producer's own time)"),
+        C.row(
+            "5 redis ingest",
+            f"catch-up: {n:,} events waiting in the stream -> stored",
+            f"{n / catch_up:,.0f} ev/s ({catch_up:.1f} s after healthy in {t_start:.2f} s)",
+        ),
+        C.row(
+            "5 redis ingest",
+            f"live: {n:,} events XADDed while running -> stored",
+            f"{n / live:,.0f} ev/s (includes the producer's own time)",
+        ),
     ]
     return {"name": NAME, "rows": rows, "events": n, "catch_up_s": catch_up, "live_s": live}
 

@@ -37,15 +37,34 @@ MODEL = "claude-sonnet-4-5-20250929"
 
 
 def _line(i: int, pad: int = 3000) -> bytes:
-    u = {"input_tokens": 3, "cache_creation_input_tokens": 500, "cache_read_input_tokens": 40000,
-         "cache_creation": {"ephemeral_5m_input_tokens": 500, "ephemeral_1h_input_tokens": 0},
-         "output_tokens": 200, "service_tier": "standard"}
-    obj = {"parentUuid": "p", "isSidechain": False, "type": "assistant", "uuid": f"u{i}",
-           "timestamp": "2025-10-01T12:00:00.000Z", "requestId": f"req_{i}",
-           "message": {"model": MODEL, "id": f"msg_{i:08d}", "role": "assistant", "usage": u,
-                       "content": [{"type": "text", "text": "x" * pad}]}}
-    tool = {"type": "user", "uuid": f"t{i}", "message": {"role": "user", "content": [
-        {"type": "tool_result", "tool_use_id": "t", "content": "y" * pad}]}}
+    u = {
+        "input_tokens": 3,
+        "cache_creation_input_tokens": 500,
+        "cache_read_input_tokens": 40000,
+        "cache_creation": {"ephemeral_5m_input_tokens": 500, "ephemeral_1h_input_tokens": 0},
+        "output_tokens": 200,
+        "service_tier": "standard",
+    }
+    obj = {
+        "parentUuid": "p",
+        "isSidechain": False,
+        "type": "assistant",
+        "uuid": f"u{i}",
+        "timestamp": "2025-10-01T12:00:00.000Z",
+        "requestId": f"req_{i}",
+        "message": {
+            "model": MODEL,
+            "id": f"msg_{i:08d}",
+            "role": "assistant",
+            "usage": u,
+            "content": [{"type": "text", "text": "x" * pad}],
+        },
+    }
+    tool = {
+        "type": "user",
+        "uuid": f"t{i}",
+        "message": {"role": "user", "content": [{"type": "tool_result", "tool_use_id": "t", "content": "y" * pad}]},
+    }
     return (json.dumps(obj) + "\n" + json.dumps(tool) + "\n").encode()
 
 
@@ -54,8 +73,11 @@ def _redis():
     if not exe:
         return None, None
     port = C.free_port()
-    proc = subprocess.Popen([exe, "--port", str(port), "--bind", "127.0.0.1", "--save", "",
-                             "--appendonly", "no"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    proc = subprocess.Popen(
+        [exe, "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
     deadline = time.monotonic() + 10
     while time.monotonic() < deadline:
         try:
@@ -77,10 +99,20 @@ def import_cost(python: str) -> dict:
     """Microseconds (self, best of 5) of the two modules a Stop adds to the hook's imports."""
     best: dict = {}
     for _ in range(5):
-        r = subprocess.run([python, "-I", "-S", "-X", "importtime", "-c",
-                            f"import sys; sys.path.insert(0, {ROOT!r}); import contextuate_trio.hook.process; "
-                            "import contextuate_trio.hook.usage"],
-                           capture_output=True, text=True)
+        r = subprocess.run(
+            [
+                python,
+                "-I",
+                "-S",
+                "-X",
+                "importtime",
+                "-c",
+                f"import sys; sys.path.insert(0, {ROOT!r}); import contextuate_trio.hook.process; "
+                "import contextuate_trio.hook.usage",
+            ],
+            capture_output=True,
+            text=True,
+        )
         for line in r.stderr.splitlines():
             parts = [p.strip() for p in line.split("|")]
             if len(parts) == 3 and parts[2].strip() in ("contextuate_trio.core.usage", "contextuate_trio.hook.usage"):
@@ -119,21 +151,37 @@ def run(rounds=None) -> dict:
         per_big = (4 << 20) // len(_line(1))
 
         def stop(path):
-            return json.dumps({"session_id": "s-" + os.path.basename(path), "transcript_path": path,
-                               "cwd": "/w", "hook_event_name": "Stop"}).encode()
+            return json.dumps(
+                {
+                    "session_id": "s-" + os.path.basename(path),
+                    "transcript_path": path,
+                    "cwd": "/w",
+                    "hook_event_name": "Stop",
+                }
+            ).encode()
 
-        pre = json.dumps({"session_id": "s-pre", "transcript_path": paths["idle"], "cwd": "/w",
-                          "hook_event_name": "PreToolUse", "tool_name": "Bash",
-                          "tool_input": {"command": "ls"}, "tool_use_id": "t"}).encode()
+        pre = json.dumps(
+            {
+                "session_id": "s-pre",
+                "transcript_path": paths["idle"],
+                "cwd": "/w",
+                "hook_event_name": "PreToolUse",
+                "tool_name": "Bash",
+                "tool_input": {"command": "ls"},
+                "tool_use_id": "t",
+            }
+        ).encode()
         argv = [python, "-I", "-S", HOOK]
         cases = {
             "bare interpreter": (lambda: None, [python, "-I", "-S", "-c", "pass"], b""),
             "PreToolUse (no usage work)": (lambda: None, argv, pre),
             "Stop, nothing new": (lambda: None, argv, stop(paths["idle"])),
-            f"Stop, one turn (12 responses, {one_turn // 1024} KB)": (lambda: grow(paths["turn"], 12), argv,
-                                                                    stop(paths["turn"])),
-            "Stop, 4 MiB new (the per-run budget)": (lambda: grow(paths["big"], per_big), argv,
-                                                     stop(paths["big"])),
+            f"Stop, one turn (12 responses, {one_turn // 1024} KB)": (
+                lambda: grow(paths["turn"], 12),
+                argv,
+                stop(paths["turn"]),
+            ),
+            "Stop, 4 MiB new (the per-run budget)": (lambda: grow(paths["big"], per_big), argv, stop(paths["big"])),
         }
         _timed(argv, stop(paths["idle"]), env)  # the first read of "idle"
         times: dict = {k: [] for k in cases}

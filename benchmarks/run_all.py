@@ -26,9 +26,15 @@ import bench_latency  # noqa: E402
 import bench_redis_ingest  # noqa: E402
 import bench_usage_hook  # noqa: E402
 
-BENCHES = [("hook", bench_hook), ("http_hook", bench_http_hook), ("usage_hook", bench_usage_hook),
-           ("ingest", bench_ingest), ("latency", bench_latency), ("history", bench_history),
-           ("redis_ingest", bench_redis_ingest)]
+BENCHES = [
+    ("hook", bench_hook),
+    ("http_hook", bench_http_hook),
+    ("usage_hook", bench_usage_hook),
+    ("ingest", bench_ingest),
+    ("latency", bench_latency),
+    ("history", bench_history),
+    ("redis_ingest", bench_redis_ingest),
+]
 
 
 def chart(results: dict, path: str) -> bool:
@@ -56,8 +62,7 @@ def chart(results: dict, path: str) -> bool:
         for label, xs in series.items():
             xs = sorted(x * 1000 for x in xs)
             ys = [(i + 1) / len(xs) for i in range(len(xs))]
-            ax.step(xs, ys, where="post",
-                    label=f"{label} (p50 {C.pct(xs, 50):.1f}, p99 {C.pct(xs, 99):.1f} ms)")
+            ax.step(xs, ys, where="post", label=f"{label} (p50 {C.pct(xs, 50):.1f}, p99 {C.pct(xs, 99):.1f} ms)")
         ax.set_title(title)
         ax.set_xlabel("ms")
         ax.set_ylabel("fraction <= x")
@@ -76,9 +81,16 @@ def main() -> int:
     C.check_env()
     only = {x for x in os.environ.get("BENCH_ONLY", "").split(",") if x}
     started = time.time()
-    results: dict = {"started": time.strftime("%Y-%m-%dT%H:%M:%S"), "quick": C.QUICK,
-                     "machine": {"cpus": os.cpu_count(), "platform": platform.platform(),
-                                 "python_hook": C.real_python(), "python_daemon": sys.executable}}
+    results: dict = {
+        "started": time.strftime("%Y-%m-%dT%H:%M:%S"),
+        "quick": C.QUICK,
+        "machine": {
+            "cpus": os.cpu_count(),
+            "platform": platform.platform(),
+            "python_hook": C.real_python(),
+            "python_daemon": sys.executable,
+        },
+    }
     rows = []
     for name, mod in BENCHES:
         if only and name not in only:
@@ -89,8 +101,11 @@ def main() -> int:
             res = mod.run()
         except Exception as exc:
             traceback.print_exc()
-            res = {"name": name, "error": f"{type(exc).__name__}: {exc}",
-                   "rows": [C.row(name, "error", f"{type(exc).__name__}: {exc}"[:80], "", "ERROR")]}
+            res = {
+                "name": name,
+                "error": f"{type(exc).__name__}: {exc}",
+                "rows": [C.row(name, "error", f"{type(exc).__name__}: {exc}"[:80], "", "ERROR")],
+            }
         res["seconds"] = time.time() - t0
         results[name] = res
         rows += res["rows"]
@@ -106,8 +121,10 @@ def main() -> int:
     print(C.format_table(rows))
     if "ingest" in results and "profile" in results["ingest"]:
         bench_ingest.print_profile(results["ingest"])
-    print(f"\n{'quick' if C.QUICK else 'full'} run, {results['seconds']:.0f} s; results: {path}"
-          + (f", chart: {png}" if has_chart else ""))
+    print(
+        f"\n{'quick' if C.QUICK else 'full'} run, {results['seconds']:.0f} s; results: {path}"
+        + (f", chart: {png}" if has_chart else "")
+    )
     return 1 if any(r["status"] == "ERROR" for r in rows) else 0
 
 

@@ -114,8 +114,7 @@ class Config:
     path: str = attrs.field(default="", metadata={"internal": True})
 
 
-_SECTIONS = (ServerConfig, HookConfig, RedisConfig, PersistenceConfig, RedactionConfig, PricingConfig,
-             Config)
+_SECTIONS = (ServerConfig, HookConfig, RedisConfig, PersistenceConfig, RedactionConfig, PricingConfig, Config)
 # Objects whose keys are the user's own (model names), not ours to warn about.
 _FREE_FORM = ("pricing.models",)
 
@@ -124,8 +123,7 @@ def _make_converter() -> cattrs.Converter:
     conv = cattrs.Converter(forbid_extra_keys=False)
     for cls in _SECTIONS:
         names = {
-            a.name: override(rename=camel(a.name), omit=bool(a.metadata.get("internal")))
-            for a in attrs.fields(cls)
+            a.name: override(rename=camel(a.name), omit=bool(a.metadata.get("internal"))) for a in attrs.fields(cls)
         }
         conv.register_structure_hook(cls, make_dict_structure_fn(cls, conv, **names))
         conv.register_unstructure_hook(cls, make_dict_unstructure_fn(cls, conv, **names))

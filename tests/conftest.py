@@ -50,8 +50,9 @@ def clean_env(home: str, **extra: str) -> dict:
     return env
 
 
-def run_hook(home: str, stdin, env_extra: dict | None = None, timeout: float = 10.0,
-             **popen) -> subprocess.CompletedProcess:
+def run_hook(
+    home: str, stdin, env_extra: dict | None = None, timeout: float = 10.0, **popen
+) -> subprocess.CompletedProcess:
     """Run the real hook the way Claude Code does; ``stdin`` is a dict, str or bytes."""
     if isinstance(stdin, dict):
         data = json.dumps(stdin).encode()
@@ -60,8 +61,9 @@ def run_hook(home: str, stdin, env_extra: dict | None = None, timeout: float = 1
     else:
         data = stdin
     env = clean_env(home, **(env_extra or {}))
-    return subprocess.run([HOOK_PYTHON, "-I", "-S", HOOK], input=data, env=env,
-                          capture_output=True, timeout=timeout, **popen)
+    return subprocess.run(
+        [HOOK_PYTHON, "-I", "-S", HOOK], input=data, env=env, capture_output=True, timeout=timeout, **popen
+    )
 
 
 def replay_fixture(home: str, name: str, env_extra: dict | None = None) -> None:
@@ -104,7 +106,10 @@ class DaemonProc:
         log = open(self.log_path, "ab")
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "contextuate_trio", "start", "--foreground"],
-            env=clean_env(self.home), stdout=log, stderr=subprocess.STDOUT, cwd=str(ROOT),
+            env=clean_env(self.home),
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            cwd=str(ROOT),
         )
         log.close()
         if wait:
@@ -212,8 +217,9 @@ def daemon(home):
 class LiveDaemon:
     """A real ``Daemon`` running in the test's own Trio run (its nursery)."""
 
-    def __init__(self, home: str, config: dict | None = None, port: int | None = None,
-                 ws_port: int | None = None) -> None:
+    def __init__(
+        self, home: str, config: dict | None = None, port: int | None = None, ws_port: int | None = None
+    ) -> None:
         from contextuate_trio import config as config_mod
         from contextuate_trio.daemon.daemon import Daemon
 

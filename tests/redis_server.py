@@ -15,8 +15,9 @@ import pytest
 from conftest import free_port
 
 REDIS_SERVER = shutil.which("redis-server")
-needs_redis = pytest.mark.skipif(REDIS_SERVER is None and not os.environ.get("CI"),
-                                 reason="redis-server is not installed (make test installs it)")
+needs_redis = pytest.mark.skipif(
+    REDIS_SERVER is None and not os.environ.get("CI"), reason="redis-server is not installed (make test installs it)"
+)
 
 
 class RedisServer:
@@ -29,12 +30,34 @@ class RedisServer:
 
     @property
     def args(self) -> list[str]:
-        base = [REDIS_SERVER or "redis-server", "--bind", "127.0.0.1", "--save", "", "--appendonly", "no",
-                "--dir", self.dir, "--logfile", os.path.join(self.dir, "redis.log")]
+        base = [
+            REDIS_SERVER or "redis-server",
+            "--bind",
+            "127.0.0.1",
+            "--save",
+            "",
+            "--appendonly",
+            "no",
+            "--dir",
+            self.dir,
+            "--logfile",
+            os.path.join(self.dir, "redis.log"),
+        ]
         if self.tls:
-            base += ["--port", "0", "--tls-port", str(self.port), "--tls-cert-file", self.tls["cert"],
-                     "--tls-key-file", self.tls["key"], "--tls-ca-cert-file", self.tls["ca"],
-                     "--tls-auth-clients", "no"]
+            base += [
+                "--port",
+                "0",
+                "--tls-port",
+                str(self.port),
+                "--tls-cert-file",
+                self.tls["cert"],
+                "--tls-key-file",
+                self.tls["key"],
+                "--tls-ca-cert-file",
+                self.tls["ca"],
+                "--tls-auth-clients",
+                "no",
+            ]
         else:
             base += ["--port", str(self.port)]
         return base + self.extra
@@ -87,19 +110,46 @@ class RedisServer:
 
 def make_tls_files(directory: str) -> dict:
     """A throw-away CA and a server certificate for 127.0.0.1/localhost (openssl CLI)."""
+
     def run(*args):
         subprocess.run(["openssl", *args], cwd=directory, check=True, capture_output=True)
 
-    run("req", "-x509", "-newkey", "rsa:2048", "-nodes", "-keyout", "ca.key", "-out", "ca.crt",
-        "-days", "2", "-subj", "/CN=contextuate-test-ca")
-    run("req", "-newkey", "rsa:2048", "-nodes", "-keyout", "srv.key", "-out", "srv.csr",
-        "-subj", "/CN=localhost")
+    run(
+        "req",
+        "-x509",
+        "-newkey",
+        "rsa:2048",
+        "-nodes",
+        "-keyout",
+        "ca.key",
+        "-out",
+        "ca.crt",
+        "-days",
+        "2",
+        "-subj",
+        "/CN=contextuate-test-ca",
+    )
+    run("req", "-newkey", "rsa:2048", "-nodes", "-keyout", "srv.key", "-out", "srv.csr", "-subj", "/CN=localhost")
     with open(os.path.join(directory, "ext"), "w") as f:
         f.write("subjectAltName=DNS:localhost,IP:127.0.0.1\n")
-    run("x509", "-req", "-in", "srv.csr", "-CA", "ca.crt", "-CAkey", "ca.key", "-CAcreateserial",
-        "-out", "srv.crt", "-days", "2", "-extfile", "ext")
-    return {k: os.path.join(directory, v) for k, v in
-            (("ca", "ca.crt"), ("cert", "srv.crt"), ("key", "srv.key"))}
+    run(
+        "x509",
+        "-req",
+        "-in",
+        "srv.csr",
+        "-CA",
+        "ca.crt",
+        "-CAkey",
+        "ca.key",
+        "-CAcreateserial",
+        "-out",
+        "srv.crt",
+        "-days",
+        "2",
+        "-extfile",
+        "ext",
+    )
+    return {k: os.path.join(directory, v) for k, v in (("ca", "ca.crt"), ("cert", "srv.crt"), ("key", "srv.key"))}
 
 
 @pytest.fixture

@@ -17,8 +17,14 @@ from contextuate_trio.cli.doctor import skew_findings
 
 
 def doctor(env, cwd=None) -> tuple[int, dict]:
-    p = subprocess.run([sys.executable, "-m", "contextuate_trio", "doctor", "--json"], env=env,
-                       cwd=cwd or str(ROOT), capture_output=True, text=True, timeout=60)
+    p = subprocess.run(
+        [sys.executable, "-m", "contextuate_trio", "doctor", "--json"],
+        env=env,
+        cwd=cwd or str(ROOT),
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     assert p.stdout, p.stderr
     by: dict = {}
     for c in json.loads(p.stdout):
@@ -31,8 +37,14 @@ def status(by, name):
 
 
 def install(env, *extra):
-    p = subprocess.run([sys.executable, "-m", "contextuate_trio", "hooks", "install", *extra], env=env,
-                       cwd=str(ROOT), capture_output=True, text=True, timeout=60)
+    p = subprocess.run(
+        [sys.executable, "-m", "contextuate_trio", "hooks", "install", *extra],
+        env=env,
+        cwd=str(ROOT),
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     assert p.returncode == 0, p.stderr
 
 
@@ -71,9 +83,21 @@ def test_hook_not_wired_missing_interpreter_and_wired_twice(daemon, home, tmp_pa
 
     settings = tmp_path / ".claude" / "settings.json"
     settings.parent.mkdir(parents=True, exist_ok=True)
-    gone = {"hooks": {ev: [{"hooks": [{"type": "command", "command":
-                                        f"CONTEXTUATE_HOME={home} /opt/gone/python3 -I -S {cs.hook_script()}"}]}]
-                      for ev in cs.EVENTS}}
+    gone = {
+        "hooks": {
+            ev: [
+                {
+                    "hooks": [
+                        {
+                            "type": "command",
+                            "command": f"CONTEXTUATE_HOME={home} /opt/gone/python3 -I -S {cs.hook_script()}",
+                        }
+                    ]
+                }
+            ]
+            for ev in cs.EVENTS
+        }
+    }
     settings.write_text(json.dumps(gone))
     code, by = doctor(env)
     assert code == 1 and "/opt/gone/python3 is missing" in by["hook"][0]["detail"]
@@ -82,8 +106,14 @@ def test_hook_not_wired_missing_interpreter_and_wired_twice(daemon, home, tmp_pa
     install(env)
     proj = tmp_path / "proj"
     proj.mkdir()
-    subprocess.run([sys.executable, "-m", "contextuate_trio", "hooks", "install", "--local"], env=env,
-                   cwd=str(proj), capture_output=True, timeout=60, check=True)
+    subprocess.run(
+        [sys.executable, "-m", "contextuate_trio", "hooks", "install", "--local"],
+        env=env,
+        cwd=str(proj),
+        capture_output=True,
+        timeout=60,
+        check=True,
+    )
     code, by = doctor(env, cwd=str(proj))
     twice = [c for c in by["hook"] if "recorded twice" in c["detail"]]
     assert twice and twice[0]["status"] == "fail" and "hooks uninstall --local" in twice[0]["fix"]
@@ -115,12 +145,31 @@ def test_clock_skew_seen_in_events(daemon, home, tmp_path):
     d = daemon()
     now = int(time.time() * 1000)
     lines = [
-        {"id": "e1", "timestamp": now - 60_000, "sessionId": "parent", "machineId": "box-a",
-         "eventType": "session_start", "data": {}},
-        {"id": "e2", "timestamp": now - 120_000, "sessionId": "child", "parentSessionId": "parent",
-         "machineId": "box-b", "eventType": "session_start", "data": {}},
-        {"id": "e3", "timestamp": now + 3_600_000, "sessionId": "fut", "machineId": "box-c",
-         "eventType": "session_start", "data": {}},
+        {
+            "id": "e1",
+            "timestamp": now - 60_000,
+            "sessionId": "parent",
+            "machineId": "box-a",
+            "eventType": "session_start",
+            "data": {},
+        },
+        {
+            "id": "e2",
+            "timestamp": now - 120_000,
+            "sessionId": "child",
+            "parentSessionId": "parent",
+            "machineId": "box-b",
+            "eventType": "session_start",
+            "data": {},
+        },
+        {
+            "id": "e3",
+            "timestamp": now + 3_600_000,
+            "sessionId": "fut",
+            "machineId": "box-c",
+            "eventType": "session_start",
+            "data": {},
+        },
     ]
     with socket.socket(socket.AF_UNIX) as s:
         s.connect(d.socket_path)
@@ -135,9 +184,16 @@ def test_clock_skew_seen_in_events(daemon, home, tmp_path):
 
 def test_skew_findings_pure():
     now = 1_000_000_000
-    sessions = [{"sessionId": "p", "machineId": "a", "startTime": now - 10_000, "lastEventTime": now},
-                {"sessionId": "c", "machineId": "b", "parentSessionId": "p", "startTime": now - 9_000,
-                 "lastEventTime": now - 1}]
+    sessions = [
+        {"sessionId": "p", "machineId": "a", "startTime": now - 10_000, "lastEventTime": now},
+        {
+            "sessionId": "c",
+            "machineId": "b",
+            "parentSessionId": "p",
+            "startTime": now - 9_000,
+            "lastEventTime": now - 1,
+        },
+    ]
     assert skew_findings(sessions, now) == []
 
 

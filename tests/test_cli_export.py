@@ -12,18 +12,38 @@ from conftest import ROOT, DaemonProc, clean_env, run_hook, wait_for
 
 from contextuate_trio.cli.export import order, select
 
-KEYS = ("sessionId", "machineId", "parentSessionId", "childSessionIds", "agentType", "description",
-        "eventCount", "toolCount", "errorCount", "status", "startTime", "workingDirectory")
+KEYS = (
+    "sessionId",
+    "machineId",
+    "parentSessionId",
+    "childSessionIds",
+    "agentType",
+    "description",
+    "eventCount",
+    "toolCount",
+    "errorCount",
+    "status",
+    "startTime",
+    "workingDirectory",
+)
 
 
 def cli(home, *args):
-    return subprocess.run([sys.executable, "-m", "contextuate_trio", *args], env=clean_env(home),
-                          cwd=str(ROOT), capture_output=True, text=True, timeout=120)
+    return subprocess.run(
+        [sys.executable, "-m", "contextuate_trio", *args],
+        env=clean_env(home),
+        cwd=str(ROOT),
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
 
 
 def view(d):
-    return {sid: {k: (sorted(v) if isinstance(v, list) else v) for k, v in s.items() if k in KEYS}
-            for sid, s in d.sessions().items()}
+    return {
+        sid: {k: (sorted(v) if isinstance(v, list) else v) for k, v in s.items() if k in KEYS}
+        for sid, s in d.sessions().items()
+    }
 
 
 def test_export_import_round_trip_into_another_daemon(daemon, home, tmp_path):
@@ -66,8 +86,19 @@ def test_export_import_round_trip_into_another_daemon(daemon, home, tmp_path):
 def test_import_of_complete_events_from_another_producer(daemon, home, tmp_path):
     d = daemon()
     f = tmp_path / "x.jsonl"
-    f.write_text(json.dumps({"id": "c1", "timestamp": 1000, "sessionId": "ext", "machineId": "m",
-                             "eventType": "custom", "data": {"k": 1}}) + "\n\nnot json\n")
+    f.write_text(
+        json.dumps(
+            {
+                "id": "c1",
+                "timestamp": 1000,
+                "sessionId": "ext",
+                "machineId": "m",
+                "eventType": "custom",
+                "data": {"k": 1},
+            }
+        )
+        + "\n\nnot json\n"
+    )
     r = cli(home, "import", str(f))
     assert r.returncode == 0
     assert "imported 1 events" in r.stdout and "1 lines skipped" in r.stdout
@@ -77,8 +108,11 @@ def test_import_of_complete_events_from_another_producer(daemon, home, tmp_path)
 
 
 def test_select_and_order():
-    sessions = {"aaa1": {"childSessionIds": ["agent-1"]}, "agent-1": {"childSessionIds": []},
-                "aab2": {"childSessionIds": []}}
+    sessions = {
+        "aaa1": {"childSessionIds": ["agent-1"]},
+        "agent-1": {"childSessionIds": []},
+        "aab2": {"childSessionIds": []},
+    }
     assert select(sessions, ["aaa"]) == ["aaa1", "agent-1"]
     nested = {"p1": {"childSessionIds": ["p1:agent-x"]}, "p1:agent-x": {"parentSessionId": "p1"}}
     assert select(nested, ["p1"]) == ["p1", "p1:agent-x"] and select(nested, ["p"]) == ["p1", "p1:agent-x"]
@@ -87,5 +121,10 @@ def test_select_and_order():
         raise AssertionError("ambiguous prefix accepted")
     except LookupError as exc:
         assert "matches 2" in str(exc)
-    evs = [{"id": "b", "timestamp": 2}, {"id": "a", "timestamp": 1}, {"id": "c", "timestamp": 2}, {"id": "a", "timestamp": 1}]
+    evs = [
+        {"id": "b", "timestamp": 2},
+        {"id": "a", "timestamp": 1},
+        {"id": "c", "timestamp": 2},
+        {"id": "a", "timestamp": 1},
+    ]
     assert [e["id"] for e in order(evs)] == ["a", "b", "c"]

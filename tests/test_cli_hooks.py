@@ -32,8 +32,7 @@ OTHERS = {
 
 def wanted(transport="command"):
     events, _ = cs.events_for(None)
-    return cs.plan(events, CMD, transport=transport, url="http://127.0.0.1:3847/api/hooks",
-                   machine="m1", token=None)
+    return cs.plan(events, CMD, transport=transport, url="http://127.0.0.1:3847/api/hooks", machine="m1", token=None)
 
 
 # --- pure merge -------------------------------------------------------------------------
@@ -70,8 +69,18 @@ def test_install_twice_changes_nothing_and_switching_transport_replaces():
 
 
 def test_our_handler_sharing_a_group_with_someone_elses():
-    mixed = {"hooks": {"Stop": [{"hooks": [{"type": "command", "command": "say hi"},
-                                           {"type": "command", "command": "python3 /old/hook_emit.py"}]}]}}
+    mixed = {
+        "hooks": {
+            "Stop": [
+                {
+                    "hooks": [
+                        {"type": "command", "command": "say hi"},
+                        {"type": "command", "command": "python3 /old/hook_emit.py"},
+                    ]
+                }
+            ]
+        }
+    }
     out = cs.install(mixed, wanted())
     assert out["hooks"]["Stop"][0] == {"hooks": [{"type": "command", "command": "say hi"}]}
     assert cs.uninstall(out) == {"hooks": {"Stop": [{"hooks": [{"type": "command", "command": "say hi"}]}]}}
@@ -90,8 +99,10 @@ def test_command_is_quoted_and_carries_a_non_default_home(tmp_path):
     env = {"HOME": str(tmp_path), "CONTEXTUATE_HOME": str(tmp_path / "my home")}
     cmd = cs.build_command("/opt/py 3/bin/python3", "/a b/hook_emit.py", env)
     assert cmd == f"CONTEXTUATE_HOME='{tmp_path}/my home' '/opt/py 3/bin/python3' -I -S '/a b/hook_emit.py'"
-    assert cs.command_parts(cmd) == ({"CONTEXTUATE_HOME": f"{tmp_path}/my home"},
-                                     ["/opt/py 3/bin/python3", "-I", "-S", "/a b/hook_emit.py"])
+    assert cs.command_parts(cmd) == (
+        {"CONTEXTUATE_HOME": f"{tmp_path}/my home"},
+        ["/opt/py 3/bin/python3", "-I", "-S", "/a b/hook_emit.py"],
+    )
     env["CONTEXTUATE_HOME"] = str(tmp_path / ".contextuate")  # the default: no prefix
     assert not cs.build_command("/p", "/h", env).startswith("CONTEXTUATE_HOME")
 
@@ -154,8 +165,14 @@ def test_symlinked_settings_stay_a_symlink(tmp_path):
 
 # --- the CLI, and the installed command delivering an event -----------------------------------
 def cli(args, env, cwd=None):
-    return subprocess.run([sys.executable, "-m", "contextuate_trio", *args], env=env, cwd=cwd or str(ROOT),
-                          capture_output=True, text=True, timeout=60)
+    return subprocess.run(
+        [sys.executable, "-m", "contextuate_trio", *args],
+        env=env,
+        cwd=cwd or str(ROOT),
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
 
 
 def test_cli_install_then_sh_c_delivers_to_a_real_daemon(daemon, home, tmp_path):
@@ -177,8 +194,14 @@ def test_cli_install_then_sh_c_delivers_to_a_real_daemon(daemon, home, tmp_path)
     # (no CONTEXTUATE_HOME there, no virtualenv on PATH).
     run_env = {"PATH": "/usr/bin:/bin", "HOME": str(user_home), "HOSTNAME": "box-1"}
     payload = {"session_id": "sh-c-1", "hook_event_name": "Stop", "cwd": str(tmp_path)}
-    p = subprocess.run(["sh", "-c", cmd], input=json.dumps(payload).encode(), env=run_env,
-                       cwd=str(tmp_path), capture_output=True, timeout=20)
+    p = subprocess.run(
+        ["sh", "-c", cmd],
+        input=json.dumps(payload).encode(),
+        env=run_env,
+        cwd=str(tmp_path),
+        capture_output=True,
+        timeout=20,
+    )
     assert p.returncode == 0 and p.stdout == b"", p
     s = wait_for(lambda: d.sessions().get("sh-c-1"), what="the event via sh -c")
     assert s["machineId"] == "box-1" and s["status"] == "idle"

@@ -17,8 +17,9 @@ from contextuate_trio.cli import hooks as cs
 
 def post(url, body, headers=None, timeout=10):
     data = body if isinstance(body, bytes) else json.dumps(body).encode()
-    req = urllib.request.Request(url, data=data, method="POST",
-                                 headers={"Content-Type": "application/json", **(headers or {})})
+    req = urllib.request.Request(
+        url, data=data, method="POST", headers={"Content-Type": "application/json", **(headers or {})}
+    )
     try:
         with urllib.request.urlopen(req, timeout=timeout) as resp:
             return resp.status, resp.read()
@@ -40,8 +41,14 @@ def claude_code_headers(handler: dict, env: dict) -> dict:
 def test_installed_http_hook_is_accepted_with_machine_token_and_parent(daemon, home, tmp_path):
     d = daemon({"server": {"token": "s3cret"}})
     env = clean_env(home, HOME=str(tmp_path), CONTEXTUATE_MACHINE_ID="laptop-http")
-    r = subprocess.run([sys.executable, "-m", "contextuate_trio", "hooks", "install", "--transport", "http"],
-                       env=env, cwd=str(ROOT), capture_output=True, text=True, timeout=60)
+    r = subprocess.run(
+        [sys.executable, "-m", "contextuate_trio", "hooks", "install", "--transport", "http"],
+        env=env,
+        cwd=str(ROOT),
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     assert r.returncode == 0, r.stderr
     settings = json.loads((tmp_path / ".claude" / "settings.json").read_text())
     ours = cs.describe(settings)["ours"]
@@ -50,8 +57,14 @@ def test_installed_http_hook_is_accepted_with_machine_token_and_parent(daemon, h
     assert handler["type"] == "http" and handler["url"] == f"http://127.0.0.1:{d.port}/api/hooks"
     assert handler["headers"]["Authorization"] == "Bearer s3cret"  # --global: the user's own file
 
-    payload = {"session_id": "http-1", "hook_event_name": "PreToolUse", "cwd": "/src/app",
-               "tool_name": "Bash", "tool_input": {"command": "pytest -q"}, "tool_use_id": "toolu_1"}
+    payload = {
+        "session_id": "http-1",
+        "hook_event_name": "PreToolUse",
+        "cwd": "/src/app",
+        "tool_name": "Bash",
+        "tool_input": {"command": "pytest -q"},
+        "tool_use_id": "toolu_1",
+    }
     headers = claude_code_headers(handler, {"CONTEXTUATE_PARENT_SESSION": "parent-on-b"})
     status, body = post(handler["url"], payload, headers)
     assert status == 200 and json.loads(body) == {}
@@ -76,8 +89,9 @@ def test_http_hook_refuses_no_token_web_pages_and_keeps_bad_json(daemon):
     url = f"http://127.0.0.1:{d.port}/api/hooks"
     auth = {"Authorization": "Bearer tok"}
     assert post(url, {"session_id": "x", "hook_event_name": "Stop"})[0] == 401
-    assert post(url, {"session_id": "x", "hook_event_name": "Stop"},
-                {**auth, "Origin": "http://evil.example"})[0] == 403
+    assert (
+        post(url, {"session_id": "x", "hook_event_name": "Stop"}, {**auth, "Origin": "http://evil.example"})[0] == 403
+    )
     assert post(url, b"not json {", auth)[0] == 200  # kept, as the command hook keeps it
     assert post(url, b"  ", auth)[0] == 400
     sessions = d.get("/api/sessions", headers=auth)["sessions"]

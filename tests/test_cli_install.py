@@ -31,8 +31,11 @@ def test_wheel_in_a_fresh_venv_runs_daemon_and_hook():
         os.makedirs(src)
         for name in ("pyproject.toml", "README.md"):
             shutil.copy(ROOT / name, src)
-        shutil.copytree(ROOT / "contextuate_trio", os.path.join(src, "contextuate_trio"),
-                        ignore=shutil.ignore_patterns("__pycache__", "*.pyc"))
+        shutil.copytree(
+            ROOT / "contextuate_trio",
+            os.path.join(src, "contextuate_trio"),
+            ignore=shutil.ignore_patterns("__pycache__", "*.pyc"),
+        )
         r = sh(sys.executable, "-m", "pip", "wheel", "-q", "--no-deps", "-w", os.path.join(tmp, "wheels"), src)
         assert r.returncode == 0, r.stderr[-3000:]
         wheel = glob.glob(os.path.join(tmp, "wheels", "*.whl"))[0]
@@ -73,8 +76,14 @@ def test_wheel_in_a_fresh_venv_runs_daemon_and_hook():
             assert str(ROOT) not in cmd
 
             payload = {"session_id": "installed-1", "hook_event_name": "Stop", "cwd": run_dir}
-            p = subprocess.run(["sh", "-c", cmd], input=json.dumps(payload).encode(), cwd=run_dir,
-                               env={"PATH": "/usr/bin:/bin", "HOME": user}, capture_output=True, timeout=20)
+            p = subprocess.run(
+                ["sh", "-c", cmd],
+                input=json.dumps(payload).encode(),
+                cwd=run_dir,
+                env={"PATH": "/usr/bin:/bin", "HOME": user},
+                capture_output=True,
+                timeout=20,
+            )
             assert p.returncode == 0 and p.stdout == b"", p
             deadline = time.monotonic() + 10
             while True:

@@ -13,8 +13,7 @@ from conftest import ROOT, clean_env
 def analyze(path) -> subprocess.CompletedProcess:
     """``systemd-analyze verify`` as the user manager would load it; in a container with no
     user manager, the system one checks the same syntax and directives."""
-    p = subprocess.run(["systemd-analyze", "verify", "--user", str(path)], capture_output=True, text=True,
-                       timeout=60)
+    p = subprocess.run(["systemd-analyze", "verify", "--user", str(path)], capture_output=True, text=True, timeout=60)
     if p.returncode != 0 and "Failed to initialize manager" in p.stderr:
         p = subprocess.run(["systemd-analyze", "verify", str(path)], capture_output=True, text=True, timeout=60)
     return p
@@ -23,8 +22,14 @@ def analyze(path) -> subprocess.CompletedProcess:
 def test_unit_written_valid_and_removed(home, tmp_path):
     env = clean_env(str(tmp_path / "my home"), HOME=str(tmp_path), XDG_CONFIG_HOME="")
     env.pop("XDG_CONFIG_HOME")
-    run = lambda *a: subprocess.run([sys.executable, "-m", "contextuate_trio", "service", *a], env=env,  # noqa: E731
-                                    cwd=str(ROOT), capture_output=True, text=True, timeout=60)
+    run = lambda *a: subprocess.run(
+        [sys.executable, "-m", "contextuate_trio", "service", *a],
+        env=env,  # noqa: E731
+        cwd=str(ROOT),
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     r = run("install", "--no-start")
     assert r.returncode == 0, r.stderr
     unit = tmp_path / ".config" / "systemd" / "user" / "contextuate-trio.service"

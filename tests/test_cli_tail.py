@@ -16,9 +16,14 @@ from contextuate_trio.cli.tail import Printer
 
 class Tail:
     def __init__(self, home, *args):
-        self.proc = subprocess.Popen([sys.executable, "-m", "contextuate_trio", "tail", *args],
-                                     env=clean_env(home), cwd=str(ROOT), stdout=subprocess.PIPE,
-                                     stderr=subprocess.PIPE, text=True)
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "contextuate_trio", "tail", *args],
+            env=clean_env(home),
+            cwd=str(ROOT),
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
         self.lines: queue.Queue = queue.Queue()
         threading.Thread(target=self._read, daemon=True).start()
 
@@ -37,8 +42,10 @@ class Tail:
             seen.append(line)
             if text in line:
                 return line, seen
-        raise AssertionError(f"tail never printed {text!r}; printed {seen!r}; stderr "
-                             f"{self.proc.stderr.read() if self.proc.poll() is not None else ''}")
+        raise AssertionError(
+            f"tail never printed {text!r}; printed {seen!r}; stderr "
+            f"{self.proc.stderr.read() if self.proc.poll() is not None else ''}"
+        )
 
     def stop(self):
         self.proc.terminate()
@@ -47,18 +54,39 @@ class Tail:
 
 def test_tail_prints_history_then_live_events_with_filters(daemon, home):
     d = daemon({"server": {"token": "t0k"}})
-    run_hook(home, {"session_id": "old-session-1", "hook_event_name": "UserPromptSubmit", "prompt": "earlier work"},
-             {"HOSTNAME": "box-a"})
+    run_hook(
+        home,
+        {"session_id": "old-session-1", "hook_event_name": "UserPromptSubmit", "prompt": "earlier work"},
+        {"HOSTNAME": "box-a"},
+    )
     everything = Tail(home)
     only_b = Tail(home, "--machine", "box-b", "--type", "tool_call,tool_error")
     try:
         everything.wait_for("earlier work")
         everything.wait_for("live from")
         only_b.wait_for("live from")
-        run_hook(home, {"session_id": "live-1", "hook_event_name": "PreToolUse", "tool_name": "Bash",
-                        "tool_input": {"command": "pytest -q"}, "tool_use_id": "t1"}, {"HOSTNAME": "box-a"})
-        run_hook(home, {"session_id": "live-2", "hook_event_name": "PreToolUse", "tool_name": "Read",
-                        "tool_input": {"file_path": "/srv/app.py"}, "tool_use_id": "t2"}, {"HOSTNAME": "box-b"})
+        run_hook(
+            home,
+            {
+                "session_id": "live-1",
+                "hook_event_name": "PreToolUse",
+                "tool_name": "Bash",
+                "tool_input": {"command": "pytest -q"},
+                "tool_use_id": "t1",
+            },
+            {"HOSTNAME": "box-a"},
+        )
+        run_hook(
+            home,
+            {
+                "session_id": "live-2",
+                "hook_event_name": "PreToolUse",
+                "tool_name": "Read",
+                "tool_input": {"file_path": "/srv/app.py"},
+                "tool_use_id": "t2",
+            },
+            {"HOSTNAME": "box-b"},
+        )
         line, _ = everything.wait_for("Bash pytest -q")
         assert "box-a" in line and "live-1" in line and "tool_call" in line
         everything.wait_for("Read /srv/app.py")
@@ -87,7 +115,14 @@ def test_printer_marks_sub_agents_and_colours():
     out = io.StringIO()
     p = Printer(out, color=True)
     p.sessions_from([{"sessionId": "agent-abc123456", "parentSessionId": "root", "agentType": "Explore"}])
-    p.event({"timestamp": 0, "machineId": "m", "sessionId": "agent-abc123456", "eventType": "tool_error",
-             "summary": "Bash false — Exit code 1"})
+    p.event(
+        {
+            "timestamp": 0,
+            "machineId": "m",
+            "sessionId": "agent-abc123456",
+            "eventType": "tool_error",
+            "summary": "Bash false — Exit code 1",
+        }
+    )
     text = out.getvalue()
     assert "↳agent-abc123 (Explore)" in text and "\x1b[1;31m" in text and "Exit code 1" in text

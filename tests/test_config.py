@@ -32,16 +32,19 @@ def test_deep_merge_keeps_other_defaults(home):
     assert cfg.server.token == "t" and cfg.server.port == 3847
 
 
-@pytest.mark.parametrize("data,key", [
-    ({"server": {"port": "3847"}}, "server.port"),
-    ({"server": {"port": 70000}}, "server.port"),
-    ({"mode": "cluster"}, "mode"),
-    ({"hook": {"timeoutMs": 0}}, "hook.timeoutMs"),
-    ({"redis": {"tls": "yes"}}, "redis.tls"),
-    ({"redis": "localhost"}, "redis"),
-    ({"persistence": {"type": "sqlite"}}, "persistence.type"),
-    ({"server": {"allowedHosts": ["a", 1]}}, "server.allowedHosts"),
-])
+@pytest.mark.parametrize(
+    "data,key",
+    [
+        ({"server": {"port": "3847"}}, "server.port"),
+        ({"server": {"port": 70000}}, "server.port"),
+        ({"mode": "cluster"}, "mode"),
+        ({"hook": {"timeoutMs": 0}}, "hook.timeoutMs"),
+        ({"redis": {"tls": "yes"}}, "redis.tls"),
+        ({"redis": "localhost"}, "redis"),
+        ({"persistence": {"type": "sqlite"}}, "persistence.type"),
+        ({"server": {"allowedHosts": ["a", 1]}}, "server.allowedHosts"),
+    ],
+)
 def test_wrong_values_name_the_file_and_key(home, data, key):
     with pytest.raises(config.ConfigError) as err:
         load(home, data)
@@ -73,8 +76,9 @@ def test_node_monitor_config_loads(home):
 
 def test_config_env_and_public_view_hide_secrets(home, tmp_path):
     other = tmp_path / "c.json"
-    other.write_text(json.dumps({"server": {"token": "tok"}, "redis": {"password": "pw",
-                                 "url": "redis://user:pw@h:1/0"}}))
+    other.write_text(
+        json.dumps({"server": {"token": "tok"}, "redis": {"password": "pw", "url": "redis://user:pw@h:1/0"}})
+    )
     cfg, _ = config.load({"CONTEXTUATE_HOME": home, "CONTEXTUATE_CONFIG": str(other)})
     pub = config.public_dict(cfg)
     text = json.dumps(pub)

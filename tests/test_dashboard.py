@@ -30,10 +30,20 @@ def browser():
     profile = tempfile.mkdtemp(prefix="ct-chromium-")
     opts = webdriver.ChromeOptions()
     opts.binary_location = CHROMIUM
-    for flag in ("--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-                 "--disable-background-networking", "--disable-component-update", "--disable-sync",
-                 "--disable-dev-shm-usage", f"--user-data-dir={profile}", "--window-size=1440,900",
-                 "--force-color-profile=srgb"):
+    for flag in (
+        "--headless",
+        "--no-sandbox",
+        "--disable-gpu",
+        "--disable-quic",
+        "--no-first-run",
+        "--disable-background-networking",
+        "--disable-component-update",
+        "--disable-sync",
+        "--disable-dev-shm-usage",
+        f"--user-data-dir={profile}",
+        "--window-size=1440,900",
+        "--force-color-profile=srgb",
+    ):
         opts.add_argument(flag)
     drv = webdriver.Chrome(options=opts, service=webdriver.ChromeService(executable_path=CHROMEDRIVER))
     drv.set_page_load_timeout(20)
@@ -47,9 +57,9 @@ def browser():
 def wait(drv, cond, timeout=10.0, what="condition"):
     from selenium.common.exceptions import StaleElementReferenceException
 
-    return WebDriverWait(drv, timeout, poll_frequency=0.05,
-                         ignored_exceptions=(StaleElementReferenceException,)).until(
-        lambda d: cond(d), message=what)
+    return WebDriverWait(drv, timeout, poll_frequency=0.05, ignored_exceptions=(StaleElementReferenceException,)).until(
+        lambda d: cond(d), message=what
+    )
 
 
 def js(drv, script, *args):
@@ -74,8 +84,11 @@ def test_dashboard_tree_live_filter_detail_reconnect(daemon, home, browser):
     wait(browser, lambda b: "live" in b.find_element(By.ID, "conn").text, what="connected")
     # The tree: the parent, and its sub-agent nested under it.
     wait(browser, lambda b: b.find_elements(By.CSS_SELECTOR, f'.node[data-id="{parent}"]'), what="parent node")
-    kids = wait(browser, lambda b: b.find_elements(
-        By.XPATH, f'//li[div[@data-id="{parent}"]]/ul/li/div[contains(@class,"node")]'), what="child node")
+    kids = wait(
+        browser,
+        lambda b: b.find_elements(By.XPATH, f'//li[div[@data-id="{parent}"]]/ul/li/div[contains(@class,"node")]'),
+        what="child node",
+    )
     assert kids and "Explore" in kids[0].text
     machines = browser.find_element(By.ID, "machines").text
     assert "laptop-a" in machines and "build-box" in machines
@@ -83,10 +96,18 @@ def test_dashboard_tree_live_filter_detail_reconnect(daemon, home, browser):
     # A hook run appears live within a second.
     before = js(browser, "return window.__contextuate.events.length")
     t0 = time.monotonic()
-    r = run_hook(home, {"session_id": parent, "hook_event_name": "PreToolUse", "tool_name": "Bash",
-                        "cwd": "/home/dev/projects/shop-api", "tool_use_id": "toolu_live_1",
-                        "tool_input": {"command": "pytest -q tests/test_live_marker.py"}},
-                 {"HOSTNAME": "laptop-a"})
+    r = run_hook(
+        home,
+        {
+            "session_id": parent,
+            "hook_event_name": "PreToolUse",
+            "tool_name": "Bash",
+            "cwd": "/home/dev/projects/shop-api",
+            "tool_use_id": "toolu_live_1",
+            "tool_input": {"command": "pytest -q tests/test_live_marker.py"},
+        },
+        {"HOSTNAME": "laptop-a"},
+    )
     assert r.returncode == 0
     wait(browser, lambda b: "test_live_marker" in b.find_element(By.ID, "stream").text, what="live row")
     assert time.monotonic() - t0 < 1.5
@@ -104,12 +125,16 @@ def test_dashboard_tree_live_filter_detail_reconnect(daemon, home, browser):
     shown = js(browser, "return window.__contextuate.events.filter(e => e.machineId === 'build-box').length")
     total = js(browser, "return window.__contextuate.events.length")
     assert 0 < shown < total
-    wait(browser, lambda b: js(b, "return document.querySelector('#stream-count').textContent").startswith(f"{shown} of"),
-         what="the stream narrowed to build-box")
+    wait(
+        browser,
+        lambda b: js(b, "return document.querySelector('#stream-count').textContent").startswith(f"{shown} of"),
+        what="the stream narrowed to build-box",
+    )
     browser.find_element(By.ID, "clear").click()
 
     # Expanding an event shows its detail: the Read call joined to its result.
     browser.find_element(By.ID, "q").send_keys("Read /home/dev/projects/shop-api/tests/test_checkout")
+
     def click_read_call(b):
         for r in b.find_elements(By.CSS_SELECTOR, "#stream .row"):
             if "tool call" in r.text and "Read" in r.text:
@@ -118,7 +143,9 @@ def test_dashboard_tree_live_filter_detail_reconnect(daemon, home, browser):
         return False
 
     wait(browser, click_read_call, what="Read row")
-    detail = wait(browser, lambda b: b.find_element(By.ID, "detail").is_displayed() and b.find_element(By.ID, "detail-body"))
+    detail = wait(
+        browser, lambda b: b.find_element(By.ID, "detail").is_displayed() and b.find_element(By.ID, "detail-body")
+    )
     try:
         wait(browser, lambda b: "assert total() == 42" in detail.text, what="joined output")
     finally:
@@ -138,14 +165,28 @@ def test_dashboard_tree_live_filter_detail_reconnect(daemon, home, browser):
     d.stop()
     wait(browser, lambda b: "live" not in b.find_element(By.ID, "conn").text, what="disconnected")
     d.start()
-    r = run_hook(home, {"session_id": parent, "hook_event_name": "UserPromptSubmit",
-                        "cwd": "/home/dev/projects/shop-api", "prompt": "after the restart marker"},
-                 {"HOSTNAME": "laptop-a"})
+    r = run_hook(
+        home,
+        {
+            "session_id": parent,
+            "hook_event_name": "UserPromptSubmit",
+            "cwd": "/home/dev/projects/shop-api",
+            "prompt": "after the restart marker",
+        },
+        {"HOSTNAME": "laptop-a"},
+    )
     wait(browser, lambda b: "live" in b.find_element(By.ID, "conn").text, timeout=15, what="reconnected")
-    wait(browser, lambda b: "after the restart marker" in b.find_element(By.ID, "stream").text, timeout=10,
-         what="event after reconnect")
-    errors = [e for e in browser.get_log("browser") if e["level"] == "SEVERE"
-              and "WebSocket" not in e["message"] and "ERR_CONNECTION_REFUSED" not in e["message"]]
+    wait(
+        browser,
+        lambda b: "after the restart marker" in b.find_element(By.ID, "stream").text,
+        timeout=10,
+        what="event after reconnect",
+    )
+    errors = [
+        e
+        for e in browser.get_log("browser")
+        if e["level"] == "SEVERE" and "WebSocket" not in e["message"] and "ERR_CONNECTION_REFUSED" not in e["message"]
+    ]
     assert not errors, errors
 
 
@@ -155,7 +196,9 @@ def test_dashboard_stays_smooth_with_50000_events(daemon, home, browser):
     browser.get(f"http://127.0.0.1:{d.port}/")
     wait(browser, lambda b: "live" in b.find_element(By.ID, "conn").text)
     # 50,000 events through the page's own message path, in batches like the server's.
-    took = js(browser, """
+    took = js(
+        browser,
+        """
       const base = window.__contextuate.events[0];
       const t0 = performance.now();
       const now = Date.now();
@@ -168,16 +211,20 @@ def test_dashboard_stays_smooth_with_50000_events(daemon, home, browser):
         }
         window.__contextuate_push({type: 'events', seq: 1000 + b, events});
       }
-      return performance.now() - t0;""")
+      return performance.now() - t0;""",
+    )
     rows = js(browser, "return document.querySelectorAll('#stream .row').length")
     assert js(browser, "return window.__contextuate.events.length") >= 50000
     assert rows < 200, f"{rows} rows in the DOM: not virtualised"
     assert took < 5000, f"adding 50,000 events took {took:.0f} ms"
     # Filtering and scrolling 50k stays quick.
-    t = js(browser, """
+    t = js(
+        browser,
+        """
       const t0 = performance.now();
       const q = document.querySelector('#q'); q.value = 'echo 4999'; q.dispatchEvent(new Event('input'));
-      return performance.now() - t0;""")
+      return performance.now() - t0;""",
+    )
     wait(browser, lambda b: len(b.find_elements(By.CSS_SELECTOR, "#stream .row")) >= 1)
     assert t < 1000
     shot(browser, "dashboard-50k")

@@ -13,14 +13,23 @@ from contextuate_trio.core import events
 from contextuate_trio.core.events import EventError, from_object, from_payload
 
 HOOKS = {
-    "SessionStart": "session_start", "SessionEnd": "session_end",
-    "UserPromptSubmit": "user_prompt", "PreToolUse": "tool_call",
-    "PermissionRequest": "permission_request", "PostToolUse": "tool_result",
-    "PostToolUseFailure": "tool_error", "PostToolBatch": "tool_batch",
-    "Notification": "notification", "Stop": "stop", "StopFailure": "stop_failure",
-    "SubagentStart": "subagent_start", "SubagentStop": "subagent_stop",
-    "PreCompact": "pre_compact", "PostCompact": "post_compact",
-    "TaskCreated": "task_created", "TaskCompleted": "task_completed",
+    "SessionStart": "session_start",
+    "SessionEnd": "session_end",
+    "UserPromptSubmit": "user_prompt",
+    "PreToolUse": "tool_call",
+    "PermissionRequest": "permission_request",
+    "PostToolUse": "tool_result",
+    "PostToolUseFailure": "tool_error",
+    "PostToolBatch": "tool_batch",
+    "Notification": "notification",
+    "Stop": "stop",
+    "StopFailure": "stop_failure",
+    "SubagentStart": "subagent_start",
+    "SubagentStop": "subagent_stop",
+    "PreCompact": "pre_compact",
+    "PostCompact": "post_compact",
+    "TaskCreated": "task_created",
+    "TaskCompleted": "task_completed",
 }
 
 
@@ -43,10 +52,18 @@ def test_unknown_hook_kept_in_snake_case():
 
 
 def test_tool_fields_pulled_out_and_payload_kept_whole():
-    p = {"session_id": "s", "hook_event_name": "PostToolUse", "tool_name": "Bash",
-         "tool_input": {"command": "pytest -q"}, "tool_use_id": "toolu_1",
-         "tool_response": {"stdout": "ok"}, "duration_ms": 12, "agent_id": "a1",
-         "agent_type": "Explore", "future_field": [1, 2]}
+    p = {
+        "session_id": "s",
+        "hook_event_name": "PostToolUse",
+        "tool_name": "Bash",
+        "tool_input": {"command": "pytest -q"},
+        "tool_use_id": "toolu_1",
+        "tool_response": {"stdout": "ok"},
+        "duration_ms": 12,
+        "agent_id": "a1",
+        "agent_type": "Explore",
+        "future_field": [1, 2],
+    }
     ev = norm(p)
     assert (ev.tool_name, ev.tool_use_id, ev.duration_ms) == ("Bash", "toolu_1", 12)
     assert (ev.agent_id, ev.agent_type) == ("a1", "Explore")
@@ -59,19 +76,38 @@ def test_tool_fields_pulled_out_and_payload_kept_whole():
 
 
 def test_tool_response_sent_as_json_string_is_parsed():
-    ev = norm({"session_id": "s", "hook_event_name": "PostToolUse", "tool_name": "Agent",
-               "tool_response": json.dumps({"agentId": "abc", "totalTokens": 5})})
+    ev = norm(
+        {
+            "session_id": "s",
+            "hook_event_name": "PostToolUse",
+            "tool_name": "Agent",
+            "tool_response": json.dumps({"agentId": "abc", "totalTokens": 5}),
+        }
+    )
     assert ev.tool_output()["agentId"] == "abc"
 
 
 def test_error_prompt_message_notification():
-    ev = norm({"session_id": "s", "hook_event_name": "PostToolUseFailure", "tool_name": "Bash",
-               "tool_input": {"command": "make"}, "error": "Exit code 2"})
+    ev = norm(
+        {
+            "session_id": "s",
+            "hook_event_name": "PostToolUseFailure",
+            "tool_name": "Bash",
+            "tool_input": {"command": "make"},
+            "error": "Exit code 2",
+        }
+    )
     assert ev.summary == "Bash make — Exit code 2"
     ev = norm({"session_id": "s", "hook_event_name": "UserPromptSubmit", "prompt": "fix  it\nnow"})
     assert ev.summary == "fix it now"
-    ev = norm({"session_id": "s", "hook_event_name": "Notification", "message": "needs you",
-               "notification_type": "permission_prompt"})
+    ev = norm(
+        {
+            "session_id": "s",
+            "hook_event_name": "Notification",
+            "message": "needs you",
+            "notification_type": "permission_prompt",
+        }
+    )
     assert ev.notification_type == "permission_prompt" and ev.summary == "needs you"
 
 
@@ -82,13 +118,27 @@ def test_not_an_object_is_an_invalid_event_with_raw_text():
 
 
 def test_envelope_and_complete_event_and_bare_payload():
-    env = {"kind": "hook", "id": "i1", "timestamp": 5, "machineId": "mx", "ack": True,
-           "parentSessionId": "p", "payload": {"session_id": "s", "hook_event_name": "Stop"}}
+    env = {
+        "kind": "hook",
+        "id": "i1",
+        "timestamp": 5,
+        "machineId": "mx",
+        "ack": True,
+        "parentSessionId": "p",
+        "payload": {"session_id": "s", "hook_event_name": "Stop"},
+    }
     ev = from_object(env, "socket", mint=MINT)
     assert (ev.id, ev.timestamp, ev.machine_id, ev.parent_session_id, ev.source) == ("i1", 5, "mx", "p", "socket")
     assert ev.from_hook
-    complete = {"id": "c1", "timestamp": 7, "sessionId": "s2", "machineId": "m2",
-                "eventType": "tool_call", "data": {"x": 1}, "customField": "kept"}
+    complete = {
+        "id": "c1",
+        "timestamp": 7,
+        "sessionId": "s2",
+        "machineId": "m2",
+        "eventType": "tool_call",
+        "data": {"x": 1},
+        "customField": "kept",
+    }
     ev = from_object(complete, mint=MINT)
     assert not ev.from_hook and ev.session_id == "s2"
     assert events.to_dict(ev)["customField"] == "kept"
@@ -108,10 +158,16 @@ json_values = st.recursive(
 payload_fields = st.fixed_dictionaries(
     {},
     optional={
-        "session_id": json_values, "hook_event_name": st.sampled_from(list(HOOKS) + ["X"]) | json_values,
-        "tool_name": json_values, "tool_input": json_values, "tool_response": json_values,
-        "agent_id": json_values, "duration_ms": json_values, "cwd": json_values,
-        "prompt": json_values, "notification_type": json_values,
+        "session_id": json_values,
+        "hook_event_name": st.sampled_from(list(HOOKS) + ["X"]) | json_values,
+        "tool_name": json_values,
+        "tool_input": json_values,
+        "tool_response": json_values,
+        "agent_id": json_values,
+        "duration_ms": json_values,
+        "cwd": json_values,
+        "prompt": json_values,
+        "notification_type": json_values,
     },
 )
 
@@ -129,7 +185,17 @@ def test_any_payload_normalises_and_round_trips(payload):
 
 
 def test_ack_request_is_not_stored_with_a_complete_event():
-    ev = from_object(mint=MINT, obj={"id": "a", "timestamp": 1, "sessionId": "s", "machineId": "m",
-                      "eventType": "stop", "ack": True, "mine": 1})
+    ev = from_object(
+        mint=MINT,
+        obj={
+            "id": "a",
+            "timestamp": 1,
+            "sessionId": "s",
+            "machineId": "m",
+            "eventType": "stop",
+            "ack": True,
+            "mine": 1,
+        },
+    )
     d = events.to_dict(ev)
     assert "ack" not in d and d["mine"] == 1

@@ -19,8 +19,18 @@ CORPUS = sorted((Path(__file__).parent / "fuzz_corpus").glob("*.bin"))
 
 
 def good(i: int, sid: str = "good") -> bytes:
-    return json.dumps({"id": f"{sid}-{i}", "timestamp": 1_700_000_000_000 + i, "sessionId": sid,
-                       "machineId": "m", "eventType": "tool_call"}).encode() + b"\n"
+    return (
+        json.dumps(
+            {
+                "id": f"{sid}-{i}",
+                "timestamp": 1_700_000_000_000 + i,
+                "sessionId": sid,
+                "machineId": "m",
+                "eventType": "tool_call",
+            }
+        ).encode()
+        + b"\n"
+    )
 
 
 def test_corpus_on_the_socket_between_good_events(daemon, home):
@@ -65,6 +75,7 @@ async def test_a_thousand_connections_and_a_silent_one(daemon, home):
     silent = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     silent.connect(d.socket_path)  # connects and never sends
     try:
+
         async def one(i: int) -> None:
             stream = await trio.open_unix_socket(d.socket_path)
             async with stream:
@@ -74,8 +85,10 @@ async def test_a_thousand_connections_and_a_silent_one(daemon, home):
             for i in range(1000):
                 n.start_soon(one, i)
         await trio.to_thread.run_sync(
-            lambda: wait_for(lambda: d.sessions().get("many", {}).get("eventCount") == 1000,
-                             timeout=60, what="1000 events"))
+            lambda: wait_for(
+                lambda: d.sessions().get("many", {}).get("eventCount") == 1000, timeout=60, what="1000 events"
+            )
+        )
         assert len({e["id"] for e in d.events("many")}) == 1000
     finally:
         silent.close()
@@ -111,8 +124,9 @@ def test_store_unwritable_degrades_keeps_events_and_recovers(daemon, home):
         sessions.unlink()
         moved.rename(sessions)
     wait_for(lambda: d.get("/api/health")["status"] == "ok", timeout=20, what="recovered")
-    wait_for(lambda: "w2" in d.sessions() and d.sessions()["w2"]["eventCount"] == 1,
-             what="event kept in memory, stored once")
+    wait_for(
+        lambda: "w2" in d.sessions() and d.sessions()["w2"]["eventCount"] == 1, what="event kept in memory, stored once"
+    )
     wait_for(lambda: not list((Path(home) / "spool").glob("*.json")), what="spool drained")
     d.stop()
     d.start()
@@ -143,8 +157,12 @@ def test_corrupt_files_on_start_recover_what_can_be(daemon, home):
 def test_non_loopback_bind_without_token_warns(home):
     with open(os.path.join(home, "monitor.config.json"), "w") as f:
         json.dump({"server": {"host": "0.0.0.0", "port": 1, "wsPort": 2}}, f)
-    p = subprocess.run([sys.executable, "-c", "from contextuate_trio.cli import main; main._load_config()"],
-                       env=clean_env(home), capture_output=True, text=True)
+    p = subprocess.run(
+        [sys.executable, "-c", "from contextuate_trio.cli import main; main._load_config()"],
+        env=clean_env(home),
+        capture_output=True,
+        text=True,
+    )
     assert "warning" in p.stderr and "0.0.0.0" in p.stderr and "token" in p.stderr
 
 
@@ -163,14 +181,19 @@ def test_other_web_pages_cannot_call_the_api(daemon, home):
 
     d = daemon()
     run_hook(home, {"session_id": "x", "hook_event_name": "Stop"})
-    for headers in ({"Sec-Fetch-Site": "cross-site"}, {"Sec-Fetch-Site": "same-site"},
-                    {"Origin": "http://evil.example"}, {"Origin": f"http://127.0.0.1:{d.port + 1}"}):
+    for headers in (
+        {"Sec-Fetch-Site": "cross-site"},
+        {"Sec-Fetch-Site": "same-site"},
+        {"Origin": "http://evil.example"},
+        {"Origin": f"http://127.0.0.1:{d.port + 1}"},
+    ):
         with pytest.raises(urllib.error.HTTPError) as err:
             d.get("/api/search?q=x", headers=headers)
         assert err.value.code == 403, headers
     # The dashboard itself (same origin) and scripts (no browser headers) are fine.
-    assert d.get("/api/sessions", headers={"Sec-Fetch-Site": "same-origin",
-                                           "Origin": f"http://127.0.0.1:{d.port}"})["sessions"]
+    assert d.get("/api/sessions", headers={"Sec-Fetch-Site": "same-origin", "Origin": f"http://127.0.0.1:{d.port}"})[
+        "sessions"
+    ]
     assert d.get("/api/sessions")["sessions"]
 
 
@@ -180,8 +203,7 @@ def test_a_catastrophic_regex_cannot_freeze_the_daemon(daemon, home):
 
     d = daemon()
     for i in range(3):
-        run_hook(home, {"session_id": "re", "hook_event_name": "UserPromptSubmit",
-                        "prompt": "a" * 5000 + "b"})
+        run_hook(home, {"session_id": "re", "hook_event_name": "UserPromptSubmit", "prompt": "a" * 5000 + "b"})
     t0 = time.monotonic()
     with pytest.raises(urllib.error.HTTPError) as err:
         d.get("/api/search?regex=1&q=" + quote("(a|aa)+#"), timeout=10)
@@ -191,10 +213,11 @@ def test_a_catastrophic_regex_cannot_freeze_the_daemon(daemon, home):
 
 def test_an_event_nested_very_deep_cannot_break_the_api(daemon, home):
     d = daemon()
-    deep = (b'{"id":"deep","timestamp":1800000000000,"sessionId":"deep","machineId":"m",'
-            b'"eventType":"x","data":{"v":' + b"[" * 960 + b"]" * 960 + b"}}")
-    ok = {"id": "ok", "timestamp": 1_800_000_000_001, "sessionId": "deep", "machineId": "m",
-          "eventType": "x"}
+    deep = (
+        b'{"id":"deep","timestamp":1800000000000,"sessionId":"deep","machineId":"m",'
+        b'"eventType":"x","data":{"v":' + b"[" * 960 + b"]" * 960 + b"}}"
+    )
+    ok = {"id": "ok", "timestamp": 1_800_000_000_001, "sessionId": "deep", "machineId": "m", "eventType": "x"}
     with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as s:
         s.connect(d.socket_path)
         s.sendall(deep + b"\n" + json.dumps(ok).encode() + b"\n")

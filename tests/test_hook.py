@@ -13,14 +13,22 @@ import time
 import pytest
 from conftest import HOOK, HOOK_PYTHON, clean_env, run_hook
 
-PAYLOAD = {"session_id": "s1", "hook_event_name": "PreToolUse", "tool_name": "Read",
-           "tool_input": {"file_path": "/x"}, "cwd": "/w"}
+PAYLOAD = {
+    "session_id": "s1",
+    "hook_event_name": "PreToolUse",
+    "tool_name": "Read",
+    "tool_input": {"file_path": "/x"},
+    "cwd": "/w",
+}
 
 
 def spooled(home):
     d = os.path.join(home, "spool")
-    return [json.loads(open(os.path.join(d, n), "rb").read())
-            for n in sorted(os.listdir(d)) if n.endswith(".json")] if os.path.isdir(d) else []
+    return (
+        [json.loads(open(os.path.join(d, n), "rb").read()) for n in sorted(os.listdir(d)) if n.endswith(".json")]
+        if os.path.isdir(d)
+        else []
+    )
 
 
 def test_no_daemon_spools_privately_and_exits_0(home):
@@ -42,8 +50,9 @@ def test_empty_stdin_sends_nothing(home):
     assert spooled(home) == []
 
 
-@pytest.mark.parametrize("data", [b"not json", b'{"truncated": ', b"\xff\xfe\x00garbage", b"[1, 2]",
-                                  b'{"a": 1} trailing'])
+@pytest.mark.parametrize(
+    "data", [b"not json", b'{"truncated": ', b"\xff\xfe\x00garbage", b"[1, 2]", b'{"a": 1} trailing']
+)
 def test_broken_stdin_is_kept_as_invalid(home, data):
     r = run_hook(home, data)
     assert r.returncode == 0 and r.stdout == b""
@@ -106,8 +115,9 @@ def test_stdin_never_closed_is_bounded(home):
     with open(os.path.join(home, "monitor.config.json"), "w") as f:
         json.dump({"hook": {"timeoutMs": 300}}, f)
     t0 = time.monotonic()
-    p = subprocess.Popen([HOOK_PYTHON, "-I", "-S", HOOK], stdin=subprocess.PIPE,
-                         stdout=subprocess.PIPE, env=clean_env(home))
+    p = subprocess.Popen(
+        [HOOK_PYTHON, "-I", "-S", HOOK], stdin=subprocess.PIPE, stdout=subprocess.PIPE, env=clean_env(home)
+    )
     p.stdin.write(json.dumps(PAYLOAD).encode())
     p.stdin.flush()
     try:
@@ -126,8 +136,11 @@ def test_fake_daemon_ack_protocol(home):
     srv = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     srv.bind(path)
     srv.listen(5)
-    replies = [lambda eid: b'{"ack":"%s"}\n' % eid.encode(), lambda eid: b'{"nack":"x","error":"no"}\n',
-               lambda eid: b""]
+    replies = [
+        lambda eid: b'{"ack":"%s"}\n' % eid.encode(),
+        lambda eid: b'{"nack":"x","error":"no"}\n',
+        lambda eid: b"",
+    ]
     got = []
 
     def serve():
@@ -154,8 +167,9 @@ def test_fake_daemon_ack_protocol(home):
 
 
 def test_concurrent_hooks_spool_without_clobbering(home):
-    procs = [subprocess.Popen([HOOK_PYTHON, "-I", "-S", HOOK], stdin=subprocess.PIPE,
-                              env=clean_env(home)) for _ in range(30)]
+    procs = [
+        subprocess.Popen([HOOK_PYTHON, "-I", "-S", HOOK], stdin=subprocess.PIPE, env=clean_env(home)) for _ in range(30)
+    ]
     for i, p in enumerate(procs):
         p.communicate(json.dumps(dict(PAYLOAD, n=i)).encode())
     assert all(p.returncode == 0 for p in procs)
@@ -163,10 +177,14 @@ def test_concurrent_hooks_spool_without_clobbering(home):
 
 
 def test_hook_imports_only_builtin_modules(home):
-    r = subprocess.run([HOOK_PYTHON, "-I", "-S", "-X", "importtime", HOOK], input=b"",
-                       capture_output=True, env=clean_env(home))
-    imported = {line.split("|")[-1].strip() for line in r.stderr.decode().splitlines()
-                if line.startswith("import time:") and "|" in line}
+    r = subprocess.run(
+        [HOOK_PYTHON, "-I", "-S", "-X", "importtime", HOOK], input=b"", capture_output=True, env=clean_env(home)
+    )
+    imported = {
+        line.split("|")[-1].strip()
+        for line in r.stderr.decode().splitlines()
+        if line.startswith("import time:") and "|" in line
+    }
     for heavy in ("json", "socket", "os", "uuid", "re", "subprocess"):
         assert heavy not in imported, f"the hook imports {heavy}"
 
@@ -174,8 +192,9 @@ def test_hook_imports_only_builtin_modules(home):
 FAKETIME = __import__("shutil").which("faketime")
 
 
-@pytest.mark.skipif(FAKETIME is None and not os.environ.get("CI"),
-                    reason="faketime is not installed (make test installs it)")
+@pytest.mark.skipif(
+    FAKETIME is None and not os.environ.get("CI"), reason="faketime is not installed (make test installs it)"
+)
 @pytest.mark.parametrize("spec", ["-3y", "+20y", "@2001-01-01 00:00:00", "+0 x100"])
 def test_clock_jumps_keep_the_hook_bounded_and_delivering(daemon, home, spec):
     """Wall and monotonic clocks jumped or racing (libfaketime): exit 0, bounded time,
@@ -183,8 +202,13 @@ def test_clock_jumps_keep_the_hook_bounded_and_delivering(daemon, home, spec):
     d = daemon()
     env = clean_env(home)
     t0 = time.monotonic()
-    r = subprocess.run([FAKETIME, "-f", spec, HOOK_PYTHON, "-I", "-S", HOOK],
-                       input=json.dumps(PAYLOAD).encode(), env=env, capture_output=True, timeout=20)
+    r = subprocess.run(
+        [FAKETIME, "-f", spec, HOOK_PYTHON, "-I", "-S", HOOK],
+        input=json.dumps(PAYLOAD).encode(),
+        env=env,
+        capture_output=True,
+        timeout=20,
+    )
     assert r.returncode == 0 and r.stdout == b""
     assert time.monotonic() - t0 < 5
     [ev] = d.events("s1")
@@ -206,10 +230,17 @@ def test_redis_mode_hook_imports_stay_light(home):
 
     with open(os.path.join(home, "monitor.config.json"), "w") as f:
         json.dump({"mode": "redis", "redis": {"host": "localhost", "port": free_port()}}, f)
-    r = subprocess.run([HOOK_PYTHON, "-I", "-S", "-X", "importtime", HOOK], input=json.dumps(PAYLOAD).encode(),
-                       capture_output=True, env=clean_env(home))
-    imported = {line.split("|")[-1].strip() for line in r.stderr.decode().splitlines()
-                if line.startswith("import time:") and "|" in line}
+    r = subprocess.run(
+        [HOOK_PYTHON, "-I", "-S", "-X", "importtime", HOOK],
+        input=json.dumps(PAYLOAD).encode(),
+        capture_output=True,
+        env=clean_env(home),
+    )
+    imported = {
+        line.split("|")[-1].strip()
+        for line in r.stderr.decode().splitlines()
+        if line.startswith("import time:") and "|" in line
+    }
     assert "contextuate_trio.core.redact" in imported  # it ran...
     for heavy in ("encodings.idna", "re", "json", "socket", "os", "unicodedata"):
         assert heavy not in imported, f"the hook imports {heavy}"
@@ -257,8 +288,9 @@ def test_sigterm_or_sigint_do_not_lose_the_event(home):
     srv.listen(5)  # accepts, never answers
     try:
         for signum in (sig.SIGTERM, sig.SIGINT):
-            p = subprocess.Popen([HOOK_PYTHON, "-I", "-S", HOOK], stdin=subprocess.PIPE,
-                                 stdout=subprocess.PIPE, env=clean_env(home))
+            p = subprocess.Popen(
+                [HOOK_PYTHON, "-I", "-S", HOOK], stdin=subprocess.PIPE, stdout=subprocess.PIPE, env=clean_env(home)
+            )
             p.stdin.write(json.dumps(dict(PAYLOAD, n=int(signum))).encode())
             p.stdin.close()
             time.sleep(0.3)

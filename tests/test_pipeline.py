@@ -66,7 +66,8 @@ def test_fixture_through_real_hooks(daemon, home, name):
     original = [item["stdin"] for item in load_fixture(name)]
     stored = [e["data"] for e in d.all_events()]
     assert sorted(json.dumps(o, sort_keys=True) for o in original) == sorted(
-        json.dumps(s, sort_keys=True) for s in stored)
+        json.dumps(s, sort_keys=True) for s in stored
+    )
     # And it all comes back after a restart, from disk.
     before = d.sessions()
     d.stop()
@@ -81,8 +82,19 @@ def test_http_api(daemon, home):
     sid = "cd613e30-d8f1-4adf-91b7-584a2265b1f5"
     s = d.get(f"/api/sessions/{sid}")
     assert s["sessionId"] == sid and s["status"] == "idle"
-    for key in ("sessionId", "machineId", "workingDirectory", "startTime", "endTime", "status",
-                "parentSessionId", "childSessionIds", "agentType", "eventCount", "lastEventTime"):
+    for key in (
+        "sessionId",
+        "machineId",
+        "workingDirectory",
+        "startTime",
+        "endTime",
+        "status",
+        "parentSessionId",
+        "childSessionIds",
+        "agentType",
+        "eventCount",
+        "lastEventTime",
+    ):
         assert key in s
     evs = d.events(sid)
     assert [e["timestamp"] for e in evs] == sorted(e["timestamp"] for e in evs)
@@ -149,8 +161,13 @@ def test_files_are_private_and_second_daemon_refused(daemon, home):
     second = DaemonProc(home)
     second.port, second.ws_port = d.port, d.ws_port
     second.config_path = d.config_path
-    p = subprocess.run([sys.executable, "-m", "contextuate_trio", "start", "--foreground"],
-                       env=clean_env(home), capture_output=True, text=True, timeout=20)
+    p = subprocess.run(
+        [sys.executable, "-m", "contextuate_trio", "start", "--foreground"],
+        env=clean_env(home),
+        capture_output=True,
+        text=True,
+        timeout=20,
+    )
     assert p.returncode == 1
     assert "another contextuate-trio daemon is running" in p.stderr
     # The first one is unharmed.
@@ -170,13 +187,27 @@ def test_stale_socket_from_crashed_daemon_is_cleaned(daemon, home):
 def test_streaming_producer_and_garbage_on_socket(daemon, home):
     d = daemon()
     good = [
-        {"id": f"ev-{i}", "timestamp": 1_700_000_000_000 + i, "sessionId": "stream-1",
-         "machineId": "m1", "eventType": "tool_call", "hookType": "PreToolUse",
-         "toolName": "Bash", "data": {"n": i}}
+        {
+            "id": f"ev-{i}",
+            "timestamp": 1_700_000_000_000 + i,
+            "sessionId": "stream-1",
+            "machineId": "m1",
+            "eventType": "tool_call",
+            "hookType": "PreToolUse",
+            "toolName": "Bash",
+            "data": {"n": i},
+        }
         for i in range(200)
     ]
-    junk = [b"garbage\n", b'{"truncated": \n', b"\xff\xfe\n", b"[1,2,3]\n", b'"just a string"\n',
-            b"[" * 100_000 + b"\n", b'{"no": "event fields"}\n']
+    junk = [
+        b"garbage\n",
+        b'{"truncated": \n',
+        b"\xff\xfe\n",
+        b"[1,2,3]\n",
+        b'"just a string"\n',
+        b"[" * 100_000 + b"\n",
+        b'{"no": "event fields"}\n',
+    ]
     with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as s:
         s.connect(d.socket_path)
         for i, ev in enumerate(good):
@@ -201,8 +232,14 @@ def test_oversize_line_rejected_daemon_unharmed(daemon, home):
     d = daemon({"maxLineBytes": 100_000})
     with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as s:
         s.connect(d.socket_path)
-        big = {"id": "big", "timestamp": 1, "sessionId": "x", "machineId": "m",
-               "eventType": "tool_result", "data": {"blob": "a" * 500_000}}
+        big = {
+            "id": "big",
+            "timestamp": 1,
+            "sessionId": "x",
+            "machineId": "m",
+            "eventType": "tool_result",
+            "data": {"blob": "a" * 500_000},
+        }
         s.sendall(json.dumps(big).encode() + b"\n")
         ok = {"id": "ok", "timestamp": 2, "sessionId": "x", "machineId": "m", "eventType": "stop"}
         s.sendall(json.dumps(ok).encode() + b"\n")
@@ -217,8 +254,9 @@ def test_hooks_while_daemon_down_are_delivered_after_start(daemon, home):
     spooled = os.listdir(os.path.join(home, "spool"))
     assert len(spooled) == 25
     d.start()
-    wait_for(lambda: not [n for n in os.listdir(os.path.join(home, "spool")) if n.endswith(".json")],
-             what="spool drained")
+    wait_for(
+        lambda: not [n for n in os.listdir(os.path.join(home, "spool")) if n.endswith(".json")], what="spool drained"
+    )
     check_expectations(d, "session-with-subagent")
     assert sum(s["eventCount"] for s in d.sessions().values()) == 25
     # Drained means stored once: a restart finds the same.
@@ -252,15 +290,13 @@ def test_kill9_mid_burst_every_event_stored_exactly_once(daemon, home):
     sid = "burst-session"
 
     def one(i: int) -> int:
-        r = run_hook(home, {"session_id": sid, "hook_event_name": "UserPromptSubmit",
-                            "prompt": f"n={i}"})
+        r = run_hook(home, {"session_id": sid, "hook_event_name": "UserPromptSubmit", "prompt": f"n={i}"})
         return r.returncode
 
     killed = threading.Event()
 
     def killer():
-        wait_for(lambda: d.sessions().get(sid, {}).get("eventCount", 0) >= 30, timeout=60,
-                 what="some events stored")
+        wait_for(lambda: d.sessions().get(sid, {}).get("eventCount", 0) >= 30, timeout=60, what="some events stored")
         d.kill9()
         killed.set()
 
@@ -272,13 +308,13 @@ def test_kill9_mid_burst_every_event_stored_exactly_once(daemon, home):
     assert killed.is_set()
     assert codes == [0] * n
     d.start()
-    wait_for(lambda: d.sessions().get(sid, {}).get("eventCount") == n, timeout=30,
-             what=f"{n} events")
+    wait_for(lambda: d.sessions().get(sid, {}).get("eventCount") == n, timeout=30, what=f"{n} events")
     prompts = [e["data"]["prompt"] for e in d.events(sid)]
     assert sorted(prompts) == sorted(f"n={i}" for i in range(n))
     # Still exactly once after another restart (spool fully drained, no replays).
-    wait_for(lambda: not [x for x in os.listdir(os.path.join(home, "spool")) if x.endswith(".json")],
-             what="spool drained")
+    wait_for(
+        lambda: not [x for x in os.listdir(os.path.join(home, "spool")) if x.endswith(".json")], what="spool drained"
+    )
     d.stop()
     d.start()
     assert d.sessions()[sid]["eventCount"] == n
@@ -306,8 +342,13 @@ def test_sigterm_stops_cleanly_and_quickly(daemon, home):
 def test_broken_config_stops_daemon_with_clear_message(home):
     with open(os.path.join(home, "monitor.config.json"), "w") as f:
         json.dump({"server": {"port": "3847"}}, f)
-    p = subprocess.run([sys.executable, "-m", "contextuate_trio", "start", "--foreground"],
-                       env=clean_env(home), capture_output=True, text=True, timeout=20)
+    p = subprocess.run(
+        [sys.executable, "-m", "contextuate_trio", "start", "--foreground"],
+        env=clean_env(home),
+        capture_output=True,
+        text=True,
+        timeout=20,
+    )
     assert p.returncode == 2
     assert "monitor.config.json" in p.stderr and "server.port" in p.stderr
     assert len(p.stderr.strip().splitlines()) == 1
@@ -349,10 +390,14 @@ def test_cli_start_status_stop_init(home):
 
 def test_parent_session_env_links_sessions_across_machines(daemon, home):
     d = daemon()
-    run_hook(home, {"session_id": "parent-1", "hook_event_name": "SessionStart"},
-             {"CONTEXTUATE_MACHINE_ID": "machine-a"})
-    run_hook(home, {"session_id": "child-1", "hook_event_name": "SessionStart"},
-             {"CONTEXTUATE_MACHINE_ID": "machine-b", "CONTEXTUATE_PARENT_SESSION": "parent-1"})
+    run_hook(
+        home, {"session_id": "parent-1", "hook_event_name": "SessionStart"}, {"CONTEXTUATE_MACHINE_ID": "machine-a"}
+    )
+    run_hook(
+        home,
+        {"session_id": "child-1", "hook_event_name": "SessionStart"},
+        {"CONTEXTUATE_MACHINE_ID": "machine-b", "CONTEXTUATE_PARENT_SESSION": "parent-1"},
+    )
     s = d.sessions()
     assert s["child-1"]["parentSessionId"] == "parent-1"
     assert s["child-1"]["machineId"] == "machine-b"
@@ -368,8 +413,13 @@ def test_a_busy_port_is_said_plainly(daemon, home):
     busy.listen(1)
     try:
         d = daemon({"server": {"port": busy.getsockname()[1]}}, start=False)
-        p = subprocess.run([sys.executable, "-m", "contextuate_trio", "start", "--foreground"],
-                           env=clean_env(home), capture_output=True, text=True, timeout=30)
+        p = subprocess.run(
+            [sys.executable, "-m", "contextuate_trio", "start", "--foreground"],
+            env=clean_env(home),
+            capture_output=True,
+            text=True,
+            timeout=30,
+        )
     finally:
         busy.close()
     assert p.returncode == 1

@@ -52,8 +52,14 @@ def test_assignments_headers_urls_private_keys():
 
 def test_ordinary_text_untouched_and_cheap_path():
     r = Redactor()
-    text = json.dumps({"tool_name": "Read", "file_path": "/src/app.py", "totalTokens": 24680,
-                       "content": "def total():\n    return 42\n"})
+    text = json.dumps(
+        {
+            "tool_name": "Read",
+            "file_path": "/src/app.py",
+            "totalTokens": 24680,
+            "content": "def total():\n    return 42\n",
+        }
+    )
     assert r.text(text) == text
     assert not r.may_hold_secret('{"tool_name":"Read","file_path":"/src/app.py"}')
 
@@ -66,9 +72,13 @@ def test_custom_patterns_and_disabled():
 
 
 @settings(max_examples=300, deadline=None)
-@given(st.recursive(st.text() | st.sampled_from(list(SECRETS.values()) + ["password: x\"y", "token=\\\"q"]),
-                    lambda c: st.lists(c, max_size=4) | st.dictionaries(st.text(max_size=10), c, max_size=4),
-                    max_leaves=12))
+@given(
+    st.recursive(
+        st.text() | st.sampled_from(list(SECRETS.values()) + ['password: x"y', 'token=\\"q']),
+        lambda c: st.lists(c, max_size=4) | st.dictionaries(st.text(max_size=10), c, max_size=4),
+        max_leaves=12,
+    )
+)
 def test_masking_always_leaves_valid_json(value):
     out = Redactor().text(json.dumps(value, ensure_ascii=False))
     json.loads(out)
@@ -77,8 +87,15 @@ def test_masking_always_leaves_valid_json(value):
 def test_daemon_stores_masked_events(daemon, home):
     d = daemon({"redaction": {"patterns": ["EMP-\\d{6}"]}})
     secret = SECRETS["anthropic-key"]
-    run_hook(home, {"session_id": "r1", "hook_event_name": "PreToolUse", "tool_name": "Bash",
-                    "tool_input": {"command": f"ANTHROPIC_API_KEY={secret} claude -p hi EMP-654321"}})
+    run_hook(
+        home,
+        {
+            "session_id": "r1",
+            "hook_event_name": "PreToolUse",
+            "tool_name": "Bash",
+            "tool_input": {"command": f"ANTHROPIC_API_KEY={secret} claude -p hi EMP-654321"},
+        },
+    )
     [ev] = d.events("r1")
     assert secret not in json.dumps(ev) and "EMP-654321" not in json.dumps(ev)
     assert "[REDACTED:" in ev["data"]["tool_input"]["command"] and "[REDACTED:" in ev["summary"]
@@ -98,8 +115,15 @@ def test_redis_mode_hook_masks_before_sending(redis_server):
     with open(os.path.join(home, "monitor.config.json"), "w") as f:
         json.dump({"mode": "redis", "redis": {"host": "127.0.0.1", "port": r.port}}, f)
     secret = SECRETS["github-token"]
-    res = run_hook(home, {"session_id": "r2", "hook_event_name": "PreToolUse", "tool_name": "Bash",
-                          "tool_input": {"command": f"git clone https://x:{secret}@github.com/o/r"}})
+    res = run_hook(
+        home,
+        {
+            "session_id": "r2",
+            "hook_event_name": "PreToolUse",
+            "tool_name": "Bash",
+            "tool_input": {"command": f"git clone https://x:{secret}@github.com/o/r"},
+        },
+    )
     assert res.returncode == 0
     [(_, fields)] = r.client().xrange("contextuate:events:stream")
     assert secret.encode() not in fields[b"data"] and b"[REDACTED:" in fields[b"data"]
@@ -127,8 +151,15 @@ def test_summary_is_made_from_the_masked_payload(daemon, home):
     lose its END line (or its length) and escape the patterns."""
     d = daemon()
     key = "-----BEGIN PRIVATE KEY-----\n" + "MIIEvQIBADANBgkqhkiG9w0BAQEFAASC" * 8 + "\n-----END PRIVATE KEY-----"
-    run_hook(home, {"session_id": "pk", "hook_event_name": "PreToolUse", "tool_name": "Bash",
-                    "tool_input": {"command": f"cat > key.pem <<'EOF'\n{key}\nEOF"}})
+    run_hook(
+        home,
+        {
+            "session_id": "pk",
+            "hook_event_name": "PreToolUse",
+            "tool_name": "Bash",
+            "tool_input": {"command": f"cat > key.pem <<'EOF'\n{key}\nEOF"},
+        },
+    )
     [ev] = d.events("pk")
     assert "MIIE" not in json.dumps(ev) and "MIIE" not in json.dumps(d.sessions()["pk"])
     assert "[REDACTED:private-key]" in ev["summary"]

@@ -93,9 +93,16 @@ def test_plain_publish_of_a_complete_event_and_garbage(monitor, redis_server):
     c.publish("contextuate:events", "this is not json")
     c.publish("contextuate:events", json.dumps([1, 2]))
     c.xadd("contextuate:events:stream", {"data": "{broken"})
-    ev = {"id": str(uuid.uuid4()), "timestamp": int(time.time() * 1000), "sessionId": "node-1",
-          "machineId": "old-node-box", "eventType": "tool_call", "hookType": "PreToolUse",
-          "workingDirectory": "/srv", "data": {"tool_name": "Bash"}}
+    ev = {
+        "id": str(uuid.uuid4()),
+        "timestamp": int(time.time() * 1000),
+        "sessionId": "node-1",
+        "machineId": "old-node-box",
+        "eventType": "tool_call",
+        "hookType": "PreToolUse",
+        "workingDirectory": "/srv",
+        "data": {"tool_name": "Bash"},
+    }
     c.publish("contextuate:events", json.dumps(ev))
     wait_for(lambda: "node-1" in d.sessions(), what="published event")
     got = d.events("node-1")
@@ -125,8 +132,7 @@ def test_monitor_down_catches_up_and_two_monitors_get_everything(monitor, redis_
             wait_for(lambda: total_events(d) == n2, what="live events")
         # A restarted monitor resumes from its checkpoint: no re-reading, no duplicates.
         d1.stop()
-        n3 = n2 + replay(m, "session-with-subagent", "laptop-a",
-                         {"cd613e30": "cccccccc"})
+        n3 = n2 + replay(m, "session-with-subagent", "laptop-a", {"cd613e30": "cccccccc"})
         d1.start()
         wait_for(lambda: total_events(d1) == n3, what="resume from checkpoint")
         assert d1.get("/api/status")["eventsStored"] == n3 - n2
@@ -188,8 +194,10 @@ def test_acl_user_and_wrong_password(monitor, redis_server):
     d.stop()
     other = tempfile.mkdtemp(prefix="ct-")
     d2 = monitor(r, {"username": "mon", "password": "wrong"}, home=other)
-    wait_for(lambda: "authentication failed" in " ".join(d2.get("/api/health")["reasons"]),
-             what="degraded health naming the cause")
+    wait_for(
+        lambda: "authentication failed" in " ".join(d2.get("/api/health")["reasons"]),
+        what="degraded health naming the cause",
+    )
     assert d2.get("/api/health")["status"] == "degraded"
     time.sleep(2)
     assert d2.proc.poll() is None  # still running, retrying with backoff
@@ -198,8 +206,13 @@ def test_acl_user_and_wrong_password(monitor, redis_server):
 
     from conftest import clean_env
 
-    st = subprocess.run([sys.executable, "-m", "contextuate_trio", "status"], env=clean_env(other),
-                        capture_output=True, text=True, timeout=10)
+    st = subprocess.run(
+        [sys.executable, "-m", "contextuate_trio", "status"],
+        env=clean_env(other),
+        capture_output=True,
+        text=True,
+        timeout=10,
+    )
     assert st.returncode == 1 and "authentication failed" in st.stdout
     assert "authentication failed" in d2.log()
     d2.kill9()

@@ -15,8 +15,13 @@ _ids = itertools.count()
 
 def feed(m: SessionManager, payload: dict, ts: int | None = None, **kw):
     n = next(_ids)
-    ev = from_payload(payload, event_id=f"e{n}", timestamp=ts if ts is not None else 1000 + n,
-                      machine_id=kw.pop("machine", "m1"), **kw)
+    ev = from_payload(
+        payload,
+        event_id=f"e{n}",
+        timestamp=ts if ts is not None else 1000 + n,
+        machine_id=kw.pop("machine", "m1"),
+        **kw,
+    )
     return m.apply(ev)
 
 
@@ -64,10 +69,24 @@ def test_status_machine():
 
 def test_modern_subagents_interleaved_and_joined_to_their_calls():
     m = SessionManager()
-    feed(m, p("PreToolUse", tool_name="Agent", tool_use_id="call-A",
-              tool_input={"subagent_type": "Explore", "description": "map"}))
-    feed(m, p("PreToolUse", tool_name="Agent", tool_use_id="call-B",
-              tool_input={"subagent_type": "Plan", "description": "plan"}))
+    feed(
+        m,
+        p(
+            "PreToolUse",
+            tool_name="Agent",
+            tool_use_id="call-A",
+            tool_input={"subagent_type": "Explore", "description": "map"},
+        ),
+    )
+    feed(
+        m,
+        p(
+            "PreToolUse",
+            tool_name="Agent",
+            tool_use_id="call-B",
+            tool_input={"subagent_type": "Plan", "description": "plan"},
+        ),
+    )
     feed(m, p("SubagentStart", agent_id="a1", agent_type="Explore"))
     feed(m, p("SubagentStart", agent_id="b2", agent_type="Plan"))
     for i in range(3):
@@ -81,13 +100,27 @@ def test_modern_subagents_interleaved_and_joined_to_their_calls():
     assert root.child_session_ids == ["root:agent-a1", "root:agent-b2"]
     feed(m, p("SubagentStop", agent_id="b2", agent_type="Plan"))
     assert m.get("root:agent-b2").status == "ended" and m.get("root:agent-a1").status == "active"
-    out = feed(m, p("PostToolUse", tool_name="Agent", tool_use_id="call-A",
-                    tool_response={"status": "completed", "agentId": "a1"}))
+    out = feed(
+        m,
+        p(
+            "PostToolUse",
+            tool_name="Agent",
+            tool_use_id="call-A",
+            tool_response={"status": "completed", "agentId": "a1"},
+        ),
+    )
     assert out.event.session_id == "root"  # the call's result is the parent's event
     assert m.get("root:agent-a1").status == "ended"
     assert [s["toolUseId"] for s in root.pending_spawns] == ["call-B"]
-    feed(m, p("PostToolUse", tool_name="Agent", tool_use_id="call-B",
-              tool_response={"status": "completed", "agentId": "b2"}))
+    feed(
+        m,
+        p(
+            "PostToolUse",
+            tool_name="Agent",
+            tool_use_id="call-B",
+            tool_response={"status": "completed", "agentId": "b2"},
+        ),
+    )
     assert root.pending_spawns == []
 
 
@@ -103,8 +136,10 @@ def test_agent_id_without_subagent_start_still_a_child():
 def test_agent_result_links_child_never_seen_before():
     m = SessionManager()
     feed(m, p("PreToolUse", tool_name="Agent", tool_use_id="c1", tool_input={"subagent_type": "Explore"}))
-    feed(m, p("PostToolUse", tool_name="Agent", tool_use_id="c1",
-              tool_response='{"status": "completed", "agentId": "q9"}'))
+    feed(
+        m,
+        p("PostToolUse", tool_name="Agent", tool_use_id="c1", tool_response='{"status": "completed", "agentId": "q9"}'),
+    )
     child = m.get("root:agent-q9")
     assert child.parent_session_id == "root" and child.spawn_tool_use_id == "c1"
     assert child.agent_type == "Explore" and child.status == "ended"
@@ -113,8 +148,15 @@ def test_agent_result_links_child_never_seen_before():
 def test_background_agent_stays_active():
     m = SessionManager()
     feed(m, p("PreToolUse", tool_name="Agent", tool_use_id="c1", tool_input={"subagent_type": "Explore"}))
-    feed(m, p("PostToolUse", tool_name="Agent", tool_use_id="c1",
-              tool_response={"status": "async_launched", "agentId": "bg"}))
+    feed(
+        m,
+        p(
+            "PostToolUse",
+            tool_name="Agent",
+            tool_use_id="c1",
+            tool_response={"status": "async_launched", "agentId": "bg"},
+        ),
+    )
     assert m.get("root:agent-bg").status == "active"
 
 

@@ -16,8 +16,14 @@ from contextuate_trio.runtime.store import BLOCK, FileStore, session_key
 
 
 def ev(i, sid="s1", ts=None):
-    return Event(id=f"id-{i}", timestamp=ts if ts is not None else 1000 + i, session_id=sid,
-                 machine_id="m", event_type="tool_call", data={"n": i})
+    return Event(
+        id=f"id-{i}",
+        timestamp=ts if ts is not None else 1000 + i,
+        session_id=sid,
+        machine_id="m",
+        event_type="tool_call",
+        data={"n": i},
+    )
 
 
 def write(store, evs):
@@ -73,15 +79,26 @@ async def test_crash_after_events_before_meta_is_recovered(tmp_path):
     async with trio.open_nursery() as n:
         await n.start(b.run)
         for i in range(10):
-            await b.submit(events.from_payload({"session_id": "s1", "hook_event_name": "PreToolUse",
-                                                "tool_name": "Read"}, event_id=f"e{i}",
-                                               timestamp=1000 + i, machine_id="m"), wait=True)
+            await b.submit(
+                events.from_payload(
+                    {"session_id": "s1", "hook_event_name": "PreToolUse", "tool_name": "Read"},
+                    event_id=f"e{i}",
+                    timestamp=1000 + i,
+                    machine_id="m",
+                ),
+                wait=True,
+            )
         n.cancel_scope.cancel()
     meta_path = tmp_path / "sessions" / "s1" / "meta.json"
     good_meta = meta_path.read_text()
     # Append 5 more events behind the meta's back, as if the daemon died before saving.
-    write(st, [Event(id=f"late-{i}", timestamp=2000 + i, session_id="s1", machine_id="m",
-                     event_type="tool_call") for i in range(5)])
+    write(
+        st,
+        [
+            Event(id=f"late-{i}", timestamp=2000 + i, session_id="s1", machine_id="m", event_type="tool_call")
+            for i in range(5)
+        ],
+    )
     meta_path.write_text(good_meta)
     st.close()
     b2 = Broker(FileStore(str(tmp_path)))
@@ -102,8 +119,9 @@ def test_weird_session_ids_get_safe_directories(tmp_path):
     for sid in ("../../etc", "a/b", "", "ü" * 200):
         write(st, [ev(1, sid=sid)])
         assert st.events(sid, 10)[0]["sessionId"] == sid
-    assert all(os.path.dirname(p) == str(tmp_path / "sessions")
-               for p in (str(x) for x in (tmp_path / "sessions").iterdir()))
+    assert all(
+        os.path.dirname(p) == str(tmp_path / "sessions") for p in (str(x) for x in (tmp_path / "sessions").iterdir())
+    )
 
 
 def test_retention(tmp_path):
@@ -129,8 +147,12 @@ async def test_unwritable_store_keeps_events_and_recovers(tmp_path):
                 os.chmod(data / "sessions", 0o700)
                 os.rename(data / "sessions", data / "moved")
                 (data / "sessions").write_text("not a directory")
-            d = await b.submit(track=True, event=events.from_payload({"session_id": "s9", "hook_event_name": "Stop"},
-                                                    event_id="x", timestamp=1, machine_id="m"))
+            d = await b.submit(
+                track=True,
+                event=events.from_payload(
+                    {"session_id": "s9", "hook_event_name": "Stop"}, event_id="x", timestamp=1, machine_id="m"
+                ),
+            )
             with trio.move_on_after(0.5):
                 await d.done.wait()
             assert not d.done.is_set() and b.last_error
@@ -150,13 +172,16 @@ async def test_deleting_a_session_deletes_its_sub_agents(tmp_path):
     b.load(MINT)
     async with trio.open_nursery() as n:
         await n.start(b.run)
-        for i, p in enumerate([
-            {"session_id": "top", "hook_event_name": "SessionStart"},
-            {"session_id": "top", "hook_event_name": "PreToolUse", "tool_name": "Read", "agent_id": "a"},
-            {"session_id": "other", "hook_event_name": "SessionStart"},
-        ]):
-            await b.submit(events.from_payload(p, event_id=f"d{i}", timestamp=10**12 * 2 + i,
-                                               machine_id="m"), wait=True)
+        for i, p in enumerate(
+            [
+                {"session_id": "top", "hook_event_name": "SessionStart"},
+                {"session_id": "top", "hook_event_name": "PreToolUse", "tool_name": "Read", "agent_id": "a"},
+                {"session_id": "other", "hook_event_name": "SessionStart"},
+            ]
+        ):
+            await b.submit(
+                events.from_payload(p, event_id=f"d{i}", timestamp=10**12 * 2 + i, machine_id="m"), wait=True
+            )
         n.cancel_scope.cancel()
     assert b.delete_session("top")
     assert set(b.manager.sessions) == {"other"}
@@ -180,16 +205,29 @@ async def test_an_event_the_pipeline_fails_on_is_refused_and_the_rest_goes_on(tm
     b.load(MINT)
     spool_dir = tmp_path / "spool"
     spool_dir.mkdir()
-    env = {"kind": "hook", "id": "sp-1", "timestamp": 5, "machineId": "m",
-           "payload": {"session_id": "boom", "hook_event_name": "Stop"}}
+    env = {
+        "kind": "hook",
+        "id": "sp-1",
+        "timestamp": 5,
+        "machineId": "m",
+        "payload": {"session_id": "boom", "hook_event_name": "Stop"},
+    }
     (spool_dir / "0000000000005-sp-1.json").write_text(json.dumps(env))
     async with trio.open_nursery() as n:
         await n.start(b.run)
-        bad = await b.submit(events.from_payload({"session_id": "boom", "hook_event_name": "Stop"},
-                                                 event_id="x1", timestamp=1, machine_id="m"), wait=True)
+        bad = await b.submit(
+            events.from_payload(
+                {"session_id": "boom", "hook_event_name": "Stop"}, event_id="x1", timestamp=1, machine_id="m"
+            ),
+            wait=True,
+        )
         assert not bad.ok and bad.error.startswith("rejected: RuntimeError")
-        good = await b.submit(events.from_payload({"session_id": "fine", "hook_event_name": "Stop"},
-                                                  event_id="x2", timestamp=2, machine_id="m"), wait=True)
+        good = await b.submit(
+            events.from_payload(
+                {"session_id": "fine", "hook_event_name": "Stop"}, event_id="x2", timestamp=2, machine_id="m"
+            ),
+            wait=True,
+        )
         assert good.ok
         assert await spool_source.drain_once(b, str(spool_dir)) == 0
         n.cancel_scope.cancel()
@@ -205,8 +243,13 @@ async def test_a_claim_left_by_a_dead_hook_is_ingested(tmp_path, monkeypatch):
     monkeypatch.setattr(hook_spool, "STALE_CLAIM_SECONDS", 0)  # "long ago", without waiting a minute
     spool_dir = tmp_path / "spool"
     spool_dir.mkdir()
-    env = {"kind": "hook", "id": "cl-1", "timestamp": 10**12 * 2, "machineId": "m",
-           "payload": {"session_id": "claimed", "hook_event_name": "Stop"}}
+    env = {
+        "kind": "hook",
+        "id": "cl-1",
+        "timestamp": 10**12 * 2,
+        "machineId": "m",
+        "payload": {"session_id": "claimed", "hook_event_name": "Stop"},
+    }
     (spool_dir / ".claim-0000000000009-cl-1.json").write_text(json.dumps(env))
     b = Broker(FileStore(str(tmp_path / "data")))
     b.load(MINT)
@@ -222,8 +265,9 @@ async def test_a_copy_arriving_after_its_id_was_forgotten_is_still_one_event(tmp
     b.load(MINT)
 
     def mk(eid, ts, sid="s"):
-        return events.from_payload({"session_id": sid, "hook_event_name": "Stop"},
-                                   event_id=eid, timestamp=ts, machine_id="m")
+        return events.from_payload(
+            {"session_id": sid, "hook_event_name": "Stop"}, event_id=eid, timestamp=ts, machine_id="m"
+        )
 
     async with trio.open_nursery() as n:
         await n.start(b.run)
@@ -247,8 +291,9 @@ async def test_a_batch_that_fails_half_way_is_not_written_twice(tmp_path):
     blocker.write_text("not a directory")
 
     def mk(eid, sid):
-        return events.from_payload({"session_id": sid, "hook_event_name": "Stop"},
-                                   event_id=eid, timestamp=10**12 * 2, machine_id="m")
+        return events.from_payload(
+            {"session_id": sid, "hook_event_name": "Stop"}, event_id=eid, timestamp=10**12 * 2, machine_id="m"
+        )
 
     async with trio.open_nursery() as n:
         # Both queued before the pipeline runs: one batch, A's write then B's.

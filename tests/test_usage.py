@@ -18,39 +18,88 @@ HAIKU = "claude-haiku-4-5-20251001"
 OPUS = "claude-opus-4-5-20251101"
 
 
-def assistant(mid, model, inp, out, cread=0, w5=0, w1=0, *, req=None, block="text",
-              ts="2025-10-01T12:00:00.000Z", agent=None, breakdown=True, web=0) -> dict:
+def assistant(
+    mid,
+    model,
+    inp,
+    out,
+    cread=0,
+    w5=0,
+    w1=0,
+    *,
+    req=None,
+    block="text",
+    ts="2025-10-01T12:00:00.000Z",
+    agent=None,
+    breakdown=True,
+    web=0,
+) -> dict:
     """One transcript line of a model response, as Claude Code writes it (one line per
     content block, each carrying the response's usage)."""
-    u = {"input_tokens": inp, "cache_creation_input_tokens": w5 + w1, "cache_read_input_tokens": cread,
-         "output_tokens": out, "service_tier": "standard"}
+    u = {
+        "input_tokens": inp,
+        "cache_creation_input_tokens": w5 + w1,
+        "cache_read_input_tokens": cread,
+        "output_tokens": out,
+        "service_tier": "standard",
+    }
     if breakdown:
         u["cache_creation"] = {"ephemeral_5m_input_tokens": w5, "ephemeral_1h_input_tokens": w1}
     if web:
         u["server_tool_use"] = {"web_search_requests": web}
-    content = ({"type": "text", "text": "ok"} if block == "text" else
-               {"type": "tool_use", "id": "toolu_" + mid[-6:], "name": "Read", "input": {"file_path": "/x"}}
-               if block == "tool" else {"type": "thinking", "thinking": "hmm", "signature": "s"})
-    line = {"parentUuid": "p", "isSidechain": agent is not None, "userType": "external", "cwd": "/w",
-            "sessionId": "S", "version": "2.0.28", "gitBranch": "main",
-            "message": {"model": model, "id": mid, "type": "message", "role": "assistant",
-                        "content": [content], "stop_reason": None, "stop_sequence": None, "usage": u},
-            "requestId": req or "req_" + mid, "type": "assistant", "uuid": "u-" + mid + block,
-            "timestamp": ts}
+    content = (
+        {"type": "text", "text": "ok"}
+        if block == "text"
+        else {"type": "tool_use", "id": "toolu_" + mid[-6:], "name": "Read", "input": {"file_path": "/x"}}
+        if block == "tool"
+        else {"type": "thinking", "thinking": "hmm", "signature": "s"}
+    )
+    line = {
+        "parentUuid": "p",
+        "isSidechain": agent is not None,
+        "userType": "external",
+        "cwd": "/w",
+        "sessionId": "S",
+        "version": "2.0.28",
+        "gitBranch": "main",
+        "message": {
+            "model": model,
+            "id": mid,
+            "type": "message",
+            "role": "assistant",
+            "content": [content],
+            "stop_reason": None,
+            "stop_sequence": None,
+            "usage": u,
+        },
+        "requestId": req or "req_" + mid,
+        "type": "assistant",
+        "uuid": "u-" + mid + block,
+        "timestamp": ts,
+    }
     if agent:
         line["agentId"] = agent
     return line
 
 
 def user(text: str, ts="2025-10-01T12:00:00.000Z") -> dict:
-    return {"type": "user", "message": {"role": "user", "content": text}, "uuid": "u", "timestamp": ts,
-            "sessionId": "S", "isSidechain": False}
+    return {
+        "type": "user",
+        "message": {"role": "user", "content": text},
+        "uuid": "u",
+        "timestamp": ts,
+        "sessionId": "S",
+        "isSidechain": False,
+    }
 
 
 def tool_result(text: str) -> dict:
     # A tool result that happens to contain the words the cheap filter looks for.
-    return {"type": "user", "message": {"role": "user", "content": [
-        {"type": "tool_result", "tool_use_id": "t", "content": text}]}, "uuid": "u2"}
+    return {
+        "type": "user",
+        "message": {"role": "user", "content": [{"type": "tool_result", "tool_use_id": "t", "content": text}]},
+        "uuid": "u2",
+    }
 
 
 def dump(lines) -> bytes:
@@ -62,9 +111,16 @@ def read_all(state, data: bytes, at_eof=True):
 
 
 def apply_records(manager: SessionManager, records, session="S", agent=None, ts=1):
-    ev = events.Event(id=f"u{ts}-{len(records)}-{agent}", timestamp=ts, session_id=session,
-                      machine_id="m1", event_type="usage", agent_id=agent, source="transcript",
-                      data={"records": records})
+    ev = events.Event(
+        id=f"u{ts}-{len(records)}-{agent}",
+        timestamp=ts,
+        session_id=session,
+        machine_id="m1",
+        event_type="usage",
+        agent_id=agent,
+        source="transcript",
+        data={"records": records},
+    )
     return manager.apply(ev)
 
 
@@ -92,12 +148,18 @@ def test_a_response_split_over_lines_counts_once_with_its_final_usage():
     recs = read_all(st, data)
     assert st.offset == len(data)
     assert [r[usage.R_KEY] for r in recs] == ["msg_A", "msg_B"]  # one record each, the largest usage
-    assert recs[0][usage.R_TOKENS:usage.R_AGENT] == [10, 120, 20_000, 1_000, 2_000, 0]
+    assert recs[0][usage.R_TOKENS : usage.R_AGENT] == [10, 120, 20_000, 1_000, 2_000, 0]
     m = SessionManager()
     apply_records(m, recs)
     u = m.get("S").public(PRICES)["usage"]
-    assert u["tokens"] == {"input": 15, "output": 170, "cacheRead": 41_000, "cacheWrite5m": 1_000,
-                           "cacheWrite1h": 2_000, "total": 44_185}
+    assert u["tokens"] == {
+        "input": 15,
+        "output": 170,
+        "cacheRead": 41_000,
+        "cacheWrite5m": 1_000,
+        "cacheWrite1h": 2_000,
+        "total": 44_185,
+    }
     assert u["calls"] == 2
     assert u["costUsd"] == pytest.approx(TURN_COST)
     assert u["models"][SONNET]["pricedAs"] == "claude-sonnet-4-5"
@@ -111,7 +173,7 @@ def test_a_truncated_last_line_waits_for_the_rest_and_a_growing_file_reads_only_
     first = read_all(st, data[:cut])
     assert {r[usage.R_KEY] for r in first} == {"msg_A"}
     assert st.offset == data.rfind(b'{"parentUuid"')  # the partial line is not consumed
-    second = read_all(st, data[st.offset:])
+    second = read_all(st, data[st.offset :])
     assert [r[usage.R_KEY] for r in second] == ["msg_B"]
     m = SessionManager()
     apply_records(m, first + second)
@@ -150,8 +212,9 @@ def test_sub_agent_usage_goes_to_the_sub_agent_and_rolls_up_to_the_parent():
     apply_records(m, read_all(usage.FileState(), dump(TURN)))
     # The sub-agent's own transcript (SubagentStop's agent_transcript_path), on Haiku 4.5:
     # 100 in, 200 out, 300 read, 400 5m writes, 500 1h writes, and a second reply 7/3.
-    sub = dump([assistant("msg_S1", HAIKU, 100, 200, 300, 400, 500, agent="a1"),
-                assistant("msg_S2", HAIKU, 7, 3, agent="a1")])
+    sub = dump(
+        [assistant("msg_S1", HAIKU, 100, 200, 300, 400, 500, agent="a1"), assistant("msg_S2", HAIKU, 7, 3, agent="a1")]
+    )
     apply_records(m, read_all(usage.FileState(), sub), agent="a1", ts=5)
     child = m.get("S:agent-a1")
     assert child is not None and child.parent_session_id == "S" and "S:agent-a1" in m.get("S").child_session_ids
@@ -190,35 +253,42 @@ def test_synthetic_and_empty_responses_are_not_calls():
 
 def test_cache_writes_without_breakdown_are_5_minute_ones_and_web_searches_are_priced():
     rec = read_all(usage.FileState(), dump([assistant("msg_W", OPUS, 0, 0, 0, 1000, 0, breakdown=False, web=3)]))[0]
-    assert rec[usage.R_TOKENS:usage.R_AGENT] == [0, 0, 0, 1000, 0, 3]
+    assert rec[usage.R_TOKENS : usage.R_AGENT] == [0, 0, 0, 1000, 0, 3]
     m = SessionManager()
     apply_records(m, [rec])
     # Opus 4.5: 1,000 5m writes * $6.25/M = $0.00625; 3 searches * $10/1000 = $0.03
     assert m.get("S").public(PRICES)["usage"]["costUsd"] == pytest.approx(0.03625)
 
 
-@pytest.mark.parametrize("model,prefix", [
-    ("claude-opus-4-5-20251101", "claude-opus-4-5"),
-    ("claude-opus-4-20250514", "claude-opus-4"),
-    ("claude-opus-4-1-20250805", "claude-opus-4-1"),
-    ("claude-sonnet-4-5", "claude-sonnet-4-5"),
-    ("us.anthropic.claude-sonnet-4-5-20250929-v1:0", "claude-sonnet-4-5"),
-    ("claude-sonnet-4-5@20250929", "claude-sonnet-4-5"),
-    ("claude-sonnet-4-5-20250929[1m]", "claude-sonnet-4-5"),
-    ("claude-haiku-4-5-20251001", "claude-haiku-4-5"),
-    ("claude-3-5-haiku-20241022", "claude-3-5-haiku"),
-    ("claude-opus-4-9", None),  # a newer minor version is not priced as an older one
-    ("claude-opus-45", None),
-    ("gpt-4o", None),
-])
+@pytest.mark.parametrize(
+    "model,prefix",
+    [
+        ("claude-opus-4-5-20251101", "claude-opus-4-5"),
+        ("claude-opus-4-20250514", "claude-opus-4"),
+        ("claude-opus-4-1-20250805", "claude-opus-4-1"),
+        ("claude-sonnet-4-5", "claude-sonnet-4-5"),
+        ("us.anthropic.claude-sonnet-4-5-20250929-v1:0", "claude-sonnet-4-5"),
+        ("claude-sonnet-4-5@20250929", "claude-sonnet-4-5"),
+        ("claude-sonnet-4-5-20250929[1m]", "claude-sonnet-4-5"),
+        ("claude-haiku-4-5-20251001", "claude-haiku-4-5"),
+        ("claude-3-5-haiku-20241022", "claude-3-5-haiku"),
+        ("claude-opus-4-9", None),  # a newer minor version is not priced as an older one
+        ("claude-opus-45", None),
+        ("gpt-4o", None),
+    ],
+)
 def test_models_are_priced_by_their_longest_prefix_and_never_guessed(model, prefix):
     assert PRICES.price_for(model)[0] == prefix
 
 
 def test_the_price_table_can_be_overridden_extended_and_trimmed():
-    table = usage.PriceTable.from_config({"claude-sonnet-4-5": {"input": 6, "output": 30},
-                                          "my-proxy-model": {"input": 1, "output": 2, "cacheRead": 0},
-                                          "claude-haiku-4-5": None})
+    table = usage.PriceTable.from_config(
+        {
+            "claude-sonnet-4-5": {"input": 6, "output": 30},
+            "my-proxy-model": {"input": 1, "output": 2, "cacheRead": 0},
+            "claude-haiku-4-5": None,
+        }
+    )
     p = table.models
     # Cache prices derived from input with Anthropic's multipliers when not given.
     assert p["claude-sonnet-4-5"]["cacheWrite5m"] == 7.5 and p["claude-sonnet-4-5"]["cacheWrite1h"] == 12
@@ -244,8 +314,11 @@ def test_group_by_machine_model_day_and_hour():
     m = SessionManager()
     apply_records(m, read_all(usage.FileState(), dump(TURN)))
     m.get("S").machine_id = "m1"
-    apply_records(m, read_all(usage.FileState(), dump([assistant("msg_T", HAIKU, 1000, 0, ts="2025-10-02T01:00:00Z")])),
-                  session="T")
+    apply_records(
+        m,
+        read_all(usage.FileState(), dump([assistant("msg_T", HAIKU, 1000, 0, ts="2025-10-02T01:00:00Z")])),
+        session="T",
+    )
     m.get("T").machine_id = "m2"
     triples = [(s.session_id, s.machine_id, s.usage) for s in m.sessions.values()]
     by_machine = {r["key"]: r for r in usage.group(triples, "machine", PRICES)["rows"]}
@@ -270,19 +343,42 @@ def test_agent_result_is_an_estimate_until_the_transcript_is_read():
     def hook(i, **p):
         return events.from_payload({**base, **p}, event_id=f"e{i}", timestamp=i, machine_id="m1")
 
-    m.apply(hook(1, hook_event_name="PreToolUse", tool_name="Agent", tool_use_id="tu1",
-                 tool_input={"subagent_type": "Explore", "description": "d"}))
-    m.apply(hook(2, hook_event_name="PostToolUse", tool_name="Agent", tool_use_id="tu1",
-                 tool_response={"status": "completed", "agentId": "a1", "totalTokens": 24680,
-                                "totalDurationMs": 29159, "totalToolUseCount": 4,
-                                "usage": {"input_tokens": 3, "output_tokens": 400,
-                                          "cache_read_input_tokens": 24000,
-                                          "cache_creation_input_tokens": 277}}))
+    m.apply(
+        hook(
+            1,
+            hook_event_name="PreToolUse",
+            tool_name="Agent",
+            tool_use_id="tu1",
+            tool_input={"subagent_type": "Explore", "description": "d"},
+        )
+    )
+    m.apply(
+        hook(
+            2,
+            hook_event_name="PostToolUse",
+            tool_name="Agent",
+            tool_use_id="tu1",
+            tool_response={
+                "status": "completed",
+                "agentId": "a1",
+                "totalTokens": 24680,
+                "totalDurationMs": 29159,
+                "totalToolUseCount": 4,
+                "usage": {
+                    "input_tokens": 3,
+                    "output_tokens": 400,
+                    "cache_read_input_tokens": 24000,
+                    "cache_creation_input_tokens": 277,
+                },
+            },
+        )
+    )
     u = m.get("S:agent-a1").public(PRICES)["usage"]
     assert u["estimate"]["totalTokens"] == 24680 and u["estimate"]["lastCall"]["output"] == 400
     assert u["costUsd"] is None and u["calls"] == 0  # an estimate is never priced
-    apply_records(m, read_all(usage.FileState(), dump([assistant("msg_S1", HAIKU, 100, 200, agent="a1")])),
-                  agent="a1", ts=3)
+    apply_records(
+        m, read_all(usage.FileState(), dump([assistant("msg_S1", HAIKU, 100, 200, agent="a1")])), agent="a1", ts=3
+    )
     u = m.get("S:agent-a1").public(PRICES)["usage"]
     assert u["estimate"] is None and u["calls"] == 1 and u["costUsd"] == pytest.approx(0.0011)
 

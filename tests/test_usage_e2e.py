@@ -18,8 +18,10 @@ from test_usage import HAIKU, SONNET, TURN, TURN_COST, assistant, dump
 
 SID = "0f3c7d7e-1111-4222-8333-944455556666"
 # Haiku 4.5: 107*1 + 203*5 + 300*0.1 + 400*1.25 + 500*2 = 2,652 micro-dollars
-SUB_LINES = [assistant("msg_S1", HAIKU, 100, 200, 300, 400, 500, agent="a1"),
-             assistant("msg_S2", HAIKU, 7, 3, agent="a1")]
+SUB_LINES = [
+    assistant("msg_S1", HAIKU, 100, 200, 300, 400, 500, agent="a1"),
+    assistant("msg_S2", HAIKU, 7, 3, agent="a1"),
+]
 SUB_COST = 0.002652
 
 
@@ -58,12 +60,16 @@ def test_local_stop_reads_the_transcript_and_the_api_shows_usage(home, daemon):
 
     write(main, data[cut:])  # the rest of msg_B arrives
     write(sub, dump(SUB_LINES))
-    run_hook(home, payload("SubagentStop", main, agent_id="a1", agent_type="Explore",
-                           agent_transcript_path=sub))
+    run_hook(home, payload("SubagentStop", main, agent_id="a1", agent_type="Explore", agent_transcript_path=sub))
     run_hook(home, payload("Stop", main))
-    s = wait_for(lambda: (d.sessions()[SID]["usage"]["calls"] == 2
-                          and d.sessions().get(SID + ":agent-a1", {}).get("usage") and d.sessions()),
-                 what="usage of the session and its sub-agent")
+    s = wait_for(
+        lambda: (
+            d.sessions()[SID]["usage"]["calls"] == 2
+            and d.sessions().get(SID + ":agent-a1", {}).get("usage")
+            and d.sessions()
+        ),
+        what="usage of the session and its sub-agent",
+    )
     assert s[SID]["usage"]["costUsd"] == pytest.approx(TURN_COST)
     assert s[SID + ":agent-a1"]["usage"]["costUsd"] == pytest.approx(SUB_COST)
     assert s[SID + ":agent-a1"]["parentSessionId"] == SID
@@ -85,13 +91,23 @@ def test_local_stop_reads_the_transcript_and_the_api_shows_usage(home, daemon):
     assert all(e["source"] == "transcript" for e in events if e["eventType"] == "usage")
 
     # The terminal: a table per model with the total.
-    out = subprocess.run([sys.executable, "-m", "contextuate_trio", "usage", "--by", "model"],
-                         env=clean_env(home), capture_output=True, text=True, timeout=30)
+    out = subprocess.run(
+        [sys.executable, "-m", "contextuate_trio", "usage", "--by", "model"],
+        env=clean_env(home),
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
     assert out.returncode == 0, out.stderr
     assert SONNET in out.stdout and HAIKU in out.stdout and "$0.0306" in out.stdout
     assert out.stdout.splitlines()[-1].split()[-1] == f"${TURN_COST + SUB_COST:.4f}"
-    by_session = subprocess.run([sys.executable, "-m", "contextuate_trio", "usage", "--by", "session", "--json"],
-                                env=clean_env(home), capture_output=True, text=True, timeout=30)
+    by_session = subprocess.run(
+        [sys.executable, "-m", "contextuate_trio", "usage", "--by", "session", "--json"],
+        env=clean_env(home),
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
     assert len(json.loads(by_session.stdout)["rows"]) == 2
 
     # A restart reads nothing twice: the offsets were kept.
@@ -108,11 +124,32 @@ def test_local_stop_reads_the_transcript_and_the_api_shows_usage(home, daemon):
 def test_local_missing_transcript_keeps_the_agent_result_estimate(home, daemon):
     d = daemon()
     main = os.path.join(home, "nowhere", SID + ".jsonl")
-    run_hook(home, payload("PreToolUse", main, tool_name="Agent", tool_use_id="tu1",
-                           tool_input={"subagent_type": "Explore", "description": "look"}))
-    run_hook(home, payload("PostToolUse", main, tool_name="Agent", tool_use_id="tu1",
-                           tool_response={"status": "completed", "agentId": "a7", "totalTokens": 24680,
-                                          "totalDurationMs": 29159, "totalToolUseCount": 4}))
+    run_hook(
+        home,
+        payload(
+            "PreToolUse",
+            main,
+            tool_name="Agent",
+            tool_use_id="tu1",
+            tool_input={"subagent_type": "Explore", "description": "look"},
+        ),
+    )
+    run_hook(
+        home,
+        payload(
+            "PostToolUse",
+            main,
+            tool_name="Agent",
+            tool_use_id="tu1",
+            tool_response={
+                "status": "completed",
+                "agentId": "a7",
+                "totalTokens": 24680,
+                "totalDurationMs": 29159,
+                "totalToolUseCount": 4,
+            },
+        ),
+    )
     child = wait_for(lambda: d.sessions().get(SID + ":agent-a7"), what="the sub-agent")
     assert child["usage"]["estimate"]["totalTokens"] == 24680
     assert child["usage"]["costUsd"] is None  # an estimate is never a price
@@ -142,9 +179,14 @@ def test_redis_hook_reads_the_transcript_and_sends_the_delta(daemon, redis_serve
         run_hook(machine, payload("SubagentStop", main, agent_id="a1", agent_transcript_path=sub), env)
         run_hook(machine, payload("Stop", main), env)
         run_hook(machine, payload("Stop", main), env)  # nothing new: no usage event
-        s = wait_for(lambda: (d.sessions()[SID]["usage"]["calls"] == 2
-                              and d.sessions().get(SID + ":agent-a1", {}).get("usage") and d.sessions()),
-                     what="all the usage")
+        s = wait_for(
+            lambda: (
+                d.sessions()[SID]["usage"]["calls"] == 2
+                and d.sessions().get(SID + ":agent-a1", {}).get("usage")
+                and d.sessions()
+            ),
+            what="all the usage",
+        )
         assert s[SID]["machineId"] == "box-b"
         assert s[SID]["usageTotal"]["costUsd"] == pytest.approx(TURN_COST + SUB_COST)
         usage_events = [e for e in d.events(SID) if e["eventType"] == "usage"]

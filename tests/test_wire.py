@@ -22,8 +22,10 @@ def split_all(chunks, max_line=1000):
 
 
 @settings(max_examples=200, deadline=None)
-@given(lines=st.lists(st.binary(max_size=50).map(lambda b: b.replace(b"\n", b"x")), max_size=20),
-       cuts=st.lists(st.integers(min_value=0, max_value=2000), max_size=10))
+@given(
+    lines=st.lists(st.binary(max_size=50).map(lambda b: b.replace(b"\n", b"x")), max_size=20),
+    cuts=st.lists(st.integers(min_value=0, max_value=2000), max_size=10),
+)
 def test_any_chunking_gives_the_same_lines(lines, cuts):
     data = b"".join(l + b"\n" for l in lines)
     points = sorted({c % (len(data) + 1) for c in cuts})
@@ -41,8 +43,11 @@ def test_too_long_line_is_skipped_whole_and_reported_once():
 
 
 def test_parse_line_kinds_and_errors():
-    ev, ack = wire.parse_line(b'{"kind":"hook","id":"a","timestamp":1,"machineId":"m","ack":true,'
-                              b'"payload":{"session_id":"s","hook_event_name":"Stop"}}', mint=MINT)
+    ev, ack = wire.parse_line(
+        b'{"kind":"hook","id":"a","timestamp":1,"machineId":"m","ack":true,'
+        b'"payload":{"session_id":"s","hook_event_name":"Stop"}}',
+        mint=MINT,
+    )
     assert ack and ev.id == "a" and ev.event_type == "stop"
     ev, ack = wire.parse_line(b'{"id":"b","sessionId":"s","eventType":"x","machineId":"m","timestamp":1}', mint=MINT)
     assert not ack and ev.id == "b"

@@ -16,11 +16,19 @@ from contextuate_trio.web.ws_protocol import CLOSE_TOO_SLOW, b64url_token
 T0 = int(time.time() * 1000) - 600_000  # recent: retention would prune older sessions
 
 
-def ev(i: int, session: str = "s1", machine: str = "m1", etype: str = "tool_call", tool: str | None = "Bash",
-       **extra) -> dict:
-    d = {"id": f"e-{session}-{i}-{uuid.uuid4().hex[:6]}", "timestamp": T0 + i, "sessionId": session,
-         "machineId": machine, "eventType": etype, "hookType": "PreToolUse", "workingDirectory": "/w",
-         "data": {"tool_input": {"command": f"echo {i}"}}}
+def ev(
+    i: int, session: str = "s1", machine: str = "m1", etype: str = "tool_call", tool: str | None = "Bash", **extra
+) -> dict:
+    d = {
+        "id": f"e-{session}-{i}-{uuid.uuid4().hex[:6]}",
+        "timestamp": T0 + i,
+        "sessionId": session,
+        "machineId": machine,
+        "eventType": etype,
+        "hookType": "PreToolUse",
+        "workingDirectory": "/w",
+        "data": {"tool_input": {"command": f"echo {i}"}},
+    }
     if tool:
         d["toolName"] = tool
     d.update(extra)
@@ -223,10 +231,13 @@ async def test_large_event_is_trimmed_live_and_whole_on_request(live_daemon):
         await recv(ws)
         big = ev(0, data={"tool_response": "x" * 300_000})
         await d.submit(big)
-        (_, got), = await recv_events(ws, 1)
+        ((_, got),) = await recv_events(ws, 1)
         assert got["truncated"] is True and len(got["data"]["tool_response"]) < 10_000
-        await ws.send_message(json.dumps({"type": "get_event_detail", "eventId": big["id"],
-                                          "sessionId": "s1", "timestamp": big["timestamp"]}))
+        await ws.send_message(
+            json.dumps(
+                {"type": "get_event_detail", "eventId": big["id"], "sessionId": "s1", "timestamp": big["timestamp"]}
+            )
+        )
         det = await recv_type(ws, "event_detail")
         assert len(det["event"]["data"]["tool_response"]) == 300_000
 
@@ -280,8 +291,9 @@ async def test_session_actions_are_broadcast_and_survive_a_restart(live_daemon, 
         await recv(b)
 
         async def act(action, sid, value=None):
-            await a.send_message(json.dumps({"type": "session_action", "action": action,
-                                             "sessionId": sid, "value": value}))
+            await a.send_message(
+                json.dumps({"type": "session_action", "action": action, "sessionId": sid, "value": value})
+            )
             return await recv_type(a, "action_done")
 
         await act("rename", "parent", "  Checkout   fix ")
@@ -294,8 +306,9 @@ async def test_session_actions_are_broadcast_and_survive_a_restart(live_daemon, 
         deleted = await recv_type(b, "session_deleted")
         assert deleted["sessionId"] == "gone"
         # A cycle is refused with an error, the connection stays.
-        await a.send_message(json.dumps({"type": "session_action", "action": "set_parent",
-                                         "sessionId": "parent", "value": "child"}))
+        await a.send_message(
+            json.dumps({"type": "session_action", "action": "set_parent", "sessionId": "parent", "value": "child"})
+        )
         err = await recv_type(a, "error")
         assert "itself" in err["message"]
     # A later event naming no parent does not undo the person's choice.
@@ -312,8 +325,7 @@ async def test_session_actions_are_broadcast_and_survive_a_restart(live_daemon, 
         snap = await recv(ws)
         by_id = {x["sessionId"]: x for x in snap["sessions"]}
         assert by_id["parent"]["pinned"] and by_id["child"]["parentSessionId"] == "parent"
-        await ws.send_message(json.dumps({"type": "session_action", "action": "remove_parent",
-                                          "sessionId": "child"}))
+        await ws.send_message(json.dumps({"type": "session_action", "action": "remove_parent", "sessionId": "child"}))
         await recv_type(ws, "action_done")
     assert s["child"].parent_session_id is None and s["parent"].child_session_ids == []
     await ws_unhide_and_check(d2)
@@ -402,7 +414,8 @@ async def raw_handshake(port: int, host: str) -> bytes:
     async with stream:
         await stream.send_all(
             f"GET / HTTP/1.1\r\nHost: {host}\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
-            "Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n".encode())
+            "Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n".encode()
+        )
         with trio.fail_after(5):
             return await stream.receive_some(4096)
 
@@ -419,7 +432,9 @@ async def test_token_required_by_header_or_subprotocol(live_daemon):
     d = await live_daemon({"server": {"token": "s3cret/+="}})
     assert await rejected_status(d.ws_url) == 401
     assert await rejected_status(d.ws_url, extra_headers=[(b"Authorization", b"Bearer wrong")]) == 401
-    assert await rejected_status(d.ws_url, subprotocols=["contextuate", "contextuate.bearer." + b64url_token("no")]) == 401
+    assert (
+        await rejected_status(d.ws_url, subprotocols=["contextuate", "contextuate.bearer." + b64url_token("no")]) == 401
+    )
     async with open_websocket_url(d.ws_url, extra_headers=[(b"Authorization", b"Bearer s3cret/+=")]) as ws:
         assert (await recv(ws))["type"] == "snapshot"
     protos = ["contextuate", "contextuate.bearer." + b64url_token("s3cret/+=")]
@@ -475,8 +490,10 @@ async def test_connections_reset_mid_handshake_do_not_harm_the_daemon(live_daemo
     import struct
 
     d = await live_daemon()
-    hello = (b"GET / HTTP/1.1\r\nHost: 127.0.0.1\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
-             b"Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n")
+    hello = (
+        b"GET / HTTP/1.1\r\nHost: 127.0.0.1\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
+        b"Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n"
+    )
     for i in range(30):
         s = stdsocket.socket()
         s.connect(("127.0.0.1", d.ws_port))

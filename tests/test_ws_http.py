@@ -31,7 +31,9 @@ async def test_search_export_metrics_and_actions(live_daemon):
     d = await live_daemon()
     await d.submit(ev(0, session="a", machine="m1", data={"tool_input": {"command": "pytest -q"}}))
     await d.submit(ev(1, session="a", machine="m1", tool="Read", data={"tool_input": {"file_path": "/src/app.py"}}))
-    await d.submit(ev(2, session="b", machine="m2", etype="user_prompt", tool=None, data={"prompt": "fix the BUG please"}))
+    await d.submit(
+        ev(2, session="b", machine="m2", etype="user_prompt", tool=None, data={"prompt": "fix the BUG please"})
+    )
     async with httpx.AsyncClient(base_url=d.http_url) as c:
         r = (await c.get("/api/search", params={"q": "bug"})).json()
         assert [e["sessionId"] for e in r["events"]] == ["b"]
@@ -62,7 +64,12 @@ async def test_search_export_metrics_and_actions(live_daemon):
         assert (await c.post("/api/sessions/zzz/actions", json={"action": "pin"})).status_code == 404
 
         m = (await c.get("/metrics")).text
-        for name in ("contextuate_ws_clients ", "contextuate_ws_dropped_clients_total ",
-                     "contextuate_ws_queue_depth_max ", "contextuate_events_in_total",
-                     "contextuate_store_bytes", 'contextuate_ws_refused_total{status="403"}'):
+        for name in (
+            "contextuate_ws_clients ",
+            "contextuate_ws_dropped_clients_total ",
+            "contextuate_ws_queue_depth_max ",
+            "contextuate_events_in_total",
+            "contextuate_store_bytes",
+            'contextuate_ws_refused_total{status="403"}',
+        ):
             assert name in m, name

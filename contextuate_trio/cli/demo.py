@@ -35,8 +35,12 @@ def load(name: str = DATA) -> tuple[dict, list[dict]]:
 
 
 def fresh_ids() -> dict[str, str]:
-    return {"{P}": str(uuid.uuid4()), "{C}": str(uuid.uuid4()),
-            "{A1}": secrets.token_hex(8), "{A2}": secrets.token_hex(8)}
+    return {
+        "{P}": str(uuid.uuid4()),
+        "{C}": str(uuid.uuid4()),
+        "{A1}": secrets.token_hex(8),
+        "{A2}": secrets.token_hex(8),
+    }
 
 
 def substitute(row: dict, ids: dict[str, str]) -> dict:
@@ -51,8 +55,9 @@ def run_hook(stdin: dict, machine: str, parent: str | None, env: dict, python: s
     henv["CONTEXTUATE_MACHINE_ID"] = machine
     if parent:
         henv["CONTEXTUATE_PARENT_SESSION"] = parent
-    p = subprocess.run([python, "-I", "-S", script], input=json.dumps(stdin).encode(), env=henv,
-                       capture_output=True, timeout=30)
+    p = subprocess.run(
+        [python, "-I", "-S", script], input=json.dumps(stdin).encode(), env=henv, capture_output=True, timeout=30
+    )
     return p.returncode
 
 
@@ -78,8 +83,12 @@ def replay(speed: float = 1.0, env: dict | None = None, out=sys.stdout) -> dict:
         summary = events.summarize(events.event_type_for(hook), stdin) or ""
         out.write(f"  [{i:2}/{len(rows)}] {machine:<13} {who:<26} {hook:<19} {summary[:70]}\n")
         out.flush()
-    return {"parent": ids["{P}"], "child": ids["{C}"],
-            "agents": ["agent-" + ids["{A1}"], "agent-" + ids["{A2}"]], "machines": list(machines.values())}
+    return {
+        "parent": ids["{P}"],
+        "child": ids["{C}"],
+        "agents": ["agent-" + ids["{A1}"], "agent-" + ids["{A2}"]],
+        "machines": list(machines.values()),
+    }
 
 
 def cmd_demo(args) -> int:
@@ -95,14 +104,19 @@ def cmd_demo(args) -> int:
     except Exception:
         up = False
     if not up and not args.anyway:
-        print(f"contextuate-trio demo: the daemon is not answering on {base}; start it first:\n"
-              "  contextuate-trio start\n(or --anyway: the events then wait in the spool)", file=sys.stderr)
+        print(
+            f"contextuate-trio demo: the daemon is not answering on {base}; start it first:\n"
+            "  contextuate-trio start\n(or --anyway: the events then wait in the spool)",
+            file=sys.stderr,
+        )
         return 1
     speed = 0.0 if args.fast else args.speed
     print(f"Replaying a two-machine, multi-agent session through the real hook; open {base}/ to watch.")
     ids = replay(speed)
-    print(f"Done: session {ids['parent'][:8]} on {ids['machines'][0]} with 2 sub-agents, and session "
-          f"{ids['child'][:8]} on {ids['machines'][1]} linked under it.")
+    print(
+        f"Done: session {ids['parent'][:8]} on {ids['machines'][0]} with 2 sub-agents, and session "
+        f"{ids['child'][:8]} on {ids['machines'][1]} linked under it."
+    )
     print(f"Dashboard: {base}/   Terminal: contextuate-trio tail --session {ids['parent'][:8]}")
     return 0
 

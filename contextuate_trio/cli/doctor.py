@@ -74,22 +74,28 @@ class Doctor:
         try:
             self.cfg, warnings = config_mod.load(self.env)
         except config_mod.ConfigError as exc:
-            self.add("config", FAIL, str(exc),
-                     f"edit {path} (the message names the key), or start over with "
-                     "`contextuate-trio init --force`")
+            self.add(
+                "config",
+                FAIL,
+                str(exc),
+                f"edit {path} (the message names the key), or start over with `contextuate-trio init --force`",
+            )
             return
         where = path if os.path.exists(path) else f"{path} (absent: defaults)"
         detail = f"{where}, mode {self.cfg.mode}"
         if warnings:
-            self.add("config", WARN, detail + "; " + "; ".join(warnings),
-                     f"remove or correct those keys in {path}")
+            self.add("config", WARN, detail + "; " + "; ".join(warnings), f"remove or correct those keys in {path}")
         else:
             self.add("config", OK, detail)
         try:
             st = os.stat(home)
             if stat.S_IMODE(st.st_mode) & 0o077:
-                self.add("home", WARN, f"{home} is readable by others (mode {stat.S_IMODE(st.st_mode):o})",
-                         f"chmod 700 {home}")
+                self.add(
+                    "home",
+                    WARN,
+                    f"{home} is readable by others (mode {stat.S_IMODE(st.st_mode):o})",
+                    f"chmod 700 {home}",
+                )
         except FileNotFoundError:
             pass
 
@@ -116,9 +122,12 @@ class Doctor:
                 except PermissionError:
                     alive = True
             if alive:
-                self.add("daemon", FAIL, f"pid {pid} is running but {base} does not answer; "
-                         f"see {os.path.join(cfg.home, 'daemon.log')}",
-                         "contextuate-trio stop && contextuate-trio start")
+                self.add(
+                    "daemon",
+                    FAIL,
+                    f"pid {pid} is running but {base} does not answer; see {os.path.join(cfg.home, 'daemon.log')}",
+                    "contextuate-trio stop && contextuate-trio start",
+                )
             else:
                 self.add("daemon", FAIL, f"not running (nothing answers on {base})", "contextuate-trio start")
             return
@@ -127,9 +136,13 @@ class Doctor:
             self.daemon_config = api_get(cfg, "/api/config")
         except urllib.error.HTTPError as exc:
             if exc.code == 401:
-                self.add("daemon", FAIL, f"{base} is up but refuses this config's token (server.token differs "
-                         "from the daemon's)", f"set server.token in {cfg.path} to the daemon's, or restart "
-                         "the daemon with this config: contextuate-trio stop && contextuate-trio start")
+                self.add(
+                    "daemon",
+                    FAIL,
+                    f"{base} is up but refuses this config's token (server.token differs from the daemon's)",
+                    f"set server.token in {cfg.path} to the daemon's, or restart "
+                    "the daemon with this config: contextuate-trio stop && contextuate-trio start",
+                )
                 return
             self.add("daemon", WARN, f"{base}: /api/status answered {exc.code}")
             return
@@ -138,16 +151,27 @@ class Doctor:
             return
         st = self.daemon_status
         if health.get("status") == "ok":
-            self.add("daemon", OK, f"healthy at {base} (pid {st.get('pid')}, version {st.get('version')}, "
-                     f"{st.get('sessions')} sessions)")
+            self.add(
+                "daemon",
+                OK,
+                f"healthy at {base} (pid {st.get('pid')}, version {st.get('version')}, {st.get('sessions')} sessions)",
+            )
         else:
             reasons = "; ".join(health.get("reasons") or []) or health.get("status", "?")
-            self.add("daemon", FAIL, f"{health.get('status')} at {base}: {reasons}",
-                     f"see {os.path.join(cfg.home, 'daemon.log')}")
+            self.add(
+                "daemon",
+                FAIL,
+                f"{health.get('status')} at {base}: {reasons}",
+                f"see {os.path.join(cfg.home, 'daemon.log')}",
+            )
         dc = self.daemon_config or {}
         if dc.get("path") and os.path.realpath(dc["path"]) != os.path.realpath(cfg.path):
-            self.add("daemon config", WARN, f"the daemon runs with {dc['path']}, this shell reads {cfg.path}",
-                     "run commands with the daemon's CONTEXTUATE_HOME/CONTEXTUATE_CONFIG")
+            self.add(
+                "daemon config",
+                WARN,
+                f"the daemon runs with {dc['path']}, this shell reads {cfg.path}",
+                "run commands with the daemon's CONTEXTUATE_HOME/CONTEXTUATE_CONFIG",
+            )
 
     # --- socket -------------------------------------------------------------------------
     def check_socket(self) -> None:
@@ -159,8 +183,12 @@ class Doctor:
         try:
             st = os.lstat(path)
         except FileNotFoundError:
-            self.add("socket", FAIL, f"{path} does not exist (hooks spool their events until it does)",
-                     "contextuate-trio start")
+            self.add(
+                "socket",
+                FAIL,
+                f"{path} does not exist (hooks spool their events until it does)",
+                "contextuate-trio start",
+            )
             return
         if not stat.S_ISSOCK(st.st_mode):
             self.add("socket", FAIL, f"{path} is not a socket", f"mv {path} {path}.old && contextuate-trio start")
@@ -170,15 +198,20 @@ class Doctor:
         try:
             s.connect(path)
         except OSError as exc:
-            self.add("socket", FAIL, f"{path}: {exc.strerror or exc} (left by a daemon that did not stop "
-                     "cleanly?)", "contextuate-trio stop; contextuate-trio start")
+            self.add(
+                "socket",
+                FAIL,
+                f"{path}: {exc.strerror or exc} (left by a daemon that did not stop cleanly?)",
+                "contextuate-trio stop; contextuate-trio start",
+            )
             return
         finally:
             s.close()
         mode = stat.S_IMODE(st.st_mode)
         if mode & 0o077:
-            self.add("socket", WARN, f"{path} accepts connections, but its mode is {mode:o}, not 600",
-                     f"chmod 600 {path}")
+            self.add(
+                "socket", WARN, f"{path} accepts connections, but its mode is {mode:o}, not 600", f"chmod 600 {path}"
+            )
         else:
             self.add("socket", OK, f"{path} accepts connections")
 
@@ -197,12 +230,20 @@ class Doctor:
         except (ValueError, IndexError, TypeError):
             pass
         if self.daemon_status is None:
-            self.add("spool", FAIL, f"{len(files)} events wait in {spool_dir}{oldest}; the daemon ingests "
-                     "them once it runs", "contextuate-trio start")
+            self.add(
+                "spool",
+                FAIL,
+                f"{len(files)} events wait in {spool_dir}{oldest}; the daemon ingests them once it runs",
+                "contextuate-trio start",
+            )
         else:
-            self.add("spool", WARN, f"{len(files)} events wait in {spool_dir}{oldest}; the running daemon "
-                     "is ingesting them (if the number does not fall, see the daemon's log)",
-                     f"contextuate-trio status; tail {os.path.join(cfg.home, 'daemon.log')}")
+            self.add(
+                "spool",
+                WARN,
+                f"{len(files)} events wait in {spool_dir}{oldest}; the running daemon "
+                "is ingesting them (if the number does not fall, see the daemon's log)",
+                f"contextuate-trio status; tail {os.path.join(cfg.home, 'daemon.log')}",
+            )
 
     # --- redis --------------------------------------------------------------------------
     def check_redis(self) -> None:
@@ -223,8 +264,12 @@ class Doctor:
         try:
             # The daemon's connection settings, but one attempt with a short timeout.
             kw = client_kwargs(cfg.redis)
-            kw.update(retry=Retry(NoBackoff(), 0), socket_timeout=NET_TIMEOUT,
-                      socket_connect_timeout=NET_TIMEOUT, health_check_interval=0)
+            kw.update(
+                retry=Retry(NoBackoff(), 0),
+                socket_timeout=NET_TIMEOUT,
+                socket_connect_timeout=NET_TIMEOUT,
+                health_check_interval=0,
+            )
             url = kw.pop("url", None)
             tls = kw.get("ssl") or (url or "").startswith("rediss://")
             if not tls:
@@ -233,29 +278,48 @@ class Doctor:
             client = redis_py.Redis.from_url(url, **kw) if url else redis_py.Redis(**kw)
             client.ping()
         except redis_py.AuthenticationError as exc:
-            self.add("redis", FAIL, f"{where}: authentication failed ({exc})",
-                     f"set redis.username/redis.password (or the URL's user:password) in {cfg.path}")
+            self.add(
+                "redis",
+                FAIL,
+                f"{where}: authentication failed ({exc})",
+                f"set redis.username/redis.password (or the URL's user:password) in {cfg.path}",
+            )
             return
         except redis_py.ResponseError as exc:
             if "NOAUTH" in str(exc) or "WRONGPASS" in str(exc):
-                self.add("redis", FAIL, f"{where}: {exc}",
-                         f"set redis.password (and redis.username for an ACL user) in {cfg.path}")
+                self.add(
+                    "redis",
+                    FAIL,
+                    f"{where}: {exc}",
+                    f"set redis.password (and redis.username for an ACL user) in {cfg.path}",
+                )
             else:
                 self.add("redis", FAIL, f"{where}: {exc}")
             return
         except (ssl.SSLError, redis_py.ConnectionError) as exc:
             text = str(exc)
             if isinstance(exc, ssl.SSLError) or "SSL" in text or "certificate" in text:
-                self.add("redis", FAIL, f"{where}: TLS failed ({text})",
-                         f"check redis.tls / redis.tlsCaFile (the CA that signed the server's certificate) in "
-                         f"{cfg.path}")
+                self.add(
+                    "redis",
+                    FAIL,
+                    f"{where}: TLS failed ({text})",
+                    f"check redis.tls / redis.tlsCaFile (the CA that signed the server's certificate) in {cfg.path}",
+                )
             elif "Connection reset" in text or "Connection closed" in text and not cfg.redis.tls:
-                self.add("redis", FAIL, f"{where}: the server closed the connection ({text}); does it "
-                         "expect TLS?", f"set redis.tls true (or a rediss:// URL) in {cfg.path}")
+                self.add(
+                    "redis",
+                    FAIL,
+                    f"{where}: the server closed the connection ({text}); does it expect TLS?",
+                    f"set redis.tls true (or a rediss:// URL) in {cfg.path}",
+                )
             else:
-                self.add("redis", FAIL, f"{where}: unreachable ({text})",
-                         f"start Redis, or correct redis.host/redis.port/redis.url in {cfg.path}; "
-                         f"check with: redis-cli -u '{where}' ping")
+                self.add(
+                    "redis",
+                    FAIL,
+                    f"{where}: unreachable ({text})",
+                    f"start Redis, or correct redis.host/redis.port/redis.url in {cfg.path}; "
+                    f"check with: redis-cli -u '{where}' ping",
+                )
             return
         except redis_py.RedisError as exc:
             self.add("redis", FAIL, f"{where}: {type(exc).__name__}: {exc}")
@@ -272,8 +336,12 @@ class Doctor:
         info = (self.daemon_status or {}).get("redis") or {}
         detail = f"{where} answers PING" + (" (TLS)" if cfg.redis.tls or where.startswith("rediss") else "")
         if self.daemon_status is not None and info and not info.get("connected", True):
-            self.add("redis", WARN, detail + f", but the daemon is not connected: {info.get('error')}",
-                     "contextuate-trio status")
+            self.add(
+                "redis",
+                WARN,
+                detail + f", but the daemon is not connected: {info.get('error')}",
+                "contextuate-trio status",
+            )
         else:
             self.add("redis", OK, detail)
 
@@ -285,13 +353,22 @@ class Doctor:
             if i["exists"] and i["problems"] and not i["events"]:  # a file we cannot read
                 self.add("hook", FAIL, "; ".join(i["problems"]), f"fix {i['path']} by hand")
         if not wired:
-            self.add("hook", FAIL, "not wired into Claude Code (no settings file names hook_emit)",
-                     "contextuate-trio hooks install")
+            self.add(
+                "hook",
+                FAIL,
+                "not wired into Claude Code (no settings file names hook_emit)",
+                "contextuate-trio hooks install",
+            )
             return
         if len(wired) > 1:
-            self.add("hook", FAIL, "wired in " + " and ".join(i["path"] for i in wired)
-                     + ": Claude Code runs both, so every event is recorded twice",
-                     f"contextuate-trio hooks uninstall --{wired[-1]['scope']}")
+            self.add(
+                "hook",
+                FAIL,
+                "wired in "
+                + " and ".join(i["path"] for i in wired)
+                + ": Claude Code runs both, so every event is recorded twice",
+                f"contextuate-trio hooks uninstall --{wired[-1]['scope']}",
+            )
         for i in wired:
             missing = [e for e in cs.EVENTS if e not in i["events"]]
             base = f"{i['path']}: {len(i['events'])} events ({i['transport']})"
@@ -302,14 +379,22 @@ class Doctor:
                 for cmd in i["commands"]:
                     self._check_hook_config(cmd, i)
                 continue
-            core = [e for e in ("SessionStart", "PreToolUse", "PostToolUse", "Stop", "SessionEnd") if e not in i["events"]]
+            core = [
+                e for e in ("SessionStart", "PreToolUse", "PostToolUse", "Stop", "SessionEnd") if e not in i["events"]
+            ]
             if core:
-                self.add("hook", FAIL, base + f"; missing {', '.join(core)}", f"contextuate-trio hooks install{fix_flag}")
+                self.add(
+                    "hook", FAIL, base + f"; missing {', '.join(core)}", f"contextuate-trio hooks install{fix_flag}"
+                )
                 continue
             ran = self._run_hook_command(i["commands"][0]) if i["commands"] else None
             if ran:
-                self.add("hook", FAIL, base + f"; the command does not run: {ran}",
-                         f"contextuate-trio hooks install{fix_flag}")
+                self.add(
+                    "hook",
+                    FAIL,
+                    base + f"; the command does not run: {ran}",
+                    f"contextuate-trio hooks install{fix_flag}",
+                )
                 continue
             detail = base + ("; the command runs" if i["commands"] else "")
             if missing:
@@ -367,12 +452,17 @@ class Doctor:
             cmp("redis.stream", hcfg.redis.stream, r.get("stream"))
             cmp("redis.db", hcfg.redis.db, r.get("db"))
         if diffs:
-            fix = (f"make {hcfg.path} and {theirs.get('path') or 'the daemon config'} agree, or re-run "
-                   "`contextuate-trio hooks install` from a shell with the daemon's CONTEXTUATE_HOME")
+            fix = (
+                f"make {hcfg.path} and {theirs.get('path') or 'the daemon config'} agree, or re-run "
+                "`contextuate-trio hooks install` from a shell with the daemon's CONTEXTUATE_HOME"
+            )
             self.add("hook config", FAIL, f"the hook ({hcfg.path}) and the daemon disagree: " + "; ".join(diffs), fix)
         else:
-            names = f"channel {hcfg.redis.channel}, stream {hcfg.redis.stream}" if hcfg.mode == "redis" \
+            names = (
+                f"channel {hcfg.redis.channel}, stream {hcfg.redis.stream}"
+                if hcfg.mode == "redis"
                 else f"socket {hcfg.socket_path}"
+            )
             self.add("hook config", OK, f"the hook and {label[:-2]} config agree (mode {hcfg.mode}, {names})")
 
     def _check_http_hook(self, item: dict) -> None:
@@ -383,12 +473,20 @@ class Doctor:
         url = handlers[0].get("url", "")
         want = cs._daemon_url(self.cfg)
         if url != want:
-            self.add("http hook", FAIL, f"posts to {url}, the daemon listens on {want}",
-                     "contextuate-trio hooks install --transport http")
+            self.add(
+                "http hook",
+                FAIL,
+                f"posts to {url}, the daemon listens on {want}",
+                "contextuate-trio hooks install --transport http",
+            )
         auth = (handlers[0].get("headers") or {}).get("Authorization", "")
         if self.cfg.server.token and auth != f"Bearer {self.cfg.server.token}" and "$CONTEXTUATE_TOKEN" not in auth:
-            self.add("http hook", FAIL, "sends no token or an old one; the daemon will answer 401",
-                     "contextuate-trio hooks install --transport http")
+            self.add(
+                "http hook",
+                FAIL,
+                "sends no token or an old one; the daemon will answer 401",
+                "contextuate-trio hooks install --transport http",
+            )
 
     # --- clocks -------------------------------------------------------------------------
     def check_clock_skew(self) -> None:
@@ -403,11 +501,19 @@ class Doctor:
         findings = skew_findings(sessions, int(time.time() * 1000))
         machines = sorted({s.get("machineId") for s in sessions if s.get("machineId") not in (None, "unknown")})
         if findings:
-            self.add("clocks", WARN, "; ".join(findings),
-                     "enable time sync on those machines (e.g. `timedatectl set-ntp true`)")
+            self.add(
+                "clocks",
+                WARN,
+                "; ".join(findings),
+                "enable time sync on those machines (e.g. `timedatectl set-ntp true`)",
+            )
         else:
-            self.add("clocks", OK, f"no skew seen in events from {len(machines)} machine(s)"
-                     + (f" ({', '.join(machines[:5])})" if machines else ""))
+            self.add(
+                "clocks",
+                OK,
+                f"no skew seen in events from {len(machines)} machine(s)"
+                + (f" ({', '.join(machines[:5])})" if machines else ""),
+            )
 
 
 def skew_findings(sessions: list[dict], now_ms: int, tolerance: int = SKEW_TOLERANCE_MS) -> list[str]:
@@ -439,8 +545,9 @@ def skew_findings(sessions: list[dict], now_ms: int, tolerance: int = SKEW_TOLER
         if isinstance(cs_, (int, float)) and isinstance(ps, (int, float)) and ps - cs_ > tolerance:
             behind[(cm, pm)] = max(behind.get((cm, pm), 0), int(ps - cs_))
     for (cm, pm), d in sorted(behind.items()):
-        out.append(f"{cm} is at least {d / 1000:.1f} s behind {pm} (a session on {cm} starts before "
-                   f"its parent on {pm})")
+        out.append(
+            f"{cm} is at least {d / 1000:.1f} s behind {pm} (a session on {cm} starts before its parent on {pm})"
+        )
     return out
 
 

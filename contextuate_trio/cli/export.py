@@ -40,8 +40,9 @@ def select(sessions: dict[str, dict], wanted: list[str]) -> list[str]:
         # keep the topmost.
         matches = [m for m in matches if (sessions[m].get("parentSessionId") not in matches)]
         if len(matches) != 1:
-            raise LookupError(f"no session {w!r}" if not matches else
-                              f"{w!r} matches {len(matches)} sessions; give more of the id")
+            raise LookupError(
+                f"no session {w!r}" if not matches else f"{w!r} matches {len(matches)} sessions; give more of the id"
+            )
         stack = matches[:]
         while stack:
             sid = stack.pop()
@@ -148,17 +149,29 @@ def export(cfg, wanted: list[str], out) -> tuple[int, int, str]:
 def to_line(ev: dict) -> tuple[bytes, bool]:
     """(the socket line, whether the daemon acknowledges it)."""
     data = ev.get("data")
-    from_hook = (isinstance(data, dict) and isinstance(data.get("session_id"), str)
-                 and data.get("hook_event_name") == ev.get("hookType")
-                 and isinstance(ev.get("id"), str) and isinstance(ev.get("timestamp"), int))
+    from_hook = (
+        isinstance(data, dict)
+        and isinstance(data.get("session_id"), str)
+        and data.get("hook_event_name") == ev.get("hookType")
+        and isinstance(ev.get("id"), str)
+        and isinstance(ev.get("timestamp"), int)
+    )
     if from_hook:
-        env = {"kind": "hook", "id": ev["id"], "timestamp": ev["timestamp"],
-               "machineId": ev.get("machineId") or "unknown", "ack": True, "payload": data}
+        env = {
+            "kind": "hook",
+            "id": ev["id"],
+            "timestamp": ev["timestamp"],
+            "machineId": ev.get("machineId") or "unknown",
+            "ack": True,
+            "payload": data,
+        }
         # A link the hook made (CONTEXTUATE_PARENT_SESSION) or a person set; a
         # sub-agent's link is rebuilt from the payload.
         if ev.get("parentSessionId") and ev.get("sessionId") == data["session_id"]:
             env["parentSessionId"] = ev["parentSessionId"]
-        return (json.dumps(env, ensure_ascii=False, separators=(",", ":")) + "\n").encode("utf-8", "surrogateescape"), True
+        return (json.dumps(env, ensure_ascii=False, separators=(",", ":")) + "\n").encode(
+            "utf-8", "surrogateescape"
+        ), True
     return (json.dumps(ev, ensure_ascii=False, separators=(",", ":")) + "\n").encode("utf-8", "surrogateescape"), False
 
 
@@ -230,8 +243,7 @@ async def _import(socket_path: str, items: list[dict], timeout: float) -> dict:
             await all_acked.wait()
             nursery.cancel_scope.cancel()
     acked, want = state["acked"], state["want"]
-    return {"sent": len(items), "acknowledged": acked, "expected": want, "refused": nacks,
-            "complete": acked >= want}
+    return {"sent": len(items), "acknowledged": acked, "expected": want, "refused": nacks, "complete": acked >= want}
 
 
 def cmd_export(args) -> int:
@@ -257,8 +269,10 @@ def cmd_export(args) -> int:
             out.close()
             os.unlink(tmp)
         return 1
-    print(f"exported {n_events} events of {n_sessions} sessions (read from {where})"
-          + (f" to {target}" if tmp else ""), file=sys.stderr)
+    print(
+        f"exported {n_events} events of {n_sessions} sessions (read from {where})" + (f" to {target}" if tmp else ""),
+        file=sys.stderr,
+    )
     return 0
 
 
@@ -282,8 +296,11 @@ def cmd_import(args) -> int:
     try:
         before = api_get(cfg, "/api/status")
     except Exception:
-        print("contextuate-trio import: the daemon is not running (import goes through it, so it "
-              "stays the one writer): contextuate-trio start", file=sys.stderr)
+        print(
+            "contextuate-trio import: the daemon is not running (import goes through it, so it "
+            "stays the one writer): contextuate-trio start",
+            file=sys.stderr,
+        )
         return 1
     try:
         result = import_events(cfg.socket_path, items)
@@ -299,20 +316,25 @@ def cmd_import(args) -> int:
         counts = ""
     for r in result["refused"][:5]:
         print(f"contextuate-trio import: refused: {r}", file=sys.stderr)
-    print(f"imported {result['sent']} events from {args.file}{counts}"
-          + (f"; {bad} lines skipped" if bad else ""))
+    print(f"imported {result['sent']} events from {args.file}{counts}" + (f"; {bad} lines skipped" if bad else ""))
     if not result["complete"]:
-        print("contextuate-trio import: the daemon did not confirm every event in time; "
-              "run the import again (ids dedupe)", file=sys.stderr)
+        print(
+            "contextuate-trio import: the daemon did not confirm every event in time; "
+            "run the import again (ids dedupe)",
+            file=sys.stderr,
+        )
         return 1
     return 1 if result["refused"] else 0
 
 
 def add_parser(sub) -> None:
     p = sub.add_parser("export", help="sessions as JSONL (one event per line), for sharing and backup")
-    p.add_argument("--session", action="append", metavar="ID",
-                   help="this session (an id or its first characters) with its sub-agents; repeatable; "
-                        "default: every session")
+    p.add_argument(
+        "--session",
+        action="append",
+        metavar="ID",
+        help="this session (an id or its first characters) with its sub-agents; repeatable; default: every session",
+    )
     p.add_argument("-o", "--output", metavar="FILE", help="write here (default: stdout)")
     p.set_defaults(func=cmd_export)
     p = sub.add_parser("import", help="load an export into the running daemon (ids dedupe)")

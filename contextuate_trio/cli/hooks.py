@@ -130,13 +130,20 @@ def http_handler(url: str, machine: str, token: str | None, token_inline: bool) 
         else:
             headers["Authorization"] = "Bearer $CONTEXTUATE_TOKEN"
             allowed.append("CONTEXTUATE_TOKEN")
-    return {"type": "http", "url": url, "headers": headers, "allowedEnvVars": allowed,
-            "timeout": HOOK_TIMEOUT_S}
+    return {"type": "http", "url": url, "headers": headers, "allowedEnvVars": allowed, "timeout": HOOK_TIMEOUT_S}
 
 
-def plan(events: list[str], command: str, *, transport: str = "command", url: str | None = None,
-         machine: str = "", token: str | None = None, token_inline: bool = True,
-         async_: bool = False) -> dict[str, dict]:
+def plan(
+    events: list[str],
+    command: str,
+    *,
+    transport: str = "command",
+    url: str | None = None,
+    machine: str = "",
+    token: str | None = None,
+    token_inline: bool = True,
+    async_: bool = False,
+) -> dict[str, dict]:
     """Event -> the matcher group we want in the settings for it."""
     out = {}
     for ev in events:
@@ -226,8 +233,11 @@ def install(settings: dict, wanted: dict[str, dict]) -> dict:
     new_hooks = new.setdefault("hooks", {})
     for ev in list(hooks):
         groups = hooks[ev]
-        ours = [g for g in groups if isinstance(g, dict) and isinstance(g.get("hooks"), list)
-                and any(map(is_ours, g["hooks"]))]
+        ours = [
+            g
+            for g in groups
+            if isinstance(g, dict) and isinstance(g.get("hooks"), list) and any(map(is_ours, g["hooks"]))
+        ]
         if ev in wanted and ours == [wanted[ev]]:
             continue  # already exactly right
         stripped, removed = _strip(groups)
@@ -289,7 +299,7 @@ def describe(settings: dict) -> dict:
     if isinstance(hooks, dict):
         for ev, groups in hooks.items():
             for g in groups if isinstance(groups, list) else []:
-                for h in (g.get("hooks") if isinstance(g, dict) and isinstance(g.get("hooks"), list) else []):
+                for h in g.get("hooks") if isinstance(g, dict) and isinstance(g.get("hooks"), list) else []:
                     if is_ours(h):
                         ours.setdefault(ev, []).append(h)
                     else:
@@ -338,8 +348,10 @@ def read_settings(path: str) -> tuple[dict, bytes | None]:
     try:
         data = json.loads(raw)
     except (ValueError, UnicodeDecodeError) as exc:
-        raise SettingsError(f"{path} is not valid JSON ({exc}); it was left untouched. "
-                            "Fix it (Claude Code cannot read it either) and run this again") from None
+        raise SettingsError(
+            f"{path} is not valid JSON ({exc}); it was left untouched. "
+            "Fix it (Claude Code cannot read it either) and run this again"
+        ) from None
     if not isinstance(data, dict):
         raise SettingsError(f"{path} is not a JSON object; it was left untouched")
     return data, raw
@@ -476,10 +488,16 @@ def cmd_install(args) -> int:
     version = claude_version()
     events, skipped = events_for(version)
     token = cfg.server.token if cfg is not None else None
-    wanted = plan(events, command, transport=args.transport,
-                  url=_daemon_url(cfg) if cfg is not None else None,
-                  machine=hook_paths.machine_id(env), token=token,
-                  token_inline=scope != "project", async_=args.async_)
+    wanted = plan(
+        events,
+        command,
+        transport=args.transport,
+        url=_daemon_url(cfg) if cfg is not None else None,
+        machine=hook_paths.machine_id(env),
+        token=token,
+        token_inline=scope != "project",
+        async_=args.async_,
+    )
     try:
         result = install_file(path, wanted)
     except SettingsError as exc:
@@ -492,32 +510,46 @@ def cmd_install(args) -> int:
         print(f"{path}: already wired for {len(events)} events; nothing changed")
     else:
         verb = "created" if result["created"] else "updated"
-        print(f"{verb} {path}: the hook is wired for {len(events)} events"
-              + (f" ({args.transport} transport; SessionStart stays a command hook)" if args.transport == "http" else ""))
+        print(
+            f"{verb} {path}: the hook is wired for {len(events)} events"
+            + (f" ({args.transport} transport; SessionStart stays a command hook)" if args.transport == "http" else "")
+        )
         if result["backup"] and not result["created"]:
             print(f"  the file before this change: {result['backup']}")
     print(f"  events:  {', '.join(events)}")
     print(f"  command: {command}")
     if args.transport == "http":
         print(f"  url:     {wanted['Stop']['hooks'][0]['url']}")
-        print("  note: http hooks need the daemon running; an event sent while it is down is lost "
-              "(the command hook spools it)")
+        print(
+            "  note: http hooks need the daemon running; an event sent while it is down is lost "
+            "(the command hook spools it)"
+        )
         if token and scope == "project":
-            print("  note: the token is not written into a file meant to be committed; Claude Code "
-                  "sends $CONTEXTUATE_TOKEN: export it in the environment Claude Code runs in")
+            print(
+                "  note: the token is not written into a file meant to be committed; Claude Code "
+                "sends $CONTEXTUATE_TOKEN: export it in the environment Claude Code runs in"
+            )
     if skipped:
-        print(f"  left out (Claude Code {'.'.join(map(str, version))} predates them): {', '.join(skipped)}; "
-              "run this again after upgrading")
+        print(
+            f"  left out (Claude Code {'.'.join(map(str, version))} predates them): {', '.join(skipped)}; "
+            "run this again after upgrading"
+        )
     if scope == "project":
-        print("  note: this file is usually committed; its command holds this machine's paths. "
-              "Teammates can use `contextuate-trio hooks install --local` instead")
+        print(
+            "  note: this file is usually committed; its command holds this machine's paths. "
+            "Teammates can use `contextuate-trio hooks install --local` instead"
+        )
     for other in wired_elsewhere(scope, env):
-        print(f"  warning: {other} also wires contextuate-trio: Claude Code would run both and every "
-              f"event would be recorded twice. Remove one: contextuate-trio hooks uninstall "
-              f"--{_scope_of(other, env)}", file=sys.stderr)
+        print(
+            f"  warning: {other} also wires contextuate-trio: Claude Code would run both and every "
+            f"event would be recorded twice. Remove one: contextuate-trio hooks uninstall "
+            f"--{_scope_of(other, env)}",
+            file=sys.stderr,
+        )
     if cfg is not None and not _daemon_up(cfg):
-        print("  the daemon is not running: start it with `contextuate-trio start` "
-              "(until then events wait in the spool)")
+        print(
+            "  the daemon is not running: start it with `contextuate-trio start` (until then events wait in the spool)"
+        )
     return 0
 
 
@@ -561,8 +593,10 @@ def cmd_uninstall(args) -> int:
         if result.get("deleted"):
             print(f"removed {path}: it did not exist before `hooks install` created it")
         elif result["restored"]:
-            print(f"{path}: removed {result['removed']} hook entries; the file is back to what it "
-                  "was before `hooks install`, byte for byte")
+            print(
+                f"{path}: removed {result['removed']} hook entries; the file is back to what it "
+                "was before `hooks install`, byte for byte"
+            )
         else:
             print(f"{path}: removed {result['removed']} hook entries; everything else is kept")
     return code
@@ -577,8 +611,15 @@ def status(env: dict | None = None, cwd: str | None = None) -> list[dict]:
     my_home = os.path.abspath(os.path.expanduser(hook_paths.home_dir(env)))
     for scope in SCOPES:
         path = settings_path(scope, env, cwd)
-        item: dict[str, Any] = {"scope": scope, "path": path, "exists": os.path.exists(path),
-                                "events": [], "problems": [], "transport": None, "commands": []}
+        item: dict[str, Any] = {
+            "scope": scope,
+            "path": path,
+            "exists": os.path.exists(path),
+            "events": [],
+            "problems": [],
+            "transport": None,
+            "commands": [],
+        }
         try:
             data, _ = read_settings(path)
         except SettingsError as exc:
@@ -590,8 +631,14 @@ def status(env: dict | None = None, cwd: str | None = None) -> list[dict]:
         item["otherHandlers"] = info["others"]
         kinds = {h.get("type", "command") for hs in info["ours"].values() for h in hs}
         item["transport"] = "http" if "http" in kinds else ("command" if kinds else None)
-        commands = sorted({h["command"] for hs in info["ours"].values() for h in hs
-                           if h.get("type", "command") == "command" and isinstance(h.get("command"), str)})
+        commands = sorted(
+            {
+                h["command"]
+                for hs in info["ours"].values()
+                for h in hs
+                if h.get("type", "command") == "command" and isinstance(h.get("command"), str)
+            }
+        )
         item["commands"] = commands
         for cmd in commands:
             cenv, words = command_parts(cmd)
@@ -621,8 +668,11 @@ def cmd_status(args) -> int:
     wired = [i for i in items if i["events"]]
     if not args.json:
         for i in items:
-            state = "missing" if not i["exists"] else (
-                f"{len(i['events'])} events, {i['transport']} transport" if i["events"] else "not wired")
+            state = (
+                "missing"
+                if not i["exists"]
+                else (f"{len(i['events'])} events, {i['transport']} transport" if i["events"] else "not wired")
+            )
             print(f"{i['scope']:8} {i['path']}: {state}")
             for cmd in i["commands"]:
                 print(f"         command: {cmd}")
@@ -635,8 +685,10 @@ def cmd_status(args) -> int:
         if not wired:
             print("contextuate-trio is not wired into Claude Code: run `contextuate-trio hooks install`")
         elif len(wired) > 1:
-            print("warning: wired in more than one file: Claude Code runs all of them and every event "
-                  "is recorded once per file; keep one (`contextuate-trio hooks uninstall --<scope>`)")
+            print(
+                "warning: wired in more than one file: Claude Code runs all of them and every event "
+                "is recorded once per file; keep one (`contextuate-trio hooks uninstall --<scope>`)"
+            )
     problems = any(i["problems"] for i in items)
     return 1 if (problems or not wired) else 0
 
@@ -648,22 +700,45 @@ def add_parser(sub) -> None:
 
     def scope_flags(q, all_flag=False):
         g = q.add_mutually_exclusive_group()
-        g.add_argument("--global", dest="scope", action="store_const", const="global",
-                       help="~/.claude/settings.json (the default; $CLAUDE_CONFIG_DIR is honoured)")
-        g.add_argument("--project", dest="scope", action="store_const", const="project",
-                       help=".claude/settings.json in this directory (usually committed)")
-        g.add_argument("--local", dest="scope", action="store_const", const="local",
-                       help=".claude/settings.local.json in this directory (not committed)")
+        g.add_argument(
+            "--global",
+            dest="scope",
+            action="store_const",
+            const="global",
+            help="~/.claude/settings.json (the default; $CLAUDE_CONFIG_DIR is honoured)",
+        )
+        g.add_argument(
+            "--project",
+            dest="scope",
+            action="store_const",
+            const="project",
+            help=".claude/settings.json in this directory (usually committed)",
+        )
+        g.add_argument(
+            "--local",
+            dest="scope",
+            action="store_const",
+            const="local",
+            help=".claude/settings.local.json in this directory (not committed)",
+        )
         if all_flag:
             g.add_argument("--all", action="store_true", help="every one of the three files")
 
     q = hs.add_parser("install", help="register the hook for every event we map")
     scope_flags(q)
-    q.add_argument("--transport", choices=("command", "http"), default="command",
-                   help="command (default: spools when the daemon is down) or http (no process; "
-                        "SessionStart stays a command hook)")
-    q.add_argument("--async", dest="async_", action="store_true",
-                   help="run command hooks in the background (see the README for the trade-off)")
+    q.add_argument(
+        "--transport",
+        choices=("command", "http"),
+        default="command",
+        help="command (default: spools when the daemon is down) or http (no process; "
+        "SessionStart stays a command hook)",
+    )
+    q.add_argument(
+        "--async",
+        dest="async_",
+        action="store_true",
+        help="run command hooks in the background (see the README for the trade-off)",
+    )
     q.set_defaults(func=cmd_install)
     q = hs.add_parser("uninstall", help="remove our entries; everything else is kept")
     scope_flags(q, all_flag=True)

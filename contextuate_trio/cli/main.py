@@ -83,21 +83,21 @@ def cmd_start(args) -> int:
     cmd = [sys.executable, "-m", "contextuate_trio", "start", "--foreground"]
     if args.debug:
         cmd.append("--debug")
-    proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=fd, stderr=fd,
-                            start_new_session=True, close_fds=True)
+    proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=fd, stderr=fd, start_new_session=True, close_fds=True)
     os.close(fd)
     deadline = time.monotonic() + args.wait
     while time.monotonic() < deadline:
         code = proc.poll()
         if code is not None:
-            print(f"contextuate-trio: the daemon exited with code {code}; see {log_path}:",
-                  file=sys.stderr)
+            print(f"contextuate-trio: the daemon exited with code {code}; see {log_path}:", file=sys.stderr)
             print(_tail(log_path), file=sys.stderr)
             return 1
         try:
             if api_get(cfg, "/api/health", timeout=0.5).get("status") in ("ok", "degraded"):
-                print(f"contextuate-trio started (pid {proc.pid}); dashboard "
-                      f"http://{cfg.server.host}:{cfg.server.port}/ ; log {log_path}")
+                print(
+                    f"contextuate-trio started (pid {proc.pid}); dashboard "
+                    f"http://{cfg.server.host}:{cfg.server.port}/ ; log {log_path}"
+                )
                 return 0
         except (OSError, ValueError):
             pass
@@ -172,8 +172,10 @@ def cmd_status(args) -> int:
     print(f"  dashboard: {', '.join(st.get('dashboard') or [])}")
     by = ", ".join(f"{k} {v}" for k, v in sorted(st["sessionsByStatus"].items())) or "none"
     print(f"  sessions:  {st['sessions']} ({by})")
-    print(f"  events:    {st['eventsStored']} stored this run, {st['duplicates']} duplicates, "
-          f"{st['badLines']} bad lines; spool backlog {st['spoolBacklog']}")
+    print(
+        f"  events:    {st['eventsStored']} stored this run, {st['duplicates']} duplicates, "
+        f"{st['badLines']} bad lines; spool backlog {st['spoolBacklog']}"
+    )
     if st.get("store"):
         print(f"  data:      {st['store']['dir']} ({st['store']['bytes']} bytes)")
     if st.get("redis"):

@@ -78,8 +78,11 @@ def _systemctl(*args: str) -> tuple[bool, str]:
 
 def cmd_install(args) -> int:
     if sys.platform == "darwin":
-        print("contextuate-trio service: systemd is Linux only; on macOS use the launchd agent shown "
-              "in the README (section \"Run at login\")", file=sys.stderr)
+        print(
+            "contextuate-trio service: systemd is Linux only; on macOS use the launchd agent shown "
+            'in the README (section "Run at login")',
+            file=sys.stderr,
+        )
         return 1
     directory = unit_dir()
     path = os.path.join(directory, UNIT)
@@ -103,12 +106,16 @@ def cmd_install(args) -> int:
     if ok:
         ok, why = _systemctl("enable", "--now", UNIT)
     if not ok:
-        print(f"contextuate-trio service: the unit is written, but systemd did not take it ({why}). "
-              "Without a user systemd (containers, WSL without systemd) start the daemon with "
-              "`contextuate-trio start`", file=sys.stderr)
+        print(
+            f"contextuate-trio service: the unit is written, but systemd did not take it ({why}). "
+            "Without a user systemd (containers, WSL without systemd) start the daemon with "
+            "`contextuate-trio start`",
+            file=sys.stderr,
+        )
         return 1
-    print("enabled and started: it runs at login and restarts on failure. Logs: journalctl --user -u "
-          "contextuate-trio -f")
+    print(
+        "enabled and started: it runs at login and restarts on failure. Logs: journalctl --user -u contextuate-trio -f"
+    )
     print("to keep it running when you are logged out (servers): loginctl enable-linger $USER")
     return 0
 

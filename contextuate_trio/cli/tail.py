@@ -86,8 +86,11 @@ class Printer:
             self.out.flush()
             return
         ts = ev.get("timestamp")
-        when = time.strftime("%H:%M:%S", time.localtime(ts / 1000)) + f".{int(ts) % 1000:03d}" \
-            if isinstance(ts, (int, float)) else "--:--:--.---"
+        when = (
+            time.strftime("%H:%M:%S", time.localtime(ts / 1000)) + f".{int(ts) % 1000:03d}"
+            if isinstance(ts, (int, float))
+            else "--:--:--.---"
+        )
         et = ev.get("eventType") or "?"
         summary = ev.get("summary") or ev.get("toolName") or ev.get("notificationType") or ""
         if et == "tool_result" and isinstance(ev.get("durationMs"), (int, float)):
@@ -110,8 +113,9 @@ class Printer:
                 self.sessions[s["sessionId"]] = s
 
 
-def ws_url(cfg: config_mod.Config, sessions=(), machines=(), types=(), since=None, epoch=None,
-           limit: int | None = None) -> str:
+def ws_url(
+    cfg: config_mod.Config, sessions=(), machines=(), types=(), since=None, epoch=None, limit: int | None = None
+) -> str:
     host = cfg.server.host
     if host in ("0.0.0.0", "::", ""):
         host = "127.0.0.1"
@@ -150,8 +154,16 @@ def resolve_sessions(cfg: config_mod.Config, wanted: list[str]) -> list[str]:
     return out
 
 
-async def run(cfg: config_mod.Config, printer: Printer, *, sessions=(), machines=(), types=(),
-              history: int = 20, reconnect: bool = True) -> int:
+async def run(
+    cfg: config_mod.Config,
+    printer: Printer,
+    *,
+    sessions=(),
+    machines=(),
+    types=(),
+    history: int = 20,
+    reconnect: bool = True,
+) -> int:
     headers = [(b"Authorization", f"Bearer {cfg.server.token}".encode())] if cfg.server.token else []
     since: int | None = None
     epoch: str | None = None
@@ -193,10 +205,19 @@ async def run(cfg: config_mod.Config, printer: Printer, *, sessions=(), machines
                                 show(ev)
                         resync = False
                         if not announced:
-                            what = ", ".join(filter(None, [
-                                f"sessions {','.join(sessions)}" if sessions else "",
-                                f"machines {','.join(machines)}" if machines else "",
-                                f"types {','.join(types)}" if types else ""])) or "everything"
+                            what = (
+                                ", ".join(
+                                    filter(
+                                        None,
+                                        [
+                                            f"sessions {','.join(sessions)}" if sessions else "",
+                                            f"machines {','.join(machines)}" if machines else "",
+                                            f"types {','.join(types)}" if types else "",
+                                        ],
+                                    )
+                                )
+                                or "everything"
+                            )
                             printer.note(f"live from {url.split('?')[0]} ({what}); Ctrl-C to stop")
                             announced = True
                         elif t == "resume":
@@ -222,8 +243,9 @@ async def run(cfg: config_mod.Config, printer: Printer, *, sessions=(), machines
         except HandshakeError as exc:
             status = getattr(exc, "status_code", None) or getattr(getattr(exc, "response", None), "status_code", None)
             if status == 401:
-                print("contextuate-trio tail: the daemon wants a token: set server.token in "
-                      f"{cfg.path}", file=sys.stderr)
+                print(
+                    f"contextuate-trio tail: the daemon wants a token: set server.token in {cfg.path}", file=sys.stderr
+                )
                 return 1
             why = f"refused ({status})" if status else str(exc)
         except (ConnectionClosed, OSError, trio.BrokenResourceError) as exc:
@@ -232,8 +254,11 @@ async def run(cfg: config_mod.Config, printer: Printer, *, sessions=(), machines
             print(f"contextuate-trio tail: {why}", file=sys.stderr)
             return 1
         if not announced:
-            print(f"contextuate-trio tail: cannot reach the daemon's WebSocket ({why}); "
-                  "is it running? `contextuate-trio start` (retrying)", file=sys.stderr)
+            print(
+                f"contextuate-trio tail: cannot reach the daemon's WebSocket ({why}); "
+                "is it running? `contextuate-trio start` (retrying)",
+                file=sys.stderr,
+            )
             announced = True
             since = None
         else:
@@ -261,19 +286,35 @@ def cmd_tail(args) -> int:
     printer = Printer(sys.stdout, color, as_json=args.json, width=width)
     sessions = resolve_sessions(cfg, _split(args.session))
     try:
-        return trio.run(lambda: run(cfg, printer, sessions=sessions, machines=_split(args.machine),
-                                    types=_split(args.type), history=args.history))
+        return trio.run(
+            lambda: run(
+                cfg,
+                printer,
+                sessions=sessions,
+                machines=_split(args.machine),
+                types=_split(args.type),
+                history=args.history,
+            )
+        )
     except KeyboardInterrupt:
         return 0
 
 
 def add_parser(sub) -> None:
     p = sub.add_parser("tail", help="live, coloured event stream in the terminal (over the WebSocket)")
-    p.add_argument("--session", action="append", metavar="ID",
-                   help="only this session and its sub-agents (an id or its first characters; repeatable)")
+    p.add_argument(
+        "--session",
+        action="append",
+        metavar="ID",
+        help="only this session and its sub-agents (an id or its first characters; repeatable)",
+    )
     p.add_argument("--machine", action="append", metavar="NAME", help="only this machine (repeatable)")
-    p.add_argument("--type", action="append", metavar="EVENT_TYPE",
-                   help="only these event types, e.g. tool_call,tool_error (repeatable)")
+    p.add_argument(
+        "--type",
+        action="append",
+        metavar="EVENT_TYPE",
+        help="only these event types, e.g. tool_call,tool_error (repeatable)",
+    )
     p.add_argument("--history", type=int, default=20, metavar="N", help="recent events to show first (default 20)")
     p.add_argument("--json", action="store_true", help="one event per line as JSON (for jq)")
     p.add_argument("--no-color", action="store_true")

@@ -12,8 +12,13 @@ from urllib.parse import urlencode
 from contextuate_trio import config as config_mod
 from contextuate_trio.cli.client import api_get
 
-KIND_HEADS = (("input", "input"), ("output", "output"), ("cacheRead", "cache read"),
-              ("cacheWrite5m", "write 5m"), ("cacheWrite1h", "write 1h"))
+KIND_HEADS = (
+    ("input", "input"),
+    ("output", "output"),
+    ("cacheRead", "cache read"),
+    ("cacheWrite5m", "write 5m"),
+    ("cacheWrite1h", "write 1h"),
+)
 
 
 def human(n: int) -> str:
@@ -47,18 +52,29 @@ def table(result: dict, sessions: dict) -> str:
     rows = []
     for r in result["rows"] + [dict(result["total"], key="TOTAL")]:
         t = r["tokens"]
-        rows.append([label(by, r["key"], sessions) if r["key"] != "TOTAL" else "total",
-                     *(human(t[k]) for k, _ in KIND_HEADS), human(t["total"]), str(r["calls"]), money(r)])
+        rows.append(
+            [
+                label(by, r["key"], sessions) if r["key"] != "TOTAL" else "total",
+                *(human(t[k]) for k, _ in KIND_HEADS),
+                human(t["total"]),
+                str(r["calls"]),
+                money(r),
+            ]
+        )
     widths = [max(len(h), *(len(row[i]) for row in rows)) for i, h in enumerate(heads)]
-    fmt = lambda cells: "  ".join(c.ljust(w) if i == 0 else c.rjust(w)  # noqa: E731
-                                  for i, (c, w) in enumerate(zip(cells, widths)))
+    fmt = lambda cells: "  ".join(
+        c.ljust(w) if i == 0 else c.rjust(w)  # noqa: E731
+        for i, (c, w) in enumerate(zip(cells, widths))
+    )
     out = [fmt(heads), "  ".join("-" * w for w in widths)]
     out += [fmt(row) for row in rows[:-1]]
     out += ["  ".join("-" * w for w in widths), fmt(rows[-1])]
     unpriced = sorted({m for r in result["rows"] for m in r["unpricedModels"]})
     if unpriced:
-        out.append(f"* no price for {', '.join(unpriced)}: their tokens are counted, their cost is not "
-                   "(add them under pricing.models in the config)")
+        out.append(
+            f"* no price for {', '.join(unpriced)}: their tokens are counted, their cost is not "
+            "(add them under pricing.models in the config)"
+        )
     return "\n".join(out)
 
 
@@ -77,12 +93,15 @@ def cmd_usage(args) -> int:
         if args.by == "session":
             sessions = {s["sessionId"]: s for s in api_get(cfg, "/api/sessions", timeout=5)["sessions"]}
     except urllib.error.HTTPError as exc:
-        print(f"contextuate-trio: the daemon answered {exc.code}: {exc.read().decode(errors='replace')}",
-              file=sys.stderr)
+        print(
+            f"contextuate-trio: the daemon answered {exc.code}: {exc.read().decode(errors='replace')}", file=sys.stderr
+        )
         return 1
     except (OSError, ValueError) as exc:
-        print(f"contextuate-trio: the daemon is not reachable ({exc}); start it with "
-              "`contextuate-trio start`", file=sys.stderr)
+        print(
+            f"contextuate-trio: the daemon is not reachable ({exc}); start it with `contextuate-trio start`",
+            file=sys.stderr,
+        )
         return 3
     if args.json:
         print(json.dumps(result, indent=2))

@@ -22,8 +22,9 @@ def host_name(host_header: str) -> str:
 
 
 class Guard:
-    def __init__(self, allowed_hosts: Iterable[str] = (), token: str | None = None,
-                 bind_host: str = "127.0.0.1") -> None:
+    def __init__(
+        self, allowed_hosts: Iterable[str] = (), token: str | None = None, bind_host: str = "127.0.0.1"
+    ) -> None:
         names = {h.lower() for h in LOOPBACK_NAMES}
         names.update(h.lower() for h in allowed_hosts)
         if bind_host not in ("0.0.0.0", "::", ""):
@@ -42,7 +43,7 @@ class Guard:
         origin = origin.strip().lower()
         for scheme in ("http://", "https://"):
             if origin.startswith(scheme):
-                rest = origin[len(scheme):]
+                rest = origin[len(scheme) :]
                 name = host_name(rest)
                 port_part = rest.rsplit(":", 1)[-1] if rest.rsplit(":", 1)[-1].isdigit() else None
                 port = int(port_part) if port_part else (80 if scheme == "http://" else 443)
@@ -54,5 +55,5 @@ class Guard:
             return True
         if not authorization or not authorization.startswith("Bearer "):
             return False
-        given = authorization[len("Bearer "):].strip().encode()
+        given = authorization[len("Bearer ") :].strip().encode()
         return hmac.compare_digest(given, self.token.encode())

@@ -299,9 +299,18 @@ def _from_complete(obj: dict, source: str | None, mint: Mint) -> Event:
         fields["machine_id"] = "unknown"
     if not isinstance(fields.get("data", {}), dict):
         fields["data"] = {"value": fields["data"]}
-    for name in ("hook_type", "working_directory", "parent_session_id", "tool_name",
-                 "tool_use_id", "agent_id", "agent_type", "notification_type",
-                 "summary", "source"):
+    for name in (
+        "hook_type",
+        "working_directory",
+        "parent_session_id",
+        "tool_name",
+        "tool_use_id",
+        "agent_id",
+        "agent_type",
+        "notification_type",
+        "summary",
+        "source",
+    ):
         if name in fields and not isinstance(fields[name], str):
             fields[name] = None
     if "duration_ms" in fields:

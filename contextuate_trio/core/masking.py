@@ -52,8 +52,7 @@ def stored_line(redactor: Redactor, ev: Event, sessions: Iterable[Session]) -> S
     return StoredLine(events.dumps(ev).encode("utf-8", "replace") + b"\n", True)
 
 
-def _mask_sessions(redactor: Redactor, sessions: Iterable[Session], old_summary: object,
-                   new_summary: object) -> None:
+def _mask_sessions(redactor: Redactor, sessions: Iterable[Session], old_summary: object, new_summary: object) -> None:
     mask = redactor.text
     for s in sessions:
         if s.last_summary is not None and s.last_summary == old_summary:

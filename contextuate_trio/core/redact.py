@@ -21,12 +21,20 @@ MASK = "[REDACTED:%s]"
 _PATTERNS = (
     # Within one JSON string (escapes kept whole): to its END line, or to the string's
     # end when the END line is not there (a cut or truncated key).
-    ("private-key", ("PRIVATE KEY",),
-     r'-----BEGIN ([A-Z ]{0,20})PRIVATE KEY-----(?:[^"\\]|\\.)*?(?:-----END \1PRIVATE KEY-----|(?="|$))', 0),
+    (
+        "private-key",
+        ("PRIVATE KEY",),
+        r'-----BEGIN ([A-Z ]{0,20})PRIVATE KEY-----(?:[^"\\]|\\.)*?(?:-----END \1PRIVATE KEY-----|(?="|$))',
+        0,
+    ),
     ("anthropic-key", ("sk-ant-",), r"\bsk-ant-[A-Za-z0-9_-]{20,}", 0),
     ("openai-key", ("sk-",), r"\bsk-(?:proj-|svcacct-)?[A-Za-z0-9_-]{20,}", 0),
-    ("github-token", ("ghp_", "gho_", "ghu_", "ghs_", "ghr_", "github_pat_"),
-     r"\b(?:gh[pousr]_[A-Za-z0-9]{30,}|github_pat_[A-Za-z0-9_]{40,})", 0),
+    (
+        "github-token",
+        ("ghp_", "gho_", "ghu_", "ghs_", "ghr_", "github_pat_"),
+        r"\b(?:gh[pousr]_[A-Za-z0-9]{30,}|github_pat_[A-Za-z0-9_]{40,})",
+        0,
+    ),
     ("gitlab-token", ("glpat-",), r"\bglpat-[A-Za-z0-9_-]{20,}", 0),
     ("slack-token", ("xox",), r"\bxox[abprs]-[A-Za-z0-9-]{10,}", 0),
     ("aws-access-key", ("AKIA", "ASIA"), r"\b(?:AKIA|ASIA)[A-Z0-9]{16}\b", 0),
@@ -34,18 +42,45 @@ _PATTERNS = (
     ("huggingface-token", ("hf_",), r"\bhf_[A-Za-z0-9]{30,}", 0),
     ("npm-token", ("npm_",), r"\bnpm_[A-Za-z0-9]{36}", 0),
     ("pypi-token", ("pypi-",), r"\bpypi-[A-Za-z0-9_-]{50,}", 0),
-    ("bearer", ("earer ", "EARER ", "oken ", "OKEN "),
-     r"(?i)\b(?:bearer|token)\s+([A-Za-z0-9._~+/=-]{16,})", 1),
-    ("basic-auth", ("uthorization", "UTHORIZATION"),
-     r"(?i)\bauthorization:\s*basic\s+([A-Za-z0-9+/=]{8,})", 1),
+    ("bearer", ("earer ", "EARER ", "oken ", "OKEN "), r"(?i)\b(?:bearer|token)\s+([A-Za-z0-9._~+/=-]{16,})", 1),
+    ("basic-auth", ("uthorization", "UTHORIZATION"), r"(?i)\bauthorization:\s*basic\s+([A-Za-z0-9+/=]{8,})", 1),
     ("url-password", (("://", "@"),), r"\b[a-z][a-z0-9+.-]*://[^\s:/@\"\\]{1,64}:([^\s@/\"\\]{1,256})@", 1),
-    ("assignment",
-     ("assword", "ASSWORD", "asswd", "ASSWD", "ecret", "ECRET", 'oken"', "oken'", "oken=", "oken:",
-      "oken\\", 'OKEN"', "OKEN'", "OKEN=", "OKEN:", "OKEN\\", "pi_key", "PI_KEY",
-      "pi-key", "API-KEY", "piKey", "PIKEY", "pikey", "ccess_key", "CCESS_KEY", "ccess-key", "ccessKey"),
-     r"(?i)(?:password|passwd|secret|api[_-]?key|apikey|access[_-]?key|auth[_-]?token|"
-     r"access[_-]?token|client[_-]?secret|private[_-]?token|token)"
-     r"(?:\\?[\"'])?\s*[:=]\s*(?:\\?[\"'])?([^\s\"'\\,;&}{)(\]\[]{4,})", 1),
+    (
+        "assignment",
+        (
+            "assword",
+            "ASSWORD",
+            "asswd",
+            "ASSWD",
+            "ecret",
+            "ECRET",
+            'oken"',
+            "oken'",
+            "oken=",
+            "oken:",
+            "oken\\",
+            'OKEN"',
+            "OKEN'",
+            "OKEN=",
+            "OKEN:",
+            "OKEN\\",
+            "pi_key",
+            "PI_KEY",
+            "pi-key",
+            "API-KEY",
+            "piKey",
+            "PIKEY",
+            "pikey",
+            "ccess_key",
+            "CCESS_KEY",
+            "ccess-key",
+            "ccessKey",
+        ),
+        r"(?i)(?:password|passwd|secret|api[_-]?key|apikey|access[_-]?key|auth[_-]?token|"
+        r"access[_-]?token|client[_-]?secret|private[_-]?token|token)"
+        r"(?:\\?[\"'])?\s*[:=]\s*(?:\\?[\"'])?([^\s\"'\\,;&}{)(\]\[]{4,})",
+        1,
+    ),
 )
 # A marker is a substring, or a tuple of substrings that must all be there.
 MARKERS = tuple(sorted({m for _, markers, _, _ in _PATTERNS for m in markers}, key=str))
@@ -53,8 +88,9 @@ MARKERS = tuple(sorted({m for _, markers, _, _ in _PATTERNS for m in markers}, k
 
 # The pre-scan runs on the lower-cased text: fewer markers to look for (the precise,
 # case-sensitive ones then pick the patterns).
-MARKERS_LOWER = tuple(sorted({(tuple(x.lower() for x in m) if isinstance(m, tuple) else m.lower())
-                              for m in MARKERS}, key=str))
+MARKERS_LOWER = tuple(
+    sorted({(tuple(x.lower() for x in m) if isinstance(m, tuple) else m.lower()) for m in MARKERS}, key=str)
+)
 
 
 _PLAIN_LOWER = tuple(m for m in MARKERS_LOWER if isinstance(m, str))
@@ -86,8 +122,7 @@ class Redactor:
 
     def _wanted(self, text: str) -> list:
         """Indexes of the built-in patterns whose markers the text holds."""
-        return [i for i, (_, markers, _, _) in enumerate(_PATTERNS)
-                if any(_holds(text, m) for m in markers)]
+        return [i for i, (_, markers, _, _) in enumerate(_PATTERNS) if any(_holds(text, m) for m in markers)]
 
     def may_hold_secret(self, text: str) -> bool:
         if self.extra:
@@ -141,4 +176,4 @@ def _mask_group(m, group: int, kind: str) -> str:
     if value.startswith("[REDACTED"):
         return whole
     start = m.start(group) - m.start(0)
-    return whole[:start] + MASK % kind + whole[start + len(value):]
+    return whole[:start] + MASK % kind + whole[start + len(value) :]

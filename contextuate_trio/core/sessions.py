@@ -51,8 +51,17 @@ _STATUS_BY_TYPE = {
     "subagent_stop": ENDED,
 }
 # Events that say nothing about whether the agent is busy.
-_NEUTRAL = frozenset({"notification", "invalid", "config_change", "instructions_loaded",
-                      "file_changed", "cwd_changed", "message_display"})
+_NEUTRAL = frozenset(
+    {
+        "notification",
+        "invalid",
+        "config_change",
+        "instructions_loaded",
+        "file_changed",
+        "cwd_changed",
+        "message_display",
+    }
+)
 
 
 def child_id(root_id: str, kind: str, ident: str) -> str:
@@ -353,8 +362,7 @@ class SessionManager:
                 target.usage = usage_mod.empty()
             target.usage["estimate"] = None  # measured now
             delta, new_call = taken
-            usage_mod.add(target.usage, rec[usage_mod.R_MODEL], rec[usage_mod.R_TS] or ev.timestamp,
-                          delta, new_call)
+            usage_mod.add(target.usage, rec[usage_mod.R_MODEL], rec[usage_mod.R_TS] or ev.timestamp, delta, new_call)
             if rec[usage_mod.R_MODEL] != "unknown":
                 target.model = rec[usage_mod.R_MODEL]
             changed[target.session_id] = target

@@ -47,8 +47,7 @@ _WEB = 10.0
 
 
 def _p(inp, out, w5, w1, read):
-    return {"input": inp, "output": out, "cacheWrite5m": w5, "cacheWrite1h": w1,
-            "cacheRead": read, "webSearch": _WEB}
+    return {"input": inp, "output": out, "cacheWrite5m": w5, "cacheWrite1h": w1, "cacheRead": read, "webSearch": _WEB}
 
 
 DEFAULT_PRICES = {
@@ -88,8 +87,9 @@ def price_problems(models) -> list:
         if entry is None:
             continue  # null removes a built-in price: that model's cost becomes unknown
         if not isinstance(entry, dict):
-            out.append(f"{name!r}: expected an object like "
-                       '{"input": 3, "output": 15} (USD per million tokens) or null')
+            out.append(
+                f'{name!r}: expected an object like {{"input": 3, "output": 15}} (USD per million tokens) or null'
+            )
             continue
         for field in ("input", "output"):
             if field not in entry:
@@ -147,7 +147,7 @@ class PriceTable:
             p = prefix.lower()
             if m == p or (m.startswith(p) and m[len(p)] in "-_."):
                 # A prefix stops at a separator: claude-opus-4 does not match claude-opus-45.
-                rest = m[len(p) + 1:]
+                rest = m[len(p) + 1 :]
                 # ...and the rest must be a date/version tag, not another minor version:
                 # claude-opus-4 must not price claude-opus-4-5 when that is not in the table.
                 if rest and rest.split("-", 1)[0].isdigit() and len(rest.split("-", 1)[0]) < 8:
@@ -161,8 +161,13 @@ class PriceTable:
         _, p = self.price_for(model)
         if p is None:
             return None
-        usd = (values[0] * p["input"] + values[1] * p["output"] + values[2] * p["cacheRead"]
-               + values[3] * p["cacheWrite5m"] + values[4] * p["cacheWrite1h"]) / 1e6
+        usd = (
+            values[0] * p["input"]
+            + values[1] * p["output"]
+            + values[2] * p["cacheRead"]
+            + values[3] * p["cacheWrite5m"]
+            + values[4] * p["cacheWrite1h"]
+        ) / 1e6
         return usd + values[5] * p.get("webSearch", _WEB) / 1000.0
 
 
@@ -190,7 +195,7 @@ def iso_ms(text) -> int:
             i = clock.find(sign)
             if i >= 0:
                 if sign != "Z":
-                    hh, _, mm = clock[i + 1:].partition(":")
+                    hh, _, mm = clock[i + 1 :].partition(":")
                     tz = (int(hh) * 60 + int(mm or 0)) * (1 if sign == "+" else -1)
                 clock = clock[:i]
                 break
@@ -248,9 +253,18 @@ def record_from(obj):
     w5m = max(w5m, write - w1h)
     stu = u.get("server_tool_use") if isinstance(u.get("server_tool_use"), dict) else {}
     agent = obj.get("agentId") if obj.get("isSidechain") and isinstance(obj.get("agentId"), str) else None
-    rec = [key, model, iso_ms(obj.get("timestamp")), _int(u.get("input_tokens")),
-           _int(u.get("output_tokens")), _int(u.get("cache_read_input_tokens")),
-           w5m, w1h, _int(stu.get("web_search_requests")), agent]
+    rec = [
+        key,
+        model,
+        iso_ms(obj.get("timestamp")),
+        _int(u.get("input_tokens")),
+        _int(u.get("output_tokens")),
+        _int(u.get("cache_read_input_tokens")),
+        w5m,
+        w1h,
+        _int(stu.get("web_search_requests")),
+        agent,
+    ]
     if not any(rec[R_TOKENS:R_AGENT]):
         return None
     return rec
@@ -271,17 +285,28 @@ class FileState:
         self.touched = touched
 
     def to_dict(self) -> dict:
-        return {"offset": self.offset, "dev": self.dev, "ino": self.ino, "head": self.head,
-                "recent": self.recent, "touched": self.touched}
+        return {
+            "offset": self.offset,
+            "dev": self.dev,
+            "ino": self.ino,
+            "head": self.head,
+            "recent": self.recent,
+            "touched": self.touched,
+        }
 
     @classmethod
     def from_dict(cls, d):
         if not isinstance(d, dict):
             return cls()
         try:
-            return cls(int(d.get("offset", 0)), int(d.get("dev", 0)), int(d.get("ino", 0)),
-                       str(d.get("head", "")), d.get("recent") if isinstance(d.get("recent"), dict) else {},
-                       int(d.get("touched", 0)))
+            return cls(
+                int(d.get("offset", 0)),
+                int(d.get("dev", 0)),
+                int(d.get("ino", 0)),
+                str(d.get("head", "")),
+                d.get("recent") if isinstance(d.get("recent"), dict) else {},
+                int(d.get("touched", 0)),
+            )
         except (TypeError, ValueError):
             return cls()
 
@@ -290,7 +315,7 @@ class FileState:
         not rewritten)? If not, start again from 0."""
         if self.offset == 0 and not self.head:
             return True
-        return (self.dev, self.ino) == (dev, ino) and size >= self.offset and head.startswith(self.head[:len(head)])
+        return (self.dev, self.ino) == (dev, ino) and size >= self.offset and head.startswith(self.head[: len(head)])
 
     def reset(self, dev: int, ino: int, head: str) -> None:
         self.offset, self.dev, self.ino, self.head = 0, dev, ino, head
@@ -388,9 +413,13 @@ class Ledger:
 
 
 def valid_record(rec) -> bool:
-    return (isinstance(rec, list) and len(rec) >= R_AGENT and isinstance(rec[R_KEY], str)
-            and isinstance(rec[R_MODEL], str) and all(isinstance(v, int) and not isinstance(v, bool)
-                                                      for v in rec[R_TS:R_AGENT]))
+    return (
+        isinstance(rec, list)
+        and len(rec) >= R_AGENT
+        and isinstance(rec[R_KEY], str)
+        and isinstance(rec[R_MODEL], str)
+        and all(isinstance(v, int) and not isinstance(v, bool) for v in rec[R_TS:R_AGENT])
+    )
 
 
 # --- a session's usage (compact, stored in its meta) ---------------------------------
@@ -419,13 +448,13 @@ def merge(usages) -> dict:
             continue
         for model, row in u.get("models", {}).items():
             dst = out["models"].setdefault(model, [0] * (N_VALUES + 1))
-            for i, v in enumerate(row[:N_VALUES + 1]):
+            for i, v in enumerate(row[: N_VALUES + 1]):
                 dst[i] += v
         for hour, models in u.get("hours", {}).items():
             bucket = out["hours"].setdefault(hour, {})
             for model, row in models.items():
                 dst = bucket.setdefault(model, [0] * (N_VALUES + 1))
-                for i, v in enumerate(row[:N_VALUES + 1]):
+                for i, v in enumerate(row[: N_VALUES + 1]):
                     dst[i] += v
         est = u.get("estimate")
         if est and not u.get("models"):
@@ -447,9 +476,12 @@ def totals(models: dict, prices: PriceTable) -> dict:
         c = prices.cost(row, model)
         entry = {k: row[i] for i, k in enumerate(KINDS)}
         entry["total"] = sum(row[:5])
-        entry.update(webSearches=row[5], calls=row[CALLS],
-                     costUsd=None if c is None else round(c, 6),
-                     pricedAs=prices.price_for(model)[0])
+        entry.update(
+            webSearches=row[5],
+            calls=row[CALLS],
+            costUsd=None if c is None else round(c, 6),
+            pricedAs=prices.price_for(model)[0],
+        )
         per_model[model] = entry
         for i, k in enumerate(KINDS):
             tokens[k] += row[i]
@@ -461,9 +493,15 @@ def totals(models: dict, prices: PriceTable) -> dict:
         else:
             priced += c
     tokens["total"] = sum(tokens[k] for k in KINDS)
-    return {"tokens": tokens, "calls": calls, "webSearches": web, "models": per_model,
-            "costUsd": None if unpriced else round(priced, 6),
-            "pricedCostUsd": round(priced, 6), "unpricedModels": unpriced}
+    return {
+        "tokens": tokens,
+        "calls": calls,
+        "webSearches": web,
+        "models": per_model,
+        "costUsd": None if unpriced else round(priced, 6),
+        "pricedCostUsd": round(priced, 6),
+        "unpricedModels": unpriced,
+    }
 
 
 def render(u, prices: PriceTable) -> dict:
@@ -499,12 +537,19 @@ def estimate_from_agent_result(out) -> dict:
     u = out.get("usage") if isinstance(out.get("usage"), dict) else None
     if not isinstance(total, int) and u is None:
         return None
-    est = {"source": "agentResult", "totalTokens": _int(total),
-           "durationMs": _int(out.get("totalDurationMs")), "toolUses": _int(out.get("totalToolUseCount"))}
+    est = {
+        "source": "agentResult",
+        "totalTokens": _int(total),
+        "durationMs": _int(out.get("totalDurationMs")),
+        "toolUses": _int(out.get("totalToolUseCount")),
+    }
     if u is not None:
-        est["lastCall"] = {"input": _int(u.get("input_tokens")), "output": _int(u.get("output_tokens")),
-                           "cacheRead": _int(u.get("cache_read_input_tokens")),
-                           "cacheWrite": _int(u.get("cache_creation_input_tokens"))}
+        est["lastCall"] = {
+            "input": _int(u.get("input_tokens")),
+            "output": _int(u.get("output_tokens")),
+            "cacheRead": _int(u.get("cache_read_input_tokens")),
+            "cacheWrite": _int(u.get("cache_creation_input_tokens")),
+        }
     return est
 
 
@@ -522,8 +567,11 @@ def usage_metrics(machine_usages, prices: PriceTable) -> list:
             for i, v in enumerate(row):
                 dst[i] += v
     items = sorted(by.items())
-    tokens = [({"machine": m, "model": model, "kind": kind}, row[i])
-              for (m, model), row in items for i, kind in enumerate(KINDS)]
+    tokens = [
+        ({"machine": m, "model": model, "kind": kind}, row[i])
+        for (m, model), row in items
+        for i, kind in enumerate(KINDS)
+    ]
     calls = [({"machine": m, "model": model}, row[CALLS]) for (m, model), row in items]
     costs, unpriced = [], []
     for (m, model), row in items:
@@ -535,8 +583,13 @@ def usage_metrics(machine_usages, prices: PriceTable) -> list:
     return [
         ("contextuate_tokens_total", "Tokens read from transcripts, by machine, model and kind.", "counter", tokens),
         ("contextuate_model_calls_total", "Model responses, by machine and model.", "counter", calls),
-        ("contextuate_cost_usd_total", "Cost in USD from the price table, by machine and model (models "
-         "without a price are left out; see contextuate_unpriced_tokens_total).", "counter", costs),
+        (
+            "contextuate_cost_usd_total",
+            "Cost in USD from the price table, by machine and model (models "
+            "without a price are left out; see contextuate_unpriced_tokens_total).",
+            "counter",
+            costs,
+        ),
         ("contextuate_unpriced_tokens_total", "Tokens of models the price table does not know.", "counter", unpriced),
     ]
 
@@ -562,11 +615,17 @@ def group(sessions, by: str, prices: PriceTable, since=None, until=None) -> dict
         else:
             items = ((None, model, row) for model, row in u.get("models", {}).items())
         for start, model, row in items:
-            key = {"machine": machine, "model": model, "session": sid,
-                   "day": None if start is None else day_of(start),
-                   "hour": start}[by]
-            for dst in (rows.setdefault(key, {}).setdefault(model, [0] * (N_VALUES + 1)),
-                        everything.setdefault(model, [0] * (N_VALUES + 1))):
+            key = {
+                "machine": machine,
+                "model": model,
+                "session": sid,
+                "day": None if start is None else day_of(start),
+                "hour": start,
+            }[by]
+            for dst in (
+                rows.setdefault(key, {}).setdefault(model, [0] * (N_VALUES + 1)),
+                everything.setdefault(model, [0] * (N_VALUES + 1)),
+            ):
                 for i, v in enumerate(row):
                     dst[i] += v
     out = []

@@ -49,8 +49,11 @@ class Daemon:
         self.home = config.home
         self.started = time.time()
         store = FileStore(config.persistence.dir) if config.persistence.enabled else None
-        self.broker = Broker(store, started_ms=int(self.started * 1000),
-                             redactor=Redactor(config.redaction.patterns, config.redaction.enabled))
+        self.broker = Broker(
+            store,
+            started_ms=int(self.started * 1000),
+            redactor=Redactor(config.redaction.patterns, config.redaction.enabled),
+        )
         self.redis = None
         if config.mode == "redis":
             from contextuate_trio.sources.redis import RedisSource, checkpoint_file
@@ -69,9 +72,16 @@ class Daemon:
         self.accepting = trio.Event()  # the socket is bound: /api/health may say ok
         self._lock_fd: int | None = None
         self.web = WebState(
-            broker=self.broker, config=config, prices=self.prices, started=self.started,
-            accepting=self.accepting, problems=self.problems, status=self.status,
-            metrics=self.metrics_text, ws_port=self._ws_port)
+            broker=self.broker,
+            config=config,
+            prices=self.prices,
+            started=self.started,
+            accepting=self.accepting,
+            problems=self.problems,
+            status=self.status,
+            metrics=self.metrics_text,
+            ws_port=self._ws_port,
+        )
         self.ws = WsServer(self.web)
         self.ws_url: str | None = None
 
@@ -124,8 +134,12 @@ class Daemon:
         self._acquire()
         try:
             loaded = self.broker.load(SYSTEM_MINT)
-            log.info("contextuate-trio %s: %d sessions loaded from %s", __version__, loaded,
-                     self.config.persistence.dir if self.broker.store else "(persistence off)")
+            log.info(
+                "contextuate-trio %s: %d sessions loaded from %s",
+                __version__,
+                loaded,
+                self.config.persistence.dir if self.broker.store else "(persistence off)",
+            )
             self.broker.prune(self.config.persistence.retention_days)
             async with trio.open_nursery() as outer:
                 # Signals first: a SIGTERM that arrives while starting is not lost.
@@ -138,8 +152,9 @@ class Daemon:
                     if self._stop_requested:
                         sources.cancel()
                     async with trio.open_nursery() as inner:
-                        await inner.start(unix_socket.serve, self.broker, self.config.socket_path,
-                                          self.config.max_line_bytes)
+                        await inner.start(
+                            unix_socket.serve, self.broker, self.config.socket_path, self.config.max_line_bytes
+                        )
                         self.accepting.set()  # healthy from here: hooks can deliver
                         inner.start_soon(spool_source.run, self.broker, self.spool_dir)
                         if self.transcripts is not None:
@@ -147,8 +162,9 @@ class Daemon:
                         if self.redis is not None:
                             inner.start_soon(self.redis.run)
                         inner.start_soon(self._retention)
-                        log.info("ready: socket %s, dashboard %s", self.config.socket_path,
-                                 ", ".join(self.web.http_urls))
+                        log.info(
+                            "ready: socket %s, dashboard %s", self.config.socket_path, ", ".join(self.web.http_urls)
+                        )
                         task_status.started(self)
                 log.info("stopping: storing what is already in the broker")
                 self.broker.send_channel.close()  # run() ends once the queue is drained
@@ -183,8 +199,9 @@ class Daemon:
         hc.accesslog = None
         hc.errorlog = logging.getLogger("contextuate.http")
         hc.graceful_timeout = 1.0
-        hooks = Route("/api/hooks", http_hook.endpoint(self.broker, self.web.guard, self.config.max_line_bytes),
-                      methods=["POST"])  # Claude Code http hooks: a source served by the web app
+        hooks = Route(
+            "/api/hooks", http_hook.endpoint(self.broker, self.web.guard, self.config.max_line_bytes), methods=["POST"]
+        )  # Claude Code http hooks: a source served by the web app
         await hypercorn_serve(create_app(self.web, [hooks]), hc, task_status=task_status)
 
     def _ws_port(self) -> int:

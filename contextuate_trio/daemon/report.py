@@ -65,11 +65,18 @@ def status(d: Daemon) -> dict:
 
 def daemon_metrics(d: Daemon) -> list[Metric]:
     b = d.broker
-    out = [Metric("contextuate_events_in_total", "Events received, by source.", "counter",
-                  [({"source": src}, n) for src, n in sorted(b.by_source.items())])]
+    out = [
+        Metric(
+            "contextuate_events_in_total",
+            "Events received, by source.",
+            "counter",
+            [({"source": src}, n) for src, n in sorted(b.by_source.items())],
+        )
+    ]
     out += [Metric(name, help_, "counter", b.counters[key]) for name, key, help_ in _COUNTERS[:3]]
-    out.append(Metric("contextuate_dropped_clients_total", "Subscribers dropped for being slow.", "counter",
-                      b.fanout.dropped))
+    out.append(
+        Metric("contextuate_dropped_clients_total", "Subscribers dropped for being slow.", "counter", b.fanout.dropped)
+    )
     out += [Metric(name, help_, "counter", b.counters[key]) for name, key, help_ in _COUNTERS[3:]]
     out += [
         Metric("contextuate_queue_depth", "Events waiting in the broker.", "gauge", b.queue_depth()),
@@ -78,8 +85,12 @@ def daemon_metrics(d: Daemon) -> list[Metric]:
         Metric("contextuate_store_bytes", "Bytes of events on disk.", "gauge", b.store.size_bytes() if b.store else 0),
         Metric("contextuate_spool_backlog", "Spooled events not yet ingested.", "gauge", hook_spool.backlog(d.home)),
         Metric("contextuate_up", "1 when healthy, 0 when degraded.", "gauge", 0 if problems(d) else 1),
-        Metric("contextuate_redis_connected", "1 when both Redis readers are connected.", "gauge",
-               int(bool(d.redis and d.redis.connected()))),
+        Metric(
+            "contextuate_redis_connected",
+            "1 when both Redis readers are connected.",
+            "gauge",
+            int(bool(d.redis and d.redis.connected())),
+        ),
     ]
     return out
 

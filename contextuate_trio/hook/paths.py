@@ -14,6 +14,7 @@ SPOOL_NAME = "spool"
 # Spooled files hold exactly one wire line; the daemon reads only names ending so.
 SPOOL_SUFFIX = ".json"
 
+
 class _ScanContext:
     # The attributes json's C scanner reads from its context (json.JSONDecoder's).
     strict = True
@@ -40,8 +41,7 @@ def parse_json(text: str):
 def environ() -> dict:
     """``os.environ`` without importing ``os``."""
     return {
-        k.decode("utf-8", "surrogateescape"): v.decode("utf-8", "surrogateescape")
-        for k, v in posix.environ.items()
+        k.decode("utf-8", "surrogateescape"): v.decode("utf-8", "surrogateescape") for k, v in posix.environ.items()
     }
 
 
@@ -62,12 +62,7 @@ def config_path(env, home: str) -> str:
 
 
 def machine_id(env) -> str:
-    return (
-        env.get("CONTEXTUATE_MACHINE_ID")
-        or env.get("HOSTNAME")
-        or posix.uname().nodename
-        or "unknown"
-    )
+    return env.get("CONTEXTUATE_MACHINE_ID") or env.get("HOSTNAME") or posix.uname().nodename or "unknown"
 
 
 def new_id() -> str:
@@ -118,10 +113,9 @@ def write_file(path: str, data: bytes, flags: int = posix.O_TRUNC) -> None:
     try:
         view = memoryview(data)
         while view:
-            view = view[posix.write(fd, view):]
+            view = view[posix.write(fd, view) :]
     finally:
         posix.close(fd)
-
 
 
 def write_atomic(path: str, data: bytes, mode: int = 0o600, durable: bool = False) -> None:
@@ -137,7 +131,7 @@ def write_atomic(path: str, data: bytes, mode: int = 0o600, durable: bool = Fals
         try:
             view = memoryview(data)
             while view:
-                view = view[posix.write(fd, view):]
+                view = view[posix.write(fd, view) :]
             if mode != 0o600:
                 posix.fchmod(fd, mode)
             if durable:

@@ -190,8 +190,10 @@ def _send_redis(r: Run) -> tuple:
     if why:
         r.say(why)
         return line, False
-    r.say(f"event {r.event_id} added to {rs['stream']} and published on {rs['channel']}"
-          + (f", with {len(claimed)} spooled events" if claimed else ""))
+    r.say(
+        f"event {r.event_id} added to {rs['stream']} and published on {rs['channel']}"
+        + (f", with {len(claimed)} spooled events" if claimed else "")
+    )
     return line, True
 
 

@@ -121,7 +121,7 @@ class _Reader:
                 return None
             while len(self.buf) < n + 2:
                 self._fill()
-            value, self.buf = self.buf[:n], self.buf[n + 2:]
+            value, self.buf = self.buf[:n], self.buf[n + 2 :]
             return value
         if kind == b"*":
             return [self.reply() for _ in range(max(int(rest), 0))]
@@ -166,8 +166,7 @@ def deliver_redis(rs: dict, lines: list, deadline: float) -> str:
     """XADD + PUBLISH every line, pipelined in one round trip; '' when all stored."""
     cmds = []
     if rs["password"]:
-        cmds.append(resp("AUTH", rs["username"], rs["password"]) if rs["username"]
-                    else resp("AUTH", rs["password"]))
+        cmds.append(resp("AUTH", rs["username"], rs["password"]) if rs["username"] else resp("AUTH", rs["password"]))
     if rs["db"]:
         cmds.append(resp("SELECT", rs["db"]))
     for line in lines:
@@ -187,4 +186,3 @@ def deliver_redis(rs: dict, lines: list, deadline: float) -> str:
         return f"Redis at {rs['host']}:{rs['port']} did not answer in time: {exc!r}"
     finally:
         sock.close()
-

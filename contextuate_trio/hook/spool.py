@@ -32,7 +32,6 @@ def spool(home: str, line: bytes, event_id: str, ts: int) -> str:
     return final
 
 
-
 def claim_spooled(home: str, limit: int = SPOOL_PIGGYBACK, max_bytes: int = SPOOL_PIGGYBACK_BYTES):
     """Take the oldest spooled events for this run (rename = claim; a racing hook that
     loses gets ENOENT). Returns [(claimed_path, original_path, line)]."""
@@ -47,11 +46,10 @@ def claim_spooled(home: str, limit: int = SPOOL_PIGGYBACK, max_bytes: int = SPOO
             try:
                 # ctime: the claim's rename updates it (mtime keeps the spooling time).
                 if now - posix.stat(directory + "/" + n).st_ctime > STALE_CLAIM_SECONDS:
-                    posix.rename(directory + "/" + n, directory + "/" + n[len(".claim-"):])
+                    posix.rename(directory + "/" + n, directory + "/" + n[len(".claim-") :])
             except OSError:
                 pass
-    names = sorted(n for n in posix.listdir(directory)
-                   if n.endswith(SPOOL_SUFFIX) and not n.startswith("."))
+    names = sorted(n for n in posix.listdir(directory) if n.endswith(SPOOL_SUFFIX) and not n.startswith("."))
     out = []
     total = 0
     for name in names[:limit]:
@@ -78,7 +76,6 @@ def release_spooled(claimed: list, delivered: bool) -> None:
                 posix.rename(tmp, original)
         except OSError:
             pass
-
 
 
 def pending(directory: str) -> list:

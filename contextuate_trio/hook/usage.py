@@ -106,10 +106,14 @@ def prepare(payload, home: str, machine: str, parent, ts: int, max_read: int = M
 
     if not records:
         return None, commit
-    tokens = sum(sum(r[usage.R_TOKENS:usage.R_TOKENS + 5]) for r in records)
+    tokens = sum(sum(r[usage.R_TOKENS : usage.R_TOKENS + 5]) for r in records)
     event = {
-        "id": new_id(), "timestamp": ts, "sessionId": sid, "machineId": machine,
-        "eventType": "usage", "source": "transcript",
+        "id": new_id(),
+        "timestamp": ts,
+        "sessionId": sid,
+        "machineId": machine,
+        "eventType": "usage",
+        "source": "transcript",
         "summary": "%d model responses, %s tokens" % (len(records), format(tokens, ",")),
         "data": {"transcript": path, "from": start, "to": state.offset, "records": records},
     }

@@ -6,8 +6,7 @@ import time
 from contextuate_trio.hook.paths import json_string, parse_json
 
 
-def envelope(raw: bytes, event_id: str, ts: int, machine: str, parent, ack: bool,
-             redactor=None) -> bytes:
+def envelope(raw: bytes, event_id: str, ts: int, machine: str, parent, ack: bool, redactor=None) -> bytes:
     """The wire line for one hook run (see ``wire.py`` for the daemon's side).
 
     A JSON object is embedded verbatim (newlines between tokens folded, which cannot
@@ -60,4 +59,3 @@ def deliver_socket(path: str, line: bytes, event_id: str, deadline: float) -> st
         return f"{type(exc).__name__}: {exc}"
     finally:
         sock.close()
-

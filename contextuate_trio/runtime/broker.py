@@ -216,8 +216,7 @@ class Broker:
         root = self.manager.get(ev.session_id)
         if root is None:
             return False
-        return any(self.store.contains(sid, ev.id, ev.timestamp)
-                   for sid in [root.session_id, *root.child_session_ids])
+        return any(self.store.contains(sid, ev.id, ev.timestamp) for sid in [root.session_id, *root.child_session_ids])
 
     def _accept(self, d: Delivery, changed: dict[str, Session], duplicates: list[Delivery]) -> Accepted | None:
         """One event through dedupe, the session machine and masking; None when it is
@@ -240,8 +239,13 @@ class Broker:
         for s in outcome.changed:
             changed[s.session_id] = s
         if log.isEnabledFor(logging.DEBUG):
-            log.debug("[%s] Received event from %s/%s: %s", (ev.source or "?").title(),
-                      ev.machine_id, ev.session_id[:8], ev.event_type)
+            log.debug(
+                "[%s] Received event from %s/%s: %s",
+                (ev.source or "?").title(),
+                ev.machine_id,
+                ev.session_id[:8],
+                ev.event_type,
+            )
         return Accepted(d, ev, line)
 
     async def process(self, batch: list[Delivery]) -> None:
@@ -266,8 +270,7 @@ class Broker:
         """An event the pipeline could not handle (a bug): logged with its id and
         refused, so its producer keeps it (the hook spools it; the spool sets it aside)."""
         self.counters["rejected"] += 1
-        log.exception("rejected event %s (%s from %s): %s", d.event.id, d.event.event_type,
-                      d.event.source, exc)
+        log.exception("rejected event %s (%s from %s): %s", d.event.id, d.event.event_type, d.event.source, exc)
         d.finish(False, f"rejected: {type(exc).__name__}: {exc}", rejected=True)
 
     async def _write(self, accepted: list[Accepted], changed: dict[str, Session]) -> None:

@@ -34,8 +34,7 @@ class LiveEvent:
     the fields clients filter on. The event's payload is not kept (the line has it):
     the replay buffer holds tens of thousands of these."""
 
-    __slots__ = ("id", "timestamp", "session_id", "parent_session_id", "machine_id",
-                 "event_type", "tool_name")
+    __slots__ = ("id", "timestamp", "session_id", "parent_session_id", "machine_id", "event_type", "tool_name")
 
     def __init__(self, ev: Event) -> None:
         self.id = ev.id

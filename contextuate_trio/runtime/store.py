@@ -111,7 +111,7 @@ class FileStore:
             if s is not None:
                 sessions.append(s)
             replay.extend(tail_events)
-        replay.sort(key=lambda e: (e.get("timestamp") or 0))
+        replay.sort(key=lambda e: e.get("timestamp") or 0)
         return sessions, replay
 
     def _open_session(self, key: str, path: str):
@@ -223,7 +223,7 @@ class FileStore:
         try:
             view = memoryview(data)
             while view:
-                view = view[f.write(view):]
+                view = view[f.write(view) :]
         except OSError:
             try:  # leave no partial line behind for the retry
                 os.ftruncate(f.fileno(), before)
@@ -397,8 +397,9 @@ class FileStore:
             if ev is not None:
                 yield ev
 
-    def events(self, session_id: str, limit: int = 100, before: int | None = None,
-               after: int | None = None) -> list[dict]:
+    def events(
+        self, session_id: str, limit: int = 100, before: int | None = None, after: int | None = None
+    ) -> list[dict]:
         """Oldest first. With only ``after``: the first ``limit`` events after it;
         otherwise the last ``limit`` events (before ``before``, after ``after``)."""
         key = session_key(session_id)
@@ -431,8 +432,7 @@ class FileStore:
         out.sort(key=_ts)
         return out[-limit:] if limit else []
 
-    def raw_blocks(self, session_id: str, before: int | None = None,
-                   after: int | None = None):
+    def raw_blocks(self, session_id: str, before: int | None = None, after: int | None = None):
         """The stored lines (bytes) of each block whose times may fall in (after,
         before), newest block first: for scans (search) that match text before they
         parse, and yield to other work between blocks."""
@@ -472,14 +472,14 @@ class FileStore:
                         ids.append(m.group(1).decode())
         return ids[:budget]
 
-    def expired(self, sessions: Iterable[Session], retention_days: float | None,
-                now_ms: int | None = None) -> list[str]:
+    def expired(
+        self, sessions: Iterable[Session], retention_days: float | None, now_ms: int | None = None
+    ) -> list[str]:
         if not retention_days:
             return []
         now_ms = now_ms if now_ms is not None else int(time.time() * 1000)
         cutoff = now_ms - retention_days * 86_400_000
-        return [s.session_id for s in sessions
-                if (s.last_event_time or s.start_time or now_ms) < cutoff]
+        return [s.session_id for s in sessions if (s.last_event_time or s.start_time or now_ms) < cutoff]
 
     def size_bytes(self) -> int:
         return sum(self._bytes.values())

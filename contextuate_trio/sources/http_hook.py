@@ -43,8 +43,9 @@ def endpoint(broker: Broker, guard: Guard, max_body: int) -> Callable[[Request],
         if request.headers.get("origin") is not None:
             return JSONResponse({"error": "hooks are not accepted from web pages"}, status_code=403)
         if not guard.token_ok(request.headers.get("authorization")):
-            return JSONResponse({"error": "missing or wrong token"}, status_code=401,
-                                headers={"WWW-Authenticate": "Bearer"})
+            return JSONResponse(
+                {"error": "missing or wrong token"}, status_code=401, headers={"WWW-Authenticate": "Bearer"}
+            )
         body = bytearray()
         async for chunk in request.stream():
             body += chunk
@@ -58,8 +59,14 @@ def endpoint(broker: Broker, guard: Guard, max_body: int) -> Callable[[Request],
             payload = bytes(body).decode("utf-8", "replace")  # kept as an ``invalid`` event
         machine = (request.headers.get(MACHINE_HEADER) or "").strip() or local_machine
         parent = (request.headers.get(PARENT_HEADER) or "").strip() or None
-        ev = events.from_payload(payload, event_id=str(uuid.uuid4()), timestamp=time.time_ns() // 1_000_000,
-                                 machine_id=machine, parent_session_id=parent, source=SOURCE)
+        ev = events.from_payload(
+            payload,
+            event_id=str(uuid.uuid4()),
+            timestamp=time.time_ns() // 1_000_000,
+            machine_id=machine,
+            parent_session_id=parent,
+            source=SOURCE,
+        )
         delivery = await broker.submit(ev, wait=True)
         if not delivery.ok:
             return JSONResponse({"error": delivery.error or "not stored"}, status_code=503)

@@ -46,16 +46,13 @@ def backoff(attempt: int) -> float:
 
 
 def client_kwargs(cfg: RedisConfig) -> dict:
-    kw: dict = dict(socket_timeout=SOCKET_TIMEOUT, socket_connect_timeout=3.0,
-                    health_check_interval=10)
+    kw: dict = dict(socket_timeout=SOCKET_TIMEOUT, socket_connect_timeout=3.0, health_check_interval=10)
     if cfg.url:
         kw["url"] = cfg.url
     else:
-        kw.update(host=cfg.host, port=cfg.port, db=cfg.db, password=cfg.password,
-                  username=cfg.username, ssl=cfg.tls)
+        kw.update(host=cfg.host, port=cfg.port, db=cfg.db, password=cfg.password, username=cfg.username, ssl=cfg.tls)
     if cfg.tls or (cfg.url or "").startswith("rediss://"):
-        kw.update(ssl_ca_certs=cfg.tls_ca_file, ssl_certfile=cfg.tls_cert_file,
-                  ssl_keyfile=cfg.tls_key_file)
+        kw.update(ssl_ca_certs=cfg.tls_ca_file, ssl_certfile=cfg.tls_cert_file, ssl_keyfile=cfg.tls_key_file)
     return kw
 
 
@@ -105,9 +102,15 @@ class RedisSource:
         return all(v == "connected" for v in self.state.values())
 
     def info(self) -> dict:
-        return {"url": describe(self.cfg), "stream": self.cfg.stream, "channel": self.cfg.channel,
-                "state": dict(self.state), "attempts": dict(self.attempts),
-                "lastError": self.error, "checkpoint": self.last_id}
+        return {
+            "url": describe(self.cfg),
+            "stream": self.cfg.stream,
+            "channel": self.cfg.channel,
+            "state": dict(self.state),
+            "attempts": dict(self.attempts),
+            "lastError": self.error,
+            "checkpoint": self.last_id,
+        }
 
     # --- the checkpoint -------------------------------------------------------------------
     def _load_checkpoint(self) -> str:
@@ -141,14 +144,22 @@ class RedisSource:
             self.broker.counters["bad_redis_messages"] += 1
             if self._bad_logged < 20:
                 self._bad_logged += 1
-                log.warning("[Redis] skipped a message that is not an event: %s (%r)",
-                            exc, (raw[:80] if isinstance(raw, (bytes, str)) else raw))
+                log.warning(
+                    "[Redis] skipped a message that is not an event: %s (%r)",
+                    exc,
+                    (raw[:80] if isinstance(raw, (bytes, str)) else raw),
+                )
             return None
 
     # --- the loops ----------------------------------------------------------------------------
     async def run(self) -> None:
-        log.info("[Redis] reading %s stream %s from %s and channel %s", describe(self.cfg),
-                 self.cfg.stream, self.last_id, self.cfg.channel)
+        log.info(
+            "[Redis] reading %s stream %s from %s and channel %s",
+            describe(self.cfg),
+            self.cfg.stream,
+            self.last_id,
+            self.cfg.channel,
+        )
         async with trio.open_nursery() as nursery:
             nursery.start_soon(self._supervise, "stream", self._read_stream)
             nursery.start_soon(self._supervise, "channel", self._read_channel)
@@ -170,8 +181,9 @@ class RedisSource:
                 self.state[name] = "error"
                 self.error = _explain(exc)
                 delay = backoff(self.attempts[name])
-                log.warning("[Redis] %s: %s; retrying in %.1f s (attempt %d)", name, self.error,
-                            delay, self.attempts[name])
+                log.warning(
+                    "[Redis] %s: %s; retrying in %.1f s (attempt %d)", name, self.error, delay, self.attempts[name]
+                )
                 await trio.sleep(delay)
             finally:
                 with trio.CancelScope(shield=True):
@@ -180,7 +192,8 @@ class RedisSource:
     async def _read_stream(self, client: redis.Redis) -> None:
         while True:
             reply = await anyio.to_thread.run_sync(
-                lambda: client.xread({self.cfg.stream: self.last_id}, count=READ_COUNT, block=BLOCK_MS))
+                lambda: client.xread({self.cfg.stream: self.last_id}, count=READ_COUNT, block=BLOCK_MS)
+            )
             if not reply:
                 continue
             entries = reply[0][1]
@@ -213,4 +226,3 @@ class RedisSource:
 
 def checkpoint_file(persistence_dir: str) -> str:
     return os.path.join(persistence_dir, "redis-checkpoints.json")
-

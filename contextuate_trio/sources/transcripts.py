@@ -73,7 +73,7 @@ def jobs_for(ev: Event) -> list[tuple[Job, bool]]:
         aid = resp.get("agentId") if isinstance(resp, dict) else None
         if isinstance(aid, str) and aid and "/" not in aid:
             # Claude Code keeps a sub-agent's transcript beside the session's.
-            guess = f"{main[:-len('.jsonl')]}/subagents/agent-{aid}.jsonl"
+            guess = f"{main[: -len('.jsonl')]}/subagents/agent-{aid}.jsonl"
             out.append((Job(guess, root, ev.machine_id, aid, ev.working_directory), True))
         out.append((Job(main, root, ev.machine_id, None, ev.working_directory), True))
         return out
@@ -82,8 +82,9 @@ def jobs_for(ev: Event) -> list[tuple[Job, bool]]:
     return out
 
 
-def read_new(path: str, state: usage.FileState, max_bytes: int = MAX_PER_READ,
-             loads=json.loads) -> tuple[list, int, int, bool]:
+def read_new(
+    path: str, state: usage.FileState, max_bytes: int = MAX_PER_READ, loads=json.loads
+) -> tuple[list, int, int, bool]:
     """Read what ``path`` holds past ``state`` -> (records, start, end, more left).
     Runs in a worker thread; raises OSError when the file cannot be read."""
     with open(path, "rb") as f:
@@ -109,7 +110,7 @@ def read_new(path: str, state: usage.FileState, max_bytes: int = MAX_PER_READ,
             before = state.offset
             at_eof = f.tell() >= st.st_size and len(chunk) < CHUNK
             records += usage.read_chunk(state, data, loads, at_eof=at_eof)
-            carry = data[state.offset - before:]
+            carry = data[state.offset - before :]
             if len(carry) > max_bytes:  # one line larger than the whole budget: skip it
                 state.offset += len(carry)
                 carry = b""
@@ -139,9 +140,12 @@ class TranscriptReader:
         except FileNotFoundError:
             return
         except (OSError, ValueError) as exc:
-            log.warning("%s unreadable (%s): transcripts will be read from their start; "
-                        "responses already counted are recognised by their ids only within this run",
-                        self.state_path, exc)
+            log.warning(
+                "%s unreadable (%s): transcripts will be read from their start; "
+                "responses already counted are recognised by their ids only within this run",
+                self.state_path,
+                exc,
+            )
             return
         files = raw.get("files") if isinstance(raw, dict) else None
         for path, d in (files or {}).items():
@@ -226,7 +230,7 @@ class TranscriptReader:
 
 
 def summary(records: list) -> str:
-    tokens = sum(sum(r[usage.R_TOKENS:usage.R_TOKENS + 5]) for r in records)
+    tokens = sum(sum(r[usage.R_TOKENS : usage.R_TOKENS + 5]) for r in records)
     models = sorted({r[usage.R_MODEL] for r in records})
     return f"{len(records)} model responses, {tokens:,} tokens ({', '.join(models)})"
 

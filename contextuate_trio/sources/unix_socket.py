@@ -80,8 +80,9 @@ async def _connection(broker: Broker, stream: trio.SocketStream, max_line: int) 
             if not data:
                 if splitter.pending():
                     broker.counters["bad_lines"] += 1
-                    log.warning("socket: connection closed in the middle of a line (%d bytes dropped)",
-                                splitter.pending())
+                    log.warning(
+                        "socket: connection closed in the middle of a line (%d bytes dropped)", splitter.pending()
+                    )
                 return
             for item in splitter.feed(data):
                 if isinstance(item, wire.LineTooLong):

@@ -36,12 +36,14 @@ class GuardMiddleware:
         path = scope["path"]
         if not (path.startswith("/api/") or path == "/metrics"):
             return None
-        if (headers.get("sec-fetch-site") in ("cross-site", "same-site")
-                or not self.guard.origin_ok(headers.get("origin"), self.state.dashboard_ports())):
+        if headers.get("sec-fetch-site") in ("cross-site", "same-site") or not self.guard.origin_ok(
+            headers.get("origin"), self.state.dashboard_ports()
+        ):
             return JSONResponse({"error": "not from another web page"}, status_code=403)
         if path not in PUBLIC_PATHS and not self.guard.token_ok(headers.get("authorization")):
-            return JSONResponse({"error": "missing or wrong token"}, status_code=401,
-                                headers={"WWW-Authenticate": "Bearer"})
+            return JSONResponse(
+                {"error": "missing or wrong token"}, status_code=401, headers={"WWW-Authenticate": "Bearer"}
+            )
         return None
 
     async def __call__(self, scope: dict, receive: Any, send: Any) -> None:
@@ -54,8 +56,14 @@ class GuardMiddleware:
 
 
 def create_app(state: WebState, extra_routes: Iterable[BaseRoute] = ()) -> GuardMiddleware:
-    routes: list[BaseRoute] = [*dashboard.routes(), *health.ROUTES, *sessions.ROUTES, *search.ROUTES,
-                               *usage.ROUTES, *extra_routes]
+    routes: list[BaseRoute] = [
+        *dashboard.routes(),
+        *health.ROUTES,
+        *sessions.ROUTES,
+        *search.ROUTES,
+        *usage.ROUTES,
+        *extra_routes,
+    ]
     app = Starlette(routes=routes)
     app.state.web = state
     return GuardMiddleware(app, state)

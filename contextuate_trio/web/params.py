@@ -16,8 +16,9 @@ def error(message: str, status: int, headers: dict | None = None) -> JSONRespons
     return JSONResponse({"error": message}, status_code=status, headers=headers)
 
 
-def int_param(request: Request, name: str, default: int | None = None,
-              lo: int | None = None, hi: int | None = None) -> int | None:
+def int_param(
+    request: Request, name: str, default: int | None = None, lo: int | None = None, hi: int | None = None
+) -> int | None:
     raw = request.query_params.get(name)
     if raw is None or raw == "":
         return default

@@ -58,7 +58,7 @@ def b64url_token(token: str) -> str:
 def token_from_protocols(protocols: Iterable[str]) -> str | None:
     for p in protocols:
         if p.startswith(TOKEN_PROTOCOL_PREFIX):
-            raw = p[len(TOKEN_PROTOCOL_PREFIX):]
+            raw = p[len(TOKEN_PROTOCOL_PREFIX) :]
             try:
                 return base64.urlsafe_b64decode(raw + "=" * (-len(raw) % 4)).decode()
             except (ValueError, UnicodeDecodeError):
@@ -113,8 +113,7 @@ def batch_text(msgs: list[dict]) -> str:
     if len(msgs) == 1:
         m = msgs[0]
         return '{"type":"event","seq":%d,"event":%s}' % (m["seq"], event_json(m))
-    return '{"type":"events","seq":%d,"events":[%s]}' % (
-        msgs[-1]["seq"], ",".join(event_json(m) for m in msgs))
+    return '{"type":"events","seq":%d,"events":[%s]}' % (msgs[-1]["seq"], ",".join(event_json(m) for m in msgs))
 
 
 class Raw(dict):
@@ -170,8 +169,13 @@ class Filter:
 
     __slots__ = ("sessions", "machines", "types", "tools")
 
-    def __init__(self, sessions: frozenset | None = None, machines: frozenset | None = None,
-                 types: frozenset | None = None, tools: frozenset | None = None) -> None:
+    def __init__(
+        self,
+        sessions: frozenset | None = None,
+        machines: frozenset | None = None,
+        types: frozenset | None = None,
+        tools: frozenset | None = None,
+    ) -> None:
         self.sessions = sessions
         self.machines = machines
         self.types = types
@@ -188,28 +192,38 @@ class Filter:
     def event_ok(self, ev: Any) -> bool:
         if self.everything:
             return True
-        return (self._session_ok(ev.session_id, ev.parent_session_id)
-                and (self.machines is None or ev.machine_id in self.machines)
-                and (self.types is None or ev.event_type in self.types)
-                and (self.tools is None or ev.tool_name in self.tools))
+        return (
+            self._session_ok(ev.session_id, ev.parent_session_id)
+            and (self.machines is None or ev.machine_id in self.machines)
+            and (self.types is None or ev.event_type in self.types)
+            and (self.tools is None or ev.tool_name in self.tools)
+        )
 
     def dict_ok(self, d: dict) -> bool:
         if self.everything:
             return True
-        return (self._session_ok(d.get("sessionId"), d.get("parentSessionId"))
-                and (self.machines is None or d.get("machineId") in self.machines)
-                and (self.types is None or d.get("eventType") in self.types)
-                and (self.tools is None or d.get("toolName") in self.tools))
+        return (
+            self._session_ok(d.get("sessionId"), d.get("parentSessionId"))
+            and (self.machines is None or d.get("machineId") in self.machines)
+            and (self.types is None or d.get("eventType") in self.types)
+            and (self.tools is None or d.get("toolName") in self.tools)
+        )
 
     def session_ok(self, s: Session) -> bool:
-        return (self._session_ok(s.session_id, s.parent_session_id)
-                and (self.machines is None or s.machine_id in self.machines))
+        return self._session_ok(s.session_id, s.parent_session_id) and (
+            self.machines is None or s.machine_id in self.machines
+        )
 
     def public(self) -> dict:
         def out(v: frozenset | None) -> list | None:
             return sorted(v) if v else None
-        return {"sessions": out(self.sessions), "machines": out(self.machines),
-                "eventTypes": out(self.types), "tools": out(self.tools)}
+
+        return {
+            "sessions": out(self.sessions),
+            "machines": out(self.machines),
+            "eventTypes": out(self.types),
+            "tools": out(self.tools),
+        }
 
 
 @attrs.define
@@ -259,8 +273,9 @@ class Backend(Protocol):
     def sessions(self) -> dict[str, Session]: ...
     @property
     def has_store(self) -> bool: ...
-    def stored_events(self, session_id: str, limit: int, before: int | None = None,
-                      after: int | None = None) -> list[dict]: ...
+    def stored_events(
+        self, session_id: str, limit: int, before: int | None = None, after: int | None = None
+    ) -> list[dict]: ...
     def session_action(self, action: str, session_id: str, value: Any) -> None: ...
 
 
@@ -281,8 +296,15 @@ class WsProtocol:
     """One daemon run's side of the protocol: its epoch, the history before it, and
     the replies to every client's requests. Plain code over a ``Backend``."""
 
-    def __init__(self, backend: Backend, encoder: Encoder, epoch: str, mode: str,
-                 now_ms: Callable[[], int], history: list[dict] | None = None) -> None:
+    def __init__(
+        self,
+        backend: Backend,
+        encoder: Encoder,
+        epoch: str,
+        mode: str,
+        now_ms: Callable[[], int],
+        history: list[dict] | None = None,
+    ) -> None:
         self.backend = backend
         self.encoder = encoder
         self.epoch = epoch
@@ -303,10 +325,19 @@ class WsProtocol:
         replay = None if hs.epoch not in (None, self.epoch) else replay_after(self.backend.replay, seq, hs.since)
         if replay is not None:
             self.counters["resumes"] += 1
-            out = [self.encoder.dumps({"type": "resume", "seq": seq, "since": hs.since, "epoch": self.epoch,
-                                       "sessions": self.sessions(hs.filter)})]
+            out = [
+                self.encoder.dumps(
+                    {
+                        "type": "resume",
+                        "seq": seq,
+                        "since": hs.since,
+                        "epoch": self.epoch,
+                        "sessions": self.sessions(hs.filter),
+                    }
+                )
+            ]
             msgs = [m for m in replay if hs.filter.event_ok(m["event"])]
-            out += [batch_text(msgs[i:i + BATCH_MAX]) for i in range(0, len(msgs), BATCH_MAX)]
+            out += [batch_text(msgs[i : i + BATCH_MAX]) for i in range(0, len(msgs), BATCH_MAX)]
             return out
         self.counters["resets"] += 1
         reason = "too old" if hs.epoch in (None, self.epoch) else "daemon restarted"
@@ -318,8 +349,16 @@ class WsProtocol:
         return [s.public(prices) for s in self.backend.sessions.values() if flt.session_ok(s)]
 
     def snapshot_text(self, flt: Filter, seq: int, limit: int) -> str:
-        head = self.encoder.dumps({"type": "snapshot", "seq": seq, "epoch": self.epoch, "mode": self.mode,
-                                   "filter": flt.public(), "sessions": self.sessions(flt)})
+        head = self.encoder.dumps(
+            {
+                "type": "snapshot",
+                "seq": seq,
+                "epoch": self.epoch,
+                "mode": self.mode,
+                "filter": flt.public(),
+                "sessions": self.sessions(flt),
+            }
+        )
         return head[:-1] + ',"events":[' + ",".join(self.recent_event_texts(flt, limit)) + "]}"
 
     def recent_event_texts(self, flt: Filter, limit: int) -> list[str]:
@@ -372,7 +411,7 @@ class WsProtocol:
         updates: dict[str, dict] = {}
 
         def flush_events() -> None:
-            out.extend(batch_text(pending[i:i + BATCH_MAX]) for i in range(0, len(pending), BATCH_MAX))
+            out.extend(batch_text(pending[i : i + BATCH_MAX]) for i in range(0, len(pending), BATCH_MAX))
             pending.clear()
 
         def flush_updates() -> None:
@@ -528,8 +567,11 @@ def _m_get_events(p: WsProtocol, client: ClientState, msg: dict) -> dict:
     limit = _limit(msg)
     before, after = _time(msg, "before"), _time(msg, "after")
     evs = p.backend.stored_events(sid, limit, before=before, after=after) if p.backend.has_store else []
-    return Raw("history", {"sessionId": sid, "before": before, "after": after,
-                           "hasMore": len(evs) >= limit > 0}, [dict_json(e) for e in evs])
+    return Raw(
+        "history",
+        {"sessionId": sid, "before": before, "after": after, "hasMore": len(evs) >= limit > 0},
+        [dict_json(e) for e in evs],
+    )
 
 
 def _m_get_all_recent_events(p: WsProtocol, client: ClientState, msg: dict) -> dict:

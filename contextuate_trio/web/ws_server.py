@@ -58,8 +58,9 @@ class BrokerBackend:
     def has_store(self) -> bool:
         return self.broker.store is not None
 
-    def stored_events(self, session_id: str, limit: int, before: int | None = None,
-                      after: int | None = None) -> list[dict]:
+    def stored_events(
+        self, session_id: str, limit: int, before: int | None = None, after: int | None = None
+    ) -> list[dict]:
         store = self.broker.store
         return [] if store is None else store.events(session_id, limit, before=before, after=after)
 
@@ -102,8 +103,13 @@ class WsServer:
         self.send_timeout = 30.0
         self.max_message = proto.MAX_CLIENT_MESSAGE
         # A new epoch per daemon run: a ``since`` from another run means nothing here.
-        self.protocol = proto.WsProtocol(BrokerBackend(self.broker), proto.Encoder(state.prices),
-                                         epoch=secrets.token_hex(6), mode=state.config.mode, now_ms=now_ms)
+        self.protocol = proto.WsProtocol(
+            BrokerBackend(self.broker),
+            proto.Encoder(state.prices),
+            epoch=secrets.token_hex(6),
+            mode=state.config.mode,
+            now_ms=now_ms,
+        )
         self.counters = self.protocol.counters
         self.clients: set[Client] = set()
         self.bound_port: int | None = None
@@ -119,8 +125,7 @@ class WsServer:
         if store is None:
             return
         out: list[dict] = []
-        sessions = sorted(self.broker.manager.sessions.values(),
-                          key=lambda s: s.last_event_time or 0, reverse=True)
+        sessions = sorted(self.broker.manager.sessions.values(), key=lambda s: s.last_event_time or 0, reverse=True)
         for s in sessions[:HISTORY_SESSIONS]:
             if len(out) >= budget:
                 break
@@ -136,9 +141,17 @@ class WsServer:
         async with trio.open_nursery() as nursery:
             server = await nursery.start(
                 lambda task_status: serve_websocket(
-                    self._handle, self.host, self.port, None,
-                    message_queue_size=16, max_message_size=self.max_message,
-                    connect_timeout=10, disconnect_timeout=2, task_status=task_status))
+                    self._handle,
+                    self.host,
+                    self.port,
+                    None,
+                    message_queue_size=16,
+                    max_message_size=self.max_message,
+                    connect_timeout=10,
+                    disconnect_timeout=2,
+                    task_status=task_status,
+                )
+            )
             self.bound_port = server.port if len(server.listeners) == 1 else self.port
             host = f"[{self.host}]" if ":" in self.host else self.host
             task_status.started(f"ws://{host}:{self.bound_port}/")
@@ -209,8 +222,11 @@ class WsServer:
         client.sub = self.broker.subscribe(self.queue_size, f"WebSocket client {client.remote}", batched=True)
         first = self.protocol.first_messages(hs)
         self.clients.add(client)
-        log.info("WebSocket client %s connected (%s)", client.remote,
-                 "snapshot" if hs.since is None else f"resume since {hs.since}")
+        log.info(
+            "WebSocket client %s connected (%s)",
+            client.remote,
+            "snapshot" if hs.since is None else f"resume since {hs.since}",
+        )
         try:
             async with trio.open_nursery() as nursery:
                 nursery.start_soon(self._sender, client, first, nursery.cancel_scope)
@@ -219,8 +235,12 @@ class WsServer:
         except* ConnectionClosed:
             pass
         await self._close(client)
-        log.info("WebSocket client %s disconnected (%s, %d messages sent)", client.remote,
-                 client.closing[1] if client.closing else _reason(client.ws), client.sent)
+        log.info(
+            "WebSocket client %s disconnected (%s, %d messages sent)",
+            client.remote,
+            client.closing[1] if client.closing else _reason(client.ws),
+            client.sent,
+        )
 
     async def _close(self, client: Client) -> None:
         if client.closing is None:
@@ -250,8 +270,12 @@ class WsServer:
     def _drop(self, client: Client, why: str, scope: trio.CancelScope) -> None:
         if client.closing is None:
             self.counters["dropped"] += 1
-            log.warning("dropping WebSocket client %s: %s (close code %d; it may resume)",
-                        client.remote, why, proto.CLOSE_TOO_SLOW)
+            log.warning(
+                "dropping WebSocket client %s: %s (close code %d; it may resume)",
+                client.remote,
+                why,
+                proto.CLOSE_TOO_SLOW,
+            )
             client.closing = (proto.CLOSE_TOO_SLOW, "too slow: reconnect with ?since=<last seq>")
         scope.cancel()
 
@@ -335,30 +359,56 @@ class WsServer:
         c = self.counters
         return [
             Metric("contextuate_ws_clients", "Connected WebSocket clients.", "gauge", len(self.clients)),
-            Metric("contextuate_ws_queue_depth_max", "Deepest WebSocket client queue (messages).", "gauge",
-                   max(depths, default=0)),
-            Metric("contextuate_ws_queue_depth_total", "Messages queued for all WebSocket clients.", "gauge",
-                   sum(depths)),
+            Metric(
+                "contextuate_ws_queue_depth_max",
+                "Deepest WebSocket client queue (messages).",
+                "gauge",
+                max(depths, default=0),
+            ),
+            Metric(
+                "contextuate_ws_queue_depth_total", "Messages queued for all WebSocket clients.", "gauge", sum(depths)
+            ),
             Metric("contextuate_ws_queue_capacity", "Queue size per WebSocket client.", "gauge", self.queue_size),
-            Metric("contextuate_ws_replay_events", "Events held for WebSocket resume.", "gauge",
-                   len(self.broker.replay)),
+            Metric(
+                "contextuate_ws_replay_events", "Events held for WebSocket resume.", "gauge", len(self.broker.replay)
+            ),
             Metric("contextuate_ws_seq", "Last event sequence number.", "gauge", self.broker.seq),
-            Metric("contextuate_ws_connections_total", "WebSocket connections accepted.", "counter",
-                   c["connections"]),
-            Metric("contextuate_ws_dropped_clients_total", "WebSocket clients dropped as too slow.", "counter",
-                   c["dropped"]),
-            Metric("contextuate_ws_keepalive_timeouts_total", "WebSocket clients closed for not answering pings.",
-                   "counter", c["keepalive_timeouts"]),
+            Metric("contextuate_ws_connections_total", "WebSocket connections accepted.", "counter", c["connections"]),
+            Metric(
+                "contextuate_ws_dropped_clients_total",
+                "WebSocket clients dropped as too slow.",
+                "counter",
+                c["dropped"],
+            ),
+            Metric(
+                "contextuate_ws_keepalive_timeouts_total",
+                "WebSocket clients closed for not answering pings.",
+                "counter",
+                c["keepalive_timeouts"],
+            ),
             Metric("contextuate_ws_resumes_total", "Successful resumes (?since).", "counter", c["resumes"]),
-            Metric("contextuate_ws_resets_total", "Resumes refused as too old (reset + snapshot).", "counter",
-                   c["resets"]),
+            Metric(
+                "contextuate_ws_resets_total", "Resumes refused as too old (reset + snapshot).", "counter", c["resets"]
+            ),
             Metric("contextuate_ws_messages_sent_total", "WebSocket messages sent.", "counter", c["messages_sent"]),
-            Metric("contextuate_ws_bad_messages_total", "Client messages answered with an error.", "counter",
-                   c["bad_messages"]),
-            Metric("contextuate_ws_throttled_total", "Client requests held back by the per-client rate limit.",
-                   "counter", c["throttled"]),
-            Metric("contextuate_ws_refused_total", "WebSocket handshakes refused, by HTTP status.", "counter",
-                   [({"status": str(s)}, c[f"refused_{s}"]) for s in (400, 401, 403)]),
+            Metric(
+                "contextuate_ws_bad_messages_total",
+                "Client messages answered with an error.",
+                "counter",
+                c["bad_messages"],
+            ),
+            Metric(
+                "contextuate_ws_throttled_total",
+                "Client requests held back by the per-client rate limit.",
+                "counter",
+                c["throttled"],
+            ),
+            Metric(
+                "contextuate_ws_refused_total",
+                "WebSocket handshakes refused, by HTTP status.",
+                "counter",
+                [({"status": str(s)}, c[f"refused_{s}"]) for s in (400, 401, 403)],
+            ),
         ]
 
     def metrics_text(self) -> str:

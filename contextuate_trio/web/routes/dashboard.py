@@ -15,27 +15,38 @@ from contextuate_trio.core.access import host_name
 from contextuate_trio.web.state import WebState, state_of
 
 STATIC_DIR = os.path.join(os.path.dirname(os.path.dirname(__file__)), "static")
-FALLBACK = ("<!doctype html><title>contextuate-trio</title><h1>contextuate-trio</h1>"
-            "<p>The daemon is running. API: <a href='/api/sessions'>/api/sessions</a>, "
-            "<a href='/api/health'>/api/health</a>.</p>")
+FALLBACK = (
+    "<!doctype html><title>contextuate-trio</title><h1>contextuate-trio</h1>"
+    "<p>The daemon is running. API: <a href='/api/sessions'>/api/sessions</a>, "
+    "<a href='/api/health'>/api/health</a>.</p>"
+)
 
 
 def _server_meta(st: WebState) -> str:
     cfg = st.config
-    return (f'<meta name="contextuate-ws-port" content="{st.ws_port()}">'
-            f'<meta name="contextuate-auth" content="{"token" if cfg.server.token else "none"}">'
-            f'<meta name="contextuate-mode" content="{html.escape(cfg.mode)}">'
-            f'<meta name="contextuate-version" content="{html.escape(__version__)}">')
+    return (
+        f'<meta name="contextuate-ws-port" content="{st.ws_port()}">'
+        f'<meta name="contextuate-auth" content="{"token" if cfg.server.token else "none"}">'
+        f'<meta name="contextuate-mode" content="{html.escape(cfg.mode)}">'
+        f'<meta name="contextuate-version" content="{html.escape(__version__)}">'
+    )
 
 
 def _headers(request: Request, ws_port: int) -> dict:
     host = host_name(request.headers.get("host") or "127.0.0.1")
     ws_host = f"[{host}]" if ":" in host else host
-    csp = ("default-src 'self'; script-src 'self'; style-src 'self'; img-src 'self' data:; "
-           f"connect-src 'self' ws://{ws_host}:{ws_port}; frame-ancestors 'none'; base-uri 'none'; "
-           "form-action 'none'")
-    return {"Content-Security-Policy": csp, "X-Content-Type-Options": "nosniff",
-            "Referrer-Policy": "no-referrer", "X-Frame-Options": "DENY", "Cache-Control": "no-cache"}
+    csp = (
+        "default-src 'self'; script-src 'self'; style-src 'self'; img-src 'self' data:; "
+        f"connect-src 'self' ws://{ws_host}:{ws_port}; frame-ancestors 'none'; base-uri 'none'; "
+        "form-action 'none'"
+    )
+    return {
+        "Content-Security-Policy": csp,
+        "X-Content-Type-Options": "nosniff",
+        "Referrer-Policy": "no-referrer",
+        "X-Frame-Options": "DENY",
+        "Cache-Control": "no-cache",
+    }
 
 
 async def index(request: Request) -> Response:

@@ -20,13 +20,15 @@ async def health(request: Request) -> Response:
     if not (st.broker.ready.is_set() and st.accepting.is_set()):
         return JSONResponse({"status": "starting"}, status_code=503)
     reasons = st.problems()
-    return JSONResponse({
-        "status": "degraded" if reasons else "ok",
-        "reasons": reasons,
-        "mode": st.config.mode,
-        "version": __version__,
-        "uptimeMs": int((time.time() - st.started) * 1000),
-    })
+    return JSONResponse(
+        {
+            "status": "degraded" if reasons else "ok",
+            "reasons": reasons,
+            "mode": st.config.mode,
+            "version": __version__,
+            "uptimeMs": int((time.time() - st.started) * 1000),
+        }
+    )
 
 
 async def status(request: Request) -> Response:

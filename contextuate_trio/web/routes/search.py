@@ -94,9 +94,9 @@ class Scan:
 async def _scan_session(store: FileStore, s: Session, q: Query, scan: Scan) -> None:
     """Newest first, at most ``q.limit`` hits from one session."""
     hits: list[dict] = []
-    for lines in store.raw_blocks(s.session_id,
-                                  before=None if q.t_to is None else q.t_to + 1,
-                                  after=None if q.t_from is None else q.t_from - 1):
+    for lines in store.raw_blocks(
+        s.session_id, before=None if q.t_to is None else q.t_to + 1, after=None if q.t_from is None else q.t_from - 1
+    ):
         for raw in reversed(lines):
             scan.scanned += 1
             if q.matcher is not None and not q.matcher(raw.decode("utf-8", "replace")):
@@ -134,9 +134,16 @@ async def search(request: Request) -> Response:
     found = sorted(scan.found, key=lambda e: e.get("timestamp") or 0, reverse=True)
     if len(found) > q.limit:
         scan.truncated = True
-        found = found[:q.limit]
-    return events_response({"events": found, "count": len(found), "truncated": scan.truncated,
-                            "sessionsScanned": len(candidates), "eventsScanned": scan.scanned})
+        found = found[: q.limit]
+    return events_response(
+        {
+            "events": found,
+            "count": len(found),
+            "truncated": scan.truncated,
+            "sessionsScanned": len(candidates),
+            "eventsScanned": scan.scanned,
+        }
+    )
 
 
 ROUTES = [Route("/api/search", search)]

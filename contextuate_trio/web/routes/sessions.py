@@ -106,8 +106,11 @@ async def export(request: Request) -> Response:
         except OSError:
             pass
     safe = re.sub(r"[^A-Za-z0-9._-]", "_", sid)[:80]
-    return StreamingResponse(_whole_lines(paths), media_type="application/x-ndjson", headers={
-        "Content-Disposition": f'attachment; filename="session-{safe}.jsonl"'})
+    return StreamingResponse(
+        _whole_lines(paths),
+        media_type="application/x-ndjson",
+        headers={"Content-Disposition": f'attachment; filename="session-{safe}.jsonl"'},
+    )
 
 
 async def action(request: Request) -> Response:

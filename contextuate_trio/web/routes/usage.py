@@ -20,8 +20,16 @@ async def usage_view(request: Request) -> Response:
         until = int_param(request, "until")
         machines = csv_param(request, "machine")
         result = usage.group(
-            ((s.session_id, s.machine_id, s.usage) for s in st.broker.manager.sessions.values()
-             if not machines or s.machine_id in machines), by, st.prices, since, until)
+            (
+                (s.session_id, s.machine_id, s.usage)
+                for s in st.broker.manager.sessions.values()
+                if not machines or s.machine_id in machines
+            ),
+            by,
+            st.prices,
+            since,
+            until,
+        )
     except ValueError as exc:  # BadParam, or an unknown ?by
         return error(str(exc), 400)
     result["prices"] = st.prices.models
