@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import types
 from typing import Any, Literal
 
 import attrs
@@ -260,7 +261,7 @@ def _matches(tp, value) -> bool:
     import typing
 
     origin = typing.get_origin(tp)
-    if origin is typing.Union:
+    if origin in (typing.Union, types.UnionType):
         return any(_matches(t, value) for t in typing.get_args(tp))
     if origin is Literal:
         return value in typing.get_args(tp)
@@ -282,7 +283,7 @@ def _type_name(tp) -> str:
     import typing
 
     origin = typing.get_origin(tp)
-    if origin is typing.Union:
+    if origin in (typing.Union, types.UnionType):
         return " or ".join(_type_name(t) for t in typing.get_args(tp))
     if origin is Literal:
         return "one of " + ", ".join(json.dumps(v) for v in typing.get_args(tp))
