@@ -6,7 +6,7 @@ VENV := .venv
 VPY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: run test bench test-deps clean
+.PHONY: run test lint bench test-deps clean
 
 $(STAMP): pyproject.toml
 	test -x $(VPY) || $(PYTHON) -m venv $(VENV)
@@ -30,7 +30,15 @@ test-deps:
 		(apt-get update -qq || true) && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $$need >/dev/null; \
 	fi
 
-test: $(STAMP) test-deps
+# The architecture and the code's shape: lint (ruff), format, types (mypy: strict on
+# core/), and the import contracts (layers, a stdlib-only hook, a sans-IO core).
+lint: $(STAMP)
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
+	$(VENV)/bin/mypy
+	$(VENV)/bin/lint-imports
+
+test: lint test-deps
 	$(VPY) -m pytest -q
 
 BENCH_STAMP := $(VENV)/.bench-installed

@@ -164,7 +164,7 @@ class DaemonProc:
         except subprocess.TimeoutExpired:
             self.proc.kill()
             self.proc.wait()
-            raise AssertionError(f"daemon did not stop within {timeout}s:\n{self.log()}")
+            raise AssertionError(f"daemon did not stop within {timeout}s:\n{self.log()}") from None
         self.proc = None
         return code
 

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import itertools
+import time
+import uuid
 
 from contextuate_trio.core.events import Mint
 from contextuate_trio.core.usage import DEFAULT_TABLE, PriceTable
@@ -17,3 +19,33 @@ def fixed_mint(start_ms: int = 1_000) -> Mint:
 
 MINT = fixed_mint()
 PRICES: PriceTable = DEFAULT_TABLE
+
+
+# Events in the contract's shape, for the WebSocket tests.
+T0 = int(time.time() * 1000) - 600_000  # recent: retention would prune older sessions
+
+
+def ev(
+    i: int, session: str = "s1", machine: str = "m1", etype: str = "tool_call", tool: str | None = "Bash", **extra
+) -> dict:
+    d = {
+        "id": f"e-{session}-{i}-{uuid.uuid4().hex[:6]}",
+        "timestamp": T0 + i,
+        "sessionId": session,
+        "machineId": machine,
+        "eventType": etype,
+        "hookType": "PreToolUse",
+        "workingDirectory": "/w",
+        "data": {"tool_input": {"command": f"echo {i}"}},
+    }
+    if tool:
+        d["toolName"] = tool
+    d.update(extra)
+    return d
+
+
+def append_events(store, evs) -> None:
+    """Events straight into a store, as the broker writes them (no pipeline)."""
+    from contextuate_trio.core import events
+
+    store.append((e.session_id, e.timestamp, (events.dumps(e) + "\n").encode()) for e in evs)

@@ -71,7 +71,7 @@ class RedisServer:
                     return self
             except OSError:
                 if self.proc.poll() is not None:
-                    raise AssertionError(f"redis-server exited: {self.log()}")
+                    raise AssertionError(f"redis-server exited: {self.log()}") from None
                 time.sleep(0.02)
         raise AssertionError("redis-server did not start")
 

@@ -15,12 +15,14 @@ import os
 import sys
 import time
 import urllib.parse
+from collections.abc import Sequence
 from typing import TextIO
 
 import trio
 from trio_websocket import ConnectionClosed, HandshakeError, open_websocket_url
 
 from contextuate_trio import config as config_mod
+from contextuate_trio.web.ws_protocol import Follower
 
 COLORS = {
     "session_start": "1;32",
@@ -107,34 +109,14 @@ class Printer:
             self.out.write(_c("90", f"-- {text}", self.color) + "\n")
             self.out.flush()
 
-    def sessions_from(self, items: list) -> None:
-        for s in items or []:
-            if isinstance(s, dict) and s.get("sessionId"):
-                self.sessions[s["sessionId"]] = s
 
-
-def ws_url(
-    cfg: config_mod.Config, sessions=(), machines=(), types=(), since=None, epoch=None, limit: int | None = None
-) -> str:
+def ws_url(cfg: config_mod.Config, query: dict[str, str]) -> str:
     host = cfg.server.host
     if host in ("0.0.0.0", "::", ""):
         host = "127.0.0.1"
     if ":" in host:
         host = f"[{host}]"
-    q = {}
-    if sessions:
-        q["sessions"] = ",".join(sessions)
-    if machines:
-        q["machines"] = ",".join(machines)
-    if types:
-        q["types"] = ",".join(types)
-    if since is not None:
-        q["since"] = str(since)
-        if epoch:
-            q["epoch"] = epoch
-    if limit is not None:
-        q["limit"] = str(limit)
-    return f"ws://{host}:{cfg.server.ws_port}/" + (("?" + urllib.parse.urlencode(q)) if q else "")
+    return f"ws://{host}:{cfg.server.ws_port}/" + (("?" + urllib.parse.urlencode(query)) if query else "")
 
 
 def resolve_sessions(cfg: config_mod.Config, wanted: list[str]) -> list[str]:
@@ -154,115 +136,87 @@ def resolve_sessions(cfg: config_mod.Config, wanted: list[str]) -> list[str]:
     return out
 
 
+def _what(sessions: Sequence[str], machines: Sequence[str], types: Sequence[str]) -> str:
+    parts = [
+        f"sessions {','.join(sessions)}" if sessions else "",
+        f"machines {','.join(machines)}" if machines else "",
+        f"types {','.join(types)}" if types else "",
+    ]
+    return ", ".join(p for p in parts if p) or "everything"
+
+
+async def _follow(
+    url: str, headers: list, follower: Follower, printer: Printer, live_note: str, opened: list[bool]
+) -> None:
+    """One connection: every message through the protocol's follower, to the printer."""
+    async with open_websocket_url(url, extra_headers=headers, connect_timeout=5) as ws:
+        opened.append(True)
+        while True:
+            update = follower.feed(json.loads(await ws.get_message()))
+            for ev in update.events:
+                printer.event(ev)
+            if update.first:
+                printer.note(live_note)
+            if update.note:
+                printer.note(update.note)
+
+
+def _refused_status(exc: HandshakeError) -> int | None:
+    status = getattr(exc, "status_code", None) or getattr(getattr(exc, "response", None), "status_code", None)
+    return status if isinstance(status, int) else None
+
+
 async def run(
     cfg: config_mod.Config,
     printer: Printer,
     *,
-    sessions=(),
-    machines=(),
-    types=(),
+    sessions: Sequence[str] = (),
+    machines: Sequence[str] = (),
+    types: Sequence[str] = (),
     history: int = 20,
     reconnect: bool = True,
 ) -> int:
+    """Follow the stream until interrupted; reconnect (with resume) when it drops."""
     headers = [(b"Authorization", f"Bearer {cfg.server.token}".encode())] if cfg.server.token else []
-    since: int | None = None
-    epoch: str | None = None
-    announced = False
-    resync = False
+    follower = Follower(history=history)
+    printer.sessions = follower.sessions
+    warned = False
     delay = 0.5
-    last_ts = 0
-    shown: dict[str, None] = {}
-
-    def show(ev: dict) -> None:
-        nonlocal last_ts
-        printer.event(ev)
-        last_ts = max(last_ts, ev.get("timestamp") or 0)
-        if ev.get("id"):
-            shown[ev["id"]] = None
-            if len(shown) > 5000:
-                del shown[next(iter(shown))]
-
     while True:
-        url = ws_url(cfg, sessions, machines, types, since, epoch, limit=history if since is None else None)
+        url = ws_url(cfg, follower.query(sessions, machines, types))
+        live_note = f"live from {url.split('?')[0]} ({_what(sessions, machines, types)}); Ctrl-C to stop"
+        opened: list[bool] = []
         try:
-            async with open_websocket_url(url, extra_headers=headers, connect_timeout=5) as ws:
-                delay = 0.5
-                while True:
-                    msg = json.loads(await ws.get_message())
-                    t = msg.get("type")
-                    if t in ("snapshot", "resume"):
-                        epoch = msg.get("epoch", epoch)
-                        printer.sessions_from(msg.get("sessions"))
-                        evs = msg.get("events") or []
-                        if t == "snapshot" and resync:
-                            # After a gap (the daemon restarted): what came since the last
-                            # event shown, once.
-                            for ev in evs:
-                                if (ev.get("timestamp") or 0) >= last_ts and ev.get("id") not in shown:
-                                    show(ev)
-                        elif t == "snapshot":
-                            for ev in evs[-history:] if history else []:
-                                show(ev)
-                        resync = False
-                        if not announced:
-                            what = (
-                                ", ".join(
-                                    filter(
-                                        None,
-                                        [
-                                            f"sessions {','.join(sessions)}" if sessions else "",
-                                            f"machines {','.join(machines)}" if machines else "",
-                                            f"types {','.join(types)}" if types else "",
-                                        ],
-                                    )
-                                )
-                                or "everything"
-                            )
-                            printer.note(f"live from {url.split('?')[0]} ({what}); Ctrl-C to stop")
-                            announced = True
-                        elif t == "resume":
-                            printer.note("reconnected; nothing missed")
-                        since = msg.get("seq", since)
-                    elif t == "reset":
-                        printer.note(f"reconnected after a gap ({msg.get('reason', 'too old')})")
-                        resync = True
-                        since = None
-                    elif t == "event":
-                        show(msg["event"])
-                        since = msg.get("seq", since)
-                    elif t == "events":
-                        for ev in msg.get("events") or []:
-                            show(ev)
-                        since = msg.get("seq", since)
-                    elif t == "session_update":
-                        s = msg.get("session")
-                        if isinstance(s, dict) and s.get("sessionId"):
-                            printer.sessions[s["sessionId"]] = s
-                    elif t == "error":
-                        printer.note(f"server: {msg.get('message')}")
+            await _follow(url, headers, follower, printer, live_note, opened)
         except HandshakeError as exc:
-            status = getattr(exc, "status_code", None) or getattr(getattr(exc, "response", None), "status_code", None)
+            status = _refused_status(exc)
             if status == 401:
                 print(
                     f"contextuate-trio tail: the daemon wants a token: set server.token in {cfg.path}", file=sys.stderr
                 )
                 return 1
             why = f"refused ({status})" if status else str(exc)
-        except (ConnectionClosed, OSError, trio.BrokenResourceError) as exc:
-            why = f"{type(exc).__name__}: {exc}" if not isinstance(exc, ConnectionClosed) else "connection closed"
+        except ConnectionClosed:
+            why = "connection closed"
+        except (OSError, trio.BrokenResourceError) as exc:
+            why = f"{type(exc).__name__}: {exc}"
+        else:
+            why = "connection closed"
         if not reconnect:
             print(f"contextuate-trio tail: {why}", file=sys.stderr)
             return 1
-        if not announced:
+        if opened:
+            delay = 0.5
+        if follower.started:
+            printer.note(f"disconnected ({why}); reconnecting")
+        elif not warned:
             print(
                 f"contextuate-trio tail: cannot reach the daemon's WebSocket ({why}); "
                 "is it running? `contextuate-trio start` (retrying)",
                 file=sys.stderr,
             )
-            announced = True
-            since = None
-        else:
-            printer.note(f"disconnected ({why}); reconnecting")
+            warned = True
+        follower.lost()
         await trio.sleep(delay)
         delay = min(delay * 2, 5.0)
 

@@ -613,3 +613,115 @@ _HANDLERS: dict[str, Callable[[WsProtocol, ClientState, dict], dict | None]] = {
     "session_action": _m_session_action,
 }
 MESSAGE_TYPES = tuple(_HANDLERS)
+
+
+# --- the client's side (``contextuate-trio tail``) -------------------------------------
+def handshake_query(
+    sessions: Iterable[str] = (),
+    machines: Iterable[str] = (),
+    types: Iterable[str] = (),
+    since: int | None = None,
+    epoch: str | None = None,
+    limit: int | None = None,
+) -> dict[str, str]:
+    """The query ``parse_handshake`` reads, from the client's side."""
+    q: dict[str, str] = {}
+    for name, values in (("sessions", sessions), ("machines", machines), ("types", types)):
+        joined = ",".join(values)
+        if joined:
+            q[name] = joined
+    if since is not None:
+        q["since"] = str(since)
+        if epoch:
+            q["epoch"] = epoch
+    if limit is not None:
+        q["limit"] = str(limit)
+    return q
+
+
+@attrs.define
+class Update:
+    """What one server message means to a follower: events to show (in order), a
+    note for the person, a session it learnt about."""
+
+    events: list[dict] = attrs.Factory(list)
+    note: str | None = None
+    first: bool = False  # the first snapshot or resume of this follower
+
+
+@attrs.define
+class Follower:
+    """A client that follows the stream and never shows an event twice or misses one
+    while the daemon runs: it resumes with ``?since=<last seq>&epoch=…``, and after a
+    reset (the daemon restarted) shows what came since the last event it showed."""
+
+    history: int = 20  # events of the first snapshot to show
+    since: int | None = None
+    epoch: str | None = None
+    started: bool = False
+    resync: bool = False
+    last_ts: int = 0
+    shown: dict[str, None] = attrs.Factory(dict)  # ids shown lately (bounded)
+    sessions: dict[str, dict] = attrs.Factory(dict)
+    shown_max: int = 5000
+
+    def query(
+        self, sessions: Iterable[str] = (), machines: Iterable[str] = (), types: Iterable[str] = ()
+    ) -> dict[str, str]:
+        return handshake_query(
+            sessions, machines, types, self.since, self.epoch, limit=self.history if self.since is None else None
+        )
+
+    def lost(self) -> None:
+        """The connection could not be made at all: start over with a snapshot."""
+        if not self.started:
+            self.since = None
+
+    def feed(self, msg: dict) -> Update:
+        kind = msg.get("type")
+        if kind in ("snapshot", "resume"):
+            return self._first(msg)
+        if kind == "reset":
+            self.resync, self.since = True, None
+            return Update(note=f"reconnected after a gap ({msg.get('reason', 'too old')})")
+        if kind in ("event", "events"):
+            evs = [msg["event"]] if kind == "event" else list(msg.get("events") or [])
+            self.since = msg.get("seq", self.since)
+            return Update(events=self._show(evs))
+        if kind == "session_update":
+            self._learn([msg.get("session")])
+        elif kind == "error":
+            return Update(note=f"server: {msg.get('message')}")
+        return Update()
+
+    def _first(self, msg: dict) -> Update:
+        self.epoch = msg.get("epoch", self.epoch)
+        self._learn(msg.get("sessions") or [])
+        evs = list(msg.get("events") or [])
+        if msg["type"] == "snapshot" and self.resync:
+            # After a gap: what came since the last event shown, once.
+            evs = [e for e in evs if (e.get("timestamp") or 0) >= self.last_ts and e.get("id") not in self.shown]
+        elif msg["type"] == "snapshot":
+            evs = evs[-self.history :] if self.history else []
+        else:
+            evs = []
+        self.resync = False
+        first = not self.started
+        self.started = True
+        note = "reconnected; nothing missed" if msg["type"] == "resume" and not first else None
+        self.since = msg.get("seq", self.since)
+        return Update(events=self._show(evs), note=note, first=first)
+
+    def _show(self, evs: list[dict]) -> list[dict]:
+        for ev in evs:
+            self.last_ts = max(self.last_ts, ev.get("timestamp") or 0)
+            if ev.get("id"):
+                self.shown[ev["id"]] = None
+                if len(self.shown) > self.shown_max:
+                    del self.shown[next(iter(self.shown))]
+        return evs
+
+    def _learn(self, sessions: list[Any]) -> None:
+        for s in sessions:
+            if isinstance(s, dict) and s.get("sessionId"):
+                self.sessions[s["sessionId"]] = s

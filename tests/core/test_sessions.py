@@ -89,7 +89,7 @@ def test_modern_subagents_interleaved_and_joined_to_their_calls():
     )
     feed(m, p("SubagentStart", agent_id="a1", agent_type="Explore"))
     feed(m, p("SubagentStart", agent_id="b2", agent_type="Plan"))
-    for i in range(3):
+    for _i in range(3):
         feed(m, p("PreToolUse", tool_name="Read", agent_id="a1", agent_type="Explore"))
         feed(m, p("PreToolUse", tool_name="Grep", agent_id="b2", agent_type="Plan"))
     feed(m, p("PreToolUse", tool_name="Bash"))  # the parent's own call, meanwhile

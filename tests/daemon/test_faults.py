@@ -15,7 +15,7 @@ import pytest
 import trio
 from conftest import clean_env, run_hook, wait_for
 
-CORPUS = sorted((Path(__file__).parent / "fuzz_corpus").glob("*.bin"))
+CORPUS = sorted((Path(__file__).parent.parent / "fuzz_corpus").glob("*.bin"))
 
 
 def good(i: int, sid: str = "good") -> bytes:
@@ -202,7 +202,7 @@ def test_a_catastrophic_regex_cannot_freeze_the_daemon(daemon, home):
     from urllib.parse import quote
 
     d = daemon()
-    for i in range(3):
+    for _i in range(3):
         run_hook(home, {"session_id": "re", "hook_event_name": "UserPromptSubmit", "prompt": "a" * 5000 + "b"})
     t0 = time.monotonic()
     with pytest.raises(urllib.error.HTTPError) as err:

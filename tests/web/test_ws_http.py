@@ -6,7 +6,7 @@ import json
 import time
 
 import httpx
-from test_ws import ev
+from helpers import ev
 
 NOW = int(time.time() * 1000) - 60_000
 

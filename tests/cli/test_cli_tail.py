@@ -53,7 +53,7 @@ class Tail:
 
 
 def test_tail_prints_history_then_live_events_with_filters(daemon, home):
-    d = daemon({"server": {"token": "t0k"}})
+    daemon({"server": {"token": "t0k"}})
     run_hook(
         home,
         {"session_id": "old-session-1", "hook_event_name": "UserPromptSubmit", "prompt": "earlier work"},
@@ -114,7 +114,7 @@ def test_tail_keeps_going_across_a_daemon_restart(daemon, home):
 def test_printer_marks_sub_agents_and_colours():
     out = io.StringIO()
     p = Printer(out, color=True)
-    p.sessions_from([{"sessionId": "agent-abc123456", "parentSessionId": "root", "agentType": "Explore"}])
+    p.sessions["agent-abc123456"] = {"sessionId": "agent-abc123456", "parentSessionId": "root", "agentType": "Explore"}
     p.event(
         {
             "timestamp": 0,

@@ -126,10 +126,10 @@ def test_monitor_down_catches_up_and_two_monitors_get_everything(monitor, redis_
     d2 = monitor(r, home=other_home)
     try:
         for d in (d1, d2):
-            wait_for(lambda: total_events(d) == n, what="catch-up")
+            wait_for(lambda d=d: total_events(d) == n, what="catch-up")
         n2 = n + replay(m, "older-claude-code-task-tool", "laptop-a")
         for d in (d1, d2):
-            wait_for(lambda: total_events(d) == n2, what="live events")
+            wait_for(lambda d=d: total_events(d) == n2, what="live events")
         # A restarted monitor resumes from its checkpoint: no re-reading, no duplicates.
         d1.stop()
         n3 = n2 + replay(m, "session-with-subagent", "laptop-a", {"cd613e30": "cccccccc"})

@@ -27,11 +27,11 @@ def split_all(chunks, max_line=1000):
     cuts=st.lists(st.integers(min_value=0, max_value=2000), max_size=10),
 )
 def test_any_chunking_gives_the_same_lines(lines, cuts):
-    data = b"".join(l + b"\n" for l in lines)
+    data = b"".join(x + b"\n" for x in lines)
     points = sorted({c % (len(data) + 1) for c in cuts})
-    chunks = [data[a:b] for a, b in zip([0] + points, points + [len(data)])]
+    chunks = [data[a:b] for a, b in zip([0] + points, points + [len(data)], strict=False)]
     out, s = split_all(chunks)
-    assert out == [l for l in lines if l.strip()]
+    assert out == [x for x in lines if x.strip()]
     assert s.pending() == 0
 
 

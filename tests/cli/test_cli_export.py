@@ -57,8 +57,8 @@ def test_export_import_round_trip_into_another_daemon(daemon, home, tmp_path):
     r = cli(home, "export", "--session", parent["sessionId"][:8], "-o", str(out))
     assert r.returncode == 0 and "41 events of 4 sessions" in r.stderr, r.stderr
     lines = [json.loads(x) for x in out.read_text().splitlines()]
-    assert len(lines) == 41 and all(l["sessionId"] != "unrelated" for l in lines)
-    assert [l["timestamp"] for l in lines] == sorted(l["timestamp"] for l in lines)
+    assert len(lines) == 41 and all(x["sessionId"] != "unrelated" for x in lines)
+    assert [x["timestamp"] for x in lines] == sorted(x["timestamp"] for x in lines)
     assert oct(os.stat(out).st_mode & 0o777) == "0o600"
     everything = cli(home, "export").stdout.splitlines()
     assert len(everything) == 42
@@ -80,7 +80,7 @@ def test_export_import_round_trip_into_another_daemon(daemon, home, tmp_path):
     a.stop()  # the daemon is down: export reads the data directory
     r = cli(home, "export", "--session", parent["sessionId"])
     assert r.returncode == 0 and "read from" in r.stderr and "data" in r.stderr
-    assert [json.loads(x)["id"] for x in r.stdout.splitlines()] == [l["id"] for l in lines]
+    assert [json.loads(x)["id"] for x in r.stdout.splitlines()] == [e["id"] for e in lines]
 
 
 def test_import_of_complete_events_from_another_producer(daemon, home, tmp_path):

@@ -8,8 +8,7 @@ import time
 
 import pytest
 from conftest import run_hook, wait_for
-from test_usage import TURN, dump
-from test_usage_e2e import SID, SUB_LINES, payload, write
+from transcripts_data import SID, SUB_LINES, TURN, dump, payload, write
 
 dash = pytest.importorskip("test_dashboard")  # skips without chromium/chromium-driver
 browser = dash.browser  # the fixture

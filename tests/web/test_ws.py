@@ -4,35 +4,13 @@ from __future__ import annotations
 
 import collections
 import json
-import time
-import uuid
 
 import pytest
 import trio
+from helpers import T0, ev
 from trio_websocket import ConnectionClosed, ConnectionRejected, open_websocket_url
 
 from contextuate_trio.web.ws_protocol import CLOSE_TOO_SLOW, b64url_token
-
-T0 = int(time.time() * 1000) - 600_000  # recent: retention would prune older sessions
-
-
-def ev(
-    i: int, session: str = "s1", machine: str = "m1", etype: str = "tool_call", tool: str | None = "Bash", **extra
-) -> dict:
-    d = {
-        "id": f"e-{session}-{i}-{uuid.uuid4().hex[:6]}",
-        "timestamp": T0 + i,
-        "sessionId": session,
-        "machineId": machine,
-        "eventType": etype,
-        "hookType": "PreToolUse",
-        "workingDirectory": "/w",
-        "data": {"tool_input": {"command": f"echo {i}"}},
-    }
-    if tool:
-        d["toolName"] = tool
-    d.update(extra)
-    return d
 
 
 def base(d) -> int:

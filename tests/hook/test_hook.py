@@ -82,7 +82,7 @@ def test_machine_id_precedence(home):
     env = clean_env(home)
     env.pop("HOSTNAME", None)
     subprocess.run([HOOK_PYTHON, "-I", "-S", HOOK], input=json.dumps(PAYLOAD).encode(), env=env)
-    ids = [l["machineId"] for l in spooled(home)]
+    ids = [x["machineId"] for x in spooled(home)]
     assert sorted(ids) == sorted(["mid", "hn", os.uname().nodename])
 
 
@@ -173,7 +173,7 @@ def test_concurrent_hooks_spool_without_clobbering(home):
     for i, p in enumerate(procs):
         p.communicate(json.dumps(dict(PAYLOAD, n=i)).encode())
     assert all(p.returncode == 0 for p in procs)
-    assert sorted(l["payload"]["n"] for l in spooled(home)) == list(range(30))
+    assert sorted(x["payload"]["n"] for x in spooled(home)) == list(range(30))
 
 
 def test_hook_imports_only_builtin_modules(home):
@@ -298,4 +298,4 @@ def test_sigterm_or_sigint_do_not_lose_the_event(home):
             assert p.wait(timeout=5) == 0 and p.stdout.read() == b""
     finally:
         srv.close()
-    assert sorted(l["payload"]["n"] for l in spooled(home)) == sorted([int(sig.SIGTERM), int(sig.SIGINT)])
+    assert sorted(x["payload"]["n"] for x in spooled(home)) == sorted([int(sig.SIGTERM), int(sig.SIGINT)])

@@ -14,25 +14,7 @@ import urllib.request
 import pytest
 from conftest import clean_env, run_hook, wait_for
 from redis_server import needs_redis, redis_server  # noqa: F401 (fixture)
-from test_usage import HAIKU, SONNET, TURN, TURN_COST, assistant, dump
-
-SID = "0f3c7d7e-1111-4222-8333-944455556666"
-# Haiku 4.5: 107*1 + 203*5 + 300*0.1 + 400*1.25 + 500*2 = 2,652 micro-dollars
-SUB_LINES = [
-    assistant("msg_S1", HAIKU, 100, 200, 300, 400, 500, agent="a1"),
-    assistant("msg_S2", HAIKU, 7, 3, agent="a1"),
-]
-SUB_COST = 0.002652
-
-
-def payload(hook: str, transcript: str, **extra) -> dict:
-    return {"session_id": SID, "transcript_path": transcript, "cwd": "/w", "hook_event_name": hook, **extra}
-
-
-def write(path: str, data: bytes, mode: str = "ab") -> None:
-    os.makedirs(os.path.dirname(path), exist_ok=True)
-    with open(path, mode) as f:
-        f.write(data)
+from transcripts_data import HAIKU, SID, SONNET, SUB_COST, SUB_LINES, TURN, TURN_COST, assistant, dump, payload, write  # noqa: F401
 
 
 def usage_of(d, sid=SID):

@@ -22,14 +22,17 @@ def analyze(path) -> subprocess.CompletedProcess:
 def test_unit_written_valid_and_removed(home, tmp_path):
     env = clean_env(str(tmp_path / "my home"), HOME=str(tmp_path), XDG_CONFIG_HOME="")
     env.pop("XDG_CONFIG_HOME")
-    run = lambda *a: subprocess.run(
-        [sys.executable, "-m", "contextuate_trio", "service", *a],
-        env=env,  # noqa: E731
-        cwd=str(ROOT),
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
+
+    def run(*a):
+        return subprocess.run(
+            [sys.executable, "-m", "contextuate_trio", "service", *a],
+            env=env,
+            cwd=str(ROOT),
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+
     r = run("install", "--no-start")
     assert r.returncode == 0, r.stderr
     unit = tmp_path / ".config" / "systemd" / "user" / "contextuate-trio.service"

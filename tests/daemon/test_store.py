@@ -1,0 +1,84 @@
+"""The file store: append, indexed reads, crash recovery, retention."""
+
+from __future__ import annotations
+
+import os
+
+from helpers import append_events
+
+from contextuate_trio.core.events import Event
+from contextuate_trio.core.sessions import SessionManager
+from contextuate_trio.runtime.store import BLOCK, FileStore, session_key
+
+
+def ev(i, sid="s1", ts=None):
+    return Event(
+        id=f"id-{i}",
+        timestamp=ts if ts is not None else 1000 + i,
+        session_id=sid,
+        machine_id="m",
+        event_type="tool_call",
+        data={"n": i},
+    )
+
+
+def test_last_n_before_after_across_blocks(tmp_path):
+    st = FileStore(str(tmp_path))
+    st.open()
+    n = BLOCK * 3 + 17
+    for i in range(0, n, 100):
+        append_events(st, [ev(j) for j in range(i, min(i + 100, n))])
+    assert len(st._index(session_key("s1"))) == 3
+    last = st.events("s1", 10)
+    assert [e["data"]["n"] for e in last] == list(range(n - 10, n))
+    before = st.events("s1", 5, before=1000 + 600)
+    assert [e["data"]["n"] for e in before] == list(range(595, 600))
+    after = st.events("s1", 4, after=1000 + 10)
+    assert [e["data"]["n"] for e in after] == [11, 12, 13, 14]
+    both = st.events("s1", 1000, before=1000 + 520, after=1000 + 500)
+    assert [e["data"]["n"] for e in both] == list(range(501, 520))
+    assert st.contains("s1", "id-700", 1700) and not st.contains("s1", "id-700", 5)
+    assert not st.contains("s1", "nope", 1700)
+    # Reopening reads the index, not the events, and answers the same.
+    st.close()
+    st2 = FileStore(str(tmp_path))
+    st2.open()
+    assert st2.events("s1", 10) == last
+
+
+def test_torn_last_line_is_set_aside(tmp_path):
+    st = FileStore(str(tmp_path))
+    st.open()
+    append_events(st, [ev(i) for i in range(5)])
+    st.close()
+    path = tmp_path / "sessions" / "s1" / "events.jsonl"
+    with open(path, "ab") as f:
+        f.write(b'{"id":"torn","timest')
+    st2 = FileStore(str(tmp_path))
+    sessions, replay = st2.open()
+    assert [e["id"] for e in st2.events("s1", 100)] == [f"id-{i}" for i in range(5)]
+    assert path.read_bytes().endswith(b"\n")
+    assert b"torn" in (tmp_path / "sessions" / "s1" / "events.jsonl.torn").read_bytes()
+    append_events(st2, [ev(9)])
+    assert [e["id"] for e in st2.events("s1", 100)][-1] == "id-9"
+
+
+def test_weird_session_ids_get_safe_directories(tmp_path):
+    st = FileStore(str(tmp_path))
+    st.open()
+    for sid in ("../../etc", "a/b", "", "ü" * 200):
+        append_events(st, [ev(1, sid=sid)])
+        assert st.events(sid, 10)[0]["sessionId"] == sid
+    assert all(
+        os.path.dirname(p) == str(tmp_path / "sessions") for p in (str(x) for x in (tmp_path / "sessions").iterdir())
+    )
+
+
+def test_retention(tmp_path):
+    st = FileStore(str(tmp_path))
+    m = SessionManager()
+    now = 100 * 86_400_000
+    for sid, ts in (("old", now - 40 * 86_400_000), ("new", now - 86_400_000)):
+        m.apply(ev(1, sid=sid, ts=ts))
+    assert st.expired(m.sessions.values(), 30, now_ms=now) == ["old"]
+    assert st.expired(m.sessions.values(), None, now_ms=now) == []

@@ -1,0 +1,139 @@
+"""The WebSocket protocol without sockets: handshake queries, resume, replies, and the
+client's side that ``tail`` uses."""
+
+from __future__ import annotations
+
+import collections
+import json
+
+import pytest
+from helpers import PRICES
+
+from contextuate_trio.core.actions import ActionError
+from contextuate_trio.core.events import from_payload
+from contextuate_trio.core.sessions import SessionManager
+from contextuate_trio.runtime.fanout import LiveEvent
+from contextuate_trio.web import ws_protocol as proto
+
+
+class FakeBackend:
+    """The daemon's side, as plain data (what the broker adapter gives the protocol)."""
+
+    def __init__(self) -> None:
+        self.manager = SessionManager()
+        self.replay: collections.deque = collections.deque(maxlen=5)
+        self.seq = 100
+        self.has_store = False
+        self.done: list[tuple] = []
+
+    @property
+    def sessions(self):
+        return self.manager.sessions
+
+    def stored_events(self, session_id, limit, before=None, after=None):
+        return []
+
+    def session_action(self, action, session_id, value):
+        if session_id not in self.sessions:
+            raise ActionError(f"no such session {session_id!r}")
+        self.done.append((action, session_id, value))
+
+    def store(self, sid: str) -> None:
+        ev = from_payload(
+            {"session_id": sid, "hook_event_name": "Stop"},
+            event_id=f"e{self.seq + 1}",
+            timestamp=self.seq,
+            machine_id="m",
+        )
+        self.manager.apply(ev)
+        self.seq += 1
+        line = json.dumps({"id": ev.id, "sessionId": sid, "eventType": "stop"}).encode() + b"\n"
+        self.replay.append({"type": "event", "seq": self.seq, "event": LiveEvent(ev), "line": line})
+
+
+def protocol(backend: FakeBackend) -> proto.WsProtocol:
+    return proto.WsProtocol(backend, proto.Encoder(PRICES), epoch="E1", mode="local", now_ms=lambda: 42)
+
+
+def test_handshake_query_round_trips():
+    q = proto.handshake_query(["a", "b"], ["m"], ["stop"], since=7, epoch="E1", limit=3)
+    path = "/?" + "&".join(f"{k}={v}" for k, v in q.items())
+    hs = proto.parse_handshake(path, default_limit=1000)
+    assert hs.filter.sessions == {"a", "b"} and hs.filter.machines == {"m"} and hs.filter.types == {"stop"}
+    assert (hs.since, hs.epoch, hs.limit) == (7, "E1", 3)
+    with pytest.raises(ValueError):
+        proto.parse_handshake("/?since=x", 10)
+
+
+def test_resume_exactly_once_or_reset():
+    b = FakeBackend()
+    for i in range(7):
+        b.store("s" if i % 2 else "t")  # seqs 101..107; the replay keeps 103..107
+    p = protocol(b)
+    resume = p.first_messages(proto.Handshake(proto.Filter(), since=104, epoch="E1", limit=10))
+    head = json.loads(resume[0])
+    assert head["type"] == "resume" and head["seq"] == 107
+    sent = json.loads(resume[1])
+    assert sent["type"] == "events" and [e["id"] for e in sent["events"]] == ["e105", "e106", "e107"]
+    too_old = p.first_messages(proto.Handshake(proto.Filter(), since=101, epoch="E1", limit=10))
+    assert [json.loads(t)["type"] for t in too_old] == ["reset", "snapshot"]
+    assert json.loads(too_old[0])["reason"] == "too old"
+    other_run = p.first_messages(proto.Handshake(proto.Filter(), since=106, epoch="E0", limit=10))
+    assert json.loads(other_run[0])["reason"] == "daemon restarted"
+    assert p.first_messages(proto.Handshake(proto.Filter(), since=107, epoch=None, limit=10))[1:] == []
+    assert p.counters["resumes"] == 2 and p.counters["resets"] == 2
+
+
+def test_replies_filters_and_errors():
+    b = FakeBackend()
+    b.store("s")
+    p = protocol(b)
+    client = proto.ClientState(proto.Filter(), "test")
+    assert json.loads(p.reply(client, '{"type":"ping","requestId":9}')) == {
+        "type": "pong",
+        "seq": 101,
+        "time": 42,
+        "requestId": 9,
+    }
+    json.loads(p.reply(client, '{"type":"filter","eventTypes":["stop"]}'))
+    assert client.filter.types == {"stop"}
+    assert json.loads(p.reply(client, '{"type":"unsubscribe","sessionIds":["s"]}'))["sessionIds"] is None
+    err = json.loads(p.reply(client, '{"type":"get_events","sessionId":"ghost"}'))
+    assert err["type"] == "error" and "no such session" in err["message"]
+    assert json.loads(p.reply(client, b"binary"))["type"] == "error"
+    assert json.loads(p.reply(client, '{"type":"nope"}'))["message"].startswith("unknown message type")
+    done = json.loads(p.reply(client, '{"type":"session_action","action":"pin","sessionId":"s"}'))
+    assert done["type"] == "action_done" and b.done == [("pin", "s", None)]
+    assert p.counters["bad_messages"] == 3
+
+
+def test_render_batches_events_and_coalesces_updates():
+    b = FakeBackend()
+    b.store("s")
+    b.store("s")
+    p = protocol(b)
+    s = b.manager.get("s")
+    batch = [
+        *b.replay,
+        {"type": "session_update", "seq": 102, "session": s},
+        {"type": "session_update", "seq": 102, "session": s},
+    ]
+    texts = [json.loads(t) for t in p.render(proto.Filter(), batch)]
+    assert [t["type"] for t in texts] == ["events", "session_update"]
+    assert texts[1]["session"]["sessionId"] == "s" and "usage" in texts[1]["session"]
+    only_t = p.render(proto.Filter(sessions=frozenset({"t"})), batch)
+    assert only_t == []
+
+
+def test_follower_resumes_and_after_a_reset_shows_only_what_it_missed():
+    f = proto.Follower(history=2)
+    e = [{"id": f"e{i}", "timestamp": i} for i in range(5)]
+    first = f.feed({"type": "snapshot", "seq": 3, "epoch": "E1", "sessions": [{"sessionId": "s"}], "events": e[:3]})
+    assert first.first and [x["id"] for x in first.events] == ["e1", "e2"] and "s" in f.sessions
+    assert f.query() == {"since": "3", "epoch": "E1"}
+    assert [x["id"] for x in f.feed({"type": "event", "seq": 4, "event": e[3]}).events] == ["e3"]
+    assert f.feed({"type": "resume", "seq": 4, "epoch": "E1", "sessions": []}).note == "reconnected; nothing missed"
+    assert "gap" in f.feed({"type": "reset", "reason": "daemon restarted"}).note
+    assert f.query(sessions=["s"]) == {"sessions": "s", "limit": "2"}
+    again = f.feed({"type": "snapshot", "seq": 9, "epoch": "E2", "sessions": [], "events": e})
+    assert [x["id"] for x in again.events] == ["e4"] and not again.first
