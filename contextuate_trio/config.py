@@ -123,7 +123,9 @@ _FREE_FORM = ("pricing.models",)
 def _make_converter() -> cattrs.Converter:
     conv = cattrs.Converter(forbid_extra_keys=False)
     for cls in _SECTIONS:
-        names = {
+        # Values are AttributeOverride; typed Any because mypy matches ``**names``
+        # against the hook factories' ``_cattrs_*`` keyword parameters too.
+        names: dict[str, Any] = {
             a.name: override(rename=camel(a.name), omit=bool(a.metadata.get("internal"))) for a in attrs.fields(cls)
         }
         conv.register_structure_hook(cls, make_dict_structure_fn(cls, conv, **names))

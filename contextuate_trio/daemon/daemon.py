@@ -12,10 +12,12 @@ import logging
 import os
 import signal
 import time
+from typing import cast
 
 import trio
 from hypercorn.config import Config as HyperConfig
 from hypercorn.trio import serve as hypercorn_serve
+from hypercorn.typing import ASGIFramework
 from starlette.routing import Route
 
 from contextuate_trio import __version__
@@ -48,7 +50,13 @@ class Daemon:
         self.config = config
         self.home = config.home
         self.started = time.time()
-        store = FileStore(config.persistence.dir) if config.persistence.enabled else None
+        # Where the daemon keeps its files: the data dir, or the home without persistence.
+        where = config.home
+        store = None
+        if config.persistence.enabled:
+            assert config.persistence.dir is not None, "config.load resolves persistence.dir"
+            where = config.persistence.dir
+            store = FileStore(where)
         self.broker = Broker(
             store,
             started_ms=int(self.started * 1000),
@@ -58,14 +66,12 @@ class Daemon:
         if config.mode == "redis":
             from contextuate_trio.sources.redis import RedisSource, checkpoint_file
 
-            where = config.persistence.dir if config.persistence.enabled else config.home
             self.redis = RedisSource(self.broker, config.redis, checkpoint_file(where))
         self.prices = PriceTable.from_config(config.pricing.models)
         # Local mode: the daemon shares the machine with the transcripts and reads them.
         # Redis mode: each machine's hook reads its own and sends the usage along.
         self.transcripts = None
         if config.mode == "local":
-            where = config.persistence.dir if config.persistence.enabled else config.home
             self.transcripts = transcripts.TranscriptReader(self.broker, where)
         self._sources_scope: trio.CancelScope | None = None
         self._stop_requested = False
@@ -202,7 +208,9 @@ class Daemon:
         hooks = Route(
             "/api/hooks", http_hook.endpoint(self.broker, self.web.guard, self.config.max_line_bytes), methods=["POST"]
         )  # Claude Code http hooks: a source served by the web app
-        await hypercorn_serve(create_app(self.web, [hooks]), hc, task_status=task_status)
+        # The app is ASGI 3; its __call__ takes a plain dict scope, not hypercorn's TypedDicts.
+        app = cast(ASGIFramework, create_app(self.web, [hooks]))
+        await hypercorn_serve(app, hc, task_status=task_status)
 
     def _ws_port(self) -> int:
         return self.ws.bound_port or self.config.server.ws_port

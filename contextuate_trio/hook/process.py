@@ -66,7 +66,9 @@ class Run:
 
 
 def _timeout_ms(cfg: dict) -> float:
-    hook_cfg = cfg.get("hook") if isinstance(cfg.get("hook"), dict) else {}
+    hook_cfg = cfg.get("hook")
+    if not isinstance(hook_cfg, dict):
+        hook_cfg = {}
     timeout_ms = hook_cfg.get("timeoutMs", DEFAULT_TIMEOUT_MS)
     if not isinstance(timeout_ms, (int, float)) or isinstance(timeout_ms, bool) or timeout_ms <= 0:
         return DEFAULT_TIMEOUT_MS
@@ -145,10 +147,14 @@ def _masked_line(r: Run) -> bytes:
     the spool too (a later hook run takes spooled lines along as they are)."""
     from contextuate_trio.core.redact import Redactor
 
-    red = r.cfg.get("redaction") if isinstance(r.cfg.get("redaction"), dict) else {}
+    red = r.cfg.get("redaction")
+    if not isinstance(red, dict):
+        red = {}
     redactor = None
     if red.get("enabled", True) is not False:
-        extra = red.get("patterns") if isinstance(red.get("patterns"), list) else ()
+        extra = red.get("patterns")
+        if not isinstance(extra, list):
+            extra = []
         redactor = Redactor([p for p in extra if isinstance(p, str)])
     try:
         return envelope(r.raw, r.event_id, r.ts, r.machine, r.parent, ack=False, redactor=redactor)

@@ -14,7 +14,9 @@ class RedisError(Exception):
 
 def redis_settings(cfg: dict) -> dict:
     """The ``redis`` section with defaults; ``url`` overrides host/port/auth/db/tls."""
-    r = cfg.get("redis") if isinstance(cfg.get("redis"), dict) else {}
+    r = cfg.get("redis")
+    if not isinstance(r, dict):
+        r = {}
     out = {
         "host": r.get("host") or "localhost",
         "port": r.get("port") if isinstance(r.get("port"), int) else 6379,

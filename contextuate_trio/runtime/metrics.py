@@ -4,12 +4,11 @@ records, and this module writes them (one place knows the exposition format)."""
 from __future__ import annotations
 
 from collections.abc import Iterable
-from typing import Union
 
 import attrs
 
 Labels = dict[str, str]
-Value = Union[int, float]
+Value = int | float
 
 
 def label(value: str) -> str:

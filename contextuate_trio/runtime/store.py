@@ -29,6 +29,7 @@ import shutil
 import time
 from collections import OrderedDict
 from collections.abc import Iterable
+from io import FileIO
 
 from contextuate_trio.core.sessions import Session
 from contextuate_trio.hook.paths import write_atomic
@@ -85,7 +86,7 @@ class FileStore:
     def __init__(self, directory: str, max_open_files: int = 64) -> None:
         self.dir = directory
         self.sessions_dir = os.path.join(directory, "sessions")
-        self._files: OrderedDict[str, object] = OrderedDict()
+        self._files: OrderedDict[str, FileIO] = OrderedDict()
         self._max_open = max_open_files
         self._tails: dict[str, _Tail] = {}
         self._blocks: dict[str, list] = {}  # session key -> index blocks, loaded lazily
@@ -251,7 +252,7 @@ class FileStore:
                 # finds it short or torn rebuilds the rest from the events).
                 log.warning("%s: index not updated (%s); it is rebuilt at start", path, exc)
 
-    def _file(self, key: str):
+    def _file(self, key: str) -> FileIO:
         f = self._files.get(key)
         if f is not None:
             self._files.move_to_end(key)

@@ -196,6 +196,9 @@ class RedisSource:
             )
             if not reply:
                 continue
+            # RESP2's shape, [[stream, entries]]: redis-py keeps it on RESP3 wires too
+            # (``legacy_responses``, on by default); the dict shapes are opt-in.
+            assert isinstance(reply, list), "XREAD reply in a non-legacy shape"
             entries = reply[0][1]
             deliveries = []
             for _entry_id, fields in entries:
@@ -203,6 +206,7 @@ class RedisSource:
                 if ev is not None:
                     deliveries.append(await self.broker.submit(ev, track=True))
             for d in deliveries:
+                assert d.done is not None  # submitted with track=True
                 await d.done.wait()
             last = entries[-1][0]
             self.last_id = last.decode() if isinstance(last, bytes) else str(last)

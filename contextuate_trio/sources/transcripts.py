@@ -22,6 +22,7 @@ import logging
 import os
 import time
 import uuid
+from typing import TypeGuard
 
 import attrs
 import trio
@@ -51,7 +52,7 @@ class Job:
     cwd: str | None = None
 
 
-def _usable(path) -> bool:
+def _usable(path: object) -> TypeGuard[str]:
     return isinstance(path, str) and path.startswith("/") and path.endswith(".jsonl") and "\0" not in path
 
 

@@ -63,9 +63,8 @@ async def serve(broker: Broker, path: str, max_line: int, *, task_status=trio.TA
             task_status.started()
     finally:
         try:
-            if os.path.exists(path):
-                os.unlink(path)
-        except OSError:
+            os.unlink(path)
+        except OSError:  # already gone, or not ours to remove
             pass
 
 
