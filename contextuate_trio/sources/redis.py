@@ -205,6 +205,7 @@ class RedisSource:
                 ev = self.parse(fields)
                 if ev is not None:
                     deliveries.append(await self.broker.submit(ev, track=True))
+                await trio.lowlevel.checkpoint()  # up to READ_COUNT parses: let others run between
             for d in deliveries:
                 assert d.done is not None  # submitted with track=True
                 await d.done.wait()

@@ -55,6 +55,7 @@ async def drain_once(broker: Broker, spool_dir: str) -> int:
                 _set_aside(spool_dir, name, str(exc))
                 continue
             waiting.append((path, await broker.submit(event, track=True)))
+            await trio.lowlevel.checkpoint()  # a backlog of files is read without holding the loop
         for path, d in waiting:
             assert d.done is not None  # submitted with track=True
             await d.done.wait()
