@@ -13,12 +13,22 @@ may hold a secret, which most events do not.
 
 from __future__ import annotations
 
+# Not ``typing.TYPE_CHECKING``: ``typing`` imports ``re`` (and more) under 3.11, which
+# the hook must not pay for. Type checkers treat this name the same way.
+TYPE_CHECKING = False
+if TYPE_CHECKING:  # ``re`` itself is imported lazily (see above)
+    import re
+    from collections.abc import Callable
+    from typing import Any
+
+    Marker = str | tuple[str, ...]  # a substring, or substrings that must all be there
+
 MASK = "[REDACTED:%s]"
 
 # (kind, markers, pattern, group to mask). A pattern can only match text holding one
 # of its markers (plain substrings), so a cheap scan decides which patterns to run.
 # Secret characters never include " or \\ (see above).
-_PATTERNS = (
+_PATTERNS: tuple[tuple[str, tuple[Marker, ...], str, int], ...] = (
     # Within one JSON string (escapes kept whole): to its END line, or to the string's
     # end when the END line is not there (a cut or truncated key).
     (
@@ -97,7 +107,7 @@ _PLAIN_LOWER = tuple(m for m in MARKERS_LOWER if isinstance(m, str))
 _ALL_OF_LOWER = tuple(m for m in MARKERS_LOWER if isinstance(m, tuple))
 
 
-def _holds(text: str, marker) -> bool:
+def _holds(text: str, marker: Marker) -> bool:
     if isinstance(marker, tuple):
         return all(m in text for m in marker)
     return marker in text
@@ -106,13 +116,13 @@ def _holds(text: str, marker) -> bool:
 class Redactor:
     """Masks built-in patterns plus ``extra`` (regexes from the config)."""
 
-    def __init__(self, extra: tuple | list = (), enabled: bool = True) -> None:
+    def __init__(self, extra: tuple[str, ...] | list[str] = (), enabled: bool = True) -> None:
         self.enabled = enabled
         self.extra = tuple(extra)
-        self._compiled: dict = {}  # pattern index -> compiled regex, made when first needed
-        self._custom = None
+        self._compiled: dict[int, re.Pattern[str]] = {}  # pattern index -> compiled regex, made when first needed
+        self._custom: list[re.Pattern[str]] | None = None
 
-    def _regex(self, i: int):
+    def _regex(self, i: int) -> re.Pattern[str]:
         rx = self._compiled.get(i)
         if rx is None:
             import re
@@ -120,7 +130,7 @@ class Redactor:
             rx = self._compiled[i] = re.compile(_PATTERNS[i][2], re.DOTALL)
         return rx
 
-    def _wanted(self, text: str) -> list:
+    def _wanted(self, text: str) -> list[int]:
         """Indexes of the built-in patterns whose markers the text holds."""
         return [i for i, (_, markers, _, _) in enumerate(_PATTERNS) if any(_holds(text, m) for m in markers)]
 
@@ -144,10 +154,7 @@ class Redactor:
         for i in self._wanted(text):
             kind, _, _, group = _PATTERNS[i]
             rx = self._regex(i)
-            if group == 0:
-                out = rx.sub(lambda m, k=kind: MASK % k, out)
-            else:
-                out = rx.sub(lambda m, k=kind, g=group: _mask_group(m, g, k), out)
+            out = rx.sub(_masker(kind, group), out)
         if self.extra:
             if self._custom is None:
                 import re
@@ -158,7 +165,7 @@ class Redactor:
         return out
 
 
-def mask_values(redactor: Redactor, value):
+def mask_values(redactor: Redactor, value: Any) -> Any:
     """Mask string by string (for text where masking the JSON as a whole went wrong:
     a custom pattern that crossed a string's end)."""
     if isinstance(value, str):
@@ -170,7 +177,14 @@ def mask_values(redactor: Redactor, value):
     return value
 
 
-def _mask_group(m, group: int, kind: str) -> str:
+def _masker(kind: str, group: int) -> Callable[[re.Match[str]], str]:
+    """The replacement for a built-in pattern's matches: all, or only ``group``, masked."""
+    if group == 0:
+        return lambda m: MASK % kind
+    return lambda m: _mask_group(m, group, kind)
+
+
+def _mask_group(m: re.Match[str], group: int, kind: str) -> str:
     whole = m.group(0)
     value = m.group(group)
     if value.startswith("[REDACTED"):

@@ -18,6 +18,7 @@ How a sub-agent's events are recognised, newest Claude Code first:
 from __future__ import annotations
 
 import logging
+from typing import Any
 
 import attrs
 
@@ -79,7 +80,7 @@ class Session:
     end_time: int | None = None
     status: str = ACTIVE
     parent_session_id: str | None = None
-    child_session_ids: list = attrs.Factory(list)
+    child_session_ids: list[str] = attrs.Factory(list)
     agent_type: str | None = None
     agent_id: str | None = None
     spawn_tool_use_id: str | None = None
@@ -92,8 +93,8 @@ class Session:
     last_event_type: str | None = None
     last_summary: str | None = None
     # Linking state, persisted so a restart does not forget an open spawn.
-    pending_spawns: list = attrs.Factory(list)  # Agent/Task calls awaiting their child
-    legacy_open: list = attrs.Factory(list)  # tool_use_ids of open Task windows (old CC)
+    pending_spawns: list[dict[str, Any]] = attrs.Factory(list)  # Agent/Task calls awaiting their child
+    legacy_open: list[str] = attrs.Factory(list)  # tool_use_ids of open Task windows (old CC)
     modern: bool = False  # this session has sent agent_id: no Task-window guessing
     # Set by people from the dashboard (session actions), persisted like the rest.
     name: str | None = None  # a display name
@@ -101,17 +102,17 @@ class Session:
     hidden: bool = False
     parent_set_by_user: bool = False  # the parent was set or removed by hand: keep it
     # Tokens and cost (``usage.empty()`` shape), from its transcript; None until known.
-    usage: dict | None = None
+    usage: dict[str, Any] | None = None
 
-    def to_dict(self) -> dict:
+    def to_dict(self) -> dict[str, Any]:
         return {camel(a.name): getattr(self, a.name) for a in attrs.fields(Session)}
 
     @classmethod
-    def from_dict(cls, data: dict) -> Session:
+    def from_dict(cls, data: dict[str, Any]) -> Session:
         known = {camel(a.name): a.name for a in attrs.fields(Session)}
         return cls(**{known[k]: v for k, v in data.items() if k in known})
 
-    def public(self, prices: usage_mod.PriceTable) -> dict:
+    def public(self, prices: usage_mod.PriceTable) -> dict[str, Any]:
         """The session as the API and the WebSocket show it (dollars from ``prices``)."""
         d = self.to_dict()
         for k in ("pendingSpawns", "legacyOpen", "modern"):
@@ -126,8 +127,12 @@ class Session:
 @attrs.define
 class Outcome:
     event: Event
-    changed: list  # Sessions whose state changed, the event's own first
-    links: list  # (child_id, parent_id) pairs made by this event
+    changed: list[Session]  # Sessions whose state changed, the event's own first
+    links: list[tuple[str, str]]  # (child_id, parent_id) pairs made by this event
+
+
+Changed = dict[str, Session]  # the sessions an event changed, by id
+Links = list[tuple[str, str]]  # (child_id, parent_id) pairs an event made
 
 
 class SessionManager:
@@ -176,7 +181,7 @@ class SessionManager:
         order = [target] + [s for sid, s in changed.items() if sid != target.session_id]
         return Outcome(ev, order, links)
 
-    def _session(self, sid: str, ev: Event, changed: dict) -> Session:
+    def _session(self, sid: str, ev: Event, changed: Changed) -> Session:
         s = self.sessions.get(sid)
         if s is None:
             s = Session(
@@ -196,7 +201,7 @@ class SessionManager:
 
     def would_cycle(self, child_id: str, parent_id: str) -> bool:
         """Is ``parent_id`` the child itself or one of its descendants?"""
-        seen: set = set()
+        seen: set[str] = set()
         node_id: str | None = parent_id
         while node_id is not None and node_id not in seen:
             if node_id == child_id:
@@ -206,7 +211,7 @@ class SessionManager:
             node_id = node.parent_session_id if node is not None else None
         return False
 
-    def _link(self, child: Session, parent_id: str, changed: dict, links: list) -> None:
+    def _link(self, child: Session, parent_id: str, changed: Changed, links: Links) -> None:
         if child.parent_session_id == parent_id or child.parent_session_id_locked():
             return
         if self.would_cycle(child.session_id, parent_id):
@@ -228,7 +233,7 @@ class SessionManager:
         links.append((child.session_id, parent_id))
         log.info("[Broker] Linked session %s as child of %s", child.session_id, parent_id)
 
-    def _child(self, root: Session, cid: str, ev: Event, changed: dict, links: list) -> Session:
+    def _child(self, root: Session, cid: str, ev: Event, changed: Changed, links: Links) -> Session:
         child = self.sessions.get(cid)
         if child is None:
             child = Session(
@@ -242,7 +247,7 @@ class SessionManager:
         self._link(child, root.session_id, changed, links)
         return child
 
-    def _attribute(self, root: Session, ev: Event, changed: dict, links: list) -> Session:
+    def _attribute(self, root: Session, ev: Event, changed: Changed, links: Links) -> Session:
         hook = ev.hook_type
         tool = ev.tool_name
         if ev.agent_id:
@@ -283,7 +288,7 @@ class SessionManager:
             changed[root.session_id] = root
         return target
 
-    def _task_child(self, root, tool_use_id, ev, changed, links) -> Session:
+    def _task_child(self, root: Session, tool_use_id: str, ev: Event, changed: Changed, links: Links) -> Session:
         child = self._child(root, child_id(root.session_id, "task", tool_use_id), ev, changed, links)
         child.spawn_tool_use_id = tool_use_id
         spawn = next((p for p in root.pending_spawns if p.get("toolUseId") == tool_use_id), None)
@@ -292,7 +297,7 @@ class SessionManager:
             child.description = spawn.get("description")
         return child
 
-    def _claim_spawn(self, root: Session, child: Session, changed: dict) -> None:
+    def _claim_spawn(self, root: Session, child: Session, changed: Changed) -> None:
         """Join a SubagentStart to the oldest unclaimed Agent call of its type."""
         if child.spawn_tool_use_id:
             return
@@ -306,7 +311,7 @@ class SessionManager:
                 child.agent_type = child.agent_type or spawn.get("agentType")
                 return
 
-    def _spawn_finished(self, root: Session, ev: Event, changed: dict, links: list) -> None:
+    def _spawn_finished(self, root: Session, ev: Event, changed: Changed, links: Links) -> None:
         out = ev.tool_output()
         agent_id = out.get("agentId") if isinstance(out, dict) else None
         spawn = next((p for p in root.pending_spawns if p.get("toolUseId") == ev.tool_use_id), None)
@@ -338,7 +343,7 @@ class SessionManager:
             changed[child.session_id] = child
         changed[root.session_id] = root
 
-    def _apply_usage(self, root: Session, ev: Event, changed: dict, links: list) -> Outcome:
+    def _apply_usage(self, root: Session, ev: Event, changed: Changed, links: Links) -> Outcome:
         """A ``usage`` event: records read from a transcript (see usage.py). Each record
         adds only what its response key has not added yet, to the session it ran in:
         the event's ``agentId`` (a sub-agent's own transcript), or a record's own
@@ -370,7 +375,7 @@ class SessionManager:
             ev.parent_session_id = root.parent_session_id
         return Outcome(ev, [root] + [s for sid, s in changed.items() if sid != root.session_id], links)
 
-    def usage_total(self, s: Session) -> dict | None:
+    def usage_total(self, s: Session) -> dict[str, Any] | None:
         """The session's usage with every sub-agent's under it (any depth)."""
         seen, stack, parts = set(), [s], []
         while stack:
@@ -399,7 +404,7 @@ class SessionManager:
         if ev.event_type == "session_start" and isinstance(ev.data.get("model"), str):
             s.model = ev.data["model"]
 
-    def _status(self, s: Session, root: Session, ev: Event, changed: dict, late: bool) -> None:
+    def _status(self, s: Session, root: Session, ev: Event, changed: Changed, late: bool) -> None:
         et = ev.event_type
         if et == "notification":
             new = WAITING if ev.notification_type in WAITING_NOTIFICATIONS else None

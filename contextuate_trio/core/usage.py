@@ -24,6 +24,21 @@ Standard library only and no ``import json`` at module level: the hook imports t
 module (Redis mode, on Stop/SubagentStop) and passes its own JSON parser.
 """
 
+from __future__ import annotations
+
+# Not ``typing.TYPE_CHECKING``: ``typing`` imports ``re`` (and more) under 3.11, which
+# the hook must not pay for. Type checkers treat this name the same way.
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from collections.abc import Callable, Iterable, Iterator
+    from typing import Any
+
+    Prices = dict[str, float]  # a model's prices: field (``PRICE_FIELDS``) -> USD
+    Record = list[Any]  # see the layout below
+    Row = list[int]  # a model's totals: the six values, then the number of calls
+    Usage = dict[str, Any]  # a session's usage: see ``empty``
+    Samples = list[tuple[dict[str, str], float]]  # (labels, value) for ``/metrics``
+
 KINDS = ("input", "output", "cacheRead", "cacheWrite5m", "cacheWrite1h")
 # A record on the wire: [key, model, timestampMs, input, output, cacheRead,
 #                        cacheWrite5m, cacheWrite1h, webSearches, agentId]
@@ -46,7 +61,7 @@ LEDGER_KEYS = 50_000  # keys the daemon remembers across files
 _WEB = 10.0
 
 
-def _p(inp, out, w5, w1, read):
+def _p(inp: float, out: float, w5: float, w1: float, read: float) -> Prices:
     return {"input": inp, "output": out, "cacheWrite5m": w5, "cacheWrite1h": w1, "cacheRead": read, "webSearch": _WEB}
 
 
@@ -78,9 +93,9 @@ PRICE_FIELDS = ("input", "output", "cacheWrite5m", "cacheWrite1h", "cacheRead", 
 _DERIVED = {"cacheWrite5m": 1.25, "cacheWrite1h": 2.0, "cacheRead": 0.1}
 
 
-def price_problems(models) -> list:
+def price_problems(models: Any) -> list[str]:
     """What is wrong with a ``pricing.models`` object (for config validation)."""
-    out = []
+    out: list[str] = []
     if not isinstance(models, dict):
         return ["expected an object of model id prefix -> prices"]
     for name, entry in models.items():
@@ -119,11 +134,11 @@ class PriceTable:
     """USD prices by model id prefix: the defaults with ``pricing.models`` layered over
     them. Built once from the config and passed to whatever renders dollars."""
 
-    def __init__(self, models: dict) -> None:
+    def __init__(self, models: dict[str, Prices]) -> None:
         self.models = models
 
     @classmethod
-    def from_config(cls, overrides=None) -> "PriceTable":
+    def from_config(cls, overrides: dict[str, Any] | None = None) -> PriceTable:
         table = dict(DEFAULT_PRICES)
         for name, entry in (overrides or {}).items():
             if entry is None:
@@ -136,13 +151,13 @@ class PriceTable:
             table[name] = p
         return cls(table)
 
-    def price_for(self, model: str):
+    def price_for(self, model: str) -> tuple[str, Prices] | tuple[None, None]:
         """(prefix, prices) for a model id, or (None, None): never a guess."""
         table = self.models
         if model in table:
             return model, table[model]
         m = base_model(model)
-        best = None
+        best: str | None = None
         for prefix in table:
             p = prefix.lower()
             if m == p or (m.startswith(p) and m[len(p)] in "-_."):
@@ -156,7 +171,7 @@ class PriceTable:
                     best = prefix
         return (best, table[best]) if best else (None, None)
 
-    def cost(self, values, model: str):
+    def cost(self, values: Row, model: str) -> float | None:
         """USD for one model's totals, or None when the model has no price."""
         _, p = self.price_for(model)
         if p is None:
@@ -184,7 +199,7 @@ def _days_from_civil(y: int, m: int, d: int) -> int:
     return era * 146097 + doe - 719468
 
 
-def iso_ms(text) -> int:
+def iso_ms(text: Any) -> int:
     """``2025-10-01T12:34:56.789Z`` -> ms since the epoch (0 when unreadable).
     No ``datetime``: the hook cannot afford its import."""
     try:
@@ -223,11 +238,11 @@ def day_of(ms: int) -> str:
 
 
 # --- transcript lines -> records -------------------------------------------------------
-def _int(v) -> int:
+def _int(v: object) -> int:
     return v if isinstance(v, int) and not isinstance(v, bool) and v > 0 else 0
 
 
-def record_from(obj):
+def record_from(obj: Any) -> Record | None:
     """A transcript line (parsed) -> a record, or None for anything but a model
     response with usage (user lines, tool results, summaries, ``<synthetic>``)."""
     if not isinstance(obj, dict) or obj.get("type") != "assistant":
@@ -238,22 +253,24 @@ def record_from(obj):
     u = msg.get("usage")
     if not isinstance(u, dict):
         return None
-    model = msg.get("model") if isinstance(msg.get("model"), str) and msg.get("model") else "unknown"
+    model = msg.get("model")
+    if not isinstance(model, str) or not model:
+        model = "unknown"
     if model == "<synthetic>":
         return None  # Claude Code's own placeholder (an error, an interruption): no API call
     key = msg.get("id") or obj.get("requestId") or obj.get("uuid")
     if not isinstance(key, str) or not key:
         return None
     write = _int(u.get("cache_creation_input_tokens"))
-    cc = u.get("cache_creation") if isinstance(u.get("cache_creation"), dict) else {}
+    cc: dict[str, Any] = u["cache_creation"] if isinstance(u.get("cache_creation"), dict) else {}
     w1h = _int(cc.get("ephemeral_1h_input_tokens"))
     w5m = _int(cc.get("ephemeral_5m_input_tokens"))
     # Without the breakdown (older Claude Code) every write is a 5-minute one, the
     # default; a breakdown that falls short of the total gives the rest to 5m too.
     w5m = max(w5m, write - w1h)
-    stu = u.get("server_tool_use") if isinstance(u.get("server_tool_use"), dict) else {}
+    stu: dict[str, Any] = u["server_tool_use"] if isinstance(u.get("server_tool_use"), dict) else {}
     agent = obj.get("agentId") if obj.get("isSidechain") and isinstance(obj.get("agentId"), str) else None
-    rec = [
+    rec: Record = [
         key,
         model,
         iso_ms(obj.get("timestamp")),
@@ -270,21 +287,44 @@ def record_from(obj):
     return rec
 
 
+def _valid_recent(value: Any) -> dict[str, list[int]]:
+    """The ``recent`` keys of a saved state, each with its six values; anything else
+    (a damaged or foreign state file) is dropped rather than trusted."""
+    if not isinstance(value, dict):
+        return {}
+    return {
+        k: v
+        for k, v in value.items()
+        if isinstance(k, str)
+        and isinstance(v, list)
+        and len(v) == N_VALUES
+        and all(isinstance(x, int) and not isinstance(x, bool) for x in v)
+    }
+
+
 class FileState:
     """What we know of one transcript: how far it was read, which file that was
     (device, inode, the first bytes), and the last keys it gave with their values."""
 
     __slots__ = ("offset", "dev", "ino", "head", "recent", "touched")
 
-    def __init__(self, offset=0, dev=0, ino=0, head="", recent=None, touched=0):
+    def __init__(
+        self,
+        offset: int = 0,
+        dev: int = 0,
+        ino: int = 0,
+        head: str = "",
+        recent: dict[str, list[int]] | None = None,
+        touched: int = 0,
+    ) -> None:
         self.offset = offset
         self.dev = dev
         self.ino = ino
         self.head = head
-        self.recent = dict(recent or {})
+        self.recent: dict[str, list[int]] = dict(recent or {})  # key -> its six values
         self.touched = touched
 
-    def to_dict(self) -> dict:
+    def to_dict(self) -> dict[str, Any]:
         return {
             "offset": self.offset,
             "dev": self.dev,
@@ -295,7 +335,7 @@ class FileState:
         }
 
     @classmethod
-    def from_dict(cls, d):
+    def from_dict(cls, d: Any) -> FileState:
         if not isinstance(d, dict):
             return cls()
         try:
@@ -304,11 +344,31 @@ class FileState:
                 int(d.get("dev", 0)),
                 int(d.get("ino", 0)),
                 str(d.get("head", "")),
-                d.get("recent") if isinstance(d.get("recent"), dict) else {},
+                _valid_recent(d.get("recent")),
                 int(d.get("touched", 0)),
             )
         except (TypeError, ValueError):
             return cls()
+
+    def observe(self, dev: int, ino: int, size: int, head: str) -> bool:
+        """The file as it is opened now: True when it was replaced or truncated since
+        the last read (it is then read from the start). Both transcript readers, the
+        daemon's and the hook's, call this before reading from ``offset``."""
+        replaced = not self.same_file(dev, ino, size, head)
+        if replaced:
+            self.reset(dev, ino, head)
+        self.dev, self.ino = dev, ino
+        if len(head) > len(self.head):
+            self.head = head
+        return replaced
+
+    def skip_unreadable(self, pending: int, budget: int) -> int:
+        """A line of ``pending`` bytes longer than a whole read's ``budget`` can never be
+        read: step over it. Returns the bytes still pending (0 when skipped)."""
+        if budget > 0 and pending >= budget:
+            self.offset += pending
+            return 0
+        return pending
 
     def same_file(self, dev: int, ino: int, size: int, head: str) -> bool:
         """Is the file at the path still the one we read (not rotated, not truncated,
@@ -329,7 +389,7 @@ def head_of(data: bytes) -> str:
     return data[:HEAD_BYTES].hex()
 
 
-def read_chunk(state: FileState, data: bytes, loads, at_eof: bool = True) -> list:
+def read_chunk(state: FileState, data: bytes, loads: Callable[[str], Any], at_eof: bool = True) -> list[Record]:
     """Bytes read from ``state.offset`` -> the records that are new or grew.
 
     Only whole lines are consumed; a partial last line (Claude Code mid-write) stays
@@ -347,8 +407,8 @@ def read_chunk(state: FileState, data: bytes, loads, at_eof: bool = True) -> lis
             consumed = len(data)
         except Exception:  # incomplete; json's C scanner may even raise SystemError
             pass
-    out = []
-    where: dict = {}
+    out: list[Record] = []
+    where: dict[str, int] = {}  # key -> its record's index in ``out``
     recent = state.recent
     for line in lines:
         # Cheap filter before parsing: most lines (tool results, prompts) carry no usage.
@@ -365,10 +425,10 @@ def read_chunk(state: FileState, data: bytes, loads, at_eof: bool = True) -> lis
         values = rec[R_TOKENS:R_AGENT]
         seen = recent.get(key)
         if seen is not None:
-            if all(v <= s for v, s in zip(values, seen)):
+            if all(v <= s for v, s in zip(values, seen, strict=False)):
                 recent[key] = recent.pop(key)  # most recent last
                 continue
-            values = [max(v, s) for v, s in zip(values, seen)]
+            values = [max(v, s) for v, s in zip(values, seen, strict=False)]
             rec[R_TOKENS:R_AGENT] = values
         recent.pop(key, None)
         recent[key] = list(values)
@@ -391,12 +451,12 @@ class Ledger:
 
     def __init__(self, cap: int = LEDGER_KEYS) -> None:
         self.cap = cap
-        self._seen: dict = {}
+        self._seen: dict[str, tuple[int, ...]] = {}
 
     def __len__(self) -> int:
         return len(self._seen)
 
-    def take(self, rec):
+    def take(self, rec: Record) -> tuple[list[int], bool] | None:
         """(delta values, is a new call) or None when the record adds nothing."""
         key = rec[R_KEY]
         values = [_int(v) for v in rec[R_TOKENS:R_AGENT]]
@@ -406,13 +466,13 @@ class Ledger:
             if len(self._seen) > self.cap:
                 del self._seen[next(iter(self._seen))]
             return values, True
-        merged = tuple(max(v, s) for v, s in zip(values, seen))
+        merged = tuple(max(v, s) for v, s in zip(values, seen, strict=False))
         self._seen[key] = merged
-        delta = [m - s for m, s in zip(merged, seen)]
+        delta = [m - s for m, s in zip(merged, seen, strict=False)]
         return (delta, False) if any(delta) else None
 
 
-def valid_record(rec) -> bool:
+def valid_record(rec: object) -> bool:
     return (
         isinstance(rec, list)
         and len(rec) >= R_AGENT
@@ -423,14 +483,14 @@ def valid_record(rec) -> bool:
 
 
 # --- a session's usage (compact, stored in its meta) ---------------------------------
-def empty() -> dict:
+def empty() -> Usage:
     """``models``: model -> [input, output, cacheRead, cacheWrite5m, cacheWrite1h,
     webSearches, calls]; ``hours``: hour index (ms // 3600000, as text) -> the same per
     model; ``estimate``: what the Agent tool reported when no transcript was read."""
     return {"models": {}, "hours": {}, "estimate": None}
 
 
-def add(u: dict, model: str, ts: int, delta, new_call: bool) -> None:
+def add(u: Usage, model: str, ts: int, delta: list[int], new_call: bool) -> None:
     for where in (u["models"], u["hours"].setdefault(str(ts // HOUR_MS), {})):
         row = where.get(model)
         if row is None:
@@ -440,7 +500,7 @@ def add(u: dict, model: str, ts: int, delta, new_call: bool) -> None:
         row[CALLS] += 1 if new_call else 0
 
 
-def merge(usages) -> dict:
+def merge(usages: Iterable[Usage | None]) -> Usage:
     """Sum several sessions' usage (a parent and its sub-agents; a machine)."""
     out = empty()
     for u in usages:
@@ -465,16 +525,16 @@ def merge(usages) -> dict:
     return out
 
 
-def totals(models: dict, prices: PriceTable) -> dict:
+def totals(models: dict[str, Row], prices: PriceTable) -> dict[str, Any]:
     """Per-model rows -> tokens by kind, calls, and dollars (None if any is unpriced)."""
     tokens = dict.fromkeys(KINDS, 0)
     calls = web = 0
     priced = 0.0
-    unpriced = []
-    per_model = {}
+    unpriced: list[str] = []
+    per_model: dict[str, dict[str, Any]] = {}
     for model, row in sorted(models.items()):
         c = prices.cost(row, model)
-        entry = {k: row[i] for i, k in enumerate(KINDS)}
+        entry: dict[str, Any] = {k: row[i] for i, k in enumerate(KINDS)}
         entry["total"] = sum(row[:5])
         entry.update(
             webSearches=row[5],
@@ -504,7 +564,7 @@ def totals(models: dict, prices: PriceTable) -> dict:
     }
 
 
-def render(u, prices: PriceTable) -> dict:
+def render(u: Usage | None, prices: PriceTable) -> dict[str, Any] | None:
     """A session's usage as the API shows it (None: nothing known)."""
     if not u:
         return None
@@ -515,7 +575,7 @@ def render(u, prices: PriceTable) -> dict:
     return out
 
 
-def bucket_rows(u: dict, since: int = 0, until: int = 1 << 62):
+def bucket_rows(u: Usage, since: int = 0, until: int = 1 << 62) -> Iterator[tuple[int, str, Row]]:
     """(hour start ms, model, row) for the hours in [since, until)."""
     for hour, models in u.get("hours", {}).items():
         try:
@@ -528,7 +588,7 @@ def bucket_rows(u: dict, since: int = 0, until: int = 1 << 62):
 
 
 # --- the Agent tool's result (when the sub-agent's transcript is out of reach) -------
-def estimate_from_agent_result(out) -> dict:
+def estimate_from_agent_result(out: Any) -> dict[str, Any] | None:
     """``tool_response`` of Agent/Task -> an estimate, or None. Kept apart from the
     measured totals and never priced: it is what the tool reported, not the bill."""
     if not isinstance(out, dict):
@@ -537,7 +597,7 @@ def estimate_from_agent_result(out) -> dict:
     u = out.get("usage") if isinstance(out.get("usage"), dict) else None
     if not isinstance(total, int) and u is None:
         return None
-    est = {
+    est: dict[str, Any] = {
         "source": "agentResult",
         "totalTokens": _int(total),
         "durationMs": _int(out.get("totalDurationMs")),
@@ -554,11 +614,13 @@ def estimate_from_agent_result(out) -> dict:
 
 
 # --- metrics ---------------------------------------------------------------------------
-def usage_metrics(machine_usages, prices: PriceTable) -> list:
+def usage_metrics(
+    machine_usages: Iterable[tuple[str, Usage | None]], prices: PriceTable
+) -> list[tuple[str, str, str, Samples]]:
     """Tokens, calls and dollars by machine and model, over the sessions held (they
     fall when sessions are deleted or expire, as a counter does on a restart), as
     (name, help, kind, [(labels, value)]) for the daemon's ``/metrics``."""
-    by: dict = {}
+    by: dict[tuple[str, str], Row] = {}
     for machine, u in machine_usages:
         if not u:
             continue
@@ -567,13 +629,14 @@ def usage_metrics(machine_usages, prices: PriceTable) -> list:
             for i, v in enumerate(row):
                 dst[i] += v
     items = sorted(by.items())
-    tokens = [
+    tokens: Samples = [
         ({"machine": m, "model": model, "kind": kind}, row[i])
         for (m, model), row in items
         for i, kind in enumerate(KINDS)
     ]
-    calls = [({"machine": m, "model": model}, row[CALLS]) for (m, model), row in items]
-    costs, unpriced = [], []
+    calls: Samples = [({"machine": m, "model": model}, row[CALLS]) for (m, model), row in items]
+    costs: Samples = []
+    unpriced: Samples = []
     for (m, model), row in items:
         c = prices.cost(row, model)
         if c is None:
@@ -598,18 +661,25 @@ def usage_metrics(machine_usages, prices: PriceTable) -> list:
 GROUPS = ("machine", "model", "day", "hour", "session")
 
 
-def group(sessions, by: str, prices: PriceTable, since=None, until=None) -> dict:
+def group(
+    sessions: Iterable[tuple[str, str, Usage | None]],
+    by: str,
+    prices: PriceTable,
+    since: int | None = None,
+    until: int | None = None,
+) -> dict[str, Any]:
     """Usage of ``sessions`` ((session id, machine id, usage) triples) grouped ``by``
     machine, model, UTC day, hour or session; ``since``/``until`` (ms) cut by hour."""
     if by not in GROUPS:
         raise ValueError(f"by must be one of {', '.join(GROUPS)}")
     timed = since is not None or until is not None or by in ("day", "hour")
     lo, hi = since or 0, until if until is not None else 1 << 62
-    rows: dict = {}
-    everything: dict = {}
+    rows: dict[str | int | None, dict[str, Row]] = {}  # key -> model -> row
+    everything: dict[str, Row] = {}
     for sid, machine, u in sessions:
         if not u:
             continue
+        items: Iterator[tuple[int | None, str, Row]]
         if timed:
             items = ((start, model, row) for start, model, row in bucket_rows(u, lo, hi))
         else:
@@ -628,7 +698,7 @@ def group(sessions, by: str, prices: PriceTable, since=None, until=None) -> dict
             ):
                 for i, v in enumerate(row):
                     dst[i] += v
-    out = []
+    out: list[dict[str, Any]] = []
     for key, models in rows.items():
         t = totals(models, prices)
         t["key"] = key

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import math
+from typing import Any
 
 from contextuate_trio.core.events import Event, EventError, Mint, from_object
 
@@ -26,8 +27,8 @@ class LineSplitter:
         self._buf = bytearray()
         self._skipping = False
 
-    def feed(self, data: bytes) -> list:
-        out: list = []
+    def feed(self, data: bytes) -> list[bytes | LineTooLong]:
+        out: list[bytes | LineTooLong] = []
         start = 0
         while True:
             nl = data.find(b"\n", start)
@@ -63,17 +64,18 @@ class LineSplitter:
         return len(self._buf)
 
 
-def _finite(text: str):
+def _finite(text: str) -> float | str:
     value = float(text)
     return value if math.isfinite(value) else text  # 1e400 is inf: kept as its text
 
 
-def _may_hold_surrogates(data) -> bool:
-    marks = (b"\\ud", b"\\uD") if isinstance(data, bytes) else ("\\ud", "\\uD")
-    return marks[0] in data or marks[1] in data
+def _may_hold_surrogates(data: bytes | str) -> bool:
+    if isinstance(data, bytes):
+        return b"\\ud" in data or b"\\uD" in data
+    return "\\ud" in data or "\\uD" in data
 
 
-def _no_lone_surrogates(value):
+def _no_lone_surrogates(value: Any) -> Any:
     """``"\\ud800"`` escapes give Python strings that no UTF-8 file, socket or browser
     takes: replaced (U+FFFD) once, here, before they reach sessions, disk or clients."""
     if isinstance(value, str):
@@ -85,15 +87,16 @@ def _no_lone_surrogates(value):
     return value
 
 
-def loads(data):
+def loads(data: bytes | str) -> Any:
     """JSON from any producer: invalid UTF-8 replaced; ``NaN``, ``Infinity`` and
     numbers too large for a float (which Python accepts and browsers do not) kept as
     strings; errors as ``EventError``."""
     try:
         try:
             obj = json.loads(data, parse_constant=str, parse_float=_finite)
-        except UnicodeDecodeError:
-            obj = json.loads(data.decode("utf-8", "replace"), parse_constant=str, parse_float=_finite)
+        except UnicodeDecodeError:  # only bytes can fail to decode
+            text = data.decode("utf-8", "replace") if isinstance(data, bytes) else data
+            obj = json.loads(text, parse_constant=str, parse_float=_finite)
         if _may_hold_surrogates(data):
             obj = _no_lone_surrogates(obj)
         return obj
@@ -103,7 +106,7 @@ def loads(data):
         raise EventError("JSON nested too deeply") from None
 
 
-def to_event(obj, source: str | None = None, *, mint: Mint) -> Event:
+def to_event(obj: Any, source: str | None = None, *, mint: Mint) -> Event:
     """``events.from_object``, with any failure on a producer's odd values reported as
     an ``EventError`` (a bad line is counted and skipped; it never stops a source)."""
     try:

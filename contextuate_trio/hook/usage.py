@@ -85,19 +85,15 @@ def prepare(payload, home: str, machine: str, parent, ts: int, max_read: int = M
     try:
         st = posix.fstat(fd)
         head = usage.head_of(posix.read(fd, usage.HEAD_BYTES))
-        if not state.same_file(st.st_dev, st.st_ino, st.st_size, head):
-            state.reset(st.st_dev, st.st_ino, head)
-        state.dev, state.ino = st.st_dev, st.st_ino
-        if len(head) > len(state.head):
-            state.head = head
+        state.observe(st.st_dev, st.st_ino, st.st_size, head)
         start = state.offset
         posix.lseek(fd, start, 0)
         data = _read_fd(fd, max_read)
     finally:
         posix.close(fd)
     records = usage.read_chunk(state, data, parse_json, at_eof=start + len(data) >= st.st_size)
-    if state.offset == start and len(data) >= max_read:
-        state.offset += len(data)  # one line longer than the budget: never readable here
+    if state.offset == start:  # nothing whole in a full budget: a line it can never read
+        state.skip_unreadable(len(data), max_read)
     state.touched = ts // 1000
 
     def commit() -> None:

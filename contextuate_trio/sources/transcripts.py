@@ -91,12 +91,8 @@ def read_new(
     with open(path, "rb") as f:
         st = os.fstat(f.fileno())
         head = usage.head_of(f.read(usage.HEAD_BYTES))
-        if not state.same_file(st.st_dev, st.st_ino, st.st_size, head):
+        if state.observe(st.st_dev, st.st_ino, st.st_size, head):
             log.info("transcript %s was replaced or truncated; reading it from the start", path)
-            state.reset(st.st_dev, st.st_ino, head)
-        state.dev, state.ino = st.st_dev, st.st_ino
-        if len(head) > len(state.head):
-            state.head = head
         start = state.offset
         f.seek(start)
         records: list = []
@@ -112,8 +108,7 @@ def read_new(
             at_eof = f.tell() >= st.st_size and len(chunk) < CHUNK
             records += usage.read_chunk(state, data, loads, at_eof=at_eof)
             carry = data[state.offset - before :]
-            if len(carry) > max_bytes:  # one line larger than the whole budget: skip it
-                state.offset += len(carry)
+            if not state.skip_unreadable(len(carry), max_bytes):
                 carry = b""
         more = state.offset + len(carry) < os.fstat(f.fileno()).st_size and read >= max_bytes
     state.touched = int(time.time())

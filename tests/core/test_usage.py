@@ -325,3 +325,21 @@ def test_file_state_round_trips():
     again = usage.FileState.from_dict(json.loads(json.dumps(st.to_dict())))
     assert again.offset == st.offset and read_all(again, dump(TURN[-1:])) == []
     assert usage.FileState.from_dict("junk").offset == 0
+
+
+def test_a_damaged_state_file_is_not_trusted():
+    """Saved ``recent`` values of the wrong shape would shift a record's fields."""
+    good = [1, 2, 3, 4, 5, 6]
+    state = usage.FileState.from_dict(
+        {"offset": 10, "recent": {"k1": good, "k2": [1, 2], "k3": "x", "k4": [1, 2, 3, 4, 5, True]}}
+    )
+    assert state.offset == 10 and state.recent == {"k1": good}
+    assert usage.FileState.from_dict({"recent": ["not", "a", "dict"]}).recent == {}
+
+
+def test_observe_restarts_a_replaced_file_and_skip_steps_over_an_unreadable_line():
+    state = usage.FileState(offset=500, dev=1, ino=2, head="abc")
+    assert not state.observe(1, 2, 600, "abc") and state.offset == 500
+    assert state.observe(1, 3, 600, "abc") and state.offset == 0  # another inode: from the start
+    assert state.skip_unreadable(100, 100) == 0 and state.offset == 100
+    assert state.skip_unreadable(40, 100) == 40 and state.offset == 100
