@@ -56,11 +56,8 @@ def _usable(path) -> bool:
     return isinstance(path, str) and path.startswith("/") and path.endswith(".jsonl")
 
 
-def prepare(payload, home: str, machine: str, parent, ts: int, max_read: int = MAX_READ):
-    """-> (the usage event's wire line, commit) or (None, None) when there is nothing
-    new. ``commit()`` saves the offset: call it once the line is delivered or spooled."""
-    if not isinstance(payload, dict):
-        return None, None
+def _transcript_of(payload: dict):
+    """(transcript path, session id, sub-agent id) a Stop/SubagentStop names, or None."""
     hook = payload.get("hook_event_name")
     sid = payload.get("session_id")
     agent = None
@@ -70,22 +67,25 @@ def prepare(payload, home: str, machine: str, parent, ts: int, max_read: int = M
     elif hook in ("Stop", "SubagentStop"):
         path = payload.get("transcript_path")
     else:
-        return None, None
+        return None
     if not _usable(path) or not isinstance(sid, str) or not sid:
-        return None, None
+        return None
+    return path, sid, agent
 
-    state_dir = home + "/" + STATE_DIR
-    state_path = state_dir + "/" + _fnv64(path) + ".json"
+
+def _load_state(state_path: str) -> usage.FileState:
     try:
-        state = usage.FileState.from_dict(parse_json(_read(state_path, 1 << 20).decode("utf-8")))
+        return usage.FileState.from_dict(parse_json(_read(state_path, 1 << 20).decode("utf-8")))
     except (OSError, ValueError, UnicodeDecodeError):
-        state = usage.FileState()
+        return usage.FileState()
 
+
+def _read_new(path: str, state: usage.FileState, max_read: int) -> tuple:
+    """The records appended past ``state`` (advanced) -> (records, where they started)."""
     fd = posix.open(path, posix.O_RDONLY)  # FileNotFoundError: nothing to read (yet)
     try:
         st = posix.fstat(fd)
-        head = usage.head_of(posix.read(fd, usage.HEAD_BYTES))
-        state.observe(st.st_dev, st.st_ino, st.st_size, head)
+        state.observe(st.st_dev, st.st_ino, st.st_size, usage.head_of(posix.read(fd, usage.HEAD_BYTES)))
         start = state.offset
         posix.lseek(fd, start, 0)
         data = _read_fd(fd, max_read)
@@ -94,14 +94,11 @@ def prepare(payload, home: str, machine: str, parent, ts: int, max_read: int = M
     records = usage.read_chunk(state, data, parse_json, at_eof=start + len(data) >= st.st_size)
     if state.offset == start:  # nothing whole in a full budget: a line it can never read
         state.skip_unreadable(len(data), max_read)
-    state.touched = ts // 1000
+    return records, start
 
-    def commit() -> None:
-        make_dirs(state_dir)
-        write_atomic(state_path, dumps(state.to_dict()).encode("utf-8"))
 
-    if not records:
-        return None, commit
+def _usage_event(payload: dict, where: tuple, records: list, span: tuple, machine: str, parent, ts: int) -> dict:
+    path, sid, agent = where
     tokens = sum(sum(r[usage.R_TOKENS : usage.R_TOKENS + 5]) for r in records)
     event = {
         "id": new_id(),
@@ -111,7 +108,7 @@ def prepare(payload, home: str, machine: str, parent, ts: int, max_read: int = M
         "eventType": "usage",
         "source": "transcript",
         "summary": "%d model responses, %s tokens" % (len(records), format(tokens, ",")),
-        "data": {"transcript": path, "from": start, "to": state.offset, "records": records},
+        "data": {"transcript": path, "from": span[0], "to": span[1], "records": records},
     }
     if agent:
         event["agentId"] = agent
@@ -119,4 +116,26 @@ def prepare(payload, home: str, machine: str, parent, ts: int, max_read: int = M
         event["parentSessionId"] = parent
     if isinstance(payload.get("cwd"), str):
         event["workingDirectory"] = payload["cwd"]
+    return event
+
+
+def prepare(payload, home: str, machine: str, parent, ts: int, max_read: int = MAX_READ):
+    """-> (the usage event's wire line, commit) or (None, None) when there is nothing
+    new. ``commit()`` saves the offset: call it once the line is delivered or spooled."""
+    where = _transcript_of(payload) if isinstance(payload, dict) else None
+    if where is None:
+        return None, None
+    state_dir = home + "/" + STATE_DIR
+    state_path = state_dir + "/" + _fnv64(where[0]) + ".json"
+    state = _load_state(state_path)
+    records, start = _read_new(where[0], state, max_read)
+    state.touched = ts // 1000
+
+    def commit() -> None:
+        make_dirs(state_dir)
+        write_atomic(state_path, dumps(state.to_dict()).encode("utf-8"))
+
+    if not records:
+        return None, commit
+    event = _usage_event(payload, where, records, (start, state.offset), machine, parent, ts)
     return dumps(event).encode("utf-8"), commit
