@@ -18,6 +18,7 @@ import sys
 import time
 import urllib.error
 import urllib.request
+from typing import Any
 
 import attrs
 
@@ -39,6 +40,84 @@ class Check:
     status: str
     detail: str
     fix: str | None = None
+
+
+def _redis_client(cfg: config_mod.Config) -> Any:
+    """The daemon's connection settings, but one attempt with a short timeout."""
+    import redis as redis_py
+    from redis.backoff import NoBackoff
+    from redis.retry import Retry
+
+    from contextuate_trio.sources.redis import client_kwargs
+
+    kw = client_kwargs(cfg.redis)
+    kw.update(
+        retry=Retry(NoBackoff(), 0),
+        socket_timeout=NET_TIMEOUT,
+        socket_connect_timeout=NET_TIMEOUT,
+        health_check_interval=0,
+    )
+    url = kw.pop("url", None)
+    tls = kw.get("ssl") or (url or "").startswith("rediss://")
+    if not tls:
+        for k in ("ssl_ca_certs", "ssl_certfile", "ssl_keyfile"):
+            kw.pop(k, None)
+    return redis_py.Redis.from_url(url, **kw) if url else redis_py.Redis(**kw)
+
+
+def ping_redis(cfg: config_mod.Config, where: str) -> tuple[str, str | None] | None:
+    """None when Redis answers PING; else (what is wrong, how to fix it)."""
+    client = None
+    try:
+        client = _redis_client(cfg)
+        client.ping()
+        return None
+    except Exception as exc:
+        return redis_failure(exc, where, cfg)
+    finally:
+        if client is not None:
+            try:
+                client.close()
+            except Exception:
+                pass
+
+
+def redis_failure(exc: Exception, where: str, cfg: config_mod.Config) -> tuple[str, str | None]:
+    """A failed PING, said the way a person can act on it."""
+    import ssl
+
+    import redis as redis_py
+
+    if isinstance(exc, redis_py.AuthenticationError):
+        return (
+            f"{where}: authentication failed ({exc})",
+            f"set redis.username/redis.password (or the URL's user:password) in {cfg.path}",
+        )
+    if isinstance(exc, redis_py.ResponseError):
+        if "NOAUTH" in str(exc) or "WRONGPASS" in str(exc):
+            return f"{where}: {exc}", f"set redis.password (and redis.username for an ACL user) in {cfg.path}"
+        return f"{where}: {exc}", None
+    if isinstance(exc, (ssl.SSLError, redis_py.ConnectionError)):
+        text = str(exc)
+        if isinstance(exc, ssl.SSLError) or "SSL" in text or "certificate" in text:
+            return (
+                f"{where}: TLS failed ({text})",
+                f"check redis.tls / redis.tlsCaFile (the CA that signed the server's certificate) in {cfg.path}",
+            )
+        if "Connection reset" in text or "Connection closed" in text and not cfg.redis.tls:
+            return (
+                f"{where}: the server closed the connection ({text}); does it expect TLS?",
+                f"set redis.tls true (or a rediss:// URL) in {cfg.path}",
+            )
+        return (
+            f"{where}: unreachable ({text})",
+            f"start Redis, or correct redis.host/redis.port/redis.url in {cfg.path}; "
+            f"check with: redis-cli -u '{where}' ping",
+        )
+    if isinstance(exc, redis_py.RedisError):
+        return f"{where}: {type(exc).__name__}: {exc}", None
+    # A bad TLS file path, say.
+    return f"{where}: {type(exc).__name__}: {exc}", f"check the redis section of {cfg.path}"
 
 
 class Doctor:
@@ -66,6 +145,12 @@ class Doctor:
         if self.cfg is not None:
             self.check_clock_skew()
         return self.checks
+
+    @property
+    def loaded(self) -> config_mod.Config:
+        """The config, for the checks that run only once it has loaded."""
+        assert self.cfg is not None
+        return self.cfg
 
     # --- config -------------------------------------------------------------------------
     def check_config(self) -> None:
@@ -101,7 +186,9 @@ class Doctor:
 
     # --- daemon -------------------------------------------------------------------------
     def check_daemon(self) -> None:
-        cfg = self.cfg
+        """Health, then status and config, each answer deciding what to say next. Kept
+        whole (~70 lines): it reads as the one conversation with the daemon it is."""
+        cfg = self.loaded
         base = config_mod.api_base(cfg)
         try:
             health = api_get(cfg, "/api/health")
@@ -175,11 +262,12 @@ class Doctor:
 
     # --- socket -------------------------------------------------------------------------
     def check_socket(self) -> None:
-        cfg = self.cfg
+        cfg = self.loaded
         if cfg.mode != "local":
             self.add("socket", SKIP, f"mode {cfg.mode}: the hook does not use the socket")
             return
         path = cfg.socket_path
+        assert path is not None  # config.load always sets it
         try:
             st = os.lstat(path)
         except FileNotFoundError:
@@ -217,7 +305,7 @@ class Doctor:
 
     # --- spool --------------------------------------------------------------------------
     def check_spool(self) -> None:
-        cfg = self.cfg
+        cfg = self.loaded
         spool_dir = hook_spool.spool_dir(cfg.home)
         files = hook_spool.pending(spool_dir)
         if not files:
@@ -247,92 +335,17 @@ class Doctor:
 
     # --- redis --------------------------------------------------------------------------
     def check_redis(self) -> None:
-        cfg = self.cfg
+        cfg = self.loaded
         if cfg.mode != "redis":
             self.add("redis", SKIP, "mode local")
             return
-        import ssl
-
-        import redis as redis_py
-        from redis.backoff import NoBackoff
-        from redis.retry import Retry
-
-        from contextuate_trio.sources.redis import client_kwargs, describe
+        from contextuate_trio.sources.redis import describe
 
         where = describe(cfg.redis)
-        client = None
-        try:
-            # The daemon's connection settings, but one attempt with a short timeout.
-            kw = client_kwargs(cfg.redis)
-            kw.update(
-                retry=Retry(NoBackoff(), 0),
-                socket_timeout=NET_TIMEOUT,
-                socket_connect_timeout=NET_TIMEOUT,
-                health_check_interval=0,
-            )
-            url = kw.pop("url", None)
-            tls = kw.get("ssl") or (url or "").startswith("rediss://")
-            if not tls:
-                for k in ("ssl_ca_certs", "ssl_certfile", "ssl_keyfile"):
-                    kw.pop(k, None)
-            client = redis_py.Redis.from_url(url, **kw) if url else redis_py.Redis(**kw)
-            client.ping()
-        except redis_py.AuthenticationError as exc:
-            self.add(
-                "redis",
-                FAIL,
-                f"{where}: authentication failed ({exc})",
-                f"set redis.username/redis.password (or the URL's user:password) in {cfg.path}",
-            )
+        failure = ping_redis(cfg, where)
+        if failure is not None:
+            self.add("redis", FAIL, *failure)
             return
-        except redis_py.ResponseError as exc:
-            if "NOAUTH" in str(exc) or "WRONGPASS" in str(exc):
-                self.add(
-                    "redis",
-                    FAIL,
-                    f"{where}: {exc}",
-                    f"set redis.password (and redis.username for an ACL user) in {cfg.path}",
-                )
-            else:
-                self.add("redis", FAIL, f"{where}: {exc}")
-            return
-        except (ssl.SSLError, redis_py.ConnectionError) as exc:
-            text = str(exc)
-            if isinstance(exc, ssl.SSLError) or "SSL" in text or "certificate" in text:
-                self.add(
-                    "redis",
-                    FAIL,
-                    f"{where}: TLS failed ({text})",
-                    f"check redis.tls / redis.tlsCaFile (the CA that signed the server's certificate) in {cfg.path}",
-                )
-            elif "Connection reset" in text or "Connection closed" in text and not cfg.redis.tls:
-                self.add(
-                    "redis",
-                    FAIL,
-                    f"{where}: the server closed the connection ({text}); does it expect TLS?",
-                    f"set redis.tls true (or a rediss:// URL) in {cfg.path}",
-                )
-            else:
-                self.add(
-                    "redis",
-                    FAIL,
-                    f"{where}: unreachable ({text})",
-                    f"start Redis, or correct redis.host/redis.port/redis.url in {cfg.path}; "
-                    f"check with: redis-cli -u '{where}' ping",
-                )
-            return
-        except redis_py.RedisError as exc:
-            self.add("redis", FAIL, f"{where}: {type(exc).__name__}: {exc}")
-            return
-        except Exception as exc:  # a bad TLS file path, say
-            self.add("redis", FAIL, f"{where}: {type(exc).__name__}: {exc}", f"check the redis section of {cfg.path}")
-            return
-        finally:
-            if client is not None:
-                try:
-                    client.close()
-                except Exception:
-                    pass
         info = (self.daemon_status or {}).get("redis") or {}
         detail = f"{where} answers PING" + (" (TLS)" if cfg.redis.tls or where.startswith("rediss") else "")
         if self.daemon_status is not None and info and not info.get("connected", True):
@@ -494,7 +507,7 @@ class Doctor:
             self.add("clocks", SKIP, "the daemon is not running")
             return
         try:
-            sessions = api_get(self.cfg, "/api/sessions")["sessions"]
+            sessions = api_get(self.loaded, "/api/sessions")["sessions"]
         except (OSError, ValueError, KeyError) as exc:
             self.add("clocks", SKIP, f"sessions unavailable: {exc}")
             return

@@ -20,7 +20,9 @@ import os
 import sys
 import urllib.parse
 from collections.abc import Iterable
+from typing import TextIO
 
+import attrs
 import trio
 
 from contextuate_trio import config as config_mod
@@ -156,7 +158,7 @@ def to_line(ev: dict) -> tuple[bytes, bool]:
         and isinstance(ev.get("id"), str)
         and isinstance(ev.get("timestamp"), int)
     )
-    if from_hook:
+    if from_hook and isinstance(data, dict):
         env = {
             "kind": "hook",
             "id": ev["id"],
@@ -192,58 +194,82 @@ def read_events(path: str) -> Iterable[tuple[int, object]]:
             f.close()
 
 
+@attrs.define
+class ImportProgress:
+    """How far an import got: what it sent, and what the daemon acknowledged."""
+
+    sent: int = 0
+    acked: int = 0
+    want: int = 0
+    nacks: list[str] = attrs.Factory(list)
+
+    def summary(self) -> dict:
+        return {
+            "sent": self.sent,
+            "acknowledged": self.acked,
+            "expected": self.want,
+            "refused": self.nacks,
+            "complete": self.acked >= self.want,
+        }
+
+
 def import_events(socket_path: str, items: list[dict], timeout: float = 60.0) -> dict:
-    """Stream events into the daemon's socket; wait until it has processed them all.
+    """Stream events into the daemon's socket; wait (at most ``timeout`` seconds) until
+    it has processed them all.
 
     Sending and reading the acknowledgements run side by side (a Trio nursery), so a
     long import never blocks on a full socket buffer in either direction."""
-    return trio.run(_import, socket_path, items, timeout)
+    progress = ImportProgress(sent=len(items))
+
+    async def bounded() -> None:
+        with trio.move_on_after(timeout):
+            await _import(socket_path, items, progress)
+
+    trio.run(bounded)
+    return progress.summary()
 
 
-async def _import(socket_path: str, items: list[dict], timeout: float) -> dict:
-    state = {"acked": 0, "want": 0}
-    nacks: list[str] = []
-    all_acked = trio.Event()
-    with trio.move_on_after(timeout):
-        stream = await trio.open_unix_socket(socket_path)
-        async with stream, trio.open_nursery() as nursery:
-
-            async def reader() -> None:
-                buf = b""
-                while True:
-                    chunk = await stream.receive_some(65536)
-                    if not chunk:
-                        return
-                    buf += chunk
-                    while b"\n" in buf:
-                        line, buf = buf.split(b"\n", 1)
-                        state["acked"] += 1
-                        if not line.startswith(b'{"ack"'):
-                            nacks.append(line.decode("utf-8", "replace"))
-                        if sending_done.is_set() and state["acked"] >= state["want"]:
-                            all_acked.set()
-
-            sending_done = trio.Event()
-            nursery.start_soon(reader)
-            barrier: bytes | None = None
-            for ev in items:
-                line, acks = to_line(ev)
-                if acks:
-                    state["want"] += 1
-                    barrier = barrier or line
-                await stream.send_all(line)
-            if barrier is not None:
-                # Lines of one connection are handled in order: once this duplicate of
-                # the first acknowledged event is acknowledged, everything before it is.
-                state["want"] += 1
-                await stream.send_all(barrier)
-            sending_done.set()
-            if state["acked"] >= state["want"]:
+async def _read_acks(
+    stream: trio.SocketStream, progress: ImportProgress, sending_done: trio.Event, all_acked: trio.Event
+) -> None:
+    buf = b""
+    while True:
+        chunk = await stream.receive_some(65536)
+        if not chunk:
+            return
+        buf += chunk
+        while b"\n" in buf:
+            line, buf = buf.split(b"\n", 1)
+            progress.acked += 1
+            if not line.startswith(b'{"ack"'):
+                progress.nacks.append(line.decode("utf-8", "replace"))
+            if sending_done.is_set() and progress.acked >= progress.want:
                 all_acked.set()
-            await all_acked.wait()
-            nursery.cancel_scope.cancel()
-    acked, want = state["acked"], state["want"]
-    return {"sent": len(items), "acknowledged": acked, "expected": want, "refused": nacks, "complete": acked >= want}
+
+
+async def _import(socket_path: str, items: list[dict], progress: ImportProgress) -> None:
+    all_acked = trio.Event()
+    sending_done = trio.Event()
+    stream = await trio.open_unix_socket(socket_path)
+    async with stream, trio.open_nursery() as nursery:
+        nursery.start_soon(_read_acks, stream, progress, sending_done, all_acked)
+        barrier: bytes | None = None
+        for ev in items:
+            line, acks = to_line(ev)
+            if acks:
+                progress.want += 1
+                barrier = barrier or line
+            await stream.send_all(line)
+        if barrier is not None:
+            # Lines of one connection are handled in order: once this duplicate of
+            # the first acknowledged event is acknowledged, everything before it is.
+            progress.want += 1
+            await stream.send_all(barrier)
+        sending_done.set()
+        if progress.acked >= progress.want:
+            all_acked.set()
+        await all_acked.wait()
+        nursery.cancel_scope.cancel()
 
 
 def cmd_export(args) -> int:
@@ -251,21 +277,25 @@ def cmd_export(args) -> int:
     if cfg is None:
         return 2
     target = args.output
-    out = sys.stdout if target in (None, "-") else None
-    tmp = None
+    to_file = target not in (None, "-")
+    tmp = target + ".tmp" if to_file else None
+    # Streamed to a temp file (owner-only from the start: no moment when others could
+    # read it), renamed into place once whole; an export may not fit in memory.
+    out: TextIO = (
+        os.fdopen(
+            os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600), "w", encoding="utf-8", errors="surrogateescape"
+        )
+        if tmp is not None
+        else sys.stdout
+    )
     try:
-        if out is None:
-            tmp = target + ".tmp"
-            # Owner-only from the start: no moment when others could read it.
-            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-            out = os.fdopen(fd, "w", encoding="utf-8", errors="surrogateescape")
         n_sessions, n_events, where = export(cfg, args.session or [], out)
-        if tmp:
+        if tmp is not None:
             out.close()
             os.replace(tmp, target)
     except LookupError as exc:
         print(f"contextuate-trio export: {exc.args[0]}", file=sys.stderr)
-        if tmp:
+        if tmp is not None:
             out.close()
             os.unlink(tmp)
         return 1
@@ -302,6 +332,7 @@ def cmd_import(args) -> int:
             file=sys.stderr,
         )
         return 1
+    assert cfg.socket_path is not None  # config.load always sets it
     try:
         result = import_events(cfg.socket_path, items)
     except OSError as exc:

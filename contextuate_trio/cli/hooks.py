@@ -176,7 +176,8 @@ def claude_version(timeout: float = 5.0) -> tuple | None:
 def events_for(version: tuple | None) -> tuple[list[str], list[str]]:
     """(events to register, events left out because that Claude Code predates them).
     Unknown version: all of them (a current Claude Code knows every one)."""
-    keep, skip = [], []
+    keep: list[str] = []
+    skip: list[str] = []
     for ev, since in EVENTS.items():
         (skip if version is not None and since is not None and version < since else keep).append(ev)
     return keep, skip
@@ -299,7 +300,8 @@ def describe(settings: dict) -> dict:
     if isinstance(hooks, dict):
         for ev, groups in hooks.items():
             for g in groups if isinstance(groups, list) else []:
-                for h in g.get("hooks") if isinstance(g, dict) and isinstance(g.get("hooks"), list) else []:
+                handlers = g.get("hooks") if isinstance(g, dict) else None
+                for h in handlers if isinstance(handlers, list) else []:
                     if is_ours(h):
                         ours.setdefault(ev, []).append(h)
                     else:
@@ -426,9 +428,9 @@ def uninstall_file(path: str) -> dict:
     data = render(new)
     restored = False
     old, old_raw = read_backup(path)
-    if old is not None and not describe(old)["ours"] and same_modulo_empty(old, new):
+    if old is not None and old_raw is not None and not describe(old)["ours"] and same_modulo_empty(old, new):
         data, restored = old_raw, True
-    if restored and not old_raw.strip() and not os.path.islink(path):
+    if restored and not data.strip() and not os.path.islink(path):
         # We created the file: give back "no file" (``.prev`` keeps what it held).
         _atomic_write(os.path.realpath(path) + PREV_SUFFIX, raw, 0o600)
         os.unlink(path)
@@ -466,6 +468,9 @@ def wired_elsewhere(scope: str, env: dict | None = None, cwd: str | None = None)
 
 
 def cmd_install(args) -> int:
+    """``hooks install``. Kept whole (~85 lines): it is the command's script top to
+    bottom (plan, refuse, write, then what to tell the person); its parts are the
+    functions it calls."""
     from contextuate_trio import config as config_mod
     from contextuate_trio.hook import paths as hook_paths
 
@@ -529,7 +534,7 @@ def cmd_install(args) -> int:
                 "  note: the token is not written into a file meant to be committed; Claude Code "
                 "sends $CONTEXTUATE_TOKEN: export it in the environment Claude Code runs in"
             )
-    if skipped:
+    if skipped and version is not None:
         print(
             f"  left out (Claude Code {'.'.join(map(str, version))} predates them): {', '.join(skipped)}; "
             "run this again after upgrading"

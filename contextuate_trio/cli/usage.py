@@ -62,10 +62,12 @@ def table(result: dict, sessions: dict) -> str:
             ]
         )
     widths = [max(len(h), *(len(row[i]) for row in rows)) for i, h in enumerate(heads)]
-    fmt = lambda cells: "  ".join(
-        c.ljust(w) if i == 0 else c.rjust(w)  # noqa: E731
-        for i, (c, w) in enumerate(zip(cells, widths))
-    )
+
+    def fmt(cells: list[str]) -> str:
+        return "  ".join(
+            c.ljust(w) if i == 0 else c.rjust(w) for i, (c, w) in enumerate(zip(cells, widths, strict=True))
+        )
+
     out = [fmt(heads), "  ".join("-" * w for w in widths)]
     out += [fmt(row) for row in rows[:-1]]
     out += ["  ".join("-" * w for w in widths), fmt(rows[-1])]

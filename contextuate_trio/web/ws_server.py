@@ -189,7 +189,7 @@ class WsServer:
 
     async def _handle_one(self, request: WebSocketRequest) -> None:
         r = request.remote
-        remote = f"{r.address}:{r.port}" if hasattr(r, "port") else str(r)
+        remote = str(r) if isinstance(r, str) else f"{r.address}:{r.port}"
         refusal = self._refusal(request)
         if refusal is not None:
             return await self._refuse(request, *refusal, remote)

@@ -49,18 +49,32 @@ def _headers(request: Request, ws_port: int) -> dict:
     }
 
 
-async def index(request: Request) -> Response:
-    st = state_of(request)
-    page_path = os.path.join(STATIC_DIR, "index.html")
-    if not os.path.exists(page_path):
-        return HTMLResponse(FALLBACK)
-    with open(page_path, encoding="utf-8") as f:
-        page = f.read().replace("<!--SERVER-CONFIG-->", _server_meta(st), 1)
-    return HTMLResponse(page, headers=_headers(request, st.ws_port()))
+def _read_page() -> str | None:
+    path = os.path.join(STATIC_DIR, "index.html")
+    try:
+        with open(path, encoding="utf-8") as f:
+            return f.read()
+    except FileNotFoundError:
+        return None
+
+
+def index_route(page: str | None) -> Route:
+    """``/``: the page read once, when the app is built; the server's settings and
+    the CSP (which names the WebSocket's port) filled in per request."""
+
+    async def index(request: Request) -> Response:
+        if page is None:
+            return HTMLResponse(FALLBACK)
+        st = state_of(request)
+        return HTMLResponse(
+            page.replace("<!--SERVER-CONFIG-->", _server_meta(st), 1), headers=_headers(request, st.ws_port())
+        )
+
+    return Route("/", index)
 
 
 def routes() -> list[BaseRoute]:
-    out: list[BaseRoute] = [Route("/", index)]
+    out: list[BaseRoute] = [index_route(_read_page())]
     if os.path.isdir(STATIC_DIR):
         out.append(Mount("/static", app=StaticFiles(directory=STATIC_DIR), name="static"))
     return out

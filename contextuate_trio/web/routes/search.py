@@ -116,6 +116,12 @@ async def _scan_session(store: FileStore, s: Session, q: Query, scan: Scan) -> N
     scan.found.extend(hits)
 
 
+async def _scan(store: FileStore | None, candidates: list[Session], q: Query, scan: Scan) -> None:
+    if store is not None:
+        for s in candidates:
+            await _scan_session(store, s, q, scan)
+
+
 async def search(request: Request) -> Response:
     st = state_of(request)
     try:
@@ -125,10 +131,8 @@ async def search(request: Request) -> Response:
     candidates = [s for s in st.broker.manager.sessions.values() if q.session_may_match(s)]
     candidates.sort(key=lambda s: s.last_event_time or 0, reverse=True)
     scan = Scan()
-    store = st.broker.store
     try:
-        for s in candidates if store is not None else ():
-            await _scan_session(store, s, q, scan)
+        await _scan(st.broker.store, candidates, q, scan)
     except TimeoutError:
         return error("the regex takes too long on stored events; simplify it", 400)
     found = sorted(scan.found, key=lambda e: e.get("timestamp") or 0, reverse=True)
