@@ -361,12 +361,12 @@ def row(bench: str, metric: str, value: str, target: str = "", status: str = "")
 def format_table(rows: list[dict]) -> str:
     heads = ("benchmark", "metric", "result", "target", "")
     keys = ("bench", "metric", "value", "target", "status")
-    widths = [max(len(h), *(len(str(r[k])) for r in rows)) for h, k in zip(heads, keys)]
-    line = "| " + " | ".join(h.ljust(w) for h, w in zip(heads, widths)) + " |"
+    widths = [max(len(h), *(len(str(r[k])) for r in rows)) for h, k in zip(heads, keys, strict=False)]
+    line = "| " + " | ".join(h.ljust(w) for h, w in zip(heads, widths, strict=False)) + " |"
     sep = "|" + "|".join("-" * (w + 2) for w in widths) + "|"
     out = [line, sep]
     for r in rows:
-        out.append("| " + " | ".join(str(r[k]).ljust(w) for k, w in zip(keys, widths)) + " |")
+        out.append("| " + " | ".join(str(r[k]).ljust(w) for k, w in zip(keys, widths, strict=False)) + " |")
     return "\n".join(out)
 
 

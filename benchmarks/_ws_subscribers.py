@@ -69,7 +69,7 @@ async def client(i: int, args, ready: list, results: list, all_ready: trio.Event
                         if args.mark and isinstance(tid, str) and tid.startswith(args.mark):
                             res["marks"][tid] = now
                     continue
-                if args.stop_file and os.path.exists(args.stop_file):
+                if args.stop_file and os.path.exists(args.stop_file):  # noqa: ASYNC240 - a bench client polling its stop file
                     return
         res["t_done"] = time.time()
     except ConnectionClosed as exc:

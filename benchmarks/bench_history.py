@@ -113,7 +113,7 @@ def query_times(d: C.Daemon, sid: str, n: int) -> tuple[float, list[float], int]
     conn = http.client.HTTPConnection("127.0.0.1", d.port, timeout=30)
     out = []
     try:
-        for i in range(n + 1):
+        for _i in range(n + 1):
             t0 = time.perf_counter()
             conn.request("GET", f"/api/sessions/{sid}/events?limit=500")
             body = conn.getresponse().read()

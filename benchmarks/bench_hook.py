@@ -225,7 +225,7 @@ def run(rounds: int | None = None) -> dict:
                     cpu[label].append(cpu_s)
         stderr_text = open(err, "rb").read().decode("utf-8", "replace") if os.path.exists(err) else ""
         # Where did the events go? Every daemon-up run must be acknowledged, not spooled.
-        for label, _, env, _, info in active[1:]:
+        for label, _, _env, _, info in active[1:]:
             home = info["home"]
             spool = os.path.join(home, "spool")
             n_spooled = len([n for n in os.listdir(spool) if n.endswith(".json")]) if os.path.isdir(spool) else 0

@@ -140,7 +140,7 @@ def one_run(n: int, producers: int, k: int, profile_out: str | None = None, rate
             complete = all(c and c["count"] >= n and not c.get("closed") for c in clients)
             out["ws_all_received"] = complete
             if not complete:
-                out["daemon_log"] = [l for l in d.log_tail(200).splitlines() if "drop" in l][-5:]
+                out["daemon_log"] = [x for x in d.log_tail(200).splitlines() if "drop" in x][-5:]
             if complete:
                 t_ws = max(c["t_done"] for c in clients)
                 out["delivered_s"] = t_ws - t0
@@ -190,7 +190,7 @@ def profile_summary(path: str, top: int = 12) -> dict:
     total = st.total_tt
     funcs = []
     areas: dict[str, float] = {}
-    for (fname, line, func), (cc, nc, tt, ct, callers) in st.stats.items():
+    for (fname, line, func), (_cc, nc, tt, ct, _callers) in st.stats.items():
         label = f"{fname}:{line}({func})"
         short = (
             f"{os.path.relpath(fname, C.REPO) if fname.startswith(C.REPO) else os.path.basename(fname)}:{line}({func})"

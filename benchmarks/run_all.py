@@ -58,7 +58,7 @@ def chart(results: dict, path: str) -> bool:
         return False
     fig, axes = plt.subplots(len(panels), 1, figsize=(9, 3.2 * len(panels)))
     axes = [axes] if len(panels) == 1 else list(axes)
-    for ax, (title, series) in zip(axes, panels.items()):
+    for ax, (title, series) in zip(axes, panels.items(), strict=False):
         for label, xs in series.items():
             xs = sorted(x * 1000 for x in xs)
             ys = [(i + 1) / len(xs) for i in range(len(xs))]

@@ -21,18 +21,6 @@ from contextuate_trio.hook import paths as hook_paths
 from contextuate_trio.hook import spool as hook_spool
 
 
-def _load_config() -> config_mod.Config:
-    cfg, warnings = config_mod.load()
-    for w in warnings:
-        print(f"warning: {w}", file=sys.stderr)
-    return cfg
-
-
-def _config_or_none() -> config_mod.Config | None:
-    """The config, or None after printing why it cannot be used (exit code 2)."""
-    return config_mod.load_or_report()
-
-
 def setup_logging(level: str) -> None:
     logging.basicConfig(
         level=getattr(logging, level.upper(), logging.INFO),
@@ -49,7 +37,7 @@ def cmd_run(args) -> int:
     from contextuate_trio.daemon.daemon import AlreadyRunning, Daemon
     from contextuate_trio.sources.unix_socket import SocketInUse
 
-    cfg = _config_or_none()
+    cfg = config_mod.load_or_report()
     if cfg is None:
         return 2
     setup_logging("debug" if args.debug else cfg.log_level)
@@ -68,7 +56,7 @@ def cmd_run(args) -> int:
 def cmd_start(args) -> int:
     if args.foreground:
         return cmd_run(args)
-    cfg = _config_or_none()
+    cfg = config_mod.load_or_report()
     if cfg is None:
         return 2
     from contextuate_trio.daemon.daemon import read_pid
@@ -125,7 +113,7 @@ def _tail(path: str, n: int = 20) -> str:
 
 
 def cmd_stop(args) -> int:
-    cfg = _config_or_none()
+    cfg = config_mod.load_or_report()
     if cfg is None:
         return 2
     from contextuate_trio.daemon.daemon import read_pid
@@ -146,7 +134,7 @@ def cmd_stop(args) -> int:
 
 
 def cmd_status(args) -> int:
-    cfg = _config_or_none()
+    cfg = config_mod.load_or_report()
     if cfg is None:
         return 2
     try:

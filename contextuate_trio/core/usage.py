@@ -37,7 +37,7 @@ if TYPE_CHECKING:
     Record = list[Any]  # see the layout below
     Row = list[int]  # a model's totals: the six values, then the number of calls
     Usage = dict[str, Any]  # a session's usage: see ``empty``
-    Samples = list[tuple[dict[str, str], float]]  # (labels, value) for ``/metrics``
+    Samples = list[tuple[dict[str, str], float | str]]  # (labels, value) for ``/metrics``; a str as written
 
 KINDS = ("input", "output", "cacheRead", "cacheWrite5m", "cacheWrite1h")
 # A record on the wire: [key, model, timestampMs, input, output, cacheRead,
@@ -642,7 +642,7 @@ def usage_metrics(
         if c is None:
             unpriced.append(({"machine": m, "model": model}, sum(row[:5])))
         else:
-            costs.append(({"machine": m, "model": model}, float(f"{c:.6f}")))
+            costs.append(({"machine": m, "model": model}, f"{c:.6f}"))
     return [
         ("contextuate_tokens_total", "Tokens read from transcripts, by machine, model and kind.", "counter", tokens),
         ("contextuate_model_calls_total", "Model responses, by machine and model.", "counter", calls),

@@ -2,7 +2,8 @@
 
 The hook imports only built-in C modules (see ``process``): ``posix`` instead of
 ``os``, json's C scanner instead of ``json``. The daemon imports these same functions
-for the home, config, socket and spool paths, so both sides always agree.
+for the home, config and spool paths, so both sides always agree (``socketPath``:
+both read a leading ``~/`` as ``$HOME``; the daemon also expands ``~user``).
 """
 
 import _json

@@ -13,6 +13,7 @@ import _signal
 import posix
 import time
 
+from contextuate_trio.hook import spool  # eager: the last resort must not need an import
 from contextuate_trio.hook.paths import (
     config_path,
     environ,
@@ -166,12 +167,12 @@ def _masked_line(r: Run) -> bytes:
 def _send_redis(r: Run) -> tuple:
     """-> (the line to spool if not delivered, delivered). Spooled events travel along,
     and on Stop/SubagentStop the transcript's new usage as a second event."""
-    from contextuate_trio.hook import resp, spool
-
     line = _masked_line(r)
     try:
+        from contextuate_trio.hook import resp
+
         rs = resp.redis_settings(r.cfg)
-    except ValueError as exc:
+    except (ValueError, ImportError) as exc:  # ImportError: an install changing under us
         r.say(f"redis settings unusable: {exc}")
         return line, False
     claimed = spool.claim_spooled(r.home)
@@ -204,8 +205,6 @@ def _send_redis(r: Run) -> tuple:
 
 
 def _spool(r: Run, line: bytes) -> int:
-    from contextuate_trio.hook import spool
-
     _alarm_in(SPOOL_BOUND_S)
     try:
         path = spool.spool(r.home, line, r.event_id, r.ts)

@@ -23,7 +23,7 @@ def spool_dir(home: str) -> str:
 
 def spool(home: str, line: bytes, event_id: str, ts: int) -> str:
     """Write the line to the spool atomically: a private temp name, then rename."""
-    directory = home + "/" + SPOOL_NAME
+    directory = spool_dir(home)
     make_dirs(directory)
     tmp = f"{directory}/.{event_id}.tmp"
     final = f"{directory}/{ts:013d}-{event_id}{SPOOL_SUFFIX}"
@@ -35,18 +35,18 @@ def spool(home: str, line: bytes, event_id: str, ts: int) -> str:
 def claim_spooled(home: str, limit: int = SPOOL_PIGGYBACK, max_bytes: int = SPOOL_PIGGYBACK_BYTES):
     """Take the oldest spooled events for this run (rename = claim; a racing hook that
     loses gets ENOENT). Returns [(claimed_path, original_path, line)]."""
-    directory = home + "/" + SPOOL_NAME
+    directory = spool_dir(home)
     try:
         listing = posix.listdir(directory)
     except OSError:
         return []
     now = time.time()
     for n in listing:  # a claim whose hook died (killed) goes back to the spool
-        if n.startswith(".claim-") and n.endswith(SPOOL_SUFFIX):
+        if n.startswith(CLAIM_PREFIX) and n.endswith(SPOOL_SUFFIX):
             try:
                 # ctime: the claim's rename updates it (mtime keeps the spooling time).
                 if now - posix.stat(directory + "/" + n).st_ctime > STALE_CLAIM_SECONDS:
-                    posix.rename(directory + "/" + n, directory + "/" + n[len(".claim-") :])
+                    posix.rename(directory + "/" + n, directory + "/" + n[len(CLAIM_PREFIX) :])
             except OSError:
                 pass
     names = sorted(n for n in posix.listdir(directory) if n.endswith(SPOOL_SUFFIX) and not n.startswith("."))
@@ -54,7 +54,7 @@ def claim_spooled(home: str, limit: int = SPOOL_PIGGYBACK, max_bytes: int = SPOO
     total = 0
     for name in names[:limit]:
         path = directory + "/" + name
-        claimed = directory + "/.claim-" + name
+        claimed = directory + "/" + CLAIM_PREFIX + name
         try:
             posix.rename(path, claimed)
             data = read_file(claimed, max_bytes)

@@ -18,7 +18,7 @@ is delivered or spooled.
 import posix
 
 from contextuate_trio.core import usage
-from contextuate_trio.hook.paths import dumps, make_dirs, new_id, parse_json, write_atomic
+from contextuate_trio.hook.paths import dumps, make_dirs, new_id, parse_json, read_file, write_atomic
 
 MAX_READ = 4 << 20
 STATE_DIR = "usage"
@@ -44,14 +44,6 @@ def _read_fd(fd: int, limit: int) -> bytes:
     return b"".join(out)
 
 
-def _read(path: str, limit: int) -> bytes:
-    fd = posix.open(path, posix.O_RDONLY)
-    try:
-        return _read_fd(fd, limit)
-    finally:
-        posix.close(fd)
-
-
 def _usable(path) -> bool:
     return isinstance(path, str) and path.startswith("/") and path.endswith(".jsonl")
 
@@ -75,7 +67,7 @@ def _transcript_of(payload: dict):
 
 def _load_state(state_path: str) -> usage.FileState:
     try:
-        return usage.FileState.from_dict(parse_json(_read(state_path, 1 << 20).decode("utf-8")))
+        return usage.FileState.from_dict(parse_json(read_file(state_path, 1 << 20).decode("utf-8")))
     except (OSError, ValueError, UnicodeDecodeError):
         return usage.FileState()
 

@@ -7,7 +7,7 @@ from contextuate_trio.hook.paths import json_string, parse_json
 
 
 def envelope(raw: bytes, event_id: str, ts: int, machine: str, parent, ack: bool, redactor=None) -> bytes:
-    """The wire line for one hook run (see ``wire.py`` for the daemon's side).
+    """The wire line for one hook run (``core.wire`` reads it).
 
     A JSON object is embedded verbatim (newlines between tokens folded, which cannot
     change a valid document); anything else travels as a string, so it is kept too.

@@ -8,7 +8,7 @@ from collections.abc import Iterable
 import attrs
 
 Labels = dict[str, str]
-Value = int | float
+Value = int | float | str  # a str is written as it is (e.g. dollars to 6 places)
 
 
 def label(value: str) -> str:

@@ -82,6 +82,20 @@ class _Tail:
         return [self.start, self.end, self.count, self.min_ts, self.max_ts]
 
 
+def _remove_stale_temps(session_dir: str) -> None:
+    """A meta.json write the daemon died in leaves its temp file: gone at the next start."""
+    try:
+        names = os.listdir(session_dir)
+    except OSError:
+        return
+    for name in names:
+        if name.startswith("meta.json.") and name.endswith(".tmp"):
+            try:
+                os.unlink(os.path.join(session_dir, name))
+            except OSError:
+                pass
+
+
 class FileStore:
     def __init__(self, directory: str, max_open_files: int = 64) -> None:
         self.dir = directory
@@ -116,6 +130,7 @@ class FileStore:
         return sessions, replay
 
     def _open_session(self, key: str, path: str):
+        _remove_stale_temps(path)
         events_path = os.path.join(path, "events.jsonl")
         size = self._repair_torn_tail(events_path)
         self._bytes[key] = size

@@ -132,7 +132,7 @@ class RedisSource:
             data = {}
         data[self.key] = self.last_id
         os.makedirs(os.path.dirname(self.checkpoint_path), mode=0o700, exist_ok=True)
-        write_atomic(self.checkpoint_path, json.dumps(data).encode(), durable=True)
+        write_atomic(self.checkpoint_path, json.dumps(data).encode())  # on the loop: no fsync
 
     # --- parsing ----------------------------------------------------------------------------
     def parse(self, raw) -> events.Event | None:

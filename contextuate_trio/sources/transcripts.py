@@ -157,7 +157,7 @@ class TranscriptReader:
         now = time.time()
         files = {p: s.to_dict() for p, s in self.states.items() if now - s.touched < FORGET_AFTER_S}
         data = json.dumps({"version": 1, "files": files}, separators=(",", ":")).encode()
-        write_atomic(self.state_path, data, durable=True)
+        write_atomic(self.state_path, data)
 
     # --- triggers (called by the broker, synchronously, after each stored batch) -------
     def on_stored(self, stored: list[Event]) -> None:

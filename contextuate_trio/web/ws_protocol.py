@@ -375,7 +375,7 @@ class WsProtocol:
             if ev.session_id in known and flt.event_ok(ev):
                 out.append(event_json(m))
         if len(out) < limit and replay and replay[0]["seq"] > 1:
-            out += self._older_from_disk(flt, limit - len(out))
+            out += self._older_from_disk(flt, limit - len(out), limit)
         elif len(out) < limit:
             for d in reversed(self.history):
                 if len(out) >= limit:
@@ -385,7 +385,7 @@ class WsProtocol:
         out.reverse()
         return out
 
-    def _older_from_disk(self, flt: Filter, want: int) -> list[str]:
+    def _older_from_disk(self, flt: Filter, want: int, limit: int) -> list[str]:
         """Events of this run that have left the replay, newest first, from the store."""
         replay = self.backend.replay
         seen = {m["event"].id for m in replay}
@@ -393,7 +393,7 @@ class WsProtocol:
         older: list[dict] = []
         newest = sorted(self.backend.sessions.values(), key=lambda s: s.last_event_time or 0, reverse=True)
         for s in newest[:SESSIONS_FROM_DISK]:
-            if not self.backend.has_store or len(older) >= 4 * want:
+            if not self.backend.has_store or len(older) >= 4 * limit:
                 break
             if (s.start_time or 0) > oldest:
                 continue
@@ -612,7 +612,6 @@ _HANDLERS: dict[str, Callable[[WsProtocol, ClientState, dict], dict | None]] = {
     "get_event_detail": _m_get_event_detail,
     "session_action": _m_session_action,
 }
-MESSAGE_TYPES = tuple(_HANDLERS)
 
 
 # --- the client's side (``contextuate-trio tail``) -------------------------------------

@@ -23,7 +23,7 @@ from contextuate_trio.core.sessions import Session
 from contextuate_trio.runtime.broker import Broker
 from contextuate_trio.runtime.clock import now_ms
 from contextuate_trio.runtime.fanout import Subscription
-from contextuate_trio.runtime.metrics import Metric, render
+from contextuate_trio.runtime.metrics import Metric
 from contextuate_trio.web import ws_protocol as proto
 from contextuate_trio.web.state import WebState
 
@@ -410,9 +410,6 @@ class WsServer:
                 [({"status": str(s)}, c[f"refused_{s}"]) for s in (400, 401, 403)],
             ),
         ]
-
-    def metrics_text(self) -> str:
-        return render(self.metrics())
 
 
 def _expand(sub: Subscription, batch: list[dict]) -> list[dict]:

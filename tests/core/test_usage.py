@@ -319,6 +319,20 @@ def test_reader_budget_leaves_the_rest_for_the_next_read(tmp_path):
     assert len({r[usage.R_KEY] for r in got}) == 200 and st.offset == os.path.getsize(path)
 
 
+def test_a_line_longer_than_the_read_budget_is_stepped_over_not_blocking_the_file(tmp_path):
+    path = str(tmp_path / "huge-line.jsonl")
+    with open(path, "wb") as f:
+        f.write(dump([user("x" * 30_000)]) + dump([assistant("msg_after", SONNET, 1, 1)]))
+    st = usage.FileState()
+    got = []
+    for _ in range(10):
+        recs, _, _, more = transcripts.read_new(path, st, max_bytes=10_000)
+        got += recs
+        if not more:
+            break
+    assert [r[usage.R_KEY] for r in got] == ["msg_after"] and st.offset == os.path.getsize(path)
+
+
 def test_file_state_round_trips():
     st = usage.FileState()
     read_all(st, dump(TURN))

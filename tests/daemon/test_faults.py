@@ -158,7 +158,7 @@ def test_non_loopback_bind_without_token_warns(home):
     with open(os.path.join(home, "monitor.config.json"), "w") as f:
         json.dump({"server": {"host": "0.0.0.0", "port": 1, "wsPort": 2}}, f)
     p = subprocess.run(
-        [sys.executable, "-c", "from contextuate_trio.cli import main; main._load_config()"],
+        [sys.executable, "-c", "from contextuate_trio import config; config.load_or_report()"],
         env=clean_env(home),
         capture_output=True,
         text=True,

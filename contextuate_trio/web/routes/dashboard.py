@@ -54,7 +54,7 @@ def _read_page() -> str | None:
     try:
         with open(path, encoding="utf-8") as f:
             return f.read()
-    except FileNotFoundError:
+    except (OSError, ValueError):  # missing, unreadable or not UTF-8: the plain page
         return None
 
 

@@ -25,7 +25,6 @@ from contextuate_trio.web.state import state_of
 
 SEARCH_MAX = 2000
 REGEX_TIMEOUT_S = 0.05  # one stored event; a pattern slower than this is refused
-SESSIONS_MAX = 200
 
 
 @attrs.define
