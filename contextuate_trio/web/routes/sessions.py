@@ -72,9 +72,7 @@ async def _whole_lines(paths: list[tuple[str, int]]) -> AsyncIterator[bytes]:
     """Each file up to the size seen when the export began, whole lines only: a line
     being appended meanwhile is left for the next export."""
     for path, size in paths:
-        # Local files, read in EXPORT_CHUNK pieces with a checkpoint between them: a
-        # thread per chunk would cost more than the read.
-        with open(path, "rb") as f:  # noqa: ASYNC230
+        with open(path, "rb") as f:  # noqa: ASYNC230 - local file in EXPORT_CHUNK pieces, a checkpoint between; a thread per chunk costs more than the read
             left, carry = size, b""
             while left > 0:
                 chunk = f.read(min(EXPORT_CHUNK, left))
