@@ -39,6 +39,7 @@ from contextuate_trio.web.ws_server import WsServer
 log = logging.getLogger("contextuate.daemon")
 
 RETENTION_EVERY_S = 3600
+KEEP_ALIVE_MAX_REQUESTS = 1 << 30
 
 
 class AlreadyRunning(Exception):
@@ -205,6 +206,9 @@ class Daemon:
         hc.accesslog = None
         hc.errorlog = logging.getLogger("contextuate.http")
         hc.graceful_timeout = 1.0
+        # hypercorn closes a kept-alive connection after 1,000 requests by default: a
+        # hook sender (Claude Code's http hooks, a relay) would reconnect for nothing.
+        hc.keep_alive_max_requests = KEEP_ALIVE_MAX_REQUESTS
         hooks = Route(
             "/api/hooks", http_hook.endpoint(self.broker, self.web.guard, self.config.max_line_bytes), methods=["POST"]
         )  # Claude Code http hooks: a source served by the web app

@@ -104,3 +104,25 @@ def test_http_hook_without_token_or_machine_header(daemon):
     assert post(url, {"session_id": "plain", "hook_event_name": "SessionEnd", "reason": "other"})[0] == 200
     s = wait_for(lambda: d.sessions().get("plain"))
     assert s["status"] == "ended" and s["machineId"]  # the daemon's own machine
+
+
+def test_a_kept_alive_connection_is_not_closed_after_a_thousand_requests(daemon):
+    """hypercorn's default closes a connection after 1,000 requests: a hook sender on a
+    kept-alive connection would be made to reconnect for nothing."""
+    import http.client
+
+    d = daemon()
+    conn = http.client.HTTPConnection("127.0.0.1", d.port, timeout=10)
+    try:
+        conn.request("GET", "/api/health")
+        first = conn.getresponse()
+        first.read()
+        sock = conn.sock
+        for _ in range(1_100):
+            conn.request("GET", "/api/health")
+            r = conn.getresponse()
+            r.read()
+            assert r.status == 200 and not r.will_close and r.getheader("connection") != "close"
+        assert conn.sock is sock  # the same connection all along
+    finally:
+        conn.close()
