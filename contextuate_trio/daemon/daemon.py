@@ -219,10 +219,6 @@ class Daemon:
     def _ws_port(self) -> int:
         return self.ws.bound_port or self.config.server.ws_port
 
-    @property
-    def http_urls(self) -> list[str]:
-        return self.web.http_urls
-
     # --- what the API reports (see ``report``) ----------------------------------------
     def problems(self) -> list[str]:
         return report.problems(self)

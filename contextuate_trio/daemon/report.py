@@ -73,11 +73,10 @@ def daemon_metrics(d: Daemon) -> list[Metric]:
             [({"source": src}, n) for src, n in sorted(b.by_source.items())],
         )
     ]
-    out += [Metric(name, help_, "counter", b.counters[key]) for name, key, help_ in _COUNTERS[:3]]
+    out += [Metric(name, help_, "counter", b.counters[key]) for name, key, help_ in _COUNTERS]
     out.append(
         Metric("contextuate_dropped_clients_total", "Subscribers dropped for being slow.", "counter", b.fanout.dropped)
     )
-    out += [Metric(name, help_, "counter", b.counters[key]) for name, key, help_ in _COUNTERS[3:]]
     out += [
         Metric("contextuate_queue_depth", "Events waiting in the broker.", "gauge", b.queue_depth()),
         Metric("contextuate_subscribers", "Live subscribers.", "gauge", b.subscriber_count()),

@@ -76,10 +76,23 @@ def new_id() -> str:
     return f"{h[:8]}-{h[8:12]}-{h[12:16]}-{h[16:20]}-{h[20:]}"
 
 
+def read_fd(fd: int, limit: int) -> bytes:
+    """Up to ``limit`` bytes from ``fd``'s position, in chunks of at most 1 MiB."""
+    out = []
+    n = 0
+    while n < limit:
+        chunk = posix.read(fd, min(1 << 20, limit - n))
+        if not chunk:
+            break
+        out.append(chunk)
+        n += len(chunk)
+    return b"".join(out)
+
+
 def read_file(path: str, limit: int = 1 << 20) -> bytes:
     fd = posix.open(path, posix.O_RDONLY)
     try:
-        return posix.read(fd, limit)
+        return read_fd(fd, limit)
     finally:
         posix.close(fd)
 
@@ -109,31 +122,36 @@ def make_dirs(path: str) -> None:
             pass
 
 
+def _write_all(fd: int, data: bytes) -> None:
+    view = memoryview(data)
+    while view:
+        view = view[posix.write(fd, view) :]
+
+
 def write_file(path: str, data: bytes, flags: int = posix.O_TRUNC) -> None:
     """Create ``path`` (0600) holding ``data``, without ``os``/``io``."""
     fd = posix.open(path, posix.O_WRONLY | posix.O_CREAT | flags, 0o600)
     try:
-        view = memoryview(data)
-        while view:
-            view = view[posix.write(fd, view) :]
+        _write_all(fd, data)
     finally:
         posix.close(fd)
 
 
-def write_atomic(path: str, data: bytes, mode: int = 0o600, durable: bool = False) -> None:
+def write_atomic(path: str, data: bytes, mode: int = 0o600, durable: bool = False, shared: bool = True) -> None:
     """Replace ``path`` with ``data`` in one rename: a reader sees the old or the new
     file, never a part. Created owner-only, then given ``mode``. ``durable``: on the
-    disk itself before the rename, and the rename too (for what a person wrote or
-    cannot rebuild: settings, configs, checkpoints); without it the file survives a
-    crash of the process but maybe not of the machine. The one atomic write of the
-    project (the hook, the daemon and the CLI share it)."""
-    tmp = path + ".%s.tmp" % new_id()[:8]
+    disk itself before the rename, and the rename too (for what a person wrote:
+    settings, configs, the service unit); without it the file survives a crash of the
+    process but maybe not of the machine. ``shared``: other processes may write the
+    same file at once (two hook runs), so each write has a temp name of its own; a
+    file with one writer (the store's metadata) reuses ``<path>.tmp``, so a write cut
+    short by a crash leaves nothing that piles up. The one atomic write of the project
+    (the hook, the daemon and the CLI share it)."""
+    tmp = path + (".%s.tmp" % new_id()[:8] if shared else ".tmp")
     try:
-        fd = posix.open(tmp, posix.O_WRONLY | posix.O_CREAT | posix.O_EXCL, 0o600)
+        fd = posix.open(tmp, posix.O_WRONLY | posix.O_CREAT | (posix.O_EXCL if shared else posix.O_TRUNC), 0o600)
         try:
-            view = memoryview(data)
-            while view:
-                view = view[posix.write(fd, view) :]
+            _write_all(fd, data)
             if mode != 0o600:
                 posix.fchmod(fd, mode)
             if durable:

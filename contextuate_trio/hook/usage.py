@@ -18,7 +18,7 @@ is delivered or spooled.
 import posix
 
 from contextuate_trio.core import usage
-from contextuate_trio.hook.paths import dumps, make_dirs, new_id, parse_json, read_file, write_atomic
+from contextuate_trio.hook.paths import dumps, make_dirs, new_id, parse_json, read_fd, read_file, write_atomic
 
 MAX_READ = 4 << 20
 STATE_DIR = "usage"
@@ -29,19 +29,6 @@ def _fnv64(text: str) -> str:
     for b in text.encode("utf-8", "surrogateescape"):
         h = ((h ^ b) * 0x100000001B3) & 0xFFFFFFFFFFFFFFFF
     return "%016x" % h
-
-
-def _read_fd(fd: int, limit: int) -> bytes:
-    """Up to ``limit`` bytes from ``fd``'s position, in chunks of at most 1 MiB."""
-    out = []
-    n = 0
-    while n < limit:
-        chunk = posix.read(fd, min(1 << 20, limit - n))
-        if not chunk:
-            break
-        out.append(chunk)
-        n += len(chunk)
-    return b"".join(out)
 
 
 def _usable(path) -> bool:
@@ -80,7 +67,7 @@ def _read_new(path: str, state: usage.FileState, max_read: int) -> tuple:
         state.observe(st.st_dev, st.st_ino, st.st_size, usage.head_of(posix.read(fd, usage.HEAD_BYTES)))
         start = state.offset
         posix.lseek(fd, start, 0)
-        data = _read_fd(fd, max_read)
+        data = read_fd(fd, max_read)
     finally:
         posix.close(fd)
     records = usage.read_chunk(state, data, parse_json, at_eof=start + len(data) >= st.st_size)

@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import collections
 import logging
-import time
 from collections.abc import Callable
 from typing import Any
 
@@ -27,6 +26,7 @@ from contextuate_trio.core.events import Event, Mint
 from contextuate_trio.core.masking import stored_line
 from contextuate_trio.core.redact import Redactor
 from contextuate_trio.core.sessions import Session, SessionManager
+from contextuate_trio.runtime.clock import now_ms
 from contextuate_trio.runtime.fanout import FanOut, Subscription
 from contextuate_trio.runtime.store import FileStore, StoreError, session_key
 
@@ -81,7 +81,7 @@ class Broker:
         self.send_channel, self._receive = trio.open_memory_channel[Delivery](channel_size)
         self.recent = RecentIds(recent_ids)
         self.seen = SeenIds()
-        self.started_ms = started_ms if started_ms is not None else int(time.time() * 1000)
+        self.started_ms = started_ms if started_ms is not None else now_ms()
         # Event numbers start where no earlier run's can reach (the start time in µs),
         # so a client resuming with a number from a previous run is told to reset,
         # with or without the run's epoch.

@@ -82,20 +82,6 @@ class _Tail:
         return [self.start, self.end, self.count, self.min_ts, self.max_ts]
 
 
-def _remove_stale_temps(session_dir: str) -> None:
-    """A meta.json write the daemon died in leaves its temp file: gone at the next start."""
-    try:
-        names = os.listdir(session_dir)
-    except OSError:
-        return
-    for name in names:
-        if name.startswith("meta.json.") and name.endswith(".tmp"):
-            try:
-                os.unlink(os.path.join(session_dir, name))
-            except OSError:
-                pass
-
-
 class FileStore:
     def __init__(self, directory: str, max_open_files: int = 64) -> None:
         self.dir = directory
@@ -130,7 +116,6 @@ class FileStore:
         return sessions, replay
 
     def _open_session(self, key: str, path: str):
-        _remove_stale_temps(path)
         events_path = os.path.join(path, "events.jsonl")
         size = self._repair_torn_tail(events_path)
         self._bytes[key] = size
@@ -307,7 +292,7 @@ class FileStore:
                 text = json.dumps(meta, ensure_ascii=False, separators=(",", ":"))
                 # Text that cannot be UTF-8 (a lone surrogate some producer sent) never
                 # stops a save. Not fsynced: a start replays what a lost meta missed.
-                write_atomic(os.path.join(d, "meta.json"), text.encode("utf-8", "replace"))
+                write_atomic(os.path.join(d, "meta.json"), text.encode("utf-8", "replace"), shared=False)
         except OSError as exc:
             self.degraded = f"cannot write to {self.dir}: {exc.strerror or exc}"
             raise StoreError(self.degraded) from exc

@@ -18,8 +18,6 @@ from __future__ import annotations
 
 import json
 import os
-import time
-import uuid
 from collections.abc import Awaitable, Callable
 
 from starlette.requests import Request
@@ -29,6 +27,7 @@ from contextuate_trio.core import events
 from contextuate_trio.core.access import Guard
 from contextuate_trio.hook import paths as hook_paths
 from contextuate_trio.runtime.broker import Broker
+from contextuate_trio.runtime.clock import new_id, now_ms
 
 MACHINE_HEADER = "x-contextuate-machine"
 PARENT_HEADER = "x-contextuate-parent"
@@ -61,8 +60,8 @@ def endpoint(broker: Broker, guard: Guard, max_body: int) -> Callable[[Request],
         parent = (request.headers.get(PARENT_HEADER) or "").strip() or None
         ev = events.from_payload(
             payload,
-            event_id=str(uuid.uuid4()),
-            timestamp=time.time_ns() // 1_000_000,
+            event_id=new_id(),
+            timestamp=now_ms(),
             machine_id=machine,
             parent_session_id=parent,
             source=SOURCE,

@@ -29,11 +29,12 @@ class WebState:
     metrics: Callable[[], str]  # Prometheus text of every component
     ws_port: Callable[[], int]  # the WebSocket's bound port (for the page and its CSP)
     http_urls: list[str] = attrs.Factory(list)  # filled in once hypercorn is bound
+    # Who may connect, from ``config.server``: the one Guard every web entry shares.
+    guard: Guard = attrs.field(init=False)
 
-    @property
-    def guard(self) -> Guard:
+    def __attrs_post_init__(self) -> None:
         s = self.config.server
-        return Guard(s.allowed_hosts, s.token, s.host)
+        self.guard = Guard(s.allowed_hosts, s.token, s.host)
 
     def dashboard_ports(self) -> set[int]:
         """The ports the dashboard is served on: the only Origins allowed."""
