@@ -23,6 +23,9 @@ class RecentIds:
         if len(self._ids) > self.cap:
             del self._ids[next(iter(self._ids))]
 
+    def discard(self, event_id: str) -> None:
+        self._ids.pop(event_id, None)
+
     def __len__(self) -> int:
         return len(self._ids)
 

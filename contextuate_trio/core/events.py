@@ -15,6 +15,7 @@ from typing import Any
 
 import attrs
 import cattrs
+import orjson
 from cattrs.gen import make_dict_structure_fn, make_dict_unstructure_fn, override
 
 from contextuate_trio.core.names import camel, snake
@@ -146,6 +147,25 @@ def to_dict(event: Event) -> dict[str, Any]:
 
 def dumps(event: Event) -> str:
     return json.dumps(to_dict(event), ensure_ascii=False, separators=(",", ":"))
+
+
+def encode(event: Event) -> bytes:
+    """The event's compact JSON as UTF-8 (what is stored and sent). orjson; the
+    standard library for what orjson refuses (integers over 64 bits, lone
+    surrogates: those are replaced, as no UTF-8 file takes them)."""
+    d = to_dict(event)
+    try:
+        return orjson.dumps(d)
+    except TypeError:  # orjson.JSONEncodeError
+        return utf8(json.dumps(d, ensure_ascii=False, separators=(",", ":")))
+
+
+def utf8(text: str) -> bytes:
+    """Lone surrogates (from ``\\ud800`` escapes) replaced: no UTF-8 file takes them."""
+    try:
+        return text.encode("utf-8")
+    except UnicodeEncodeError:
+        return text.encode("utf-16", "surrogatepass").decode("utf-16", "replace").encode("utf-8")
 
 
 class EventError(ValueError):

@@ -22,20 +22,19 @@ class StoredLine(NamedTuple):
     masked: bool  # some secret was masked in it
 
 
-def _utf8(text: str) -> bytes:
-    """Lone surrogates (from ``\\ud800`` escapes) replaced: no UTF-8 file takes them."""
-    try:
-        return text.encode("utf-8")
-    except UnicodeEncodeError:
-        return text.encode("utf-16", "surrogatepass").decode("utf-16", "replace").encode("utf-8")
-
-
 def stored_line(redactor: Redactor, ev: Event, sessions: Iterable[Session]) -> StoredLine:
     """The event as it is stored and sent (see the module doc)."""
-    text = events.dumps(ev)
+    return masked_line(redactor, ev, sessions, events.encode(ev) + b"\n")
+
+
+def masked_line(redactor: Redactor, ev: Event, sessions: Iterable[Session], line: bytes) -> StoredLine:
+    """``line`` (the event's encoding) with its secrets masked, in it and in ``ev``
+    and ``sessions`` alike. The broker calls it only for the lines of a batch that
+    ``Redactor.suspects`` names: most events hold no marker of a secret."""
+    text = line.decode("utf-8")
     masked = redactor.text(text)
     if masked == text:
-        return StoredLine(_utf8(text) + b"\n", False)
+        return StoredLine(line, False)
     old_summary = ev.summary
     try:
         obj = json.loads(masked)
@@ -49,7 +48,7 @@ def stored_line(redactor: Redactor, ev: Event, sessions: Iterable[Session]) -> S
     else:
         ev.summary = obj.get("summary")
     _mask_sessions(redactor, sessions, old_summary, ev.summary)
-    return StoredLine(events.dumps(ev).encode("utf-8", "replace") + b"\n", True)
+    return StoredLine(events.encode(ev) + b"\n", True)
 
 
 def _mask_sessions(redactor: Redactor, sessions: Iterable[Session], old_summary: object, new_summary: object) -> None:

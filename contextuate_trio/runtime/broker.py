@@ -20,10 +20,10 @@ from typing import Any
 import attrs
 import trio
 
-from contextuate_trio.core import actions, events
+from contextuate_trio.core import actions, events, secret_scan
 from contextuate_trio.core.dedupe import RecentIds, SeenIds
 from contextuate_trio.core.events import Event, Mint
-from contextuate_trio.core.masking import stored_line
+from contextuate_trio.core.masking import masked_line
 from contextuate_trio.core.redact import Redactor
 from contextuate_trio.core.sessions import Session, SessionManager
 from contextuate_trio.runtime.clock import now_ms
@@ -56,11 +56,13 @@ class Delivery:
 
 @attrs.define
 class Accepted:
-    """An event that passed dedupe and the session machine, with its stored line."""
+    """An event that passed dedupe and the session machine, with its stored line
+    (masked once the batch's secret scan has named it) and the sessions it changed."""
 
     delivery: Delivery
     event: Event
     line: bytes
+    sessions: list[Session]
 
 
 class Broker:
@@ -218,8 +220,8 @@ class Broker:
             return False
         return any(self.store.contains(sid, ev.id, ev.timestamp) for sid in [root.session_id, *root.child_session_ids])
 
-    def _accept(self, d: Delivery, changed: dict[str, Session], duplicates: list[Delivery]) -> Accepted | None:
-        """One event through dedupe, the session machine and masking; None when it is
+    def _accept(self, d: Delivery, duplicates: list[Delivery]) -> Accepted | None:
+        """One event through dedupe and the session machine, encoded; None when it is
         a duplicate (acknowledged with the batch, not stored) or rejected."""
         ev = d.event
         try:
@@ -228,16 +230,12 @@ class Broker:
                 duplicates.append(d)
                 return None
             outcome = self.manager.apply(ev)
-            line, masked = stored_line(self.redactor, ev, outcome.changed)
+            line = events.encode(ev) + b"\n"
         except Exception as exc:  # one event must never take the pipeline down
             self._reject(d, exc)
             return None
-        if masked:
-            self.counters["redacted_events"] += 1
         self.recent.add(ev.id)
         self.seen.add(ev.id)
-        for s in outcome.changed:
-            changed[s.session_id] = s
         if log.isEnabledFor(logging.DEBUG):
             log.debug(
                 "[%s] Received event from %s/%s: %s",
@@ -246,12 +244,27 @@ class Broker:
                 ev.session_id[:8],
                 ev.event_type,
             )
-        return Accepted(d, ev, line)
+        return Accepted(d, ev, line, outcome.changed)
+
+    def _mask(self, accepted: list[Accepted]) -> None:
+        """Secrets masked in the lines that may hold one (one scan for the batch)."""
+        for i in secret_scan.suspects(self.redactor, [a.line for a in accepted]):
+            a = accepted[i]
+            try:
+                a.line, masked = masked_line(self.redactor, a.event, a.sessions, a.line)
+            except Exception as exc:  # never store what could not be masked
+                a.line, masked = b"", False
+                self.recent.discard(a.event.id)  # its producer may send it again
+                self._reject(a.delivery, exc)
+            if masked:
+                self.counters["redacted_events"] += 1
 
     async def process(self, batch: list[Delivery]) -> None:
-        changed: dict[str, Session] = {}
         duplicates: list[Delivery] = []
-        accepted = [a for a in (self._accept(d, changed, duplicates) for d in batch) if a is not None]
+        accepted = [a for a in (self._accept(d, duplicates) for d in batch) if a is not None]
+        self._mask(accepted)
+        accepted = [a for a in accepted if a.line]
+        changed = {s.session_id: s for a in accepted for s in a.sessions}
         if self.store is not None and accepted:
             await self._write(accepted, changed)
         self.counters["events"] += len(accepted)
