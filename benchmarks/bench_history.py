@@ -78,7 +78,7 @@ def generate(data_dir: str, total: int) -> dict:
             tid = f"toolu_{n_s}_{j}"
             ts = start + j * step
             line = f'{head}"id":"{eid}","timestamp":{ts},{a}{tid}{c}{tid}{d_}\n'.encode()
-            chunk.append((sid, ts, line))
+            chunk.append((sid, ts, line, None))
             if len(chunk) >= 20_000:
                 store.append(chunk)
                 chunk = []

@@ -48,4 +48,4 @@ def append_events(store, evs) -> None:
     """Events straight into a store, as the broker writes them (no pipeline)."""
     from contextuate_trio.core import events
 
-    store.append((e.session_id, e.timestamp, (events.dumps(e) + "\n").encode()) for e in evs)
+    store.append((e.session_id, e.timestamp, (events.dumps(e) + "\n").encode(), None) for e in evs)

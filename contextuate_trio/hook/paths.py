@@ -122,7 +122,7 @@ def make_dirs(path: str) -> None:
             pass
 
 
-def _write_all(fd: int, data: bytes) -> None:
+def write_all(fd: int, data: bytes) -> None:
     view = memoryview(data)
     while view:
         view = view[posix.write(fd, view) :]
@@ -132,7 +132,7 @@ def write_file(path: str, data: bytes, flags: int = posix.O_TRUNC) -> None:
     """Create ``path`` (0600) holding ``data``, without ``os``/``io``."""
     fd = posix.open(path, posix.O_WRONLY | posix.O_CREAT | flags, 0o600)
     try:
-        _write_all(fd, data)
+        write_all(fd, data)
     finally:
         posix.close(fd)
 
@@ -151,7 +151,7 @@ def write_atomic(path: str, data: bytes, mode: int = 0o600, durable: bool = Fals
     try:
         fd = posix.open(tmp, posix.O_WRONLY | posix.O_CREAT | (posix.O_EXCL if shared else posix.O_TRUNC), 0o600)
         try:
-            _write_all(fd, data)
+            write_all(fd, data)
             if mode != 0o600:
                 posix.fchmod(fd, mode)
             if durable:

@@ -36,6 +36,10 @@ MAX_BATCH = 1024
 META_DELAY = 0.25  # seconds a changed session's meta.json may lag its events
 RECENT_IDS_ON_START = 20_000  # ids read back from disk at start (exact dedupe)
 RETRY_FIRST_S, RETRY_MAX_S = 0.1, 5.0  # store retries: doubling, capped
+# Events kept in memory for WebSocket clients that resume or lag: few when the disk
+# can give back the rest (the seq log), more when nothing is stored.
+REPLAY_WITH_STORE = 2_000
+REPLAY_IN_MEMORY = 20_000
 
 
 @attrs.define(eq=False)
@@ -63,6 +67,7 @@ class Accepted:
     event: Event
     line: bytes
     sessions: list[Session]
+    seq: int = 0  # its number, given once the batch is masked (kept across store retries)
 
 
 class Broker:
@@ -73,7 +78,7 @@ class Broker:
         *,
         channel_size: int = 10_000,
         recent_ids: int = 20_000,
-        replay_size: int = 20_000,
+        replay_size: int | None = None,
         started_ms: int | None = None,
         redactor: Redactor | None = None,
     ) -> None:
@@ -87,6 +92,8 @@ class Broker:
         # Event numbers start where no earlier run's can reach (the start time in µs),
         # so a client resuming with a number from a previous run is told to reset,
         # with or without the run's epoch.
+        if replay_size is None:
+            replay_size = REPLAY_WITH_STORE if store is not None else REPLAY_IN_MEMORY
         self.fanout = FanOut(replay_size, first_seq=self.started_ms * 1000)
         self.counters: collections.Counter = collections.Counter()
         self.by_source: collections.Counter = collections.Counter()
@@ -116,6 +123,9 @@ class Broker:
             self.store.save_sessions(self.manager.sessions.values())
         for eid in self.store.recent_ids(list(self.manager.sessions.values()), RECENT_IDS_ON_START):
             self.recent.add(eid)
+        # Numbers go on from the last one on disk, without a gap: a client of the
+        # last run resumes from disk as if the daemon had never stopped.
+        self.fanout.seq = self.store.order.last_seq or self.fanout.seq
         return len(sessions)
 
     # --- sources' side: the one entry point -------------------------------------------
@@ -264,6 +274,8 @@ class Broker:
         accepted = [a for a in (self._accept(d, duplicates) for d in batch) if a is not None]
         self._mask(accepted)
         accepted = [a for a in accepted if a.line]
+        for i, a in enumerate(accepted, self.fanout.seq + 1):
+            a.seq = i
         changed = {s.session_id: s for a in accepted for s in a.sessions}
         if self.store is not None and accepted:
             await self._write(accepted, changed)
@@ -277,7 +289,7 @@ class Broker:
         stored = [a.event for a in accepted]
         for hook in self.on_stored:
             hook(stored)
-        self.fanout.stored(((a.event, a.line) for a in accepted), changed.values())
+        self.fanout.stored([(a.seq, a.event, a.line) for a in accepted], changed.values())
 
     def _reject(self, d: Delivery, exc: Exception) -> None:
         """An event the pipeline could not handle (a bug): logged with its id and
@@ -293,7 +305,7 @@ class Broker:
         pending = accepted
         while True:
             try:
-                self.store.append((a.event.session_id, a.event.timestamp, a.line) for a in pending)
+                self.store.append((a.event.session_id, a.event.timestamp, a.line, a.seq) for a in pending)
                 break
             except StoreError as exc:
                 self._store_failed(exc)
@@ -343,6 +355,10 @@ class Broker:
             self.delete_session(sid)
         if expired:
             log.info("retention: removed %d sessions older than %s days", len(expired), retention_days)
+            try:
+                self.store.order.trim_head()
+            except OSError as exc:
+                log.warning("retention: the seq log was not trimmed: %s", exc)
         return len(expired)
 
     def session_action(self, action: str, session_id: str, value: Any = None) -> None:

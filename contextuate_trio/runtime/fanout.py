@@ -14,6 +14,7 @@ import logging
 from collections.abc import Iterable
 from typing import Any
 
+import orjson
 import trio
 
 from contextuate_trio.core.events import Event
@@ -44,6 +45,16 @@ class LiveEvent:
         self.machine_id = ev.machine_id
         self.event_type = ev.event_type
         self.tool_name = ev.tool_name
+
+    @classmethod
+    def from_line(cls, line: bytes) -> LiveEvent:
+        """The same fields from a stored line (a client catching up from disk)."""
+        d = orjson.loads(line)
+        live = cls.__new__(cls)
+        live.id, live.timestamp = d.get("id"), d.get("timestamp")
+        live.session_id, live.parent_session_id = d.get("sessionId"), d.get("parentSessionId")
+        live.machine_id, live.event_type, live.tool_name = d.get("machineId"), d.get("eventType"), d.get("toolName")
+        return live
 
 
 class Subscription:
@@ -118,19 +129,22 @@ class FanOut:
             except trio.WouldBlock:
                 self.dropped += 1
                 unit = "events" if sub.batched else "messages"
-                log.warning("dropping %s: it fell %d %s behind", sub.name, sub.max_events, unit)
+                # A WebSocket client then catches up from memory or disk.
+                log.info("closing the queue of %s: it fell %d %s behind", sub.name, sub.max_events, unit)
                 sub.close(DropReason.TOO_SLOW)
             except trio.ClosedResourceError:
                 sub.close()
 
-    def stored(self, stored: Iterable[tuple[Event, bytes]], changed: Iterable[Session]) -> None:
-        """Number what the pipeline just stored, keep it for resume, offer it to all."""
+    def stored(self, stored: list[tuple[int, Event, bytes]], changed: Iterable[Session]) -> None:
+        """What the pipeline just stored (numbered by it, the next seqs in order):
+        kept for resume, offered to all."""
         msgs = []
-        for ev, line in stored:
-            self.seq += 1
-            msg: dict[str, Any] = {"type": "event", "seq": self.seq, "event": LiveEvent(ev), "line": line}
+        for seq, ev, line in stored:
+            msg: dict[str, Any] = {"type": "event", "seq": seq, "event": LiveEvent(ev), "line": line}
             self.replay.append(msg)
             msgs.append(msg)
+        if msgs:
+            self.seq = msgs[-1]["seq"]
         sessions = list(changed)
         if any(not sub.batched for sub in self._subscribers):
             for msg in msgs:

@@ -7,6 +7,7 @@ Layout under ``persistence.dir``::
                                   [start, end, count, min_ts, max_ts] (byte offsets)
     sessions/<key>/meta.json      the session (as the API shows it) + "_bytes", the
                                   size events.jsonl had when it was written
+    seq.log, seq.keys             where each numbered event lies (see ``seqlog``)
 
 Why this shape: a restart reads one small meta file per session, never the events;
 events written after the last meta (a crash) are found by comparing sizes and
@@ -33,6 +34,7 @@ from io import FileIO
 
 from contextuate_trio.core.sessions import Session
 from contextuate_trio.hook.paths import write_atomic
+from contextuate_trio.runtime.seqlog import SeqLog
 
 log = logging.getLogger("contextuate.store")
 
@@ -92,6 +94,7 @@ class FileStore:
         self._blocks: dict[str, list] = {}  # session key -> index blocks, loaded lazily
         self._bytes: dict[str, int] = {}  # session key -> events.jsonl size
         self.degraded: str | None = None
+        self.order = SeqLog(directory)
 
     # --- start-up -----------------------------------------------------------------
     def open(self) -> tuple[list[Session], list[dict]]:
@@ -113,6 +116,7 @@ class FileStore:
                 sessions.append(s)
             replay.extend(tail_events)
         replay.sort(key=lambda e: e.get("timestamp") or 0)
+        self.order.open(self._bytes)
         return sessions, replay
 
     def _open_session(self, key: str, path: str):
@@ -200,27 +204,32 @@ class FileStore:
         return blocks
 
     # --- writing ------------------------------------------------------------------
-    def append(self, batch: Iterable[tuple[str, int, bytes]]) -> None:
-        """Append (session_id, timestamp, line) triples; all or nothing per session."""
+    def append(self, batch: Iterable[tuple[str, int, bytes, int | None]]) -> None:
+        """Append (session_id, timestamp, line, seq) items, all or nothing per
+        session; the seq log records where each numbered one landed."""
         grouped: dict[str, list] = {}
-        for sid, ts, line in batch:
-            grouped.setdefault(session_key(sid), []).append((ts, line))
+        for sid, ts, line, seq in batch:
+            grouped.setdefault(session_key(sid), []).append((ts, line, seq))
         written: set[str] = set()
+        records: list[tuple[int, str, int, int]] = []
         try:
             for key, items in grouped.items():
-                self._append_session(key, items)
+                records += self._append_session(key, items)
                 written.add(key)
         except OSError as exc:
             self.degraded = f"cannot write to {self.dir}: {exc.strerror or exc}"
             err = StoreError(self.degraded)
             err.written = written  # sessions whose lines did land: not to be written again
             raise err from exc
+        finally:
+            records.sort()
+            self.order.append(records)
         self.degraded = None
 
-    def _append_session(self, key: str, items: list) -> None:
+    def _append_session(self, key: str, items: list) -> list[tuple[int, str, int, int]]:
         f = self._file(key)
         before = self._bytes.get(key, 0)
-        data = b"".join(line for _, line in items)
+        data = b"".join(item[1] for item in items)
         try:
             view = memoryview(data)
             while view:
@@ -235,7 +244,12 @@ class FileStore:
         self._bytes[key] = before + len(data)
         tail = self._tails.setdefault(key, _Tail(before))
         new_blocks = []
-        for ts, line in items:
+        records = []
+        offset = before
+        for ts, line, seq in items:
+            if seq is not None:
+                records.append((seq, key, offset, len(line)))
+            offset += len(line)
             tail.add(ts, len(line))
             if tail.count >= BLOCK:
                 new_blocks.append(tail.as_block())
@@ -251,6 +265,7 @@ class FileStore:
                 # The events are written; the index is only a shortcut (a start that
                 # finds it short or torn rebuilds the rest from the events).
                 log.warning("%s: index not updated (%s); it is rebuilt at start", path, exc)
+        return records
 
     def _file(self, key: str) -> FileIO:
         f = self._files.get(key)
@@ -310,10 +325,12 @@ class FileStore:
         self.flush()
         for key in list(self._files):
             self._close(key)
+        self.order.close()
 
     def delete(self, session_id: str) -> None:
         key = session_key(session_id)
         self._close(key)
+        self.order.retire(key)
         for d in (self._tails, self._blocks, self._bytes):
             d.pop(key, None)
         shutil.rmtree(os.path.join(self.sessions_dir, key), ignore_errors=True)
@@ -442,6 +459,41 @@ class FileStore:
             if not b[2] or (after is not None and b[4] <= after) or (before is not None and b[3] >= before):
                 continue
             yield self._raw_lines(key, b[0], b[1])
+
+    def lines_after(self, since: int, limit: int) -> list[tuple[int, bytes]]:
+        """(seq, stored line) of up to ``limit`` events numbered after ``since``, in
+        order, from disk: one read per run of adjacent lines in a session's file."""
+        records = self.order.after(since, limit)
+        by_key: dict[str, list[tuple[int, int, int]]] = {}
+        for seq, key, offset, length in records:
+            by_key.setdefault(key, []).append((offset, length, seq))
+        found: list[tuple[int, bytes]] = []
+        for key, items in by_key.items():
+            found += self._read_records(key, items)
+        found.sort()
+        return found
+
+    def _read_records(self, key: str, items: list[tuple[int, int, int]]) -> list[tuple[int, bytes]]:
+        """The lines at (offset, length) in a session's file, with their seqs; a line
+        that is not there (a file cut short by a repair) is left out."""
+        out: list[tuple[int, bytes]] = []
+        items.sort()
+        i = 0
+        while i < len(items):
+            j = i + 1  # a run of adjacent lines: one read
+            while j < len(items) and items[j][0] == items[j - 1][0] + items[j - 1][1]:
+                j += 1
+            start = items[i][0]
+            end = items[j - 1][0] + items[j - 1][1]
+            data = self._read_bytes(key, start, end)
+            if data is None:
+                return out  # the session is gone
+            for offset, length, seq in items[i:j]:
+                line = data[offset - start : offset - start + length]
+                if len(line) == length and line.endswith(b"\n") and line.startswith(b"{"):
+                    out.append((seq, line))
+            i = j
+        return out
 
     def contains(self, session_id: str, event_id: str, ts: int) -> bool:
         """Exact duplicate check, reading only the blocks whose times cover ``ts``."""

@@ -10,9 +10,11 @@ Messages (JSON text, each with a ``type``; the README has the full list):
 - on connect: ``snapshot`` {seq, epoch, sessions, events}, then live ``event`` /
   ``events`` (a batch; ``seq`` is its last event's) and ``session_update`` /
   ``session_deleted``.
-- ``?since=N&epoch=E``: instead of the snapshot, ``resume`` {seq, sessions} and every
-  event numbered after N, in order, exactly once; when N is too old (or from another
-  daemon run) ``reset`` and a fresh ``snapshot``.
+- ``?since=N``: instead of the snapshot, ``resume`` {seq, sessions} and every event
+  numbered after N, in order, exactly once, from memory or from disk (numbers go on
+  across daemon runs); when N is no longer on disk, ``reset`` and a fresh ``snapshot``.
+- A client that falls behind is never dropped for it: it is served from memory or
+  disk from the last number it was sent (``catch_up``) until it is live again.
 """
 
 from __future__ import annotations
@@ -43,11 +45,13 @@ CLOSE_SHUTDOWN = 1001  # the daemon is stopping
 
 MAX_CLIENT_MESSAGE = 64 * 1024  # bytes a client may send in one message
 BATCH_MAX = 500  # events in one ``events`` message
+BATCH_BYTES = 256 * 1024  # ... and about this much text (a single event may be more)
 LIVE_EVENT_MAX = 128 * 1024  # larger events are sent trimmed (``truncated: true``)
 TRIM_STRING = 4096  # ... their strings cut to this many characters
 TRIM_ITEMS = 200  # ... their lists to this many items
 HISTORY_MAX = 5000  # most events one history request or snapshot returns
 SESSIONS_FROM_DISK = 200  # newest sessions read for recent events older than the replay
+CATCH_UP_CHUNK = 1000  # events read from disk per step of a client's catch-up
 
 
 # --- the token, as a subprotocol (browsers cannot set Authorization on a WebSocket) ----
@@ -107,6 +111,25 @@ def dict_json(d: dict) -> str:
     if len(text) > LIVE_EVENT_MAX:
         text = _compact(dict(d, data=_trim(d.get("data")), truncated=True))
     return text
+
+
+def batches(msgs: list[dict]) -> list[list[dict]]:
+    """Event messages in groups of at most BATCH_MAX events and about BATCH_BYTES of
+    text (one event alone may be larger): a client's message-size limit (1 MiB by
+    default in most libraries) is never crossed by a burst of large events."""
+    out: list[list[dict]] = []
+    group: list[dict] = []
+    size = 0
+    for m in msgs:
+        n = len(event_json(m))
+        if group and (len(group) >= BATCH_MAX or size + n > BATCH_BYTES):
+            out.append(group)
+            group, size = [], 0
+        group.append(m)
+        size += n
+    if group:
+        out.append(group)
+    return out
 
 
 def batch_text(msgs: list[dict]) -> str:
@@ -277,6 +300,14 @@ class Backend(Protocol):
         self, session_id: str, limit: int, before: int | None = None, after: int | None = None
     ) -> list[dict]: ...
     def session_action(self, action: str, session_id: str, value: Any) -> None: ...
+    @property
+    def first_on_disk(self) -> int:
+        """The oldest event number the store can give back (0: none)."""
+        ...
+
+    def stored_after(self, since: int, limit: int) -> list[dict]:
+        """Event messages (as the fan-out's) numbered after ``since``, from disk."""
+        ...
 
 
 def replay_after(replay: collections.deque, seq: int, since: int) -> list[dict] | None:
@@ -314,35 +345,71 @@ class WsProtocol:
         self.counters: collections.Counter = collections.Counter()
 
     # --- the first messages (the server takes them in the same step as it subscribes) ---
-    def first_messages(self, hs: Handshake) -> list[str]:
-        """The snapshot, or the resume and every event after ``since``, or a reset and
-        a snapshot. Exactly-once resume rests on the caller subscribing in the same
-        synchronous step as this is built: every later event is in its queue, every
-        earlier one in these messages."""
+    def first_messages(self, hs: Handshake) -> tuple[list[str], int]:
+        """The snapshot, or the resume and the events after ``since`` the memory
+        holds, or a reset and a snapshot; and the number the client has had events
+        up to (the sender ``catch_up``s from it when it is behind the live seq).
+        Exactly-once resume rests on the caller subscribing in the same synchronous
+        step as this is built: every later event is in its queue, every earlier one
+        in these messages or on disk."""
         seq = self.backend.seq
         if hs.since is None:
-            return [self.snapshot_text(hs.filter, seq, hs.limit)]
-        replay = None if hs.epoch not in (None, self.epoch) else replay_after(self.backend.replay, seq, hs.since)
-        if replay is not None:
+            return [self.snapshot_text(hs.filter, seq, hs.limit)], seq
+        if self._held(hs.since):
             self.counters["resumes"] += 1
-            out = [
-                self.encoder.dumps(
-                    {
-                        "type": "resume",
-                        "seq": seq,
-                        "since": hs.since,
-                        "epoch": self.epoch,
-                        "sessions": self.sessions(hs.filter),
-                    }
-                )
-            ]
-            msgs = [m for m in replay if hs.filter.event_ok(m["event"])]
-            out += [batch_text(msgs[i : i + BATCH_MAX]) for i in range(0, len(msgs), BATCH_MAX)]
-            return out
+            head = {
+                "type": "resume",
+                "seq": seq,
+                "since": hs.since,
+                "epoch": self.epoch,
+                "sessions": self.sessions(hs.filter),
+            }
+            texts, cursor = self.catch_up(hs.filter, hs.since, memory_only=True)
+            return [self.encoder.dumps(head), *texts], cursor
         self.counters["resets"] += 1
         reason = "too old" if hs.epoch in (None, self.epoch) else "daemon restarted"
         reset = self.encoder.dumps({"type": "reset", "seq": seq, "epoch": self.epoch, "reason": reason})
-        return [reset, self.snapshot_text(hs.filter, seq, hs.limit)]
+        return [reset, self.snapshot_text(hs.filter, seq, hs.limit)], seq
+
+    def _held(self, since: int) -> bool:
+        """Every event after ``since`` can be given back (from memory or disk)."""
+        seq = self.backend.seq
+        if since < 0 or since > seq:
+            return False
+        if replay_after(self.backend.replay, seq, since) is not None:
+            return True
+        first = self.backend.first_on_disk
+        return bool(first) and since + 1 >= first
+
+    def catch_up(self, flt: Filter, cursor: int, memory_only: bool = False) -> tuple[list[str], int]:
+        """Texts of the events after ``cursor`` a client has not had, and the number
+        it has had them up to: everything, when the memory holds it (call in the same
+        step as subscribing); else the next chunk from disk. A gap nobody holds any
+        more (a client cut off longer than retention) is a reset and a snapshot."""
+        seq = self.backend.seq
+        if cursor >= seq:
+            return [], seq
+        held = replay_after(self.backend.replay, seq, cursor)
+        if held is not None:
+            return self.render(flt, held), seq
+        if memory_only:
+            return [], cursor
+        if not self._held(cursor):
+            self.counters["resets"] += 1
+            reset = self.encoder.dumps({"type": "reset", "seq": seq, "epoch": self.epoch, "reason": "too old"})
+            return [reset, self.snapshot_text(flt, seq, HISTORY_MAX)], seq
+        replay = self.backend.replay
+        want = min(CATCH_UP_CHUNK, replay[0]["seq"] - 1 - cursor) if replay else CATCH_UP_CHUNK
+        msgs = self.backend.stored_after(cursor, max(want, 1))  # what the memory lacks
+        if not msgs:  # nothing more on disk (unrecorded events): go on from memory
+            self.counters["catch_up_gaps"] += 1
+            return [], (replay[0]["seq"] - 1 if replay else seq)
+        self.counters["caught_up_from_disk"] += len(msgs)
+        touched = {m["event"].session_id for m in msgs} | {m["event"].parent_session_id for m in msgs}
+        known = self.backend.sessions
+        last = msgs[-1]["seq"]
+        updates = [{"type": "session_update", "seq": last, "session": known[s]} for s in touched if s in known]
+        return self.render(flt, msgs + updates), last
 
     def sessions(self, flt: Filter) -> list[dict]:
         prices = self.encoder.prices
@@ -411,7 +478,7 @@ class WsProtocol:
         updates: dict[str, dict] = {}
 
         def flush_events() -> None:
-            out.extend(batch_text(pending[i : i + BATCH_MAX]) for i in range(0, len(pending), BATCH_MAX))
+            out.extend(batch_text(group) for group in batches(pending))
             pending.clear()
 
         def flush_updates() -> None:

@@ -22,7 +22,7 @@ from trio_websocket import ConnectionClosed, WebSocketConnection, WebSocketReque
 from contextuate_trio.core.sessions import Session
 from contextuate_trio.runtime.broker import Broker
 from contextuate_trio.runtime.clock import now_ms
-from contextuate_trio.runtime.fanout import Subscription
+from contextuate_trio.runtime.fanout import LiveEvent, Subscription
 from contextuate_trio.runtime.metrics import Metric
 from contextuate_trio.web import ws_protocol as proto
 from contextuate_trio.web.state import WebState
@@ -32,6 +32,7 @@ log = logging.getLogger("contextuate.ws")
 REQUESTS_PER_S = 100  # a client's sustained request rate; beyond it, its reader waits
 REQUESTS_BURST = 200
 SENDER_BATCH = 64  # fan-out messages taken per wake-up
+QUEUE_EVENTS = 5000  # events queued per client before it catches up from memory or disk
 HISTORY_SESSIONS = 200  # newest sessions whose last events fill the first snapshot
 HISTORY_PER_SESSION = 500
 
@@ -67,6 +68,20 @@ class BrokerBackend:
     def session_action(self, action: str, session_id: str, value: Any) -> None:
         self.broker.session_action(action, session_id, value)
 
+    @property
+    def first_on_disk(self) -> int:
+        store = self.broker.store
+        return 0 if store is None else store.order.first_seq
+
+    def stored_after(self, since: int, limit: int) -> list[dict]:
+        store = self.broker.store
+        if store is None:
+            return []
+        return [
+            {"type": "event", "seq": seq, "event": LiveEvent.from_line(line), "line": line}
+            for seq, line in store.lines_after(since, limit)
+        ]
+
 
 class Client:
     def __init__(self, ws: WebSocketConnection, state: proto.ClientState) -> None:
@@ -74,6 +89,8 @@ class Client:
         self.state = state
         self.remote = state.remote
         self.sub: Subscription | None = None
+        self.cursor = 0  # the last event number this client has been sent (or skipped)
+        self.catching_up = False  # served from memory or disk until live again
         self.connected = time.time()
         self.sent = 0
         self.closing: tuple[int, str] | None = None
@@ -94,13 +111,15 @@ class WsServer:
         self.port = server.ws_port
         self.guard = state.guard
         # Tunables (tests shrink them).
-        # Events a client may lag behind before it is dropped: as many as the broker
-        # keeps for resume, so a dropped client can usually come back with ?since=.
-        self.queue_size = self.broker.replay.maxlen or 20_000
+        # Events a client may lag behind in its queue; beyond, it is served from the
+        # broker's memory or the disk instead (``catch_up``), never dropped for it.
+        self.queue_size = QUEUE_EVENTS
         self.snapshot_events = 1000
         self.ping_interval = 20.0
         self.ping_timeout = 20.0
-        self.send_timeout = 30.0
+        # A client whose one message cannot be written for this long has stopped
+        # reading: dropped (it may resume).
+        self.send_timeout = 15.0
         self.max_message = proto.MAX_CLIENT_MESSAGE
         # A new epoch per daemon run: a ``since`` from another run means nothing here.
         self.protocol = proto.WsProtocol(
@@ -219,8 +238,9 @@ class WsServer:
     async def _run_client(self, client: Client, hs: proto.Handshake) -> None:
         # The one synchronous step (no await in between): subscribe, and take the
         # snapshot or the replay position.
-        client.sub = self.broker.subscribe(self.queue_size, f"WebSocket client {client.remote}", batched=True)
-        first = self.protocol.first_messages(hs)
+        self._subscribe(client)
+        first, client.cursor = self.protocol.first_messages(hs)
+        client.catching_up = client.cursor < self.broker.seq
         self.clients.add(client)
         log.info(
             "WebSocket client %s connected (%s)",
@@ -241,6 +261,12 @@ class WsServer:
             client.closing[1] if client.closing else _reason(client.ws),
             client.sent,
         )
+
+    def _subscribe(self, client: Client) -> Subscription:
+        if client.sub is not None:
+            client.sub.close()
+        client.sub = self.broker.subscribe(self.queue_size, f"WebSocket client {client.remote}", batched=True)
+        return client.sub
 
     async def _close(self, client: Client) -> None:
         if client.closing is None:
@@ -279,34 +305,49 @@ class WsServer:
             client.closing = (proto.CLOSE_TOO_SLOW, "too slow: reconnect with ?since=<last seq>")
         scope.cancel()
 
-    def _fell_behind(self, client: Client, scope: trio.CancelScope) -> None:
-        self._drop(client, f"fell {self.queue_size} events behind", scope)
-
     async def _sender(self, client: Client, first: list[str], scope: trio.CancelScope) -> None:
         for text in first:
             await self._send(client, text, scope)
-        sub = client.sub
-        assert sub is not None
         while True:
+            if client.catching_up:
+                await self._catch_up_step(client, scope)
+                continue
+            sub = client.sub
+            assert sub is not None
             try:
                 batch = [await sub.receive.receive()]
             except (trio.EndOfChannel, trio.ClosedResourceError):
-                if sub.too_slow:
-                    self._fell_behind(client, scope)
-                else:
-                    client.closing = client.closing or (proto.CLOSE_SHUTDOWN, "server closing")
-                    scope.cancel()
-                return
-            if sub.too_slow:
-                self._fell_behind(client, scope)
+                if sub.too_slow:  # its queue overflowed: served from memory or disk instead
+                    client.catching_up = True
+                    continue
+                client.closing = client.closing or (proto.CLOSE_SHUTDOWN, "server closing")
+                scope.cancel()
                 return
             while len(batch) < SENDER_BATCH:
                 try:
                     batch.append(sub.receive.receive_nowait())
                 except (trio.WouldBlock, trio.EndOfChannel, trio.ClosedResourceError):
                     break
-            for text in self.protocol.render(client.state.filter, _expand(sub, batch)):
+            if sub.too_slow:
+                client.catching_up = True
+                continue
+            msgs = _expand(sub, batch, client.cursor)
+            client.cursor = max([client.cursor, *(m["seq"] for m in msgs if m["type"] == "event")])
+            for text in self.protocol.render(client.state.filter, msgs):
                 await self._send(client, text, scope)
+
+    async def _catch_up_step(self, client: Client, scope: trio.CancelScope) -> None:
+        """Send the next events a lagging client has not had. A new subscription
+        when the old one overflowed, taken in the same synchronous step as the
+        catch-up (as at connect): exactly once, in order."""
+        if client.sub is None or client.sub.too_slow or client.sub.dropped is not None:
+            self._subscribe(client)
+            self.counters["caught_up"] += 1
+        texts, client.cursor = self.protocol.catch_up(client.state.filter, client.cursor)
+        client.catching_up = client.cursor < self.broker.seq
+        for text in texts:
+            await self._send(client, text, scope)
+        await trio.lowlevel.checkpoint()  # a long catch-up never starves the loop
 
     async def _reader(self, client: Client, scope: trio.CancelScope) -> None:
         while True:
@@ -335,15 +376,8 @@ class WsServer:
 
     async def _keepalive(self, client: Client, scope: trio.CancelScope) -> None:
         while True:
-            # Between pings, watch for the broker dropping this client: its sender
-            # may be stuck writing to a socket nobody reads, so it cannot notice.
-            with trio.move_on_after(self.ping_interval):
-                if client.sub is not None:
-                    await client.sub.closed.wait()
-                    if client.sub.too_slow:
-                        self._fell_behind(client, scope)
-                    return  # closed for another reason: the sender ends the connection
-                await trio.sleep_forever()
+            # A client that stops reading is the sender's to notice (send_timeout).
+            await trio.sleep(self.ping_interval)
             with trio.move_on_after(self.ping_timeout) as timer:
                 await client.ws.ping()
             if timer.cancelled_caught:
@@ -412,17 +446,18 @@ class WsServer:
         ]
 
 
-def _expand(sub: Subscription, batch: list[dict]) -> list[dict]:
+def _expand(sub: Subscription, batch: list[dict], cursor: int) -> list[dict]:
     """The fan-out's batch messages as the per-event and per-session messages the
     protocol renders (the subscription is batched: one message per pipeline batch,
-    however many events it holds)."""
+    however many events it holds), without the events the client has had already
+    (numbered up to ``cursor``: sent while it caught up)."""
     out: list[dict] = []
     for m in batch:
         sub.taken(m)
         if m["type"] != "batch":
             out.append(m)
             continue
-        out.extend(m["events"])
+        out.extend(e for e in m["events"] if e["seq"] > cursor)
         seq = m["seq"]
         out.extend({"type": "session_update", "seq": seq, "session": s} for s in m["sessions"])
     return out

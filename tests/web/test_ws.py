@@ -122,8 +122,34 @@ async def test_resume_exactly_once_while_events_keep_arriving(live_daemon):
     assert [e["id"] for _, e in seen] == submitted
 
 
-async def test_resume_too_old_or_other_run_resets(live_daemon, home):
+async def test_resume_from_disk_beyond_the_memory_and_across_a_restart(live_daemon, home):
     d = await live_daemon()
+    d.broker.fanout.replay = collections.deque(d.broker.replay, maxlen=10)
+    sent = [ev(i, session=f"s{i % 4}") for i in range(30)]
+    for e in sent:
+        await d.submit(e)
+    first = base(d)
+    async with open_websocket_url(f"{d.ws_url}?since={first + 2}&epoch={d.daemon.ws.epoch}") as ws:
+        m = await recv(ws)
+        assert m["type"] == "resume" and m["since"] == first + 2
+        got = await recv_events(ws, 28)  # 18 from disk, 10 from memory: each once, in order
+        assert [s for s, _ in got] == list(range(first + 3, first + 31))
+        assert [e["id"] for _, e in got] == [e["id"] for e in sent[2:]]
+        await d.submit(ev(30))  # then live
+        assert [s for s, _ in await recv_events(ws, 1)] == [first + 31]
+    assert d.daemon.ws.counters["caught_up_from_disk"] == 18
+    await d.stop()
+    # Numbers go on across runs: a client of the last run resumes from disk.
+    d2 = await live_daemon(home_dir=home)
+    assert d2.broker.seq == first + 31
+    await d2.submit(ev(31))
+    async with open_websocket_url(f"{d2.ws_url}?since={first + 28}&epoch=the-last-run") as ws:
+        assert (await recv(ws))["type"] == "resume"
+        assert [s for s, _ in await recv_events(ws, 4)] == list(range(first + 29, first + 33))
+
+
+async def test_resume_resets_when_the_number_is_not_held(live_daemon, home):
+    d = await live_daemon({"persistence": {"enabled": False}})  # memory only: no disk to fall back on
     d.broker.fanout.replay = collections.deque(d.broker.replay, maxlen=10)
     for i in range(30):
         await d.submit(ev(i))
@@ -131,14 +157,13 @@ async def test_resume_too_old_or_other_run_resets(live_daemon, home):
         m = await recv(ws)
         assert m["type"] == "reset" and m["reason"] == "too old"
         snap = await recv(ws)
-        assert snap["type"] == "snapshot" and snap["seq"] == base(d) + 30 and len(snap["events"]) == 30
-    # A seq from another daemon run (epoch differs) is meaningless here.
-    async with open_websocket_url(f"{d.ws_url}?since={base(d) + 25}&epoch=another-run") as ws:
+        assert snap["type"] == "snapshot" and snap["seq"] == base(d) + 30 and len(snap["events"]) == 10
+    async with open_websocket_url(f"{d.ws_url}?since={base(d) + 2}&epoch=another-run") as ws:
         m = await recv(ws)
         assert m["type"] == "reset" and m["reason"] == "daemon restarted"
         assert (await recv(ws))["type"] == "snapshot"
-    # Ahead of us, or (no epoch given) a number from an earlier run: numbers of each
-    # run start above every earlier run's, so either way it is a reset, never a gap.
+    # Ahead of us, or a number from an earlier run: numbers of each run start above
+    # every earlier run's, so either way it is a reset, never a gap.
     async with open_websocket_url(f"{d.ws_url}?since={base(d) + 999}") as ws:
         assert (await recv(ws))["type"] == "reset"
     async with open_websocket_url(f"{d.ws_url}?since=25") as ws:
@@ -320,35 +345,41 @@ async def ws_unhide_and_check(d):
     assert d.broker.manager.sessions["parent"].name is None
 
 
-async def test_slow_client_is_dropped_while_ingest_and_others_go_on(live_daemon, caplog):
-    d = await live_daemon(queue_size=300)
-    payload = "y" * 60_000  # 36 MB in all: more than the slow client's socket buffers hold
-    async with open_websocket_url(d.ws_url) as slow, open_websocket_url(d.ws_url) as fast:
-        await recv(slow)
-        await recv(fast)
+async def test_flood_a_reader_gets_every_event_once_a_stalled_client_is_dropped(live_daemon, caplog):
+    # A small queue: the reader falls out of it again and again and catches up from
+    # memory and disk; the stalled one's socket fills and its send times out.
+    d = await live_daemon(queue_size=50, send_timeout=1.0)
+    d.broker.fanout.replay = collections.deque(d.broker.replay, maxlen=100)
+    payload = "y" * 60_000  # 36 MB in all: more than the stalled client's socket buffers hold
+    n = 600
+    async with open_websocket_url(d.ws_url) as stalled, open_websocket_url(d.ws_url) as reader:
+        await recv(stalled)
+        await recv(reader)
         got: list[int] = []
 
-        async def reader():
-            with trio.fail_after(30):
-                while len(got) < 600:
-                    got.extend(s for s, _ in await recv_events(fast, 1))
+        async def read_all():
+            with trio.fail_after(60):
+                while len(got) < n:
+                    got.extend(s for s, _ in await recv_events(reader, 1, timeout=30))
 
         async with trio.open_nursery() as nursery:
-            nursery.start_soon(reader)
-            with trio.fail_after(20):  # ingest never waits on the slow client
-                for i in range(600):
+            nursery.start_soon(read_all)
+            with trio.fail_after(20):  # ingest never waits on either client
+                for i in range(n):
                     await d.submit(ev(i, data={"tool_response": payload}))
-                    while i - len(got) > 40:  # the fast client reads as it comes
-                        await trio.sleep(0.001)
-        assert got == list(range(base(d) + 1, base(d) + 601))
-        assert d.daemon.ws.counters["dropped"] == 1
-        assert d.broker.fanout.dropped == 1
+        assert got == list(range(base(d) + 1, base(d) + n + 1)), "a gap or a duplicate"
+        ws = d.daemon.ws
+        assert ws.counters["caught_up"] >= 1 and ws.counters["caught_up_from_disk"] > 0
+        with trio.fail_after(10):
+            while ws.counters["dropped"] < 1:
+                await trio.sleep(0.05)
+        assert ws.counters["dropped"] == 1  # the stalled one only
         assert any("dropping WebSocket client" in r.getMessage() for r in caplog.records)
-        # The slow one, when it finally reads, finds its connection closed.
+        # The stalled one, when it finally reads, finds its connection closed.
         with pytest.raises(ConnectionClosed) as info:
             with trio.fail_after(10):
                 while True:
-                    await slow.get_message()
+                    await stalled.get_message()
         assert info.value.reason.code in (CLOSE_TOO_SLOW, 1006)
     with trio.fail_after(10):  # both connections are gone: the server forgets them
         while d.daemon.ws.clients:

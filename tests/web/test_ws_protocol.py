@@ -24,7 +24,15 @@ class FakeBackend:
         self.replay: collections.deque = collections.deque(maxlen=5)
         self.seq = 100
         self.has_store = False
+        self.disk: list[dict] = []  # with has_store: every message stored, oldest first
         self.done: list[tuple] = []
+
+    @property
+    def first_on_disk(self) -> int:
+        return self.disk[0]["seq"] if self.has_store and self.disk else 0
+
+    def stored_after(self, since, limit):
+        return [m for m in self.disk if m["seq"] > since][:limit] if self.has_store else []
 
     @property
     def sessions(self):
@@ -49,6 +57,7 @@ class FakeBackend:
         self.seq += 1
         line = json.dumps({"id": ev.id, "sessionId": sid, "eventType": "stop"}).encode() + b"\n"
         self.replay.append({"type": "event", "seq": self.seq, "event": LiveEvent(ev), "line": line})
+        self.disk.append(self.replay[-1])
 
 
 def protocol(backend: FakeBackend) -> proto.WsProtocol:
@@ -70,18 +79,50 @@ def test_resume_exactly_once_or_reset():
     for i in range(7):
         b.store("s" if i % 2 else "t")  # seqs 101..107; the replay keeps 103..107
     p = protocol(b)
-    resume = p.first_messages(proto.Handshake(proto.Filter(), since=104, epoch="E1", limit=10))
+    resume, cursor = p.first_messages(proto.Handshake(proto.Filter(), since=104, epoch="E1", limit=10))
     head = json.loads(resume[0])
-    assert head["type"] == "resume" and head["seq"] == 107
+    assert head["type"] == "resume" and head["seq"] == 107 and cursor == 107
     sent = json.loads(resume[1])
     assert sent["type"] == "events" and [e["id"] for e in sent["events"]] == ["e105", "e106", "e107"]
-    too_old = p.first_messages(proto.Handshake(proto.Filter(), since=101, epoch="E1", limit=10))
-    assert [json.loads(t)["type"] for t in too_old] == ["reset", "snapshot"]
+    too_old, cursor = p.first_messages(proto.Handshake(proto.Filter(), since=101, epoch="E1", limit=10))
+    assert [json.loads(t)["type"] for t in too_old] == ["reset", "snapshot"] and cursor == 107
     assert json.loads(too_old[0])["reason"] == "too old"
-    other_run = p.first_messages(proto.Handshake(proto.Filter(), since=106, epoch="E0", limit=10))
-    assert json.loads(other_run[0])["reason"] == "daemon restarted"
-    assert p.first_messages(proto.Handshake(proto.Filter(), since=107, epoch=None, limit=10))[1:] == []
-    assert p.counters["resumes"] == 2 and p.counters["resets"] == 2
+    # Numbers decide, not the run: they go on across runs, so one still held resumes.
+    other_run, _ = p.first_messages(proto.Handshake(proto.Filter(), since=106, epoch="E0", limit=10))
+    assert json.loads(other_run[0])["type"] == "resume"
+    assert p.first_messages(proto.Handshake(proto.Filter(), since=107, epoch=None, limit=10))[0][1:] == []
+    assert p.counters["resumes"] == 3 and p.counters["resets"] == 1
+
+
+def ids_in(texts: list[str]) -> list[str]:
+    out = []
+    for t in texts:
+        m = json.loads(t)
+        out += [e["id"] for e in m.get("events", [m.get("event")]) if e] if m["type"] in ("event", "events") else []
+    return out
+
+
+def test_resume_from_disk_beyond_the_memory_in_chunks_exactly_once(monkeypatch):
+    monkeypatch.setattr(proto, "CATCH_UP_CHUNK", 2)
+    b = FakeBackend()
+    b.has_store = True
+    for i in range(7):
+        b.store("s" if i % 2 else "t")  # 101..107 on disk; the memory keeps 103..107
+    p = protocol(b)
+    first, cursor = p.first_messages(proto.Handshake(proto.Filter(), since=100, epoch="E0", limit=10))
+    assert json.loads(first[0])["type"] == "resume" and first[1:] == [] and cursor == 100
+    got, steps = [], []
+    while cursor < b.seq:
+        texts, cursor = p.catch_up(proto.Filter(), cursor)
+        got += ids_in(texts)
+        steps.append(cursor)
+    assert got == [f"e{n}" for n in range(101, 108)]  # each once, in order
+    assert steps == [102, 107]  # one chunk from disk, then the memory has the rest
+    assert p.counters["caught_up_from_disk"] == 2
+    # Past what the disk keeps (retention removed 101..102): a reset and a snapshot.
+    del b.disk[:2]
+    texts, cursor = p.catch_up(proto.Filter(), 100)
+    assert [json.loads(t)["type"] for t in texts] == ["reset", "snapshot"] and cursor == 107
 
 
 def test_replies_filters_and_errors():

@@ -1,0 +1,97 @@
+"""The seq log: every numbered event found again on disk, across sessions and starts."""
+
+from __future__ import annotations
+
+import os
+
+from contextuate_trio.core import events
+from contextuate_trio.core.events import Event
+from contextuate_trio.runtime.seqlog import RECORD
+from contextuate_trio.runtime.store import FileStore, session_key
+
+
+def line(i: int, sid: str) -> bytes:
+    ev = Event(id=f"id-{i}", timestamp=1000 + i, session_id=sid, machine_id="m", event_type="stop")
+    return events.encode(ev) + b"\n"
+
+
+def write(store: FileStore, seqs: range, sessions: tuple[str, ...] = ("a", "b", "c")) -> dict[int, bytes]:
+    batch = [(sessions[n % len(sessions)], 1000 + n, line(n, sessions[n % len(sessions)]), n) for n in seqs]
+    store.append(batch)
+    return {seq: text for _, _, text, seq in batch}
+
+
+def opened(path) -> FileStore:
+    store = FileStore(str(path))
+    store.open()
+    return store
+
+
+def test_lines_after_any_number_in_order_across_sessions_and_starts(tmp_path):
+    store = opened(tmp_path)
+    lines = write(store, range(1, 500))
+    lines |= write(store, range(500, 1200))
+    assert store.lines_after(0, 5) == [(n, lines[n]) for n in range(1, 6)]
+    assert store.lines_after(1000, 10_000) == [(n, lines[n]) for n in range(1001, 1200)]
+    assert store.lines_after(1199, 10) == []
+    store.close()
+    again = opened(tmp_path)  # a new start finds the same numbers, and goes on
+    assert (again.order.first_seq, again.order.last_seq) == (1, 1199)
+    lines |= write(again, range(1200, 1210))
+    assert [n for n, _ in again.lines_after(1190, 100)] == list(range(1191, 1210))
+    assert all(text == lines[n] for n, text in again.lines_after(0, 2000))
+
+
+def test_binary_search_beyond_one_read(tmp_path, monkeypatch):
+    import contextuate_trio.runtime.seqlog as seqlog
+
+    monkeypatch.setattr(seqlog, "SEARCH_READ", 4)
+    store = opened(tmp_path)
+    write(store, range(10, 3000, 3))  # numbers with holes (other runs, masked lines...)
+    for since in (0, 9, 10, 11, 12, 13, 1500, 2995, 2996, 2997, 5000):
+        want = [n for n in range(10, 3000, 3) if n > since][:7]
+        assert [n for n, _ in store.lines_after(since, 7)] == want, since
+
+
+def test_a_deleted_session_leaves_nothing_behind_even_when_its_key_comes_back(tmp_path):
+    store = opened(tmp_path)
+    write(store, range(1, 31))
+    store.delete("b")
+    assert {n % 3 for n, _ in store.lines_after(0, 100)} == {0, 2}  # a: 3, 6...; c: 2, 5...
+    write(store, range(31, 40), sessions=("b",))  # a new session with the same key
+    store.close()
+    again = opened(tmp_path)
+    found = dict(again.lines_after(0, 100))
+    assert [n for n in found if n > 30] == list(range(31, 40))
+    assert all(b'"sessionId":"b"' in found[n] for n in range(31, 40))
+    assert not any(n % 3 == 1 and n < 31 for n in found)  # the old b's lines: gone
+
+
+def test_torn_record_and_a_file_cut_short_are_skipped(tmp_path):
+    store = opened(tmp_path)
+    write(store, range(1, 21), sessions=("a",))
+    store.close()
+    with open(tmp_path / "seq.log", "ab") as f:
+        f.write(b"\x01\x02\x03")  # a crash mid-record
+    events_file = tmp_path / "sessions" / session_key("a") / "events.jsonl"
+    size = os.path.getsize(events_file)
+    with open(events_file, "rb+") as f:
+        f.truncate(size - len(line(20, "a")))  # the last line lost (a repair cut it)
+    again = opened(tmp_path)
+    assert os.path.getsize(tmp_path / "seq.log") == 20 * RECORD.size
+    assert [n for n, _ in again.lines_after(0, 100)] == list(range(1, 20))
+
+
+def test_retention_trims_the_dead_head_and_keeps_numbers_going(tmp_path):
+    store = opened(tmp_path)
+    write(store, range(1, 11), sessions=("old",))
+    write(store, range(11, 21), sessions=("new",))
+    store.delete("old")
+    assert store.order.trim_head() == 10
+    assert os.path.getsize(tmp_path / "seq.log") == 10 * RECORD.size
+    assert (store.order.first_seq, store.order.last_seq) == (11, 20)
+    assert [n for n, _ in store.lines_after(0, 100)] == list(range(11, 21))
+    store.delete("new")
+    assert store.order.trim_head() == 9  # the last record stays: numbers go on from it
+    store.close()
+    assert opened(tmp_path).order.last_seq == 20
