@@ -354,19 +354,27 @@ def processes() -> Iterator[list]:
 
 
 # --- reporting ----------------------------------------------------------------------------
-def row(bench: str, metric: str, value: str, target: str = "", status: str = "") -> dict:
-    return {"bench": bench, "metric": metric, "value": value, "target": target, "status": status}
+def row(bench: str, metric: str, value: str, target: str = "", status: str = "", prev: str = "") -> dict:
+    """One table row; ``prev``: the figure before (shown in a "before" column, which
+    the table has only when some row fills it)."""
+    r = {"bench": bench, "metric": metric, "value": value, "target": target, "status": status}
+    if prev:
+        r["prev"] = prev
+    return r
 
 
 def format_table(rows: list[dict]) -> str:
-    heads = ("benchmark", "metric", "result", "target", "")
-    keys = ("bench", "metric", "value", "target", "status")
-    widths = [max(len(h), *(len(str(r[k])) for r in rows)) for h, k in zip(heads, keys, strict=False)]
+    heads = ["benchmark", "metric", "result", "target", ""]
+    keys = ["bench", "metric", "value", "target", "status"]
+    if any(r.get("prev") for r in rows):
+        heads.insert(3, "before")
+        keys.insert(3, "prev")
+    widths = [max(len(h), *(len(str(r.get(k, ""))) for r in rows)) for h, k in zip(heads, keys, strict=False)]
     line = "| " + " | ".join(h.ljust(w) for h, w in zip(heads, widths, strict=False)) + " |"
     sep = "|" + "|".join("-" * (w + 2) for w in widths) + "|"
     out = [line, sep]
     for r in rows:
-        out.append("| " + " | ".join(str(r[k]).ljust(w) for k, w in zip(keys, widths, strict=False)) + " |")
+        out.append("| " + " | ".join(str(r.get(k, "")).ljust(w) for k, w in zip(keys, widths, strict=False)) + " |")
     return "\n".join(out)
 
 

@@ -20,6 +20,7 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import _common as C  # noqa: E402
 import bench_history  # noqa: E402
 import bench_hook  # noqa: E402
+import bench_hotpath  # noqa: E402
 import bench_http_hook  # noqa: E402
 import bench_ingest  # noqa: E402
 import bench_latency  # noqa: E402
@@ -27,6 +28,7 @@ import bench_redis_ingest  # noqa: E402
 import bench_usage_hook  # noqa: E402
 
 BENCHES = [
+    ("hotpath", bench_hotpath),
     ("hook", bench_hook),
     ("http_hook", bench_http_hook),
     ("usage_hook", bench_usage_hook),
@@ -50,7 +52,7 @@ def chart(results: dict, path: str) -> bool:
     hook = results.get("hook")
     if hook and "samples" in hook:
         panels["1 hook cost: process spawn -> exit"] = hook["samples"]
-    for name in ("latency", "history"):
+    for name in ("hotpath", "latency", "history"):
         panels.update((results.get(name) or {}).get("charts", {}))
     panels = {t: {k: v for k, v in s.items() if v} for t, s in panels.items()}
     panels = {t: s for t, s in panels.items() if s}
