@@ -115,7 +115,7 @@ INDEX_RE = re.compile(rb'"bench_i":(\d+)')
 HEAD_RE = re.compile(rb'\{"type":"([a-z_]+)","seq":(\d+)')
 
 HISTORY_SESSIONS = 1_000
-GEN_VERSION = "hotpath-history-1"
+GEN_VERSION = "hotpath-history-2"  # 2: metas record their last block (_tail)
 CACHE = os.path.join(C.RESULTS, "cache-1m")
 
 

@@ -16,6 +16,7 @@ import ahocorasick
 
 from contextuate_trio.core.redact import MARKERS_LOWER, Redactor
 
+
 def _automaton() -> ahocorasick.Automaton:
     auto = ahocorasick.Automaton()
     for marker in sorted(MARKERS_LOWER, key=lambda m: isinstance(m, tuple)):  # plain first

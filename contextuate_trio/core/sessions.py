@@ -17,6 +17,7 @@ How a sub-agent's events are recognised, newest Claude Code first:
 
 from __future__ import annotations
 
+import functools
 import logging
 from typing import Any
 
@@ -109,7 +110,7 @@ class Session:
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> Session:
-        known = {camel(a.name): a.name for a in attrs.fields(Session)}
+        known = _field_names()
         return cls(**{known[k]: v for k, v in data.items() if k in known})
 
     def public(self, prices: usage_mod.PriceTable) -> dict[str, Any]:
@@ -438,3 +439,9 @@ class SessionManager:
                     child.status = ENDED
                     child.end_time = ev.timestamp
                     changed[cid] = child
+
+
+@functools.cache
+def _field_names() -> dict[str, str]:
+    """A session's JSON names -> its attribute names (a start reads one meta per session)."""
+    return {camel(a.name): a.name for a in attrs.fields(Session)}

@@ -44,18 +44,25 @@ REPLAY_IN_MEMORY = 20_000
 
 @attrs.define(eq=False)
 class Delivery:
-    """One event on its way in; ``done`` (when tracked) is set once it is stored or refused."""
+    """One event on its way in; once it is stored or refused, ``done`` (when tracked)
+    is set and ``on_done`` (when given) is called, in the pipeline's task."""
 
     event: Event
     done: trio.Event | None = None
     ok: bool = False
     error: str | None = None
     rejected: bool = False  # the pipeline failed on it: retrying cannot help
+    on_done: Callable[[Delivery], None] | None = None
 
     def finish(self, ok: bool, error: str | None = None, rejected: bool = False) -> None:
         self.ok, self.error, self.rejected = ok, error, rejected
         if self.done is not None:
             self.done.set()
+        if self.on_done is not None:
+            try:
+                self.on_done(self)
+            except Exception:  # a source's callback must never stop the pipeline
+                log.exception("a delivery callback failed")
 
 
 @attrs.define
@@ -129,15 +136,24 @@ class Broker:
         return len(sessions)
 
     # --- sources' side: the one entry point -------------------------------------------
-    async def submit(self, event: Event, *, wait: bool = False, track: bool = False) -> Delivery:
+    async def submit(
+        self,
+        event: Event,
+        *,
+        wait: bool = False,
+        track: bool = False,
+        on_done: Callable[[Delivery], None] | None = None,
+    ) -> Delivery:
         """Hand an event to the pipeline. With ``wait``, return once it is stored (or
-        refused); with ``track``, return at once with ``delivery.done`` to wait on.
+        refused); with ``track``, return at once with ``delivery.done`` to wait on;
+        with ``on_done``, return at once and have it called when the event is stored
+        or refused (a source that answers many producers from one task).
 
         When the channel has room this does not yield: a source that queues a whole
         read's worth of lines before its next ``receive`` hands the pipeline batches
         of hundreds instead of waking it for every few events. When it is full the
         caller waits (back-pressure)."""
-        d = Delivery(event, trio.Event() if (wait or track) else None)
+        d = Delivery(event, trio.Event() if (wait or track) else None, on_done=on_done)
         try:
             self.send_channel.send_nowait(d)
         except trio.WouldBlock:

@@ -32,6 +32,8 @@ from collections import OrderedDict
 from collections.abc import Iterable
 from io import FileIO
 
+import orjson
+
 from contextuate_trio.core.sessions import Session
 from contextuate_trio.hook.paths import write_atomic
 from contextuate_trio.runtime.seqlog import SeqLog
@@ -83,6 +85,20 @@ class _Tail:
     def as_block(self) -> list:
         return [self.start, self.end, self.count, self.min_ts, self.max_ts]
 
+    @classmethod
+    def from_meta(cls, value: object) -> _Tail | None:
+        """The block a meta.json recorded (``as_block``), or None when it is not one."""
+        if not isinstance(value, list) or len(value) != 5:
+            return None
+        start, end, count, min_ts, max_ts = value
+        if not all(isinstance(v, int) and not isinstance(v, bool) for v in (start, end, count)):
+            return None
+        if not all(v is None or isinstance(v, int) for v in (min_ts, max_ts)) or not 0 <= start <= end:
+            return None
+        tail = cls(start, end)
+        tail.count, tail.min_ts, tail.max_ts = count, min_ts, max_ts
+        return tail
+
 
 class FileStore:
     def __init__(self, directory: str, max_open_files: int = 64) -> None:
@@ -121,20 +137,16 @@ class FileStore:
 
     def _open_session(self, key: str, path: str):
         events_path = os.path.join(path, "events.jsonl")
-        size = self._repair_torn_tail(events_path)
+        meta = self._read_meta(key, path)
+        covered = meta.pop("_bytes", 0) if meta is not None and isinstance(meta.get("_bytes"), int) else 0
+        tail = _Tail.from_meta(meta.pop("_tail", None)) if meta is not None else None
+        size = _size(events_path)
+        if meta is None or size != covered or tail is None or tail.end != size:
+            size = self._repair_torn_tail(events_path)  # the meta is behind: a crash
+            tail = None
         self._bytes[key] = size
-        meta = None
-        try:
-            with open(os.path.join(path, "meta.json"), "rb") as f:
-                meta = json.loads(f.read())
-        except FileNotFoundError:
-            pass
-        except ValueError as exc:
-            log.warning("session %s: meta.json is corrupt (%s); rebuilding it from events", key, exc)
         session = None
-        covered = 0
-        if isinstance(meta, dict) and isinstance(meta.get("sessionId"), str):
-            covered = meta.pop("_bytes", 0) if isinstance(meta.get("_bytes"), int) else 0
+        if meta is not None:
             session = Session.from_dict(meta)
             if covered > size:  # meta newer than the events it counts: trust the events
                 log.warning("session %s: meta counts more than is on disk; recounting", key)
@@ -142,8 +154,22 @@ class FileStore:
         if session is None:
             covered = 0
         replay = list(self._read_range(key, covered, size)) if size > covered else []
-        self._load_tail(key, size)
+        if tail is not None:  # the meta knew the last block: no scan of it at start
+            self._tails[key] = tail
+        else:
+            self._load_tail(key, size)
         return session, replay
+
+    def _read_meta(self, key: str, path: str) -> dict | None:
+        try:
+            with open(os.path.join(path, "meta.json"), "rb") as f:
+                meta = orjson.loads(f.read())
+        except FileNotFoundError:
+            return None
+        except ValueError as exc:
+            log.warning("session %s: meta.json is corrupt (%s); rebuilding it from events", key, exc)
+            return None
+        return meta if isinstance(meta, dict) and isinstance(meta.get("sessionId"), str) else None
 
     def _repair_torn_tail(self, events_path: str) -> int:
         """A crash mid-write can leave a last line without its newline: set it aside."""
@@ -304,6 +330,9 @@ class FileStore:
                 os.makedirs(d, mode=0o700, exist_ok=True)
                 meta = s.to_dict()
                 meta["_bytes"] = self._bytes.get(key, 0)
+                tail = self._tails.get(key)
+                if tail is not None:  # the last block as of _bytes: a start need not scan it
+                    meta["_tail"] = tail.as_block()
                 text = json.dumps(meta, ensure_ascii=False, separators=(",", ":"))
                 # Text that cannot be UTF-8 (a lone surrogate some producer sent) never
                 # stops a save. Not fsynced: a start replays what a lost meta missed.
@@ -536,6 +565,13 @@ class FileStore:
 
     def size_bytes(self) -> int:
         return sum(self._bytes.values())
+
+
+def _size(path: str) -> int:
+    try:
+        return os.path.getsize(path)
+    except FileNotFoundError:
+        return 0
 
 
 def _ts(ev: dict) -> int:

@@ -82,3 +82,28 @@ def test_retention(tmp_path):
         m.apply(ev(1, sid=sid, ts=ts))
     assert st.expired(m.sessions.values(), 30, now_ms=now) == ["old"]
     assert st.expired(m.sessions.values(), None, now_ms=now) == []
+
+
+def test_a_start_takes_the_last_block_from_the_meta_and_scans_only_when_it_is_behind(tmp_path, monkeypatch):
+    st = FileStore(str(tmp_path))
+    st.open()
+    n = BLOCK + 40
+    append_events(st, [ev(j) for j in range(n)])
+    manager = SessionManager()
+    for j in range(n):
+        manager.apply(ev(j))
+    st.save_sessions(manager.sessions.values())
+    last = st.events("s1", 60)
+    st.close()
+    scans = []
+    real = FileStore._load_tail
+    monkeypatch.setattr(FileStore, "_load_tail", lambda self, key, size: scans.append(key) or real(self, key, size))
+    st2 = FileStore(str(tmp_path))
+    st2.open()
+    assert scans == [] and st2.events("s1", 60) == last  # no scan: the meta knew the block
+    append_events(st2, [ev(j) for j in range(n, n + 5)])  # stored after the meta: a crash
+    st2.close()
+    st3 = FileStore(str(tmp_path))
+    sessions, replay = st3.open()
+    assert scans == [session_key("s1")] and [e["data"]["n"] for e in replay] == list(range(n, n + 5))
+    assert [e["data"]["n"] for e in st3.events("s1", 45)] == list(range(n - 40, n + 5))
