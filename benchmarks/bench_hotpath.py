@@ -86,6 +86,7 @@ import re
 import selectors
 import shutil
 import socket
+import subprocess
 import sys
 import time
 import traceback
@@ -877,6 +878,7 @@ def case_hook(seconds: int, rate: int = 500) -> dict:
             rss=C.rss_bytes(d.pid),
         )
         res["log"] = log_findings(d)
+    res["floor"] = hook_floor(lines[50:], rate, seconds)
     b = "hot 2 command hooks"
     note = (
         "" if res["finished"] and not res["failed"] else f" ({res['answered']:,} answered, {res['failed']} not acked)"
@@ -898,8 +900,34 @@ def case_hook(seconds: int, rate: int = 500) -> dict:
             verdicts(("p50", p50, T_ACK_P50, False), ("p99", p99, T_ACK_P99, False)),
         ),
     ]
+    fl = res["floor"]
+    res["rows"].append(
+        C.row(
+            b,
+            "floor: a bare Python selectors server (accept, read, ack, close; no Trio, no store), same load",
+            f"{fl['cpu_per_hook_s'] * 1e6:.0f} µs per hook; p50 / p99 {pct_ms(fl['lat'], 50)} / {pct_ms(fl['lat'], 99)} ms",
+        )
+    )
     res["samples"] = lat
     return res
+
+
+def hook_floor(lines: list, rate: int, seconds: int) -> dict:
+    """The same hooks against ``_ack_server.py``: what one connection costs here at all."""
+    with C.temp_dir("ctx-bench-floor-") as tmp, C.processes() as procs, Loop() as loop:
+        path = os.path.join(tmp, "floor.sock")
+        server = subprocess.Popen(
+            [sys.executable, os.path.join(C.HERE, "_ack_server.py"), path], stdout=subprocess.PIPE
+        )
+        procs.append(server)
+        assert server.stdout is not None and server.stdout.readline().strip() == b"READY"
+        hooks = HookSender(loop, path)
+        drive(loop, hooks, lines[:50], rate, 30)
+        with no_gc():
+            cpu0 = C.cpu_seconds(server.pid)
+            drive(loop, hooks, lines[50:], rate, seconds * 3 + 30)
+            cpu = C.cpu_seconds(server.pid) - cpu0
+        return {"cpu_per_hook_s": cpu / max(hooks.done, 1), "lat": hooks.lat}
 
 
 # --- 3. write -> WebSocket client ---------------------------------------------------------------

@@ -6,9 +6,10 @@ Shared by the HTTP app and the WebSocket server so both answer the same way.
 from __future__ import annotations
 
 import hmac
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable, Mapping
 
 LOOPBACK_NAMES = ("127.0.0.1", "localhost", "::1")
+PUBLIC_PATHS = ("/api/health",)  # no token needed
 
 
 def host_name(host_header: str) -> str:
@@ -57,3 +58,24 @@ class Guard:
             return False
         given = authorization[len("Bearer ") :].strip().encode()
         return hmac.compare_digest(given, self.token.encode())
+
+    def refusal(
+        self, path: str, headers: Mapping[str, str], dashboard_ports: Callable[[], Iterable[int]]
+    ) -> tuple[int, str] | None:
+        """(status, why) when an HTTP request must be refused, else None: a foreign
+        Host (DNS rebinding); an API call made by another web page (a cross-site
+        ``<img src=…/api/search?…>`` carries no Origin, but browsers mark it with
+        ``Sec-Fetch-Site``); with a token, an anonymous call. ``headers``: by
+        lower-case name. One copy for the web app and the daemon's lean hook path."""
+        if not self.host_ok(headers.get("host")):
+            return 421, "host not allowed"
+        if not (path.startswith("/api/") or path == "/metrics"):
+            return None
+        origin = headers.get("origin")  # without one, the dashboard's ports are not needed
+        if headers.get("sec-fetch-site") in ("cross-site", "same-site") or (
+            origin is not None and not self.origin_ok(origin, dashboard_ports())
+        ):
+            return 403, "not from another web page"
+        if path not in PUBLIC_PATHS and not self.token_ok(headers.get("authorization")):
+            return 401, "missing or wrong token"
+        return None

@@ -12,12 +12,9 @@ import logging
 import os
 import signal
 import time
-from typing import cast
 
 import trio
 from hypercorn.config import Config as HyperConfig
-from hypercorn.trio import serve as hypercorn_serve
-from hypercorn.typing import ASGIFramework
 from starlette.routing import Route
 
 from contextuate_trio import __version__
@@ -25,8 +22,10 @@ from contextuate_trio.config import Config
 from contextuate_trio.core.redact import Redactor
 from contextuate_trio.core.usage import PriceTable
 from contextuate_trio.daemon import report
+from contextuate_trio.daemon.http_front import HttpFront
 from contextuate_trio.hook import spool as hook_spool
 from contextuate_trio.hook.paths import write_atomic
+from contextuate_trio.runtime import gc_tuning
 from contextuate_trio.runtime.broker import Broker
 from contextuate_trio.runtime.clock import SYSTEM_MINT
 from contextuate_trio.runtime.store import FileStore
@@ -148,6 +147,7 @@ class Daemon:
                 self.config.persistence.dir if self.broker.store else "(persistence off)",
             )
             self.broker.prune(self.config.persistence.retention_days)
+            gc_tuning.settle_after_start()
             async with trio.open_nursery() as outer:
                 # Signals first: a SIGTERM that arrives while starting is not lost.
                 await outer.start(self._signals)
@@ -209,12 +209,13 @@ class Daemon:
         # hypercorn closes a kept-alive connection after 1,000 requests by default: a
         # hook sender (Claude Code's http hooks, a relay) would reconnect for nothing.
         hc.keep_alive_max_requests = KEEP_ALIVE_MAX_REQUESTS
-        hooks = Route(
-            "/api/hooks", http_hook.endpoint(self.broker, self.web.guard, self.config.max_line_bytes), methods=["POST"]
-        )  # Claude Code http hooks: a source served by the web app
-        # The app is ASGI 3; its __call__ takes a plain dict scope, not hypercorn's TypedDicts.
-        app = cast(ASGIFramework, create_app(self.web, [hooks]))
-        await hypercorn_serve(app, hc, task_status=task_status)
+        intake = http_hook.HookIntake(
+            self.broker, self.web.guard, self.config.max_line_bytes, self.web.dashboard_ports
+        )  # Claude Code http hooks: served by the front itself (see http_front)
+        # ... and by the app, for hooks on a connection already handed to hypercorn.
+        hooks = Route(http_hook.PATH, http_hook.endpoint(intake), methods=["POST"])
+        front = HttpFront(create_app(self.web, [hooks]), hc, intake)
+        await front.serve(task_status=task_status)
 
     def _ws_port(self) -> int:
         return self.ws.bound_port or self.config.server.ws_port

@@ -16,13 +16,9 @@ from starlette.routing import BaseRoute
 from contextuate_trio.web.routes import dashboard, health, search, sessions, usage
 from contextuate_trio.web.state import WebState
 
-PUBLIC_PATHS = ("/api/health",)
-
 
 class GuardMiddleware:
-    """Refuse foreign Host headers (DNS rebinding), API calls made by other web pages
-    (a cross-site ``<img src=…/api/search?…>`` carries no Origin, but browsers mark it
-    with ``Sec-Fetch-Site``), and, with a token, anonymous calls."""
+    """Every request through ``Guard.refusal`` first (Host, cross-site calls, token)."""
 
     def __init__(self, app: Any, state: WebState) -> None:
         self.app = app
@@ -31,20 +27,12 @@ class GuardMiddleware:
 
     def _refusal(self, scope: dict) -> JSONResponse | None:
         headers = {k.decode("latin-1").lower(): v.decode("latin-1") for k, v in scope["headers"]}
-        if not self.guard.host_ok(headers.get("host")):
-            return JSONResponse({"error": "host not allowed"}, status_code=421)
-        path = scope["path"]
-        if not (path.startswith("/api/") or path == "/metrics"):
+        refusal = self.guard.refusal(scope["path"], headers, self.state.dashboard_ports)
+        if refusal is None:
             return None
-        if headers.get("sec-fetch-site") in ("cross-site", "same-site") or not self.guard.origin_ok(
-            headers.get("origin"), self.state.dashboard_ports()
-        ):
-            return JSONResponse({"error": "not from another web page"}, status_code=403)
-        if path not in PUBLIC_PATHS and not self.guard.token_ok(headers.get("authorization")):
-            return JSONResponse(
-                {"error": "missing or wrong token"}, status_code=401, headers={"WWW-Authenticate": "Bearer"}
-            )
-        return None
+        status, why = refusal
+        extra = {"WWW-Authenticate": "Bearer"} if status == 401 else None
+        return JSONResponse({"error": why}, status_code=status, headers=extra)
 
     async def __call__(self, scope: dict, receive: Any, send: Any) -> None:
         if scope["type"] == "http":
