@@ -11,6 +11,7 @@ from __future__ import annotations
 import collections
 import enum
 import logging
+import re
 from collections.abc import Iterable
 from typing import Any
 
@@ -46,15 +47,45 @@ class LiveEvent:
         self.event_type = ev.event_type
         self.tool_name = ev.tool_name
 
-    @classmethod
-    def from_line(cls, line: bytes) -> LiveEvent:
+    @staticmethod
+    def from_line(line: bytes) -> StoredEvent:
         """The same fields from a stored line (a client catching up from disk)."""
-        d = orjson.loads(line)
-        live = cls.__new__(cls)
-        live.id, live.timestamp = d.get("id"), d.get("timestamp")
-        live.session_id, live.parent_session_id = d.get("sessionId"), d.get("parentSessionId")
-        live.machine_id, live.event_type, live.tool_name = d.get("machineId"), d.get("eventType"), d.get("toolName")
-        return live
+        return StoredEvent(line)
+
+
+# How the daemon writes every event line: id, timestamp, then sessionId.
+_SESSION_AT_START = re.compile(rb'^\{"id":"[^"\\]*","timestamp":-?\d+,"sessionId":"([^"\\]*)"')
+
+
+class StoredEvent:
+    """A ``LiveEvent`` read from a stored line, parsed only when a field other than
+    the session is asked for: a client that takes every event never asks, and
+    parsing each line was the largest cost of catching a client up from disk."""
+
+    __slots__ = ("_line", "_d", "_session_id")
+
+    def __init__(self, line: bytes) -> None:
+        self._line = line
+        self._d: dict[str, Any] | None = None
+        m = _SESSION_AT_START.match(line)
+        self._session_id = m.group(1).decode() if m else None
+
+    def _get(self, key: str) -> Any:
+        if self._d is None:
+            d = orjson.loads(self._line)
+            self._d = d if isinstance(d, dict) else {}
+        return self._d.get(key)
+
+    @property
+    def session_id(self) -> Any:
+        return self._session_id if self._session_id is not None else self._get("sessionId")
+
+    id = property(lambda self: self._get("id"))
+    timestamp = property(lambda self: self._get("timestamp"))
+    parent_session_id = property(lambda self: self._get("parentSessionId"))
+    machine_id = property(lambda self: self._get("machineId"))
+    event_type = property(lambda self: self._get("eventType"))
+    tool_name = property(lambda self: self._get("toolName"))
 
 
 class Subscription:

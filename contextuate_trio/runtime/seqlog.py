@@ -30,7 +30,7 @@ from contextuate_trio.hook.paths import write_all
 log = logging.getLogger("contextuate.seqlog")
 
 RECORD = struct.Struct("<QIQI")  # seq, session number, offset, length
-SEARCH_READ = 4096  # records read per step once the binary search is close
+SEARCH_READ = 64  # records read at once when the binary search is close
 
 
 class SeqLog:
@@ -45,6 +45,7 @@ class SeqLog:
         self.count = 0  # records in the log
         self.first_seq = 0  # 0: empty
         self.last_seq = 0
+        self._memo = (-1, 0)  # (a seq, the index of the first record after it)
 
     def open(self, live_keys: Iterable[str]) -> None:
         """Read the keys and the log's ends; keys of sessions that are gone retire."""
@@ -101,6 +102,7 @@ class SeqLog:
         self._fd = os.open(self.path, os.O_RDWR | os.O_APPEND, 0o600)
         self.count -= start
         self.first_seq = self._record(0)[0]
+        self._memo = (-1, 0)  # indexes moved
         return start
 
     def _first_live(self) -> int:
@@ -164,7 +166,11 @@ class SeqLog:
         return seq, number, offset, length
 
     def _index_after(self, since: int) -> int:
-        """The index of the first record numbered after ``since``."""
+        """The index of the first record numbered after ``since``. A client catching
+        up asks for the next chunk after the last one it got: remembered, no search."""
+        memo_seq, memo_index = self._memo
+        if since == memo_seq and memo_index <= self.count:
+            return memo_index
         lo, hi = 0, self.count
         while hi - lo > SEARCH_READ:
             mid = (lo + hi) // 2
@@ -189,13 +195,19 @@ class SeqLog:
             return []
         start = self._index_after(since)
         out: list[tuple[int, str, int, int]] = []
+        next_index = start
         while start < self.count and len(out) < limit:
-            end = min(self.count, start + max(limit - len(out), 64))
-            for seq, number, offset, length in self._records(start, end):
+            end = min(self.count, start + max(limit - len(out), SEARCH_READ))
+            for i, (seq, number, offset, length) in enumerate(self._records(start, end), start):
+                if len(out) >= limit:
+                    break
+                next_index = i + 1
                 if self._alive(number):
                     out.append((seq, self._keys[number], offset, length))
             start = end
-        return out[:limit]
+        if out:
+            self._memo = (out[-1][0], next_index)
+        return out
 
 
 def _truncate(path: str, size: int) -> None:

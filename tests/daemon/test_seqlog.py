@@ -95,3 +95,14 @@ def test_retention_trims_the_dead_head_and_keeps_numbers_going(tmp_path):
     assert store.order.trim_head() == 9  # the last record stays: numbers go on from it
     store.close()
     assert opened(tmp_path).order.last_seq == 20
+
+
+def test_reading_on_in_chunks_from_the_last_number_got_gives_each_once(tmp_path):
+    store = opened(tmp_path)
+    write(store, range(1, 400))
+    store.delete("b")  # dead records in between
+    got, cursor = [], 0
+    while chunk := store.lines_after(cursor, 7):
+        got += [n for n, _ in chunk]
+        cursor = chunk[-1][0]
+    assert got == [n for n in range(1, 400) if n % 3 != 1]
