@@ -2,14 +2,34 @@
 
 from __future__ import annotations
 
+import os
 import time
-import uuid
 
 from contextuate_trio.core.events import Mint
 
+_POOL = 16 * 256  # random bytes fetched at once: one getrandom() per 256 ids, not per id
+_random = bytearray()
+
 
 def new_id() -> str:
-    return str(uuid.uuid4())
+    """A random (version 4) UUID; the randomness fetched from the OS in bulk (one
+    system call per event was 6% of the HTTP hook path)."""
+    global _random
+    if not _random:
+        _random = bytearray(os.urandom(_POOL))
+    b = _random[-16:]
+    del _random[-16:]
+    b[6] = (b[6] & 0x0F) | 0x40
+    b[8] = (b[8] & 0x3F) | 0x80
+    h = b.hex()
+    return f"{h[:8]}-{h[8:12]}-{h[12:16]}-{h[16:20]}-{h[20:]}"
+
+
+def _forget_pool() -> None:
+    _random.clear()  # a forked child must not hand out its parent's next ids
+
+
+os.register_at_fork(after_in_child=_forget_pool)
 
 
 def now_ms() -> int:
