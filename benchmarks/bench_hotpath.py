@@ -1120,7 +1120,7 @@ def _stored_template(sid: str):
         machine_id="bench-host",
         source="socket",
     )
-    return stored_line(_redactor(), ev, []).line.decode(), payload
+    return stored_line(_redactor(), ev).line.decode(), payload
 
 
 @functools.cache

@@ -151,7 +151,7 @@ def dumps(event: Event) -> str:
 
 def encode(event: Event) -> bytes:
     """The event's compact JSON as UTF-8 (what is stored and sent). orjson; the
-    standard library for what orjson refuses (integers over 64 bits, lone
+    standard library for what orjson refuses (Python ints over 64 bits, lone
     surrogates: those are replaced, as no UTF-8 file takes them)."""
     d = to_dict(event)
     try:

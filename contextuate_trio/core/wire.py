@@ -94,9 +94,10 @@ def loads(data: bytes | str) -> Any:
     numbers too large for a float (which Python accepts and browsers do not) kept as
     strings; errors as ``EventError``.
 
-    orjson first (5x faster than ``json``); it refuses exactly the odd inputs above
-    (and lone surrogates, nesting over 1,024), which the standard library then reads
-    with the rules above."""
+    orjson first (5x faster than ``json``); it refuses the odd inputs above (and
+    lone surrogates, nesting over 1,024), which the standard library then reads with
+    the rules above. One difference from ``json``: an integer beyond 64 bits becomes
+    a float (as in a browser), not an exact Python int."""
     try:
         return orjson.loads(data)
     except orjson.JSONDecodeError:

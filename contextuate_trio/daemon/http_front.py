@@ -21,6 +21,7 @@ hypercorn to 0.18.x.
 
 from __future__ import annotations
 
+import contextlib
 import email.utils
 import errno
 import functools
@@ -57,6 +58,24 @@ CONTINUE = b"HTTP/1.1 100 Continue\r\n\r\n"
 # accept() failing for want of resources: wait and go on, as trio.serve_listeners does.
 OUT_OF_RESOURCES = {errno.EMFILE, errno.ENFILE, errno.ENOMEM, errno.ENOBUFS}
 ACCEPT_RETRY_S = 0.1
+# A connection that went away before we took it, or one a firewall refused (as trio's
+# own listener ignores them).
+IGNORABLE_ACCEPT_ERRNOS = {
+    getattr(errno, name)
+    for name in (
+        "ECONNABORTED",
+        "EPERM",
+        "EPROTO",
+        "ENETDOWN",
+        "ENOPROTOOPT",
+        "EHOSTDOWN",
+        "ENONET",
+        "EHOSTUNREACH",
+        "EOPNOTSUPP",
+        "ENETUNREACH",
+    )
+    if hasattr(errno, name)
+}
 
 
 class _HandOff(Exception):
@@ -340,7 +359,9 @@ class HookConnection:
                 end = framing.end(self.buf, self.limits.max_head)
             except ValueError:
                 raise _HandOff from None  # hypercorn answers a malformed body
-            if framing.length > self.intake.max_body:
+            # The framing counts too: 1-byte chunks with long extensions must not
+            # make the buffer grow past the limit before the body does.
+            if framing.length > self.intake.max_body or len(self.buf) - self.head_size > self._chunked_cap():
                 await self._last_answer(self.intake.too_large)
                 return None
             if end is not None:
@@ -355,6 +376,10 @@ class HookConnection:
             raise _HandOff  # llhttp framed it otherwise
         del self.buf[:end]
         return bytes(msg.body)
+
+    def _chunked_cap(self) -> int:
+        """Bytes a chunked body may take in the buffer: the body, and some framing."""
+        return 2 * self.intake.max_body + 16 * MAX_CHUNK_LINE
 
     async def _continue(self, first: dict[str, str], needed: int) -> None:
         """``Expect: 100-continue``: the client waits for a go before its body."""
@@ -502,13 +527,15 @@ class HttpFront:
             except BlockingIOError:
                 continue
             except OSError as exc:
-                if exc.errno not in OUT_OF_RESOURCES:
-                    raise
-                log.error("http: cannot accept a connection now (%s); trying again in a moment", exc)
-                await trio.sleep(ACCEPT_RETRY_S)
+                if exc.errno in OUT_OF_RESOURCES:
+                    log.error("http: cannot accept a connection now (%s); trying again in a moment", exc)
+                    await trio.sleep(ACCEPT_RETRY_S)  # a retry timer: the kernel gives no signal
+                elif exc.errno not in IGNORABLE_ACCEPT_ERRNOS:
+                    log.warning("http: accept failed: %s", exc)  # never the whole front
                 continue
             sock.setblocking(False)
-            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            with contextlib.suppress(OSError):  # a connection already reset, say
+                sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
             nursery.start_soon(self.connection, sock)
 
     async def connection(self, sock: socket.socket) -> None:

@@ -96,9 +96,9 @@ class Broker:
         self.recent = RecentIds(recent_ids)
         self.seen = SeenIds()
         self.started_ms = started_ms if started_ms is not None else now_ms()
-        # Event numbers start where no earlier run's can reach (the start time in µs),
-        # so a client resuming with a number from a previous run is told to reset,
-        # with or without the run's epoch.
+        # Without a store, event numbers start where no earlier run's can reach (the
+        # start time in µs): a client resuming with an earlier run's number is told to
+        # reset. With one, ``load`` goes on from the last number on disk.
         if replay_size is None:
             replay_size = REPLAY_WITH_STORE if store is not None else REPLAY_IN_MEMORY
         self.fanout = FanOut(replay_size, first_seq=self.started_ms * 1000)
@@ -246,21 +246,57 @@ class Broker:
             return False
         return any(self.store.contains(sid, ev.id, ev.timestamp) for sid in [root.session_id, *root.child_session_ids])
 
-    def _accept(self, d: Delivery, duplicates: list[Delivery]) -> Accepted | None:
-        """One event through dedupe and the session machine, encoded; None when it is
-        a duplicate (acknowledged with the batch, not stored) or rejected."""
-        ev = d.event
+    def _fresh(self, d: Delivery, duplicates: list[Delivery]) -> bool:
+        """Not a copy of a stored event (a copy is acknowledged with the batch, not
+        stored). Its id is remembered at once: a second copy in this batch is one."""
         try:
-            if self._duplicate(ev):
+            if self._duplicate(d.event):
                 self.counters["duplicates"] += 1
                 duplicates.append(d)
-                return None
-            outcome = self.manager.apply(ev)
-            line = events.encode(ev) + b"\n"
+                return False
         except Exception as exc:  # one event must never take the pipeline down
             self._reject(d, exc)
+            return False
+        self.recent.add(d.event.id)
+        return True
+
+    def _masked_lines(self, fresh: list[Delivery]) -> list[bytes | None]:
+        """Each event's line, its secrets masked (one scan for the batch: most hold no
+        marker of one), before the session machine takes anything from it (a
+        sub-agent's description, a last summary). None: refused."""
+        lines: list[bytes | None] = []
+        for d in fresh:
+            try:
+                lines.append(events.encode(d.event) + b"\n")
+            except Exception as exc:
+                lines.append(None)
+                self._refuse(d, exc)
+        suspects = secret_scan.suspects(self.redactor, [line or b"" for line in lines])
+        for i in suspects:
+            line = lines[i]
+            if line is None:
+                continue
+            try:
+                lines[i], masked = masked_line(self.redactor, fresh[i].event, line)
+            except Exception as exc:  # never store what could not be masked
+                lines[i], masked = None, False
+                self._refuse(fresh[i], exc)
+            if masked:
+                self.counters["redacted_events"] += 1
+        return lines
+
+    def _apply(self, d: Delivery, line: bytes) -> Accepted | None:
+        """The session machine; the line made again when it moved the event to a
+        sub-agent (the one change ``apply`` makes to an event)."""
+        ev = d.event
+        where = (ev.session_id, ev.parent_session_id)
+        try:
+            outcome = self.manager.apply(ev)
+            if (ev.session_id, ev.parent_session_id) != where:
+                line = events.encode(ev) + b"\n"
+        except Exception as exc:
+            self._refuse(d, exc)
             return None
-        self.recent.add(ev.id)
         self.seen.add(ev.id)
         if log.isEnabledFor(logging.DEBUG):
             log.debug(
@@ -272,24 +308,15 @@ class Broker:
             )
         return Accepted(d, ev, line, outcome.changed)
 
-    def _mask(self, accepted: list[Accepted]) -> None:
-        """Secrets masked in the lines that may hold one (one scan for the batch)."""
-        for i in secret_scan.suspects(self.redactor, [a.line for a in accepted]):
-            a = accepted[i]
-            try:
-                a.line, masked = masked_line(self.redactor, a.event, a.sessions, a.line)
-            except Exception as exc:  # never store what could not be masked
-                a.line, masked = b"", False
-                self.recent.discard(a.event.id)  # its producer may send it again
-                self._reject(a.delivery, exc)
-            if masked:
-                self.counters["redacted_events"] += 1
+    def _refuse(self, d: Delivery, exc: Exception) -> None:
+        self.recent.discard(d.event.id)  # its producer may send it again
+        self._reject(d, exc)
 
     async def process(self, batch: list[Delivery]) -> None:
         duplicates: list[Delivery] = []
-        accepted = [a for a in (self._accept(d, duplicates) for d in batch) if a is not None]
-        self._mask(accepted)
-        accepted = [a for a in accepted if a.line]
+        fresh = [d for d in batch if self._fresh(d, duplicates)]
+        lines = self._masked_lines(fresh)
+        accepted = [a for d, line in zip(fresh, lines, strict=True) if line is not None and (a := self._apply(d, line))]
         for i, a in enumerate(accepted, self.fanout.seq + 1):
             a.seq = i
         changed = {s.session_id: s for a in accepted for s in a.sessions}

@@ -98,7 +98,8 @@ class SeqLog:
         finally:
             os.close(out)
         os.replace(tmp, self.path)
-        os.close(self._fd)
+        fd, self._fd = self._fd, None  # never a stale number, should the open fail
+        os.close(fd)
         self._fd = os.open(self.path, os.O_RDWR | os.O_APPEND, 0o600)
         self.count -= start
         self.first_seq = self._record(0)[0]
@@ -124,6 +125,7 @@ class SeqLog:
 
     def append(self, records: list[tuple[int, str, int, int]]) -> None:
         """(seq, session key, offset, length) for each event just written, in seq order."""
+        records = [r for r in records if r[0] > self.last_seq]  # never out of order
         if not records or self._fd is None:
             return
         try:
@@ -138,6 +140,8 @@ class SeqLog:
                 os.ftruncate(self._fd, self.count * RECORD.size)
             except OSError:
                 pass
+            # Numbers still go on past them (a client asking for them gets a reset).
+            self.last_seq = records[-1][0]
             return
         if not self.count:
             self.first_seq = records[0][0]
@@ -202,7 +206,7 @@ class SeqLog:
                 if len(out) >= limit:
                     break
                 next_index = i + 1
-                if self._alive(number):
+                if seq > since and self._alive(number):
                     out.append((seq, self._keys[number], offset, length))
             start = end
         if out:

@@ -111,6 +111,8 @@ class FileStore:
         self._bytes: dict[str, int] = {}  # session key -> events.jsonl size
         self.degraded: str | None = None
         self.order = SeqLog(directory)
+        self._landed: list[tuple[int, str, int, int]] = []  # seq records of a batch being stored
+        self._unindexed: set[str] = set()  # keys whose index.jsonl missed blocks: a start must scan
 
     # --- start-up -----------------------------------------------------------------
     def open(self) -> tuple[list[Session], list[dict]]:
@@ -237,19 +239,19 @@ class FileStore:
         for sid, ts, line, seq in batch:
             grouped.setdefault(session_key(sid), []).append((ts, line, seq))
         written: set[str] = set()
-        records: list[tuple[int, str, int, int]] = []
         try:
             for key, items in grouped.items():
-                records += self._append_session(key, items)
+                self._landed += self._append_session(key, items)
                 written.add(key)
         except OSError as exc:
+            # The landed sessions' records wait for the retry of the rest: the seq log
+            # stays in order, and names no event of a batch not yet wholly stored.
             self.degraded = f"cannot write to {self.dir}: {exc.strerror or exc}"
             err = StoreError(self.degraded)
             err.written = written  # sessions whose lines did land: not to be written again
             raise err from exc
-        finally:
-            records.sort()
-            self.order.append(records)
+        records, self._landed = sorted(self._landed), []
+        self.order.append(records)
         self.degraded = None
 
     def _append_session(self, key: str, items: list) -> list[tuple[int, str, int, int]]:
@@ -289,7 +291,8 @@ class FileStore:
                     idx.writelines(json.dumps(b) + "\n" for b in new_blocks)
             except OSError as exc:
                 # The events are written; the index is only a shortcut (a start that
-                # finds it short or torn rebuilds the rest from the events).
+                # finds it short scans the rest: the meta then records no last block).
+                self._unindexed.add(key)
                 log.warning("%s: index not updated (%s); it is rebuilt at start", path, exc)
         return records
 
@@ -331,7 +334,7 @@ class FileStore:
                 meta = s.to_dict()
                 meta["_bytes"] = self._bytes.get(key, 0)
                 tail = self._tails.get(key)
-                if tail is not None:  # the last block as of _bytes: a start need not scan it
+                if tail is not None and key not in self._unindexed:  # a start need not scan it
                     meta["_tail"] = tail.as_block()
                 text = json.dumps(meta, ensure_ascii=False, separators=(",", ":"))
                 # Text that cannot be UTF-8 (a lone surrogate some producer sent) never
@@ -489,10 +492,17 @@ class FileStore:
                 continue
             yield self._raw_lines(key, b[0], b[1])
 
-    def lines_after(self, since: int, limit: int) -> list[tuple[int, bytes]]:
+    def lines_after(self, since: int, limit: int, max_bytes: int = 4 << 20) -> list[tuple[int, bytes]]:
         """(seq, stored line) of up to ``limit`` events numbered after ``since``, in
-        order, from disk: one read per run of adjacent lines in a session's file."""
+        order, from disk: one read per run of adjacent lines in a session's file; at
+        most about ``max_bytes`` of lines (at least one), so one step stays short."""
         records = self.order.after(since, limit)
+        total = 0
+        for i, (_seq, _key, _offset, length) in enumerate(records):
+            total += length
+            if total > max_bytes and i:
+                records = records[:i]
+                break
         by_key: dict[str, list[tuple[int, int, int]]] = {}
         for seq, key, offset, length in records:
             by_key.setdefault(key, []).append((offset, length, seq))

@@ -59,6 +59,7 @@ def clear_stale(path: str) -> None:
 
 RECV = 1 << 16
 BACKLOG = 1024
+ACCEPT_RETRY_S = 0.1
 
 
 class _Connection:
@@ -96,8 +97,11 @@ class SocketSource:
                 await trio.lowlevel.wait_readable(self._selector.fileno())
                 for key, mask in self._selector.select(0):
                     if key.data is None:
-                        for conn in self._accept_all():
+                        new, failed = self._accept_all()
+                        for conn in new:
                             await self._read(conn)  # a hook writes as it connects: often there already
+                        if failed:  # out of descriptors, say: the listener stays readable
+                            await trio.sleep(ACCEPT_RETRY_S)  # a retry timer (no signal to wait on)
                     else:
                         await self._ready(key.data, mask)
         finally:
@@ -114,17 +118,18 @@ class SocketSource:
         except OSError:  # already gone, or not ours to remove
             pass
 
-    def _accept_all(self) -> list[_Connection]:
+    def _accept_all(self) -> tuple[list[_Connection], bool]:
+        """The connections waiting, and whether accepting failed (to retry later)."""
         assert self._listener is not None
         new: list[_Connection] = []
         while True:
             try:
                 sock, _ = self._listener.accept()
             except (BlockingIOError, InterruptedError):
-                return new
-            except OSError as exc:  # out of descriptors, say: the next wake-up retries
-                log.warning("socket: accept failed: %s", exc)
-                return new
+                return new, False
+            except OSError as exc:
+                log.warning("socket: accept failed (%s); trying again in a moment", exc)
+                return new, True
             sock.setblocking(False)
             conn = _Connection(sock, self.max_line)
             self._conns.add(conn)

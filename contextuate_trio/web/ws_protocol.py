@@ -52,7 +52,6 @@ TRIM_STRING = 4096  # ... their strings cut to this many characters
 TRIM_ITEMS = 200  # ... their lists to this many items
 HISTORY_MAX = 5000  # most events one history request or snapshot returns
 SESSIONS_FROM_DISK = 200  # newest sessions read for recent events older than the replay
-UPDATE_CACHE = 4096  # session_update texts kept for the clients rendering the same batch
 CATCH_UP_CHUNK = 1000  # events read from disk per step of a client's catch-up
 
 
@@ -347,51 +346,59 @@ class WsProtocol:
         self.mode = mode
         self.now_ms = now_ms
         self.history = history or []  # events stored before this run (snapshot filler)
-        self._updates: dict[tuple[str, int], str] = {}  # (session, seq) -> session_update text
         self.counters: collections.Counter = collections.Counter()
 
     # --- the first messages (the server takes them in the same step as it subscribes) ---
     def first_messages(self, hs: Handshake) -> tuple[list[str], int]:
         """The snapshot, or the resume and the events after ``since`` the memory
         holds, or a reset and a snapshot; and the number the client has had events
-        up to (the sender ``catch_up``s from it when it is behind the live seq).
-        Exactly-once resume rests on the caller subscribing in the same synchronous
-        step as this is built: every later event is in its queue, every earlier one
-        in these messages or on disk."""
+        up to (the sender ``catch_up``s from it when it is behind the live seq; the
+        resume's ``seq`` says that number, so a client cut off meanwhile asks again
+        from there). Exactly-once resume rests on the caller subscribing in the same
+        synchronous step as this is built: every later event is in its queue, every
+        earlier one in these messages or on disk."""
         seq = self.backend.seq
         if hs.since is None:
             return [self.snapshot_text(hs.filter, seq, hs.limit)], seq
-        if self._held(hs.since):
+        if self._held(hs.since, hs.epoch):
             self.counters["resumes"] += 1
+            texts, cursor = self.catch_up(hs.filter, hs.since, memory_only=True)
             head = {
                 "type": "resume",
-                "seq": seq,
+                "seq": cursor,
                 "since": hs.since,
                 "epoch": self.epoch,
                 "sessions": self.sessions(hs.filter),
             }
-            texts, cursor = self.catch_up(hs.filter, hs.since, memory_only=True)
             return [self.encoder.dumps(head), *texts], cursor
         self.counters["resets"] += 1
         reason = "too old" if hs.epoch in (None, self.epoch) else "daemon restarted"
-        reset = self.encoder.dumps({"type": "reset", "seq": seq, "epoch": self.epoch, "reason": reason})
-        return [reset, self.snapshot_text(hs.filter, seq, hs.limit)], seq
+        return self._reset(hs.filter, reason, hs.limit), seq
 
-    def _held(self, since: int) -> bool:
-        """Every event after ``since`` can be given back (from memory or disk)."""
+    def _reset(self, flt: Filter, reason: str, limit: int) -> list[str]:
+        seq = self.backend.seq
+        reset = self.encoder.dumps({"type": "reset", "seq": seq, "epoch": self.epoch, "reason": reason})
+        return [reset, self.snapshot_text(flt, seq, limit)]
+
+    def _held(self, since: int, epoch: str | None = None) -> bool:
+        """Every event after ``since`` can be given back: from disk (numbers there go
+        on across runs), or from memory when ``since`` is of this run."""
         seq = self.backend.seq
         if since < 0 or since > seq:
             return False
-        if replay_after(self.backend.replay, seq, since) is not None:
-            return True
         first = self.backend.first_on_disk
-        return bool(first) and since + 1 >= first
+        if first and since + 1 >= first:
+            return True
+        if epoch not in (None, self.epoch):
+            return False  # persistence off: another run's number means nothing here
+        replay = self.backend.replay
+        return since == seq or bool(replay) and replay[0]["seq"] <= since + 1
 
     def catch_up(self, flt: Filter, cursor: int, memory_only: bool = False) -> tuple[list[str], int]:
         """Texts of the events after ``cursor`` a client has not had, and the number
         it has had them up to: everything, when the memory holds it (call in the same
-        step as subscribing); else the next chunk from disk. A gap nobody holds any
-        more (a client cut off longer than retention) is a reset and a snapshot."""
+        step as subscribing); else the next chunk from disk. Events nobody holds any
+        more (past retention, or never recorded on disk) are a reset and a snapshot."""
         seq = self.backend.seq
         if cursor >= seq:
             return [], seq
@@ -400,23 +407,21 @@ class WsProtocol:
             return self.render(flt, held), seq
         if memory_only:
             return [], cursor
-        if not self._held(cursor):
-            self.counters["resets"] += 1
-            reset = self.encoder.dumps({"type": "reset", "seq": seq, "epoch": self.epoch, "reason": "too old"})
-            return [reset, self.snapshot_text(flt, seq, HISTORY_MAX)], seq
         replay = self.backend.replay
-        want = min(CATCH_UP_CHUNK, replay[0]["seq"] - 1 - cursor) if replay else CATCH_UP_CHUNK
-        msgs = self.backend.stored_after(cursor, max(want, 1))  # what the memory lacks
-        if not msgs:  # nothing more on disk (unrecorded events): go on from memory
-            self.counters["catch_up_gaps"] += 1
-            return [], (replay[0]["seq"] - 1 if replay else seq)
+        msgs = []
+        if self._held(cursor):
+            want = min(CATCH_UP_CHUNK, replay[0]["seq"] - 1 - cursor) if replay else CATCH_UP_CHUNK
+            msgs = self.backend.stored_after(cursor, max(want, 1))  # what the memory lacks
+        if not msgs:
+            self.counters["resets"] += 1
+            return self._reset(flt, "too old", HISTORY_MAX), seq
         self.counters["caught_up_from_disk"] += len(msgs)
-        known = self.backend.sessions
-        touched = {m["event"].session_id for m in msgs}
-        touched |= {known[s].parent_session_id for s in touched if s in known}
-        last = msgs[-1]["seq"]
-        updates = [{"type": "session_update", "seq": last, "session": known[s]} for s in touched if s in known]
-        return self.render(flt, msgs + updates), last
+        return self.render(flt, msgs), msgs[-1]["seq"]
+
+    def caught_up_text(self, flt: Filter, cursor: int) -> str:
+        """After a lagging client was served from memory or disk: the sessions as they
+        are now (updates and deletions while it lagged were not queued for it)."""
+        return self.encoder.dumps({"type": "caught_up", "seq": cursor, "sessions": self.sessions(flt)})
 
     def sessions(self, flt: Filter) -> list[dict]:
         prices = self.encoder.prices
@@ -503,7 +508,7 @@ class WsProtocol:
                 s = m["session"]
                 if flt.session_ok(s):
                     flush_events()
-                    updates[s.session_id] = {"type": "session_update", "seq": m["seq"], "session": s}
+                    updates[s.session_id] = m  # (the fan-out's message, shared by every client)
             else:
                 flush_events()
                 flush_updates()
@@ -513,14 +518,12 @@ class WsProtocol:
         return out
 
     def _update_text(self, msg: dict) -> str:
-        """A session_update's text, rendered once per session and seq for all clients
-        (each renders the same batch; ``Session.public`` was a tenth of their work)."""
-        key = (msg["session"].session_id, msg["seq"])
-        text = self._updates.get(key)
+        """A session_update's text, rendered once for every client that is sent this
+        message (they render the same fan-out messages; ``Session.public`` was a tenth
+        of their work), cached on the message as an event's text is."""
+        text = msg.get("_text")
         if text is None:
-            if len(self._updates) >= UPDATE_CACHE:
-                self._updates.clear()
-            text = self._updates[key] = self.encoder.dumps(msg)
+            text = msg["_text"] = self.encoder.dumps({k: v for k, v in msg.items() if not k.startswith("_")})
         return text
 
     # --- requests --------------------------------------------------------------------------
@@ -774,6 +777,10 @@ class Follower:
             return Update(events=self._show(evs))
         if kind == "session_update":
             self._learn([msg.get("session")])
+        elif kind == "caught_up":  # served from memory or disk after lagging: sessions now
+            self.sessions.clear()
+            self._learn(msg.get("sessions") or [])
+            self.since = msg.get("seq", self.since)
         elif kind == "error":
             return Update(note=f"server: {msg.get('message')}")
         return Update()

@@ -22,7 +22,7 @@ from trio_websocket import ConnectionClosed, WebSocketConnection, WebSocketReque
 from contextuate_trio.core.sessions import Session
 from contextuate_trio.runtime.broker import Broker
 from contextuate_trio.runtime.clock import now_ms
-from contextuate_trio.runtime.fanout import LiveEvent, Subscription
+from contextuate_trio.runtime.fanout import DropReason, LiveEvent, Subscription
 from contextuate_trio.runtime.metrics import Metric
 from contextuate_trio.web import ws_protocol as proto
 from contextuate_trio.web.state import WebState
@@ -340,11 +340,18 @@ class WsServer:
         """Send the next events a lagging client has not had. A new subscription
         when the old one overflowed, taken in the same synchronous step as the
         catch-up (as at connect): exactly once, in order."""
-        if client.sub is None or client.sub.too_slow or client.sub.dropped is not None:
+        sub = client.sub
+        if sub is not None and sub.dropped is DropReason.CLOSED:  # the daemon is stopping
+            client.closing = client.closing or (proto.CLOSE_SHUTDOWN, "server closing")
+            scope.cancel()
+            return
+        if sub is None or sub.too_slow:
             self._subscribe(client)
             self.counters["caught_up"] += 1
         texts, client.cursor = self.protocol.catch_up(client.state.filter, client.cursor)
         client.catching_up = client.cursor < self.broker.seq
+        if not client.catching_up:
+            texts.append(self.protocol.caught_up_text(client.state.filter, client.cursor))
         for text in texts:
             await self._send(client, text, scope)
         await trio.lowlevel.checkpoint()  # a long catch-up never starves the loop
@@ -458,9 +465,18 @@ def _expand(sub: Subscription, batch: list[dict], cursor: int) -> list[dict]:
             out.append(m)
             continue
         out.extend(e for e in m["events"] if e["seq"] > cursor)
-        seq = m["seq"]
-        out.extend({"type": "session_update", "seq": seq, "session": s} for s in m["sessions"])
+        out.extend(_session_updates(m))
     return out
+
+
+def _session_updates(batch: dict) -> list[dict]:
+    """A batch's session_update messages, made once and shared by every client (each
+    renders its text once: see ``WsProtocol._update_text``)."""
+    updates = batch.get("_updates")
+    if updates is None:
+        seq = batch["seq"]
+        updates = batch["_updates"] = [{"type": "session_update", "seq": seq, "session": s} for s in batch["sessions"]]
+    return updates
 
 
 def _reason(ws: WebSocketConnection) -> str:

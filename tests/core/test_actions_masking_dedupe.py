@@ -62,21 +62,28 @@ def test_actions_refuse_clearly():
         actions.apply(m, "set_parent", "a", "a")
 
 
-def test_stored_line_masks_the_event_and_what_sessions_took_from_it():
+def hook_event(sid: str, n: int, **payload):
+    return from_payload(
+        {"session_id": sid, "hook_event_name": "UserPromptSubmit", "prompt": "hi", **payload},
+        event_id=f"{sid}-{n}",
+        timestamp=1000 + n,
+        machine_id="m",
+    )
+
+
+def test_stored_line_masks_the_event_before_the_sessions_take_from_it():
     m = SessionManager()
-    ev, outcome = feed(m, "s", 1, prompt=f"use {SECRET} please")
-    assert SECRET in (m.get("s").last_summary or "")
-    line, masked = stored_line(Redactor(), ev, outcome.changed)
+    ev = hook_event("s", 1, prompt=f"use {SECRET} please")
+    line, masked = stored_line(Redactor(), ev)
     assert masked and SECRET not in line.decode()
     assert json.loads(line)["data"]["prompt"] == "use [REDACTED:anthropic-key] please"
-    assert SECRET not in (m.get("s").last_summary or "") and "[REDACTED" in m.get("s").last_summary
-    assert ev.summary == m.get("s").last_summary
+    m.apply(ev)
+    assert "[REDACTED" in (m.get("s").last_summary or "") and ev.summary == m.get("s").last_summary
 
 
 def test_stored_line_is_the_plain_json_when_nothing_is_secret_and_never_invalid_utf8():
-    m = SessionManager()
-    ev, outcome = feed(m, "s", 1, prompt="lone \ud800 surrogate")
-    line, masked = stored_line(Redactor(), ev, outcome.changed)
+    ev = hook_event("s", 1, prompt="lone \ud800 surrogate")
+    line, masked = stored_line(Redactor(), ev)
     assert not masked and line.endswith(b"\n")
     assert json.loads(line.decode("utf-8"))["data"]["prompt"] == "lone \ufffd surrogate"
 

@@ -230,3 +230,33 @@ async def test_a_batch_that_fails_half_way_is_not_written_twice(tmp_path):
         n.cancel_scope.cancel()
     assert [e["id"] for e in b.store.events("sA", 10)] == ["a1"]
     assert [e["id"] for e in b.store.events("sB", 10)] == ["b1"]
+
+
+async def test_a_secret_is_masked_before_a_sub_agent_in_the_same_batch_copies_it(tmp_path):
+    """The Agent call and its SubagentStart in one batch: the child takes the call's
+    description, which must already be masked (masking precedes the session machine)."""
+    from contextuate_trio.runtime.broker import Delivery
+
+    secret = "sk-ant-" + "A" * 40
+
+    def hook(name: str, n: int, **fields) -> Event:
+        payload = {"session_id": "root", "hook_event_name": name, "cwd": "/w", **fields}
+        return events.from_payload(payload, event_id=f"e{n}", timestamp=10**12 + n, machine_id="m1")
+
+    b = Broker(FileStore(str(tmp_path)), started_ms=1)
+    b.load(MINT)
+    call = hook(
+        "PreToolUse",
+        1,
+        tool_name="Agent",
+        tool_use_id="call-A",
+        tool_input={"subagent_type": "Explore", "description": f"deploy with {secret}"},
+    )
+    await b.process([Delivery(call), Delivery(hook("SubagentStart", 2, agent_id="a1", agent_type="Explore"))])
+    b.flush_sessions()
+    child = b.manager.get("root:agent-a1")
+    assert child is not None and child.description == "deploy with [REDACTED:anthropic-key]"
+    for root, _, files in os.walk(tmp_path):
+        for name in files:
+            with open(os.path.join(root, name), "rb") as f:  # noqa: ASYNC230 (a test's one look)
+                assert secret.encode() not in f.read(), name

@@ -134,6 +134,8 @@ def test_refusals_on_the_lean_path(daemon):
     lean(hook_request(b"x" * 1001, headers=auth), 413, "body over 1000 bytes")
     big_chunk = b"POST /api/hooks HTTP/1.1\r\nHost: 127.0.0.1\r\nAuthorization: Bearer tok\r\nTransfer-Encoding: chunked\r\n\r\n"
     lean(big_chunk + b"3e9\r\n" + b"x" * 100, 413)  # announced over the limit: not read further
+    ext = b"".join(b"1;" + b"e" * 3000 + b"\r\nx\r\n" for _ in range(30))  # 30 bytes of body, 90 kB of framing
+    lean(big_chunk + ext, 413)  # the framing counts: the buffer never grows without bound
     lean(hook_request(b" \n ", headers=auth), 400, "empty body", closes=False)
     lean(hook_request(hook(1), headers={**auth, "Host": f"localhost:{d.port}"}), 200, closes=False)
     assert stored(d, auth) == 1

@@ -106,3 +106,30 @@ def test_reading_on_in_chunks_from_the_last_number_got_gives_each_once(tmp_path)
         got += [n for n, _ in chunk]
         cursor = chunk[-1][0]
     assert got == [n for n in range(1, 400) if n % 3 != 1]
+
+
+def test_a_batch_stored_in_two_attempts_is_recorded_once_in_order(tmp_path, monkeypatch):
+    from contextuate_trio.runtime.store import StoreError
+
+    store = opened(tmp_path)
+    write(store, range(1, 3), sessions=("a", "b"))
+    batch = [("a", 1, line(3, "a"), 3), ("b", 1, line(4, "b"), 4), ("a", 1, line(5, "a"), 5)]
+    real = store._append_session
+
+    def full_disk(key, items):
+        if key == "b":
+            raise OSError(28, "No space left on device")
+        return real(key, items)
+
+    monkeypatch.setattr(store, "_append_session", full_disk)
+    try:
+        store.append(batch)
+        raise AssertionError("the write should have failed")
+    except StoreError as exc:
+        assert exc.written == {"a"}
+    assert store.order.last_seq == 2 and store.lines_after(2, 10) == []  # nothing of it yet
+    monkeypatch.setattr(store, "_append_session", real)
+    store.append([item for item in batch if item[0] == "b"])  # the broker's retry
+    assert [n for n, _ in store.lines_after(0, 10)] == [1, 2, 3, 4, 5]
+    store.close()
+    assert opened(tmp_path).order.last_seq == 5

@@ -107,3 +107,34 @@ def test_a_start_takes_the_last_block_from_the_meta_and_scans_only_when_it_is_be
     sessions, replay = st3.open()
     assert scans == [session_key("s1")] and [e["data"]["n"] for e in replay] == list(range(n, n + 5))
     assert [e["data"]["n"] for e in st3.events("s1", 45)] == list(range(n - 40, n + 5))
+
+
+def test_an_index_that_missed_blocks_makes_the_next_start_scan(tmp_path, monkeypatch):
+    import builtins
+
+    import contextuate_trio.runtime.store as store_module
+
+    monkeypatch.setattr(store_module, "BLOCK", 4)
+    st = FileStore(str(tmp_path))
+    st.open()
+    append_events(st, [ev(j) for j in range(4)])
+    real_open = builtins.open
+
+    def full_disk(path, *a, **k):
+        if str(path).endswith("index.jsonl") and a and a[0] == "a":
+            raise OSError(28, "No space left on device")
+        return real_open(path, *a, **k)
+
+    monkeypatch.setattr(store_module, "open", full_disk, raising=False)
+    append_events(st, [ev(j) for j in range(4, 8)])  # its block is not indexed
+    monkeypatch.delattr(store_module, "open")
+    append_events(st, [ev(j) for j in range(8, 10)])
+    manager = SessionManager()
+    for j in range(10):
+        manager.apply(ev(j))
+    st.save_sessions(manager.sessions.values())
+    st.close()
+    again = FileStore(str(tmp_path))
+    again.open()
+    assert [e["data"]["n"] for e in again.events("s1", 100)] == list(range(10))
+    assert again.contains("s1", "id-5", 1005)

@@ -516,3 +516,42 @@ async def test_connections_reset_mid_handshake_do_not_harm_the_daemon(live_daemo
         await d.submit(ev(1))
         got = await recv_events(ws, 1)
         assert got[0][1]["id"].startswith("e-s1-1-")
+
+
+async def test_every_action_on_a_session_reaches_clients_after_its_events(live_daemon):
+    d = await live_daemon()
+    async with open_websocket_url(d.ws_url) as ws:
+        await recv(ws)
+        await d.submit(ev(0, session="s"))
+        assert (await recv_type(ws, "session_update"))["session"]["sessionId"] == "s"
+        for name in ("first", "second"):  # the same session, the same seq: never a stale text
+            d.broker.session_action("rename", "s", name)
+            assert (await recv_type(ws, "session_update"))["session"]["name"] == name
+
+
+async def test_a_client_that_overflowed_gets_the_sessions_as_they_are_once_caught_up(live_daemon):
+    d = await live_daemon(queue_size=5)
+    async with open_websocket_url(d.ws_url) as ws:
+        sessions = {s["sessionId"]: s for s in (await recv(ws))["sessions"]}
+        sent = [ev(i, session=f"s{i % 4}") for i in range(40)]
+        for e in sent:  # far more than its queue holds: it is caught up from memory
+            await d.submit(e)
+        d.broker.session_action("delete", "s3")
+        got, caught_up = [], 0
+        with trio.fail_after(10):
+            while len(got) < 40 or not caught_up or "s3" in sessions:
+                m = await recv(ws)
+                if m["type"] in ("event", "events"):
+                    got += [m["event"]] if m["type"] == "event" else m["events"]
+                elif m["type"] == "caught_up":
+                    caught_up += 1
+                    assert m["seq"] <= d.broker.seq
+                    sessions = {s["sessionId"]: s for s in m["sessions"]}
+                elif m["type"] == "session_update":
+                    sessions[m["session"]["sessionId"]] = m["session"]
+                elif m["type"] == "session_deleted":
+                    sessions.pop(m["sessionId"], None)
+        assert [e["id"] for e in got] == [e["id"] for e in sent]  # each once, in order
+        assert set(sessions) == {"s0", "s1", "s2"}
+        assert {s: sessions[s]["eventCount"] for s in sessions} == {"s0": 10, "s1": 10, "s2": 10}
+    assert d.daemon.ws.counters["caught_up"] >= 1

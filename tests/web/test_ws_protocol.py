@@ -87,11 +87,15 @@ def test_resume_exactly_once_or_reset():
     too_old, cursor = p.first_messages(proto.Handshake(proto.Filter(), since=101, epoch="E1", limit=10))
     assert [json.loads(t)["type"] for t in too_old] == ["reset", "snapshot"] and cursor == 107
     assert json.loads(too_old[0])["reason"] == "too old"
-    # Numbers decide, not the run: they go on across runs, so one still held resumes.
+    # Persistence off: another run's number means nothing here, even in range.
+    other_run, _ = p.first_messages(proto.Handshake(proto.Filter(), since=106, epoch="E0", limit=10))
+    assert json.loads(other_run[0])["reason"] == "daemon restarted"
+    # On disk, numbers go on across runs: one still there resumes, whatever its run.
+    b.has_store = True
     other_run, _ = p.first_messages(proto.Handshake(proto.Filter(), since=106, epoch="E0", limit=10))
     assert json.loads(other_run[0])["type"] == "resume"
     assert p.first_messages(proto.Handshake(proto.Filter(), since=107, epoch=None, limit=10))[0][1:] == []
-    assert p.counters["resumes"] == 3 and p.counters["resets"] == 1
+    assert p.counters["resumes"] == 3 and p.counters["resets"] == 2
 
 
 def ids_in(texts: list[str]) -> list[str]:

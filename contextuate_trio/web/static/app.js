@@ -448,7 +448,7 @@ function onMessage(msg) {
       if (state.filters.session) selectSession(state.filters.session);
       break;
     }
-    case 'resume': {
+    case 'resume': case 'caught_up': {
       const next = new Map(msg.sessions.map((s) => [s.sessionId, s]));
       for (const s of next.values()) maybeNotify(s, state.sessions.get(s.sessionId)?.status);
       state.sessions = next;

@@ -48,7 +48,7 @@ export class Connection {
     ws.onmessage = (e) => {
       let msg;
       try { msg = JSON.parse(e.data); } catch { return; }
-      if (typeof msg.seq === 'number' && ['snapshot', 'resume', 'event', 'events'].includes(msg.type)) this.seq = msg.seq;
+      if (typeof msg.seq === 'number' && ['snapshot', 'resume', 'caught_up', 'event', 'events'].includes(msg.type)) this.seq = msg.seq;
       if (msg.epoch) this.epoch = msg.epoch;
       if (msg.requestId !== undefined && this.pending.has(msg.requestId)) {
         const { resolve, reject } = this.pending.get(msg.requestId);
