@@ -429,6 +429,18 @@ class WsServer:
             ),
             Metric("contextuate_ws_resumes_total", "Successful resumes (?since).", "counter", c["resumes"]),
             Metric(
+                "contextuate_ws_caught_up_total",
+                "Times a client that fell out of its queue was served from memory or disk instead.",
+                "counter",
+                c["caught_up"],
+            ),
+            Metric(
+                "contextuate_ws_caught_up_from_disk_events_total",
+                "Events sent to resuming or lagging clients from disk (the seq log).",
+                "counter",
+                c["caught_up_from_disk"],
+            ),
+            Metric(
                 "contextuate_ws_resets_total", "Resumes refused as too old (reset + snapshot).", "counter", c["resets"]
             ),
             Metric("contextuate_ws_messages_sent_total", "WebSocket messages sent.", "counter", c["messages_sent"]),
