@@ -60,6 +60,7 @@ def clear_stale(path: str) -> None:
 RECV = 1 << 16
 BACKLOG = 1024
 ACCEPT_RETRY_S = 0.1
+OUT_MAX = 1 << 20  # acks waiting for a producer that does not read them, at most
 
 
 class _Connection:
@@ -209,7 +210,10 @@ class SocketSource:
     def _watch(self, conn: _Connection) -> None:
         """Wake up for what the connection still needs: reading until the producer
         is done, writing while acks wait in ``out``."""
-        events = (0 if conn.eof else selectors.EVENT_READ) | (selectors.EVENT_WRITE if conn.out else 0)
+        # A producer that does not read its acks is not read either once OUT_MAX of
+        # them wait: back-pressure per connection, as a blocking send would give.
+        reading = not conn.eof and len(conn.out) < OUT_MAX
+        events = (selectors.EVENT_READ if reading else 0) | (selectors.EVENT_WRITE if conn.out else 0)
         try:
             if events:
                 self._selector.modify(conn.sock, events, conn)

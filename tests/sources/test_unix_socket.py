@@ -126,3 +126,20 @@ async def test_the_socket_is_private_and_removed_on_stop(nursery, tmp_path):
             assert os.stat(path).st_mode & 0o777 == 0o600  # noqa: ASYNC240 (a test's one look)
             scope.cancel()
     assert not os.path.exists(path)  # noqa: ASYNC240
+
+
+async def test_a_producer_that_never_reads_is_no_longer_read_then_resumes(source):
+    broker, path = source
+    n = 120_000  # ~2.6 MB of acks: past what the source holds for one connection (1 MiB)
+    async with await connect(path) as s:
+        data = b"".join(hook_line(i) for i in range(n))
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(s.send_all, data)  # blocks once the daemon stops reading
+            with trio.fail_after(60):
+                while broker.counters["events"] < 40_000:
+                    await trio.sleep(0.05)
+            await trio.sleep(0.3)
+            stalled_at = broker.counters["events"]
+            assert stalled_at < n  # it stopped reading this producer
+            acks = await read_lines(s, n)  # reading lets it go on, to the end
+    assert [a["ack"] for a in acks] == [f"e-{i}" for i in range(n)]
