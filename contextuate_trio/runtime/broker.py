@@ -399,9 +399,9 @@ class Broker:
         if expired:
             log.info("retention: removed %d sessions older than %s days", len(expired), retention_days)
             try:
-                self.store.order.trim_head()
+                self.store.order.compact()
             except OSError as exc:
-                log.warning("retention: the seq log was not trimmed: %s", exc)
+                log.warning("retention: the seq log was not compacted: %s", exc)
         return len(expired)
 
     def session_action(self, action: str, session_id: str, value: Any = None) -> None:

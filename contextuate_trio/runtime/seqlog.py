@@ -14,7 +14,7 @@ batch (24 bytes an event).
 
 A deleted session's number is retired (the key gets a new number if it comes back):
 records of the old one point at nothing and are skipped, and once retention has
-removed the oldest sessions, ``trim_head`` drops the dead records at the log's head.
+made them most of the log, ``compact`` drops them.
 A torn last record (a crash mid-write) is cut off at start.
 """
 
@@ -31,6 +31,7 @@ log = logging.getLogger("contextuate.seqlog")
 
 RECORD = struct.Struct("<QIQI")  # seq, session number, offset, length
 SEARCH_READ = 64  # records read at once when the binary search is close
+COMPACT_READ = 1 << 16  # records read at once while compacting
 
 
 class SeqLog:
@@ -79,42 +80,38 @@ class SeqLog:
                 os.close(fd)
         self._fd = self._keys_fd = None
 
-    def trim_head(self) -> int:
-        """Rewrite the log from its first live record (retention deletes the oldest
-        sessions, whose records lead the log); the number of records dropped. The
-        last record stays, live or not: numbers go on from it at the next start."""
+    def compact(self) -> int:
+        """Drop the records of deleted sessions once they are most of the log (after
+        retention); the number dropped. One pass over the log (24 bytes an event),
+        written beside it and renamed over it. The last record stays, live or not:
+        numbers go on from it at the next start."""
         if self._fd is None or self.count < 2:
             return 0
-        start = min(self._first_live(), self.count - 1)
-        if start == 0:
-            return 0
+        keep = bytearray()
+        for start in range(0, self.count, COMPACT_READ):
+            for rec in self._records(start, min(self.count, start + COMPACT_READ)):
+                if self._alive(rec[1]):
+                    keep += RECORD.pack(*rec)
+        last = self._record(self.count - 1)
+        if not keep.endswith(RECORD.pack(*last)):
+            keep += RECORD.pack(*last)
+        dropped = self.count - len(keep) // RECORD.size
+        if dropped * 2 < self.count:
+            return 0  # not worth a rewrite yet
         tmp = self.path + ".tmp"
         out = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
         try:
-            at = start * RECORD.size
-            while chunk := os.pread(self._fd, 1 << 20, at):
-                write_all(out, chunk)
-                at += len(chunk)
+            write_all(out, bytes(keep))
         finally:
             os.close(out)
         os.replace(tmp, self.path)
         fd, self._fd = self._fd, None  # never a stale number, should the open fail
         os.close(fd)
         self._fd = os.open(self.path, os.O_RDWR | os.O_APPEND, 0o600)
-        self.count -= start
+        self.count -= dropped
         self.first_seq = self._record(0)[0]
         self._memo = (-1, 0)  # indexes moved
-        return start
-
-    def _first_live(self) -> int:
-        i = 0
-        while i < self.count:
-            end = min(self.count, i + SEARCH_READ * 16)
-            for j, (_seq, number, _offset, _length) in enumerate(self._records(i, end)):
-                if self._alive(number):
-                    return i + j
-            i = end
-        return self.count
+        return dropped
 
     def _alive(self, number: int) -> bool:
         return number < len(self._keys) and self._numbers.get(self._keys[number]) == number

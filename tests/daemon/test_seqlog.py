@@ -82,19 +82,19 @@ def test_torn_record_and_a_file_cut_short_are_skipped(tmp_path):
     assert [n for n, _ in again.lines_after(0, 100)] == list(range(1, 20))
 
 
-def test_retention_trims_the_dead_head_and_keeps_numbers_going(tmp_path):
+def test_compaction_drops_deleted_sessions_anywhere_and_keeps_numbers_going(tmp_path):
     store = opened(tmp_path)
-    write(store, range(1, 11), sessions=("old",))
-    write(store, range(11, 21), sessions=("new",))
+    write(store, range(1, 31), sessions=("old", "kept", "gone"))  # interleaved; 30 is old's
     store.delete("old")
-    assert store.order.trim_head() == 10
-    assert os.path.getsize(tmp_path / "seq.log") == 10 * RECORD.size
-    assert (store.order.first_seq, store.order.last_seq) == (11, 20)
-    assert [n for n, _ in store.lines_after(0, 100)] == list(range(11, 21))
-    store.delete("new")
-    assert store.order.trim_head() == 9  # the last record stays: numbers go on from it
+    assert store.order.compact() == 0  # a third dead: not worth a rewrite yet
+    store.delete("gone")
+    assert store.order.compact() == 19  # the last record (30) stays: numbers go on from it
+    assert os.path.getsize(tmp_path / "seq.log") == 11 * RECORD.size
+    assert [n for n, _ in store.lines_after(0, 100)] == list(range(1, 31, 3))
+    store.delete("kept")
+    assert store.order.compact() == 10
     store.close()
-    assert opened(tmp_path).order.last_seq == 20
+    assert opened(tmp_path).order.last_seq == 30
 
 
 def test_reading_on_in_chunks_from_the_last_number_got_gives_each_once(tmp_path):
