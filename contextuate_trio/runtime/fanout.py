@@ -11,7 +11,6 @@ from __future__ import annotations
 import collections
 import enum
 import logging
-import re
 from collections.abc import Iterable
 from typing import Any
 
@@ -20,6 +19,7 @@ import trio
 
 from contextuate_trio.core.events import Event
 from contextuate_trio.core.sessions import Session
+from contextuate_trio.runtime.store import SESSION_AT_START
 
 log = logging.getLogger("contextuate.fanout")
 
@@ -53,10 +53,6 @@ class LiveEvent:
         return StoredEvent(line)
 
 
-# How the daemon writes every event line: id, timestamp, then sessionId.
-_SESSION_AT_START = re.compile(rb'^\{"id":"[^"\\]*","timestamp":-?\d+,"sessionId":"([^"\\]*)"')
-
-
 class StoredEvent:
     """A ``LiveEvent`` read from a stored line, parsed only when a field other than
     the session is asked for: a client that takes every event never asks, and
@@ -67,7 +63,7 @@ class StoredEvent:
     def __init__(self, line: bytes) -> None:
         self._line = line
         self._d: dict[str, Any] | None = None
-        m = _SESSION_AT_START.match(line)
+        m = SESSION_AT_START.match(line)  # how the daemon writes every line
         self._session_id = m.group(1).decode() if m else None
 
     def _get(self, key: str) -> Any:

@@ -45,6 +45,7 @@ _SAFE = re.compile(r"^[A-Za-z0-9._:-]{1,120}$")
 _ID_AT_START = re.compile(rb'^\{"id":"([^"\\]+)"')
 # How the daemon writes every event line: id first, then the timestamp.
 _TS_AT_START = re.compile(rb'^\{"id":"[^"\\]*","timestamp":(\d+)[,}]')
+SESSION_AT_START = re.compile(rb'^\{"id":"[^"\\]*","timestamp":-?\d+,"sessionId":"([^"\\]*)"')
 
 
 class StoreError(Exception):
@@ -508,7 +509,10 @@ class FileStore:
             by_key.setdefault(key, []).append((offset, length, seq))
         found: list[tuple[int, bytes]] = []
         for key, items in by_key.items():
-            found += self._read_records(key, items)
+            try:
+                found += self._read_records(key, items)
+            except OSError as exc:  # one unreadable session must not stop a catch-up
+                log.warning("session %s: cannot read events for a catch-up: %s", key, exc)
         found.sort()
         return found
 
