@@ -69,7 +69,11 @@ def machine_id(env) -> str:
 
 def new_id() -> str:
     """A random (version 4) UUID, without ``import uuid`` (which loads ``os``)."""
-    b = bytearray(posix.urandom(16))
+    return uuid4_text(bytearray(posix.urandom(16)))
+
+
+def uuid4_text(b: bytearray) -> str:
+    """16 random bytes as a version 4 UUID's text (the daemon's ids use it too)."""
     b[6] = (b[6] & 0x0F) | 0x40
     b[8] = (b[8] & 0x3F) | 0x80
     h = b.hex()

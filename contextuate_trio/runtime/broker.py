@@ -67,14 +67,14 @@ class Delivery:
 
 @attrs.define
 class Accepted:
-    """An event that passed dedupe and the session machine, with its stored line
-    (masked once the batch's secret scan has named it) and the sessions it changed."""
+    """An event that passed dedupe, masking and the session machine: its stored line
+    and the sessions it changed."""
 
     delivery: Delivery
     event: Event
     line: bytes
     sessions: list[Session]
-    seq: int = 0  # its number, given once the batch is masked (kept across store retries)
+    seq: int = 0  # its number, given before the batch is stored (kept across store retries)
 
 
 class Broker:
@@ -270,7 +270,7 @@ class Broker:
                 lines.append(events.encode(d.event) + b"\n")
             except Exception as exc:
                 lines.append(None)
-                self._refuse(d, exc)
+                self._reject(d, exc)
         suspects = secret_scan.suspects(self.redactor, [line or b"" for line in lines])
         for i in suspects:
             line = lines[i]
@@ -280,7 +280,7 @@ class Broker:
                 lines[i], masked = masked_line(self.redactor, fresh[i].event, line)
             except Exception as exc:  # never store what could not be masked
                 lines[i], masked = None, False
-                self._refuse(fresh[i], exc)
+                self._reject(fresh[i], exc)
             if masked:
                 self.counters["redacted_events"] += 1
         return lines
@@ -295,7 +295,7 @@ class Broker:
             if (ev.session_id, ev.parent_session_id) != where:
                 line = events.encode(ev) + b"\n"
         except Exception as exc:
-            self._refuse(d, exc)
+            self._reject(d, exc)
             return None
         self.seen.add(ev.id)
         if log.isEnabledFor(logging.DEBUG):
@@ -307,10 +307,6 @@ class Broker:
                 ev.event_type,
             )
         return Accepted(d, ev, line, outcome.changed)
-
-    def _refuse(self, d: Delivery, exc: Exception) -> None:
-        self.recent.discard(d.event.id)  # its producer may send it again
-        self._reject(d, exc)
 
     async def process(self, batch: list[Delivery]) -> None:
         duplicates: list[Delivery] = []
@@ -338,6 +334,7 @@ class Broker:
         """An event the pipeline could not handle (a bug): logged with its id and
         refused, so its producer keeps it (the hook spools it; the spool sets it aside)."""
         self.counters["rejected"] += 1
+        self.recent.discard(d.event.id)  # its producer may send it again
         log.exception("rejected event %s (%s from %s): %s", d.event.id, d.event.event_type, d.event.source, exc)
         d.finish(False, f"rejected: {type(exc).__name__}: {exc}", rejected=True)
 

@@ -6,6 +6,7 @@ import os
 import time
 
 from contextuate_trio.core.events import Mint
+from contextuate_trio.hook.paths import uuid4_text
 
 _POOL = 16 * 256  # random bytes fetched at once: one getrandom() per 256 ids, not per id
 _random = bytearray()
@@ -19,10 +20,7 @@ def new_id() -> str:
         _random = bytearray(os.urandom(_POOL))
     b = _random[-16:]
     del _random[-16:]
-    b[6] = (b[6] & 0x0F) | 0x40
-    b[8] = (b[8] & 0x3F) | 0x80
-    h = b.hex()
-    return f"{h[:8]}-{h[8:12]}-{h[12:16]}-{h[16:20]}-{h[20:]}"
+    return uuid4_text(b)
 
 
 def _forget_pool() -> None:

@@ -19,7 +19,6 @@ import trio
 
 from contextuate_trio.core.events import Event
 from contextuate_trio.core.sessions import Session
-from contextuate_trio.runtime.store import SESSION_AT_START
 
 log = logging.getLogger("contextuate.fanout")
 
@@ -47,24 +46,17 @@ class LiveEvent:
         self.event_type = ev.event_type
         self.tool_name = ev.tool_name
 
-    @staticmethod
-    def from_line(line: bytes) -> StoredEvent:
-        """The same fields from a stored line (a client catching up from disk)."""
-        return StoredEvent(line)
-
 
 class StoredEvent:
-    """A ``LiveEvent`` read from a stored line, parsed only when a field other than
-    the session is asked for: a client that takes every event never asks, and
-    parsing each line was the largest cost of catching a client up from disk."""
+    """A ``LiveEvent`` read from a stored line, parsed only when a field is asked for:
+    a client that takes every event never asks, and parsing each line was the
+    largest cost of catching a client up from disk."""
 
-    __slots__ = ("_line", "_d", "_session_id")
+    __slots__ = ("_line", "_d")
 
     def __init__(self, line: bytes) -> None:
         self._line = line
         self._d: dict[str, Any] | None = None
-        m = SESSION_AT_START.match(line)  # how the daemon writes every line
-        self._session_id = m.group(1).decode() if m else None
 
     def _get(self, key: str) -> Any:
         if self._d is None:
@@ -72,12 +64,9 @@ class StoredEvent:
             self._d = d if isinstance(d, dict) else {}
         return self._d.get(key)
 
-    @property
-    def session_id(self) -> Any:
-        return self._session_id if self._session_id is not None else self._get("sessionId")
-
     id = property(lambda self: self._get("id"))
     timestamp = property(lambda self: self._get("timestamp"))
+    session_id = property(lambda self: self._get("sessionId"))
     parent_session_id = property(lambda self: self._get("parentSessionId"))
     machine_id = property(lambda self: self._get("machineId"))
     event_type = property(lambda self: self._get("eventType"))
@@ -100,7 +89,6 @@ class Subscription:
         self.queued_events = 0  # batched only: events sent and not yet taken
         self.send, self.receive = trio.open_memory_channel[dict](size)
         self.dropped: DropReason | None = None
-        self.closed = trio.Event()  # set when dropped or closed
 
     @property
     def too_slow(self) -> bool:
@@ -116,7 +104,6 @@ class Subscription:
             self.dropped = why
         self.fanout.unsubscribe(self)
         self.send.close()
-        self.closed.set()
 
 
 class FanOut:

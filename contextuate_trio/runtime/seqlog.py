@@ -25,7 +25,7 @@ import os
 import struct
 from collections.abc import Iterable
 
-from contextuate_trio.hook.paths import write_all
+from contextuate_trio.hook.paths import write_all, write_atomic
 
 log = logging.getLogger("contextuate.seqlog")
 
@@ -58,7 +58,7 @@ class SeqLog:
             data = b""
         if data and not data.endswith(b"\n"):  # a torn last key: no record names it yet
             data = data[: data.rfind(b"\n") + 1]
-            _truncate(self.keys_path, len(data))
+            os.truncate(self.keys_path, len(data))
         self._keys = [k.decode("utf-8", "replace") for k in data.splitlines()]
         self._keys_size = len(data)
         self._numbers = {k: n for n, k in enumerate(self._keys) if k in live}
@@ -98,13 +98,7 @@ class SeqLog:
         dropped = self.count - len(keep) // RECORD.size
         if dropped * 2 < self.count:
             return 0  # not worth a rewrite yet
-        tmp = self.path + ".tmp"
-        out = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-        try:
-            write_all(out, bytes(keep))
-        finally:
-            os.close(out)
-        os.replace(tmp, self.path)
+        write_atomic(self.path, bytes(keep), shared=False)
         fd, self._fd = self._fd, None  # never a stale number, should the open fail
         os.close(fd)
         self._fd = os.open(self.path, os.O_RDWR | os.O_APPEND, 0o600)
@@ -209,8 +203,3 @@ class SeqLog:
         if out:
             self._memo = (out[-1][0], next_index)
         return out
-
-
-def _truncate(path: str, size: int) -> None:
-    with open(path, "rb+") as f:
-        f.truncate(size)

@@ -45,7 +45,6 @@ _SAFE = re.compile(r"^[A-Za-z0-9._:-]{1,120}$")
 _ID_AT_START = re.compile(rb'^\{"id":"([^"\\]+)"')
 # How the daemon writes every event line: id first, then the timestamp.
 _TS_AT_START = re.compile(rb'^\{"id":"[^"\\]*","timestamp":(\d+)[,}]')
-SESSION_AT_START = re.compile(rb'^\{"id":"[^"\\]*","timestamp":-?\d+,"sessionId":"([^"\\]*)"')
 
 
 class StoreError(Exception):
@@ -176,10 +175,7 @@ class FileStore:
 
     def _repair_torn_tail(self, events_path: str) -> int:
         """A crash mid-write can leave a last line without its newline: set it aside."""
-        try:
-            size = os.path.getsize(events_path)
-        except FileNotFoundError:
-            return 0
+        size = _size(events_path)
         if size == 0:
             return 0
         with open(events_path, "rb+") as f:

@@ -22,7 +22,7 @@ from trio_websocket import ConnectionClosed, WebSocketConnection, WebSocketReque
 from contextuate_trio.core.sessions import Session
 from contextuate_trio.runtime.broker import Broker
 from contextuate_trio.runtime.clock import now_ms
-from contextuate_trio.runtime.fanout import DropReason, LiveEvent, Subscription
+from contextuate_trio.runtime.fanout import DropReason, StoredEvent, Subscription
 from contextuate_trio.runtime.metrics import Metric
 from contextuate_trio.web import ws_protocol as proto
 from contextuate_trio.web.state import WebState
@@ -78,7 +78,7 @@ class BrokerBackend:
         if store is None:
             return []
         return [
-            {"type": "event", "seq": seq, "event": LiveEvent.from_line(line), "line": line}
+            {"type": "event", "seq": seq, "event": StoredEvent(line), "line": line}
             for seq, line in store.lines_after(since, limit)
         ]
 
