@@ -3,11 +3,30 @@
 from __future__ import annotations
 
 import itertools
+import subprocess
+import sys
 import time
 import uuid
+from pathlib import Path
 
 from contextuate_trio.core.events import Mint
 from contextuate_trio.core.usage import DEFAULT_TABLE, PriceTable
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def run_cli(*args: str, env: dict, cwd: str | None = None, timeout: float = 60, check: bool = False):
+    """``python -m contextuate_trio ARGS`` run to its end, its output captured as
+    text; from the repository unless ``cwd`` says otherwise."""
+    return subprocess.run(
+        [sys.executable, "-m", "contextuate_trio", *args],
+        env=env,
+        cwd=cwd or str(ROOT),
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        check=check,
+    )
 
 
 def fixed_mint(start_ms: int = 1_000) -> Mint:

@@ -3,22 +3,13 @@ sessions on two machines."""
 
 from __future__ import annotations
 
-import subprocess
-import sys
-
-from conftest import ROOT, clean_env, wait_for
+from conftest import clean_env, wait_for
+from helpers import run_cli
 
 
 def test_demo_produces_linked_sessions_on_two_machines(daemon, home):
     d = daemon()
-    p = subprocess.run(
-        [sys.executable, "-m", "contextuate_trio", "demo", "--fast"],
-        env=clean_env(home),
-        cwd=str(ROOT),
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
+    p = run_cli("demo", "--fast", env=clean_env(home), timeout=120)
     assert p.returncode == 0, p.stderr
     assert "Dashboard: http://127.0.0.1:" in p.stdout
     sessions = wait_for(lambda: (s := d.sessions()) and len(s) == 4 and s, what="4 sessions")
@@ -38,14 +29,7 @@ def test_demo_produces_linked_sessions_on_two_machines(daemon, home):
     assert parent["errorCount"] == 0
     assert sum(s["eventCount"] for s in sessions.values()) == 41
     # Again: fresh ids, new sessions, nothing merged into the first run.
-    subprocess.run(
-        [sys.executable, "-m", "contextuate_trio", "demo", "--fast"],
-        env=clean_env(home),
-        cwd=str(ROOT),
-        capture_output=True,
-        timeout=120,
-        check=True,
-    )
+    run_cli("demo", "--fast", env=clean_env(home), timeout=120, check=True)
     wait_for(lambda: len(d.sessions()) == 8, what="8 sessions")
 
 
@@ -57,12 +41,5 @@ def test_demo_refuses_without_a_daemon(home):
 
     with open(os.path.join(home, "monitor.config.json"), "w") as f:
         json.dump({"server": {"port": free_port()}}, f)
-    p = subprocess.run(
-        [sys.executable, "-m", "contextuate_trio", "demo", "--fast"],
-        env=clean_env(home),
-        cwd=str(ROOT),
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
+    p = run_cli("demo", "--fast", env=clean_env(home), timeout=60)
     assert p.returncode == 1 and "contextuate-trio start" in p.stderr

@@ -5,11 +5,10 @@ from __future__ import annotations
 import json
 import os
 import socket
-import subprocess
-import sys
 import time
 
-from conftest import ROOT, clean_env, run_hook, wait_for
+from conftest import clean_env, run_hook, wait_for
+from helpers import run_cli
 from redis_server import make_tls_files, needs_redis, redis_server  # noqa: F401 (fixture)
 
 from contextuate_trio.cli import hooks as cs
@@ -17,14 +16,7 @@ from contextuate_trio.cli.doctor import skew_findings
 
 
 def doctor(env, cwd=None) -> tuple[int, dict]:
-    p = subprocess.run(
-        [sys.executable, "-m", "contextuate_trio", "doctor", "--json"],
-        env=env,
-        cwd=cwd or str(ROOT),
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
+    p = run_cli("doctor", "--json", env=env, cwd=cwd)
     assert p.stdout, p.stderr
     by: dict = {}
     for c in json.loads(p.stdout):
@@ -37,14 +29,7 @@ def status(by, name):
 
 
 def install(env, *extra):
-    p = subprocess.run(
-        [sys.executable, "-m", "contextuate_trio", "hooks", "install", *extra],
-        env=env,
-        cwd=str(ROOT),
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
+    p = run_cli("hooks", "install", *extra, env=env)
     assert p.returncode == 0, p.stderr
 
 
@@ -106,14 +91,7 @@ def test_hook_not_wired_missing_interpreter_and_wired_twice(daemon, home, tmp_pa
     install(env)
     proj = tmp_path / "proj"
     proj.mkdir()
-    subprocess.run(
-        [sys.executable, "-m", "contextuate_trio", "hooks", "install", "--local"],
-        env=env,
-        cwd=str(proj),
-        capture_output=True,
-        timeout=60,
-        check=True,
-    )
+    run_cli("hooks", "install", "--local", env=env, cwd=str(proj), check=True)
     code, by = doctor(env, cwd=str(proj))
     twice = [c for c in by["hook"] if "recorded twice" in c["detail"]]
     assert twice and twice[0]["status"] == "fail" and "hooks uninstall --local" in twice[0]["fix"]

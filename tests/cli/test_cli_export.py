@@ -5,10 +5,10 @@ from __future__ import annotations
 import json
 import os
 import subprocess
-import sys
 import tempfile
 
-from conftest import ROOT, DaemonProc, clean_env, run_hook, wait_for
+from conftest import DaemonProc, clean_env, run_hook, wait_for
+from helpers import run_cli
 
 from contextuate_trio.cli.export import order, select
 
@@ -29,14 +29,7 @@ KEYS = (
 
 
 def cli(home, *args):
-    return subprocess.run(
-        [sys.executable, "-m", "contextuate_trio", *args],
-        env=clean_env(home),
-        cwd=str(ROOT),
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
+    return run_cli(*args, env=clean_env(home), timeout=120)
 
 
 def view(d):

@@ -8,10 +8,10 @@ import json
 import os
 import stat
 import subprocess
-import sys
 
 import pytest
-from conftest import ROOT, clean_env, wait_for
+from conftest import clean_env, wait_for
+from helpers import run_cli
 
 from contextuate_trio.cli import hooks as cs
 
@@ -165,14 +165,7 @@ def test_symlinked_settings_stay_a_symlink(tmp_path):
 
 # --- the CLI, and the installed command delivering an event -----------------------------------
 def cli(args, env, cwd=None):
-    return subprocess.run(
-        [sys.executable, "-m", "contextuate_trio", *args],
-        env=env,
-        cwd=cwd or str(ROOT),
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
+    return run_cli(*args, env=env, cwd=cwd)
 
 
 def test_cli_install_then_sh_c_delivers_to_a_real_daemon(daemon, home, tmp_path):

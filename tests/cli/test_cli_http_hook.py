@@ -5,12 +5,11 @@ from __future__ import annotations
 
 import json
 import re
-import subprocess
-import sys
 import urllib.error
 import urllib.request
 
-from conftest import ROOT, clean_env, wait_for
+from conftest import clean_env, wait_for
+from helpers import run_cli
 
 from contextuate_trio.cli import hooks as cs
 
@@ -41,14 +40,7 @@ def claude_code_headers(handler: dict, env: dict) -> dict:
 def test_installed_http_hook_is_accepted_with_machine_token_and_parent(daemon, home, tmp_path):
     d = daemon({"server": {"token": "s3cret"}})
     env = clean_env(home, HOME=str(tmp_path), CONTEXTUATE_MACHINE_ID="laptop-http")
-    r = subprocess.run(
-        [sys.executable, "-m", "contextuate_trio", "hooks", "install", "--transport", "http"],
-        env=env,
-        cwd=str(ROOT),
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
+    r = run_cli("hooks", "install", "--transport", "http", env=env)
     assert r.returncode == 0, r.stderr
     settings = json.loads((tmp_path / ".claude" / "settings.json").read_text())
     ours = cs.describe(settings)["ours"]

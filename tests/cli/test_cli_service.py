@@ -7,7 +7,8 @@ import subprocess
 import sys
 
 import pytest
-from conftest import ROOT, clean_env
+from conftest import clean_env
+from helpers import run_cli
 
 
 def analyze(path) -> subprocess.CompletedProcess:
@@ -24,14 +25,7 @@ def test_unit_written_valid_and_removed(home, tmp_path):
     env.pop("XDG_CONFIG_HOME")
 
     def run(*a):
-        return subprocess.run(
-            [sys.executable, "-m", "contextuate_trio", "service", *a],
-            env=env,
-            cwd=str(ROOT),
-            capture_output=True,
-            text=True,
-            timeout=60,
-        )
+        return run_cli("service", *a, env=env)
 
     r = run("install", "--no-start")
     assert r.returncode == 0, r.stderr

@@ -8,8 +8,6 @@ import os
 import signal
 import socket
 import stat
-import subprocess
-import sys
 import threading
 import time
 
@@ -23,6 +21,7 @@ from conftest import (
     run_hook,
     wait_for,
 )
+from helpers import run_cli
 
 
 def check_expectations(d: DaemonProc, name: str) -> None:
@@ -161,13 +160,7 @@ def test_files_are_private_and_second_daemon_refused(daemon, home):
     second = DaemonProc(home)
     second.port, second.ws_port = d.port, d.ws_port
     second.config_path = d.config_path
-    p = subprocess.run(
-        [sys.executable, "-m", "contextuate_trio", "start", "--foreground"],
-        env=clean_env(home),
-        capture_output=True,
-        text=True,
-        timeout=20,
-    )
+    p = run_cli("start", "--foreground", env=clean_env(home), timeout=20)
     assert p.returncode == 1
     assert "another contextuate-trio daemon is running" in p.stderr
     # The first one is unharmed.
@@ -342,13 +335,7 @@ def test_sigterm_stops_cleanly_and_quickly(daemon, home):
 def test_broken_config_stops_daemon_with_clear_message(home):
     with open(os.path.join(home, "monitor.config.json"), "w") as f:
         json.dump({"server": {"port": "3847"}}, f)
-    p = subprocess.run(
-        [sys.executable, "-m", "contextuate_trio", "start", "--foreground"],
-        env=clean_env(home),
-        capture_output=True,
-        text=True,
-        timeout=20,
-    )
+    p = run_cli("start", "--foreground", env=clean_env(home), timeout=20)
     assert p.returncode == 2
     assert "monitor.config.json" in p.stderr and "server.port" in p.stderr
     assert len(p.stderr.strip().splitlines()) == 1
@@ -360,12 +347,11 @@ def test_broken_config_stops_daemon_with_clear_message(home):
 def test_cli_start_status_stop_init(home):
     port = __import__("conftest").free_port()
     env = clean_env(home)
-    cli = [sys.executable, "-m", "contextuate_trio"]
-    p = subprocess.run(cli + ["init"], env=env, capture_output=True, text=True)
+    p = run_cli("init", env=env)
     assert p.returncode == 0, p.stderr
     cfg_path = os.path.join(home, "monitor.config.json")
     assert stat.S_IMODE(os.stat(cfg_path).st_mode) == 0o600
-    p = subprocess.run(cli + ["init"], env=env, capture_output=True, text=True)
+    p = run_cli("init", env=env)
     assert p.returncode == 1 and "--force" in p.stderr
     with open(cfg_path) as f:
         cfg = json.load(f)
@@ -374,17 +360,17 @@ def test_cli_start_status_stop_init(home):
     with open(cfg_path, "w") as f:
         json.dump(cfg, f)
     try:
-        p = subprocess.run(cli + ["start"], env=env, capture_output=True, text=True, timeout=30)
+        p = run_cli("start", env=env, timeout=30)
         assert p.returncode == 0, p.stdout + p.stderr
         assert "started" in p.stdout
-        p = subprocess.run(cli + ["status"], env=env, capture_output=True, text=True, timeout=10)
+        p = run_cli("status", env=env, timeout=10)
         assert p.returncode == 0 and "ok" in p.stdout, p.stdout + p.stderr
-        p = subprocess.run(cli + ["start"], env=env, capture_output=True, text=True, timeout=30)
+        p = run_cli("start", env=env, timeout=30)
         assert p.returncode == 0 and "already running" in p.stdout
     finally:
-        p = subprocess.run(cli + ["stop"], env=env, capture_output=True, text=True, timeout=30)
+        p = run_cli("stop", env=env, timeout=30)
     assert p.returncode == 0 and "stopped" in p.stdout
-    p = subprocess.run(cli + ["status"], env=env, capture_output=True, text=True, timeout=10)
+    p = run_cli("status", env=env, timeout=10)
     assert p.returncode == 3 and "not running" in p.stdout
 
 
@@ -413,13 +399,7 @@ def test_a_busy_port_is_said_plainly(daemon, home):
     busy.listen(1)
     try:
         d = daemon({"server": {"port": busy.getsockname()[1]}}, start=False)
-        p = subprocess.run(
-            [sys.executable, "-m", "contextuate_trio", "start", "--foreground"],
-            env=clean_env(home),
-            capture_output=True,
-            text=True,
-            timeout=30,
-        )
+        p = run_cli("start", "--foreground", env=clean_env(home), timeout=30)
     finally:
         busy.close()
     assert p.returncode == 1

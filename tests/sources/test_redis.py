@@ -10,6 +10,7 @@ import uuid
 
 import pytest
 from conftest import DaemonProc, load_fixture, run_hook, wait_for
+from helpers import run_cli
 from redis_server import make_tls_files, needs_redis, redis_server  # noqa: F401 (fixture)
 
 pytestmark = needs_redis
@@ -201,18 +202,10 @@ def test_acl_user_and_wrong_password(monitor, redis_server):
     assert d2.get("/api/health")["status"] == "degraded"
     time.sleep(2)
     assert d2.proc.poll() is None  # still running, retrying with backoff
-    import subprocess
-    import sys
 
     from conftest import clean_env
 
-    st = subprocess.run(
-        [sys.executable, "-m", "contextuate_trio", "status"],
-        env=clean_env(other),
-        capture_output=True,
-        text=True,
-        timeout=10,
-    )
+    st = run_cli("status", env=clean_env(other), timeout=10)
     assert st.returncode == 1 and "authentication failed" in st.stdout
     assert "authentication failed" in d2.log()
     d2.kill9()

@@ -6,13 +6,12 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import subprocess
-import sys
 import tempfile
 import urllib.request
 
 import pytest
 from conftest import clean_env, run_hook, wait_for
+from helpers import run_cli
 from redis_server import needs_redis, redis_server  # noqa: F401 (fixture)
 from transcripts_data import HAIKU, SID, SONNET, SUB_COST, SUB_LINES, TURN, TURN_COST, assistant, dump, payload, write  # noqa: F401
 
@@ -73,23 +72,11 @@ def test_local_stop_reads_the_transcript_and_the_api_shows_usage(home, daemon):
     assert all(e["source"] == "transcript" for e in events if e["eventType"] == "usage")
 
     # The terminal: a table per model with the total.
-    out = subprocess.run(
-        [sys.executable, "-m", "contextuate_trio", "usage", "--by", "model"],
-        env=clean_env(home),
-        capture_output=True,
-        text=True,
-        timeout=30,
-    )
+    out = run_cli("usage", "--by", "model", env=clean_env(home), timeout=30)
     assert out.returncode == 0, out.stderr
     assert SONNET in out.stdout and HAIKU in out.stdout and "$0.0306" in out.stdout
     assert out.stdout.splitlines()[-1].split()[-1] == f"${TURN_COST + SUB_COST:.4f}"
-    by_session = subprocess.run(
-        [sys.executable, "-m", "contextuate_trio", "usage", "--by", "session", "--json"],
-        env=clean_env(home),
-        capture_output=True,
-        text=True,
-        timeout=30,
-    )
+    by_session = run_cli("usage", "--by", "session", "--json", env=clean_env(home), timeout=30)
     assert len(json.loads(by_session.stdout)["rows"]) == 2
 
     # A restart reads nothing twice: the offsets were kept.
