@@ -383,7 +383,7 @@ class Doctor:
                 f"contextuate-trio hooks uninstall --{wired[-1]['scope']}",
             )
         for i in wired:
-            missing = [e for e in cs.EVENTS if e not in i["events"]]
+            missing = [e for e in cs.EVENTS if e not in i["events"] and e not in cs.NOISY]
             base = f"{i['path']}: {len(i['events'])} events ({i['transport']})"
             problems = [p for p in i["problems"]]
             fix_flag = "" if i["scope"] == "global" else f" --{i['scope']}"

@@ -38,8 +38,10 @@ HTTP_PATH = "/api/hooks"
 BACKUP_SUFFIX = ".contextuate.bak"  # before contextuate-trio was first wired in
 PREV_SUFFIX = ".contextuate.prev"  # just before the last change
 
-# Every Claude Code hook we map to an event type (README, "Events"), with the Claude
-# Code version that introduced it (None: older than hooks we care about).
+# Every Claude Code hook we wire (README, "Events"), with the Claude Code version that
+# introduced it (its CHANGELOG; None: older than any version we support). Where the
+# CHANGELOG does not say, the oldest version it was seen in: a hook an older Claude
+# Code does not know would make it reject the whole settings file.
 EVENTS: dict[str, tuple | None] = {
     "SessionStart": None,
     "SessionEnd": None,
@@ -53,14 +55,36 @@ EVENTS: dict[str, tuple | None] = {
     "SubagentStart": None,
     "SubagentStop": None,
     "PreCompact": None,
+    "Setup": (2, 1, 10),
     "TaskCompleted": (2, 1, 33),
+    "TeammateIdle": (2, 1, 33),
+    "ConfigChange": (2, 1, 49),
+    "WorktreeRemove": (2, 1, 50),
+    "InstructionsLoaded": (2, 1, 69),
     "PostCompact": (2, 1, 76),
+    "Elicitation": (2, 1, 76),
+    "ElicitationResult": (2, 1, 76),
     "StopFailure": (2, 1, 78),
+    "CwdChanged": (2, 1, 83),
     "TaskCreated": (2, 1, 84),
+    "PermissionDenied": (2, 1, 89),
     "PostToolBatch": (2, 1, 115),  # not in the changelog up to 2.1.114
+    "MessageDisplay": (2, 1, 152),
+    "PreModelSwitch": (2, 1, 263),  # not in the changelog; seen firing in 2.1.263
+    "PostModelSwitch": (2, 1, 263),
+    "UserPromptExpansion": (2, 1, 332),  # not in the changelog; tested in 2.1.332
+    "PreSkillShellCommand": (2, 1, 332),
+    # Opt-in (``--file-events``): one event per file touched in the project.
+    "FileChanged": (2, 1, 83),
+    "DirectoryAdded": (2, 1, 219),
 }
+NOISY = ("FileChanged", "DirectoryAdded")
+# Never wired: a WorktreeCreate hook *replaces* git's own worktree creation (Claude Code
+# then expects the hook to make the worktree and print its path), so wiring it would
+# break ``--worktree`` and agent worktrees. Its removal counterpart is harmless.
+NEVER = ("WorktreeCreate",)
 # Hooks with a matcher on the tool name: ours matches every tool.
-TOOL_EVENTS = ("PreToolUse", "PostToolUse", "PostToolUseFailure", "PermissionRequest")
+TOOL_EVENTS = ("PreToolUse", "PostToolUse", "PostToolUseFailure", "PermissionRequest", "PermissionDenied")
 # Claude Code allows only command hooks here (no http).
 COMMAND_ONLY = ("SessionStart", "Setup")
 # Claude Code gives all SessionEnd hooks 1.5 s unless a hook asks for more; ours takes
@@ -173,12 +197,15 @@ def claude_version(timeout: float = 5.0) -> tuple | None:
     return parse_version(out.stdout) if out.returncode == 0 else None
 
 
-def events_for(version: tuple | None) -> tuple[list[str], list[str]]:
+def events_for(version: tuple | None, noisy: bool = False) -> tuple[list[str], list[str]]:
     """(events to register, events left out because that Claude Code predates them).
-    Unknown version: all of them (a current Claude Code knows every one)."""
+    Unknown version: all of them (a current Claude Code knows every one). The noisy
+    file events only when asked for."""
     keep: list[str] = []
     skip: list[str] = []
     for ev, since in EVENTS.items():
+        if ev in NOISY and not noisy:
+            continue
         (skip if version is not None and since is not None and version < since else keep).append(ev)
     return keep, skip
 
@@ -491,7 +518,7 @@ def cmd_install(args) -> int:
     python = real_python()
     command = build_command(python, script, env)
     version = claude_version()
-    events, skipped = events_for(version)
+    events, skipped = events_for(version, noisy=args.file_events)
     token = cfg.server.token if cfg is not None else None
     wanted = plan(
         events,
@@ -682,7 +709,7 @@ def cmd_status(args) -> int:
             for cmd in i["commands"]:
                 print(f"         command: {cmd}")
             if i["events"]:
-                missing = [e for e in EVENTS if e not in i["events"]]
+                missing = [e for e in EVENTS if e not in i["events"] and e not in NOISY]
                 if missing:
                     print(f"         not wired: {', '.join(missing)}")
             for p in i["problems"]:
@@ -743,6 +770,11 @@ def add_parser(sub) -> None:
         dest="async_",
         action="store_true",
         help="run command hooks in the background (see the README for the trade-off)",
+    )
+    q.add_argument(
+        "--file-events",
+        action="store_true",
+        help="also FileChanged and DirectoryAdded (one event per file touched: noisy)",
     )
     q.set_defaults(func=cmd_install)
     q = hs.add_parser("uninstall", help="remove our entries; everything else is kept")

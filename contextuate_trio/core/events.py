@@ -25,22 +25,43 @@ from contextuate_trio.core.names import camel, snake
 EVENT_TYPES = {
     "SessionStart": "session_start",
     "SessionEnd": "session_end",
+    "Setup": "setup",
     "UserPromptSubmit": "user_prompt",
+    "UserPromptExpansion": "prompt_expansion",
+    "MessageDisplay": "message_display",
     "PreToolUse": "tool_call",
     "PermissionRequest": "permission_request",
+    "PermissionDenied": "permission_denied",
     "PostToolUse": "tool_result",
     "PostToolUseFailure": "tool_error",
     "PostToolBatch": "tool_batch",
     "Notification": "notification",
+    "Elicitation": "elicitation",
+    "ElicitationResult": "elicitation_result",
     "Stop": "stop",
     "StopFailure": "stop_failure",
     "SubagentStart": "subagent_start",
     "SubagentStop": "subagent_stop",
     "PreCompact": "pre_compact",
     "PostCompact": "post_compact",
+    "PreModelSwitch": "pre_model_switch",
+    "PostModelSwitch": "model_switch",
+    "TeammateIdle": "teammate_idle",
     "TaskCreated": "task_created",
     "TaskCompleted": "task_completed",
+    "InstructionsLoaded": "instructions_loaded",
+    "ConfigChange": "config_change",
+    "CwdChanged": "cwd_changed",
+    "FileChanged": "file_changed",
+    "DirectoryAdded": "directory_added",
+    "WorktreeCreate": "worktree_create",
+    "WorktreeRemove": "worktree_remove",
+    "PreSkillShellCommand": "skill_shell_command",
 }
+# A UserPromptSubmit that nobody typed: a background sub-agent's result handed back to
+# its parent as a prompt (Claude Code 2.1.1xx+). Shown as the agent's report.
+AGENT_REPORT = "agent_report"
+TASK_NOTIFICATION = "<task-notification>"
 INVALID = "invalid"  # the hook's stdin was not a JSON object; data.raw keeps the text
 UNKNOWN_SESSION = "unknown"
 AGENT_TOOLS = ("Agent", "Task")  # the sub-agent tool; "Task" in older Claude Code
@@ -68,10 +89,15 @@ class Event:
     agent_id: str | None = None
     agent_type: str | None = None
     notification_type: str | None = None
+    # Claude Code's id of the prompt (turn) the event belongs to: groups a turn.
+    prompt_id: str | None = None
     summary: str | None = None
     source: str | None = None
     # dict[Any, Any]: the bare dict's cattrs hook (dict[str, Any] would convert keys, 13x slower).
     data: dict[Any, Any] = attrs.Factory(dict)
+    # Set by the session machine on the event that ends a turn: the tool calls of the
+    # turn that never got a result ({tool_use_id: "interrupted" | "denied"}).
+    unanswered_calls: dict[str, str] | None = None
     # Fields of a producer's event that we do not model, given back as they came.
     extra: dict[Any, Any] = attrs.Factory(dict)
     # Set on events normalised from a Claude Code payload: the session manager still
@@ -190,20 +216,86 @@ def _short(text: object, n: int = 160) -> str | None:
 _INPUT_KEYS = ("command", "file_path", "pattern", "url", "query", "description", "path", "prompt")
 
 
+def _str(p: dict[str, Any], key: str) -> str:
+    v = p.get(key)
+    return v if isinstance(v, str) else ""
+
+
+def _tail(path: str) -> str:
+    """The last two parts of a path: enough to recognise a file in a list."""
+    return "/".join(path.rstrip("/").split("/")[-2:])
+
+
+def _agent_report(p: dict[str, Any]) -> str | None:
+    text = _str(p, "prompt")
+    summary = tag_text(text, "summary") or "a background agent finished"
+    result = tag_text(text, "result")
+    return f"{summary}: {result}" if result else summary
+
+
+def tag_text(text: object, name: str) -> str | None:
+    """The text of ``<name>…</name>`` in a task notification (no XML parser: the
+    prompt is not well-formed XML and need not be)."""
+    if not isinstance(text, str):
+        return None
+    start = text.find(f"<{name}>")
+    end = text.find(f"</{name}>", start + 1)
+    if start < 0 or end < 0:
+        return None
+    return text[start + len(name) + 2 : end].strip() or None
+
+
+# Per event type, its one line, for events whose main fact is not a tool call or one
+# of the generic keys below.
+_SUMMARIES: dict[str, Callable[[dict[str, Any]], str | None]] = {
+    AGENT_REPORT: _agent_report,
+    "message_display": lambda p: _str(p, "delta") or None,
+    "prompt_expansion": lambda p: f"/{_str(p, 'command_name')} {_str(p, 'command_args')}".strip() or None,
+    "instructions_loaded": lambda p: (
+        f"{_tail(_str(p, 'file_path'))} ({_str(p, 'memory_type') or '?'}, {_str(p, 'load_reason') or '?'})"
+    ),
+    "cwd_changed": lambda p: f"cd {_str(p, 'new_cwd')}",
+    "model_switch": lambda p: f"model {_str(p, 'from_model')} → {_str(p, 'to_model')}",
+    "pre_model_switch": lambda p: f"switching model from {_str(p, 'from_model')} to {_str(p, 'to_model')}",
+    "elicitation": lambda p: f"{_str(p, 'mcp_server_name')} asks: {_str(p, 'message')}",
+    "elicitation_result": lambda p: f"{_str(p, 'mcp_server_name')}: {_str(p, 'action')}",
+    "config_change": lambda p: f"{_str(p, 'source')} settings changed {_tail(_str(p, 'file_path'))}".strip(),
+    "setup": lambda p: f"setup ({_str(p, 'trigger')})",
+    "teammate_idle": lambda p: f"teammate {_str(p, 'teammate_name')} is idle",
+    "task_created": lambda p: f"task: {_str(p, 'task_subject')}",
+    "task_completed": lambda p: f"task done: {_str(p, 'task_subject')}",
+    "worktree_create": lambda p: f"worktree {_str(p, 'name')}",
+    "worktree_remove": lambda p: f"worktree removed {_str(p, 'worktree_path')}",
+    "file_changed": lambda p: f"{_str(p, 'event')} {_tail(_str(p, 'file_path'))}",
+    "directory_added": lambda p: f"directory added {_str(p, 'directory')}",
+    "stop_failure": lambda p: " — ".join(x for x in (_str(p, "error"), _str(p, "error_details")) if x) or None,
+}
+
+
 def summarize(event_type: str, p: dict[str, Any]) -> str | None:
     """One line a person reads in a list: what happened, with its main argument."""
+    special = _SUMMARIES.get(event_type)
+    if special is not None:
+        try:
+            return _short(special(p))
+        except (TypeError, AttributeError):  # a field of an unexpected type: the generic line
+            pass
     tool = p.get("tool_name")
     if tool:
         ti: dict[str, Any] = p["tool_input"] if isinstance(p.get("tool_input"), dict) else {}
         arg = next((ti[k] for k in _INPUT_KEYS if isinstance(ti.get(k), str) and ti[k]), None)
         text = f"{tool} {arg}" if arg else str(tool)
-        if event_type == "tool_error" and p.get("error"):
-            text += f" — {p['error']}"
+        if event_type in ("tool_error", "permission_denied") and (p.get("error") or p.get("reason")):
+            text += f" — {p.get('error') or p.get('reason')}"
         return _short(text)
     for key in ("prompt", "message", "last_assistant_message", "error", "reason", "source"):
         if p.get(key):
             return _short(p[key])
     return None
+
+
+def is_agent_report(prompt: object) -> bool:
+    return isinstance(prompt, str) and prompt.lstrip().startswith(TASK_NOTIFICATION)
 
 
 def from_payload(
@@ -229,6 +321,8 @@ def from_payload(
         )
     hook = _str_or_none(payload.get("hook_event_name"))
     event_type = event_type_for(hook)
+    if event_type == "user_prompt" and is_agent_report(payload.get("prompt")):
+        event_type = AGENT_REPORT
     return Event(
         id=event_id,
         timestamp=timestamp,
@@ -244,6 +338,7 @@ def from_payload(
         agent_id=_str_or_none(payload.get("agent_id")),
         agent_type=_str_or_none(payload.get("agent_type")),
         notification_type=_str_or_none(payload.get("notification_type")),
+        prompt_id=_str_or_none(payload.get("prompt_id")),
         summary=summarize(event_type, payload),
         source=source,
         data=payload,
@@ -332,11 +427,14 @@ def _from_complete(obj: dict[str, Any], source: str | None, mint: Mint) -> Event
         "agent_id",
         "agent_type",
         "notification_type",
+        "prompt_id",
         "summary",
         "source",
     ):
         if name in fields and not isinstance(fields[name], str):
             fields[name] = None
+    if not isinstance(fields.get("unanswered_calls"), dict):
+        fields.pop("unanswered_calls", None)
     if "duration_ms" in fields:
         fields["duration_ms"] = _num_or_none(fields["duration_ms"])
     fields["source"] = fields.get("source") or source

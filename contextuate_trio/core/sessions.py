@@ -23,8 +23,9 @@ from typing import Any
 
 import attrs
 
+from contextuate_trio.core import attention as attention_mod
 from contextuate_trio.core import usage as usage_mod
-from contextuate_trio.core.events import AGENT_TOOLS, Event
+from contextuate_trio.core.events import AGENT_REPORT, AGENT_TOOLS, Event, tag_text
 from contextuate_trio.core.names import camel
 
 log = logging.getLogger("contextuate.sessions")
@@ -32,21 +33,12 @@ log = logging.getLogger("contextuate.sessions")
 ACTIVE, WAITING, IDLE, ENDED, FAILED = "active", "waiting", "idle", "ended", "failed"
 STATUSES = (ACTIVE, WAITING, IDLE, ENDED, FAILED)
 
-# Notifications that mean Claude Code is waiting for the person at the keyboard.
-WAITING_NOTIFICATIONS = frozenset(
-    {
-        "permission_prompt",
-        "idle_prompt",
-        "elicitation_dialog",
-        "elicitation_url_dialog",
-        "agent_needs_input",
-    }
-)
 MAX_PENDING = 64
+MAX_OPEN_CALLS = 64  # tool calls awaiting their result, per session
+MAX_LISTED = 32  # instruction files, models over time: the newest kept
+LAST_MESSAGE_MAX = 2000
 USAGE_EVENT = "usage"  # tokens read from a transcript; see usage.py and _apply_usage
 _STATUS_BY_TYPE = {
-    "permission_request": WAITING,
-    "elicitation": WAITING,
     "stop": IDLE,
     "stop_failure": FAILED,
     "session_end": ENDED,
@@ -60,10 +52,27 @@ _NEUTRAL = frozenset(
         "config_change",
         "instructions_loaded",
         "file_changed",
+        "directory_added",
         "cwd_changed",
         "message_display",
+        "pre_model_switch",
+        "model_switch",
+        "setup",
+        "teammate_idle",
+        "task_created",
+        "task_completed",
+        "worktree_create",
+        "worktree_remove",
+        "compaction_agent",
     }
 )
+# A SubagentStop of one of compaction's own agents (no SubagentStart, no agent type):
+# it belongs to the session's compaction, not to a sub-agent session.
+COMPACTION_AGENT = "compaction_agent"
+# Events that end a turn (or the agent): tool calls still open then got no result.
+_TURN_ENDS = frozenset({"stop", "stop_failure", "session_end", "subagent_stop"})
+# Background work a Stop lists that is still going (Claude Code's task statuses).
+_RUNNING = frozenset({"running", "pending"})
 
 
 def child_id(root_id: str, kind: str, ident: str) -> str:
@@ -104,6 +113,20 @@ class Session:
     parent_set_by_user: bool = False  # the parent was set or removed by hand: keep it
     # Tokens and cost (``usage.empty()`` shape), from its transcript; None until known.
     usage: dict[str, Any] | None = None
+    # What a person should know (issue 13): why it waits for one ("needs you"), the
+    # assistant's latest words, the turn it is in, background agents it waits on.
+    attention: dict[str, Any] | None = None
+    prompt_id: str | None = None
+    last_message: str | None = None
+    last_message_id: str | None = None
+    background_agents: list[str] = attrs.Factory(list)  # agent ids still running in the background
+    open_calls: dict[str, dict[str, Any]] = attrs.Factory(dict)  # tool_use_id -> {toolName, since, asked}
+    denied_count: int = 0
+    interrupted_count: int = 0
+    compactions: int = 0
+    compacting: bool = False
+    instructions: list[str] = attrs.Factory(list)  # CLAUDE.md and rules files loaded
+    models: list[dict[str, Any]] = attrs.Factory(list)  # [{"model", "since"}], the model over time
 
     def to_dict(self) -> dict[str, Any]:
         return {camel(a.name): getattr(self, a.name) for a in attrs.fields(Session)}
@@ -116,7 +139,7 @@ class Session:
     def public(self, prices: usage_mod.PriceTable) -> dict[str, Any]:
         """The session as the API and the WebSocket show it (dollars from ``prices``)."""
         d = self.to_dict()
-        for k in ("pendingSpawns", "legacyOpen", "modern"):
+        for k in ("pendingSpawns", "legacyOpen", "modern", "lastMessageId", "compacting"):
             d.pop(k)
         d["usage"] = usage_mod.render(self.usage, prices)
         return d
@@ -177,6 +200,7 @@ class SessionManager:
             ev.parent_session_id = target.parent_session_id
         late = ev.timestamp < (target.last_event_time or 0)
         self._count(target, ev)
+        self._follow(target, root, ev, changed, late)
         self._status(target, root, ev, changed, late)
         changed[target.session_id] = target
         order = [target] + [s for sid, s in changed.items() if sid != target.session_id]
@@ -251,6 +275,9 @@ class SessionManager:
     def _attribute(self, root: Session, ev: Event, changed: Changed, links: Links) -> Session:
         hook = ev.hook_type
         tool = ev.tool_name
+        if ev.agent_id and self._compaction_agent(root, ev):
+            ev.event_type = COMPACTION_AGENT
+            return root
         if ev.agent_id:
             if not root.modern:
                 root.modern = True
@@ -288,6 +315,13 @@ class SessionManager:
                 root.legacy_open.append(ev.tool_use_id)
             changed[root.session_id] = root
         return target
+
+    def _compaction_agent(self, root: Session, ev: Event) -> bool:
+        """A SubagentStop for an agent never seen, with no agent type or during a
+        compaction: one of the agents ``/compact`` runs (it has no SubagentStart)."""
+        if ev.hook_type != "SubagentStop" or child_id(root.session_id, "agent", ev.agent_id or "") in self.sessions:
+            return False
+        return not ev.agent_type or root.compacting
 
     def _task_child(self, root: Session, tool_use_id: str, ev: Event, changed: Changed, links: Links) -> Session:
         child = self._child(root, child_id(root.session_id, "task", tool_use_id), ev, changed, links)
@@ -402,19 +436,126 @@ class SessionManager:
             s.last_summary = ev.summary
         if s.start_time is None or ev.timestamp < s.start_time:
             s.start_time = ev.timestamp
-        if ev.event_type == "session_start" and isinstance(ev.data.get("model"), str):
-            s.model = ev.data["model"]
+        if ev.prompt_id:
+            s.prompt_id = ev.prompt_id
+        if ev.event_type == "session_start":
+            self._started(s, ev)
+
+    def _started(self, s: Session, ev: Event) -> None:
+        model = ev.data.get("model")
+        if isinstance(model, str) and model:
+            s.model = model
+            _note_model(s, model, ev.timestamp)
+        if ev.agent_type and not ev.agent_id and s.parent_session_id is None:
+            s.agent_type = ev.agent_type  # ``--agent NAME``: the session's own agent
+
+    def _follow(self, s: Session, root: Session, ev: Event, changed: Changed, late: bool) -> None:
+        """What the event tells about the session beyond its status: where it works,
+        what it said, its open tool calls, its background agents, its compactions."""
+        et = ev.event_type
+        d = ev.data if isinstance(ev.data, dict) else {}
+        if ev.agent_type and not ev.agent_id and s is root and s.agent_type is None and s.parent_session_id is None:
+            s.agent_type = ev.agent_type  # ``--agent NAME`` (every main-thread event says so)
+        if et == "message_display":
+            self._message(s, d)
+        elif et in ("stop", "subagent_stop") and isinstance(d.get("last_assistant_message"), str):
+            s.last_message = d["last_assistant_message"][:LAST_MESSAGE_MAX]
+        elif et == "cwd_changed" and isinstance(d.get("new_cwd"), str) and d["new_cwd"]:
+            s.working_directory = d["new_cwd"]
+        elif et == "instructions_loaded" and isinstance(d.get("file_path"), str):
+            if d["file_path"] not in s.instructions:
+                s.instructions.append(d["file_path"])
+                del s.instructions[:-MAX_LISTED]
+        elif et == "model_switch" and isinstance(d.get("to_model"), str) and d["to_model"]:
+            s.model = d["to_model"]
+            _note_model(s, d["to_model"], ev.timestamp)
+        elif et == "pre_compact":
+            s.compacting = True
+        elif et == "post_compact":
+            s.compacting = False
+            s.compactions += 1
+        self._calls(s, ev, d)
+        if et == "stop" and s is root:
+            s.background_agents = _running_agents(d.get("background_tasks"))
+        elif et == AGENT_REPORT:
+            done = tag_text(d.get("prompt"), "task-id")
+            if done in s.background_agents:
+                s.background_agents.remove(done)
+        elif et == "subagent_stop" and s is not root and s.agent_id in root.background_agents:
+            root.background_agents.remove(s.agent_id or "")
+            changed[root.session_id] = root
+        if not late:
+            s.attention = attention_mod.after_event(s.attention, ev)
+
+    def _message(self, s: Session, d: dict[str, Any]) -> None:
+        """The assistant's words as Claude Code displays them: ``delta`` pieces of one
+        ``message_id`` add up; a new message starts over."""
+        delta = d.get("delta")
+        if not isinstance(delta, str):
+            return
+        mid = d.get("message_id") if isinstance(d.get("message_id"), str) else None
+        if mid is not None and mid == s.last_message_id and s.last_message:
+            s.last_message = (s.last_message + delta)[-LAST_MESSAGE_MAX:]
+        else:
+            s.last_message = delta[:LAST_MESSAGE_MAX]
+        s.last_message_id = mid
+
+    def _calls(self, s: Session, ev: Event, d: dict[str, Any]) -> None:
+        """Tool calls awaiting a result. One asked for and never answered was denied
+        (``-p``, or the person said no); one still open when its turn ends was
+        interrupted (Escape fires no hook): the turn's last event lists them."""
+        et, tid = ev.event_type, ev.tool_use_id
+        if et == "tool_call" and tid:
+            call = s.open_calls.setdefault(tid, {"toolName": ev.tool_name, "since": ev.timestamp})
+            call.setdefault("asked", False)
+            while len(s.open_calls) > MAX_OPEN_CALLS:
+                del s.open_calls[next(iter(s.open_calls))]
+        elif et == "permission_request":
+            key = tid or next((k for k, c in reversed(s.open_calls.items()) if c.get("toolName") == ev.tool_name), None)
+            if key:
+                s.open_calls.setdefault(key, {"toolName": ev.tool_name, "since": ev.timestamp})["asked"] = True
+        elif et in ("tool_result", "tool_error") and tid:
+            s.open_calls.pop(tid, None)
+            if et == "tool_error" and d.get("is_interrupt") is True:
+                s.interrupted_count += 1
+        elif et == "permission_denied" and tid:
+            s.open_calls.pop(tid, None)
+            s.denied_count += 1
+        elif et == "tool_batch" and s.open_calls:
+            self._batch_denials(s, ev, d.get("tool_calls"))
+        elif et in _TURN_ENDS and s.open_calls:
+            unanswered = {k: "denied" if c.get("asked") else "interrupted" for k, c in s.open_calls.items()}
+            ev.unanswered_calls = unanswered
+            s.denied_count += sum(1 for v in unanswered.values() if v == "denied")
+            s.interrupted_count += sum(1 for v in unanswered.values() if v == "interrupted")
+            s.open_calls.clear()
+
+    def _batch_denials(self, s: Session, ev: Event, calls: Any) -> None:
+        """A call refused by a rule (or ``dontAsk``) gets no PostToolUse and no
+        PermissionDenied: only the batch's ``tool_response`` says it was denied."""
+        denied = {}
+        for c in calls if isinstance(calls, list) else ():
+            tid = c.get("tool_use_id") if isinstance(c, dict) else None
+            if isinstance(tid, str) and tid in s.open_calls and _says_denied(c.get("tool_response")):
+                del s.open_calls[tid]
+                denied[tid] = "denied"
+        if denied:
+            ev.unanswered_calls = denied
+            s.denied_count += len(denied)
 
     def _status(self, s: Session, root: Session, ev: Event, changed: Changed, late: bool) -> None:
         et = ev.event_type
-        if et == "notification":
-            new = WAITING if ev.notification_type in WAITING_NOTIFICATIONS else None
+        att = s.attention
+        if att is not None and att["reason"] in attention_mod.BLOCKING and attention_mod.reason_for(ev) is not None:
+            new: str | None = WAITING
         elif et in _NEUTRAL:
             new = None
         else:
             new = _STATUS_BY_TYPE.get(et, ACTIVE)
         if et == "subagent_stop" and s is root:
             new = None  # no sub-agent to end (old Claude Code, or its window already closed)
+        if new == IDLE and s.background_agents:
+            new = ACTIVE  # the turn ended, the work did not: it waits on background agents
         if new is None:
             return
         if late and s.status in (ENDED, FAILED):
@@ -429,7 +570,7 @@ class SessionManager:
             if new == WAITING and root.status != WAITING:
                 root.status = WAITING
                 changed[root.session_id] = root
-            elif new == ACTIVE and root.status == WAITING:
+            elif new == ACTIVE and root.status == WAITING and not _blocked(root):
                 root.status = ACTIVE
                 changed[root.session_id] = root
         if et == "session_end":
@@ -438,7 +579,38 @@ class SessionManager:
                 if child and child.status not in (ENDED, FAILED):
                     child.status = ENDED
                     child.end_time = ev.timestamp
+                    child.attention = None
                     changed[cid] = child
+            s.background_agents.clear()
+
+
+_DENIALS = ("has been denied", "doesn't want to proceed", "was rejected by the user")
+
+
+def _says_denied(response: Any) -> bool:
+    """Claude Code's text for a refused call ("Permission to use Bash ... has been
+    denied.", or the person's "no" at the prompt)."""
+    return isinstance(response, str) and any(d in response for d in _DENIALS)
+
+
+def _blocked(s: Session) -> bool:
+    return s.attention is not None and s.attention["reason"] in attention_mod.BLOCKING
+
+
+def _note_model(s: Session, model: str, ts: int) -> None:
+    if not s.models or s.models[-1].get("model") != model:
+        s.models.append({"model": model, "since": ts})
+        del s.models[:-MAX_LISTED]
+
+
+def _running_agents(tasks: Any) -> list[str]:
+    """The ids of the sub-agents a Stop's ``background_tasks`` lists as still going."""
+    out = []
+    for t in tasks if isinstance(tasks, list) else ():
+        if isinstance(t, dict) and t.get("type") == "subagent" and t.get("status") in _RUNNING:
+            if isinstance(t.get("id"), str) and t["id"]:
+                out.append(t["id"])
+    return out
 
 
 @functools.cache

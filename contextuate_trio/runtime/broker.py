@@ -110,6 +110,8 @@ class Broker:
         self._dirty_since = 0.0
         self.finished = trio.Event()
         self.on_stored: list[Callable[[list[Event]], None]] = []
+        # Called with the sessions a stored batch changed (the "needs you" queue).
+        self.on_changed: list[Callable[[list[Session]], None]] = []
 
     # --- start-up -----------------------------------------------------------------
     def load(self, mint: Mint) -> int:
@@ -286,13 +288,13 @@ class Broker:
         return lines
 
     def _apply(self, d: Delivery, line: bytes) -> Accepted | None:
-        """The session machine; the line made again when it moved the event to a
-        sub-agent (the one change ``apply`` makes to an event)."""
+        """The session machine; the line made again when it changed the event (moved
+        it to a sub-agent, named a compaction's agent, listed unanswered calls)."""
         ev = d.event
-        where = (ev.session_id, ev.parent_session_id)
+        where = _placed(ev)
         try:
             outcome = self.manager.apply(ev)
-            if (ev.session_id, ev.parent_session_id) != where:
+            if _placed(ev) != where:
                 line = events.encode(ev) + b"\n"
         except Exception as exc:
             self._reject(d, exc)
@@ -328,6 +330,8 @@ class Broker:
         stored = [a.event for a in accepted]
         for hook in self.on_stored:
             hook(stored)
+        for changed_hook in self.on_changed:
+            changed_hook(list(changed.values()))
         self.fanout.stored([(a.seq, a.event, a.line) for a in accepted], changed.values())
 
     def _reject(self, d: Delivery, exc: Exception) -> None:
@@ -420,3 +424,9 @@ class Broker:
                 raise actions.ActionError(f"could not store the change: {exc}") from None
         self.counters["session_actions"] += 1
         self.fanout.session_changed(changed)
+
+
+def _placed(ev: Event) -> tuple:
+    """What the session machine may change on an event: where it belongs, what it is
+    (a compaction's agent), the calls its turn left unanswered."""
+    return (ev.session_id, ev.parent_session_id, ev.event_type, ev.unanswered_calls is not None)

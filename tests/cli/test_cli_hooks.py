@@ -48,7 +48,7 @@ def test_install_keeps_everything_else_and_uninstall_gives_it_back(before, trans
     for ev, groups in before.get("hooks", {}).items():
         for g in groups:
             assert g in after["hooks"][ev]  # other hooks kept, in place
-    assert set(cs.describe(after)["ours"]) == set(cs.EVENTS)
+    assert set(cs.describe(after)["ours"]) == set(cs.EVENTS) - set(cs.NOISY)
     back = cs.uninstall(after)
     assert cs.same_modulo_empty(back, before)
     if before.get("hooks") and any(before["hooks"].values()):
@@ -120,6 +120,27 @@ def test_events_left_out_for_an_older_claude_code():
     assert cs.parse_version("2.1.114 (Claude Code)") == (2, 1, 114)
 
 
+def test_every_hook_of_claude_code_2_1_332_is_wired_but_worktree_create():
+    """The 34 hook events the 2.1.332 binary knows: all wired but WorktreeCreate (its
+    hook replaces git's worktree creation), the two file events only when asked."""
+    known = {
+        "PreToolUse", "PostToolUse", "PostToolUseFailure", "PostToolBatch", "Notification", "UserPromptSubmit",
+        "UserPromptExpansion", "SessionStart", "SessionEnd", "Stop", "StopFailure", "SubagentStart", "SubagentStop",
+        "PreCompact", "PostCompact", "PreModelSwitch", "PostModelSwitch", "PermissionRequest", "PermissionDenied",
+        "Setup", "TeammateIdle", "TaskCreated", "TaskCompleted", "Elicitation", "ElicitationResult", "ConfigChange",
+        "WorktreeCreate", "WorktreeRemove", "InstructionsLoaded", "CwdChanged", "FileChanged", "DirectoryAdded",
+        "MessageDisplay", "PreSkillShellCommand",
+    }  # fmt: skip
+    assert len(known) == 34
+    default, _ = cs.events_for((2, 1, 332))
+    everything, _ = cs.events_for((2, 1, 332), noisy=True)
+    assert set(everything) == known - {"WorktreeCreate"}
+    assert set(default) == known - {"WorktreeCreate", "FileChanged", "DirectoryAdded"}
+    assert "WorktreeCreate" not in cs.plan(everything, CMD)
+    older, skipped = cs.events_for((2, 1, 100))
+    assert "MessageDisplay" in skipped and "PermissionDenied" in older
+
+
 # --- files ------------------------------------------------------------------------------
 def test_broken_file_is_refused_and_left_untouched(tmp_path):
     p = tmp_path / "settings.json"
@@ -179,7 +200,7 @@ def test_cli_install_then_sh_c_delivers_to_a_real_daemon(daemon, home, tmp_path)
     assert r.returncode == 0, r.stderr
     assert "wired for" in r.stdout and "backup" not in r.stderr
     data = json.loads(settings.read_text())
-    assert data["model"] == "opus" and data["hooks"]["Setup"] == OTHERS["hooks"]["Setup"]
+    assert data["model"] == "opus" and data["hooks"]["Setup"][0] == OTHERS["hooks"]["Setup"][0]
     cmd = cs.describe(data)["ours"]["Stop"][0]["command"]
     assert cmd.startswith("CONTEXTUATE_HOME=") and "hook_emit.py" in cmd
 
@@ -202,7 +223,7 @@ def test_cli_install_then_sh_c_delivers_to_a_real_daemon(daemon, home, tmp_path)
     r2 = cli(["hooks", "install"], env)
     assert "nothing changed" in r2.stdout
     st = cli(["hooks", "status"], env)
-    assert st.returncode == 0 and "17 events, command transport" in st.stdout, st.stdout
+    assert st.returncode == 0 and f"{len(cs.EVENTS) - len(cs.NOISY)} events, command transport" in st.stdout, st.stdout
     r3 = cli(["hooks", "uninstall"], env)
     assert r3.returncode == 0 and "byte for byte" in r3.stdout
     assert settings.read_text() == json.dumps(OTHERS, indent=4)
