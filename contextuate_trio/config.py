@@ -36,6 +36,24 @@ def _positive(instance, attribute, value):
         raise ValueError(f"{value} must be greater than 0")
 
 
+def _non_negative(instance, attribute, value):
+    if value < 0:
+        raise ValueError(f"{value} must be 0 or more")
+
+
+def _http_url(instance, attribute, value):
+    from urllib.parse import urlsplit
+
+    try:
+        parts = urlsplit(value)
+        _ = parts.port  # raises on a port that is not a number
+    except ValueError:
+        raise ValueError("not a valid URL") from None
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        # Not the URL itself in the message: webhook URLs often hold their token.
+        raise ValueError("must be an http:// or https:// URL with a host")
+
+
 @attrs.define
 class ServerConfig:
     host: str = "127.0.0.1"
@@ -97,6 +115,31 @@ class PricingConfig:
     models: dict = attrs.field(factory=dict, validator=_prices)
 
 
+# What puts a session in the "needs you" queue (the queue's item ``reason``).
+AlertReason = Literal["permission", "elicitation", "idle", "input", "failure", "stuck"]
+ALERT_REASONS: tuple[str, ...] = ("permission", "elicitation", "idle", "input", "failure", "stuck")
+
+
+@attrs.define
+class WebhookConfig:
+    # "secret": an error message does not repeat the value (a URL's path is often its token).
+    url: str = attrs.field(validator=_http_url, metadata={"secret": True})
+    format: Literal["json", "slack", "ntfy"] = "json"
+    # Sent with every request (e.g. Authorization).
+    headers: dict[str, str] = attrs.field(factory=dict, metadata={"secret": True})
+    reasons: list[AlertReason] | None = None  # null: every reason
+
+
+@attrs.define
+class AlertsConfig:
+    # Outgoing alerts for the "needs you" queue (runtime/alerts.py).
+    webhooks: list[WebhookConfig] = attrs.Factory(list)
+    # A session working without an event for this long is "stuck" (used by the queue).
+    stuck_after_seconds: float = attrs.field(default=600, validator=_positive)
+    rate_limit_per_minute: int = attrs.field(default=10, validator=_positive)  # per webhook
+    retries: int = attrs.field(default=5, validator=_non_negative)
+
+
 @attrs.define
 class Config:
     mode: Literal["local", "redis"] = "local"
@@ -107,6 +150,7 @@ class Config:
     persistence: PersistenceConfig = attrs.Factory(PersistenceConfig)
     redaction: RedactionConfig = attrs.Factory(RedactionConfig)
     pricing: PricingConfig = attrs.Factory(PricingConfig)
+    alerts: AlertsConfig = attrs.Factory(AlertsConfig)
     log_level: Literal["debug", "info", "warning", "error"] = "info"
     # Longest line accepted on the socket; a longer one is rejected and logged.
     max_line_bytes: int = attrs.field(default=16 * 1024 * 1024, validator=_positive)
@@ -115,9 +159,21 @@ class Config:
     path: str = attrs.field(default="", metadata={"internal": True})
 
 
-_SECTIONS = (ServerConfig, HookConfig, RedisConfig, PersistenceConfig, RedactionConfig, PricingConfig, Config)
+_SECTIONS = (
+    ServerConfig,
+    HookConfig,
+    RedisConfig,
+    PersistenceConfig,
+    RedactionConfig,
+    PricingConfig,
+    WebhookConfig,
+    AlertsConfig,
+    Config,
+)
 # Objects whose keys are the user's own (model names), not ours to warn about.
 _FREE_FORM = ("pricing.models",)
+# Lists of objects: each item's keys are checked against this class's.
+_ITEM_CLASSES = {"alerts.webhooks": WebhookConfig}
 
 
 def _make_converter() -> cattrs.Converter:
@@ -159,6 +215,11 @@ def unknown_keys(defaults: dict, given: dict, prefix: str = "") -> list[str]:
             continue
         elif isinstance(value, dict) and isinstance(defaults[key], dict):
             found += unknown_keys(defaults[key], value, prefix + key + ".")
+        elif isinstance(value, list) and prefix + key in _ITEM_CLASSES:
+            known = {camel(a.name) for a in attrs.fields(_ITEM_CLASSES[prefix + key])}
+            for i, item in enumerate(value):
+                if isinstance(item, dict):
+                    found += [f"{prefix}{key}[{i}].{k}" for k in item if k not in known]
     return found
 
 
@@ -250,13 +311,46 @@ def _check_types(cls, data: dict, prefix: str) -> None:
                 raise ConfigError(f"key {where!r}: expected an object, got {value!r}")
             _check_types(tp, value, where + ".")
             continue
+        item_tp = typing.get_args(tp)[0] if typing.get_origin(tp) is list else None
+        if item_tp is not None and attrs.has(item_tp):
+            # Not the value in these messages: it may hold a webhook's URL.
+            if not isinstance(value, list):
+                raise ConfigError(f"key {where!r}: expected a list of objects, got {_kind(value)}")
+            for i, item in enumerate(value):
+                if not isinstance(item, dict):
+                    raise ConfigError(f"key '{where}[{i}]': expected an object, got {_kind(item)}")
+                _check_required(item_tp, item, f"{where}[{i}].")
+                _check_types(item_tp, item, f"{where}[{i}].")
+            continue
         if not _matches(tp, value):
-            raise ConfigError(f"key {where!r}: expected {_type_name(tp)}, got {value!r}")
+            shown = _kind(value) if a.metadata.get("secret") else repr(value)
+            raise ConfigError(f"key {where!r}: expected {_type_name(tp)}, got {shown}")
         if a.validator is not None:
             try:
                 a.validator(None, a, value)
             except ValueError as exc:
                 raise ConfigError(f"key {where!r}: {exc}") from None
+
+
+def _kind(value) -> str:
+    """A value named by its JSON type only (for values that may be secrets)."""
+    if value is None:
+        return "null"
+    return {
+        bool: "true/false",
+        int: "a number",
+        float: "a number",
+        str: "a string",
+        list: "a list",
+        dict: "an object",
+    }.get(type(value), type(value).__name__)
+
+
+def _check_required(cls, data: dict, prefix: str) -> None:
+    """Keys without a default (a webhook's ``url``) must be given."""
+    for a in attrs.fields(cls):
+        if a.default is attrs.NOTHING and camel(a.name) not in data:
+            raise ConfigError(f"key {prefix + camel(a.name)!r}: required")
 
 
 def _matches(tp, value) -> bool:
@@ -270,6 +364,9 @@ def _matches(tp, value) -> bool:
     if origin is list:
         (item,) = typing.get_args(tp)
         return isinstance(value, list) and all(_matches(item, v) for v in value)
+    if origin is dict:
+        key_tp, value_tp = typing.get_args(tp)
+        return isinstance(value, dict) and all(_matches(key_tp, k) and _matches(value_tp, v) for k, v in value.items())
     if tp is type(None):
         return value is None
     if tp is bool:
@@ -291,6 +388,8 @@ def _type_name(tp) -> str:
         return "one of " + ", ".join(json.dumps(v) for v in typing.get_args(tp))
     if origin is list:
         return "a list of items that are each " + _type_name(typing.get_args(tp)[0])
+    if origin is dict:
+        return "an object whose values are each " + _type_name(typing.get_args(tp)[1])
     return {
         type(None): "null",
         bool: "true/false",
@@ -309,6 +408,10 @@ def public_dict(cfg: Config) -> dict:
         data["redis"]["password"] = "***"
     if data["redis"].get("url"):
         data["redis"]["url"] = re.sub(r"//[^@/]*@", "//***@", data["redis"]["url"])
+    for hook in data["alerts"]["webhooks"]:
+        # A webhook's path (Slack's, an ntfy topic) and its headers are its credentials.
+        hook["url"] = webhook_origin(hook["url"]) + "/***"
+        hook["headers"] = {k: "***" for k in hook["headers"]}
     data["home"] = cfg.home
     data["path"] = cfg.path
     return data
@@ -328,6 +431,22 @@ def load_or_report(warn: bool = True) -> Config | None:
         for w in warnings:
             print(f"warning: {w}", file=sys.stderr)
     return cfg
+
+
+def webhook_origin(url: str) -> str:
+    """``scheme://host[:port]`` of a webhook URL: what logs, metrics and the API may
+    show (the path and query often hold the token; so may a user:password@)."""
+    from urllib.parse import urlsplit
+
+    parts = urlsplit(url)
+    host = parts.hostname or "?"
+    if ":" in host:
+        host = f"[{host}]"
+    try:
+        port = parts.port
+    except ValueError:
+        port = None
+    return f"{parts.scheme}://{host}" + (f":{port}" if port is not None else "")
 
 
 def api_base(cfg: Config) -> str:

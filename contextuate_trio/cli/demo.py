@@ -1,13 +1,14 @@
-"""``contextuate-trio demo``: a realistic multi-agent, two-machine session replayed
+"""``contextuate-trio demo``: sessions recorded from the real Claude Code CLI, replayed
 through the real hook, paced so the dashboard fills up while you watch.
 
-The story (``demo_data/multi_agent_two_machines.jsonl``, shipped in the package):
-a session on ``laptop-ana`` fixes a rounding bug with two sub-agents working in
-parallel (an Explore agent and a general-purpose one whose test run fails), waits on a
-permission prompt, then runs the full suite through ``ssh ci-runner-02 claude -p`` —
-a second Claude Code session on another machine, linked under the first by
-``CONTEXTUATE_PARENT_SESSION``. Every event goes through a real ``hook_emit.py``
-process, exactly as Claude Code would run it, with fresh session ids on every run.
+The story (``demo_data/real_cli_2_1_332.jsonl``, shipped in the package; built from
+``tests/fixtures/real-cli`` by ``tests/e2e/make_demo.py``): on ``laptop-ana`` a session
+runs two sub-agents in parallel; on ``ci-runner-02`` a session linked under it (by
+``CONTEXTUATE_PARENT_SESSION``) runs a background agent that reports back; a third
+session on ``laptop-ana`` is left waiting on a permission prompt, so "needs you" has
+something in it. The payloads are what Claude Code 2.1.332 sent; every event goes
+through a real ``hook_emit.py`` process with fresh ids on every run. The older
+hand-written story (``multi_agent_two_machines.jsonl``) stays for ``--story``.
 """
 
 from __future__ import annotations
@@ -25,7 +26,8 @@ from contextuate_trio import config as config_mod
 from contextuate_trio.cli import hooks as cs
 from contextuate_trio.core import events
 
-DATA = "multi_agent_two_machines.jsonl"
+DATA = "real_cli_2_1_332.jsonl"
+STORIES = {"real": DATA, "classic": "multi_agent_two_machines.jsonl"}
 
 
 def load(name: str = DATA) -> tuple[dict, list[dict]]:
@@ -35,12 +37,10 @@ def load(name: str = DATA) -> tuple[dict, list[dict]]:
 
 
 def fresh_ids() -> dict[str, str]:
-    return {
-        "{P}": str(uuid.uuid4()),
-        "{C}": str(uuid.uuid4()),
-        "{A1}": secrets.token_hex(8),
-        "{A2}": secrets.token_hex(8),
-    }
+    """Sessions are UUIDs; agent ids are hex (Claude Code's ``a`` + 16 hex digits)."""
+    ids = {k: str(uuid.uuid4()) for k in ("{P}", "{C}", "{Q}")}
+    ids.update({f"{{A{i}}}": "a" + secrets.token_hex(8) for i in (1, 2, 3)})
+    return ids
 
 
 def substitute(row: dict, ids: dict[str, str]) -> dict:
@@ -61,14 +61,14 @@ def run_hook(stdin: dict, machine: str, parent: str | None, env: dict, python: s
     return p.returncode
 
 
-def replay(speed: float = 1.0, env: dict | None = None, out=sys.stdout) -> dict:
+def replay(speed: float = 1.0, env: dict | None = None, out=sys.stdout, story: str = DATA) -> dict:
     """Run the demo; returns the ids used ({"parent", "child", "agents", "machines"})."""
     env = dict(os.environ if env is None else env)
-    about, rows = load()
+    about, rows = load(story)
     machines = about["machines"]
     ids = fresh_ids()
     python, script = cs.real_python(), cs.hook_script()
-    role = {ids["{P}"]: "main session", ids["{C}"]: "linked session"}
+    role = {ids["{P}"]: "main session", ids["{C}"]: "linked session", ids["{Q}"]: "another session"}
     for i, row in enumerate(rows, 1):
         row = substitute(row, ids)
         if speed > 0 and row.get("delay"):
@@ -112,10 +112,11 @@ def cmd_demo(args) -> int:
         return 1
     speed = 0.0 if args.fast else args.speed
     print(f"Replaying a two-machine, multi-agent session through the real hook; open {base}/ to watch.")
-    ids = replay(speed)
+    ids = replay(speed, story=STORIES[args.story])
     print(
         f"Done: session {ids['parent'][:8]} on {ids['machines'][0]} with 2 sub-agents, and session "
-        f"{ids['child'][:8]} on {ids['machines'][1]} linked under it."
+        f"{ids['child'][:8]} on {ids['machines'][1]} linked under it"
+        + ("; one more waits on a permission prompt (see Needs you)." if args.story == "real" else ".")
     )
     print(f"Dashboard: {base}/   Terminal: contextuate-trio tail --session {ids['parent'][:8]}")
     return 0
@@ -126,4 +127,10 @@ def add_parser(sub) -> None:
     p.add_argument("--speed", type=float, default=1.0, help="pace multiplier (default 1: about 15 s)")
     p.add_argument("--fast", action="store_true", help="no pauses")
     p.add_argument("--anyway", action="store_true", help="run even when the daemon is not answering")
+    p.add_argument(
+        "--story",
+        choices=sorted(STORIES),
+        default="real",
+        help="real: recorded from Claude Code 2.1.332 (default); classic: the older hand-written one",
+    )
     p.set_defaults(func=cmd_demo)

@@ -18,7 +18,7 @@ from hypercorn.config import Config as HyperConfig
 from starlette.routing import Route
 
 from contextuate_trio import __version__
-from contextuate_trio.config import Config
+from contextuate_trio.config import Config, api_base
 from contextuate_trio.core.redact import Redactor
 from contextuate_trio.core.usage import PriceTable
 from contextuate_trio.daemon import report
@@ -26,8 +26,10 @@ from contextuate_trio.daemon.http_front import HttpFront
 from contextuate_trio.hook import spool as hook_spool
 from contextuate_trio.hook.paths import write_atomic
 from contextuate_trio.runtime import gc_tuning
+from contextuate_trio.runtime.alerts import Alerts
 from contextuate_trio.runtime.broker import Broker
 from contextuate_trio.runtime.clock import SYSTEM_MINT
+from contextuate_trio.runtime.needs_you import NeedsYou
 from contextuate_trio.runtime.store import FileStore
 from contextuate_trio.sources import http_hook, transcripts, unix_socket
 from contextuate_trio.sources import spool as spool_source
@@ -73,6 +75,18 @@ class Daemon:
         self.transcripts = None
         if config.mode == "local":
             self.transcripts = transcripts.TranscriptReader(self.broker, where)
+        self.alerts = Alerts(
+            config.alerts.webhooks,
+            redactor=self.broker.redactor,
+            dashboard_url=api_base(config) + "/",
+            rate_per_minute=config.alerts.rate_limit_per_minute,
+            retries=config.alerts.retries,
+        )
+        self.needs_you = NeedsYou(
+            self.broker,
+            int(config.alerts.stuck_after_seconds * 1000),
+            self.alerts.notify if self.alerts.hooks else None,
+        )
         self._sources_scope: trio.CancelScope | None = None
         self._stop_requested = False
         self.accepting = trio.Event()  # the socket is bound: /api/health may say ok
@@ -87,6 +101,8 @@ class Daemon:
             status=self.status,
             metrics=self.metrics_text,
             ws_port=self._ws_port,
+            attention=self.needs_you.queue,
+            stuck_after_ms=lambda: self.needs_you.stuck_after_ms,
         )
         self.ws = WsServer(self.web)
         self.ws_url: str | None = None
@@ -152,6 +168,9 @@ class Daemon:
                 # Signals first: a SIGTERM that arrives while starting is not lost.
                 await outer.start(self._signals)
                 await outer.start(self.broker.run)
+                await outer.start(self.needs_you.run)
+                if self.alerts.hooks:
+                    await outer.start(self.alerts.run)
                 self.ws_url = await outer.start(self.ws.serve)  # before HTTP: healthy means both
                 self.web.http_urls[:] = await outer.start(self._serve_http)
                 with trio.CancelScope() as sources:

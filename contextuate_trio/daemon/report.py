@@ -7,7 +7,7 @@ import time
 from typing import TYPE_CHECKING
 
 from contextuate_trio import __version__
-from contextuate_trio.core import usage
+from contextuate_trio.core import attention, usage
 from contextuate_trio.hook import spool as hook_spool
 from contextuate_trio.runtime.metrics import Metric, render
 
@@ -60,6 +60,7 @@ def status(d: Daemon) -> dict:
         "spoolBacklog": hook_spool.backlog(d.home),
         "store": None if b.store is None else {"dir": b.store.dir, "bytes": b.store.size_bytes()},
         "redis": None if d.redis is None else d.redis.info(),
+        "attention": attention.summary(d.needs_you.queue()),
     }
 
 
@@ -97,4 +98,4 @@ def daemon_metrics(d: Daemon) -> list[Metric]:
 def metrics_text(d: Daemon) -> str:
     sessions = d.broker.manager.sessions.values()
     usage_metrics = [Metric(*m) for m in usage.usage_metrics(((s.machine_id, s.usage) for s in sessions), d.prices)]
-    return render([*daemon_metrics(d), *usage_metrics, *d.ws.metrics()])
+    return render([*daemon_metrics(d), *usage_metrics, *d.ws.metrics(), *d.needs_you.metrics(), *d.alerts.metrics()])

@@ -28,6 +28,8 @@ class WebState:
     status: Callable[[], dict]  # the /api/status document
     metrics: Callable[[], str]  # Prometheus text of every component
     ws_port: Callable[[], int]  # the WebSocket's bound port (for the page and its CSP)
+    attention: Callable[[], list[dict]]  # the "needs you" queue, longest wait first
+    stuck_after_ms: Callable[[], int | None]  # when an active session with no event counts as stuck
     http_urls: list[str] = attrs.Factory(list)  # filled in once hypercorn is bound
     # Who may connect, from ``config.server``: the one Guard every web entry shares.
     guard: Guard = attrs.field(init=False)

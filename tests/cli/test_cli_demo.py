@@ -7,9 +7,27 @@ from conftest import clean_env, wait_for
 from helpers import run_cli
 
 
-def test_demo_produces_linked_sessions_on_two_machines(daemon, home):
+def test_demo_replays_the_real_cli_recordings(daemon, home):
     d = daemon()
     p = run_cli("demo", "--fast", env=clean_env(home), timeout=120)
+    assert p.returncode == 0, p.stderr
+    sessions = wait_for(lambda: (s := d.sessions()) and len(s) == 6 and s, what="6 sessions")
+    roots = sorted((s for s in sessions.values() if s["parentSessionId"] is None), key=lambda s: s["eventCount"])
+    waiting, parent = roots
+    assert parent["machineId"] == "laptop-ana" and parent["status"] == "ended"
+    children = [sessions[c] for c in parent["childSessionIds"]]
+    assert sorted(c["machineId"] for c in children) == ["ci-runner-02", "laptop-ana", "laptop-ana"]
+    remote = next(c for c in children if c["machineId"] == "ci-runner-02")
+    (bg,) = [sessions[c] for c in remote["childSessionIds"]]  # its background agent, reported back
+    assert bg["status"] == "ended" and remote["backgroundAgents"] == [] and remote["status"] == "ended"
+    assert waiting["status"] == "waiting" and waiting["attention"]["reason"] == "permission"
+    (item,) = d.get("/api/attention")["items"]
+    assert item["sessionId"] == waiting["sessionId"] and item["toolName"] == "Bash"
+
+
+def test_demo_classic_story_produces_linked_sessions_on_two_machines(daemon, home):
+    d = daemon()
+    p = run_cli("demo", "--fast", "--story", "classic", env=clean_env(home), timeout=120)
     assert p.returncode == 0, p.stderr
     assert "Dashboard: http://127.0.0.1:" in p.stdout
     sessions = wait_for(lambda: (s := d.sessions()) and len(s) == 4 and s, what="4 sessions")
@@ -29,7 +47,7 @@ def test_demo_produces_linked_sessions_on_two_machines(daemon, home):
     assert parent["errorCount"] == 0
     assert sum(s["eventCount"] for s in sessions.values()) == 41
     # Again: fresh ids, new sessions, nothing merged into the first run.
-    run_cli("demo", "--fast", env=clean_env(home), timeout=120, check=True)
+    run_cli("demo", "--fast", "--story", "classic", env=clean_env(home), timeout=120, check=True)
     wait_for(lambda: len(d.sessions()) == 8, what="8 sessions")
 
 

@@ -41,7 +41,7 @@ def view(d):
 
 def test_export_import_round_trip_into_another_daemon(daemon, home, tmp_path):
     a = daemon()
-    assert cli(home, "demo", "--fast").returncode == 0
+    assert cli(home, "demo", "--fast", "--story", "classic").returncode == 0
     run_hook(home, {"session_id": "unrelated", "hook_event_name": "Stop"})
     wait_for(lambda: len(a.sessions()) == 5)
     parent = next(s for s in a.sessions().values() if s["machineId"] == "laptop-ana" and not s["parentSessionId"])

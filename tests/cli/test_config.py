@@ -85,3 +85,72 @@ def test_config_env_and_public_view_hide_secrets(home, tmp_path):
     # The secrets as values (a substring test would trip on a temp dir named ct-tok…).
     assert '"tok"' not in text and '"pw"' not in text and ":pw@" not in text
     assert pub["server"]["token"] == "***"
+
+
+def test_alerts_defaults_and_webhooks(home):
+    cfg, warnings = load(home)
+    assert cfg.alerts.webhooks == [] and cfg.alerts.stuck_after_seconds == 600
+    assert cfg.alerts.rate_limit_per_minute == 10 and cfg.alerts.retries == 5
+    data = {
+        "alerts": {
+            "webhooks": [
+                {"url": "https://hooks.slack.com/services/T0/B0/sekrit", "format": "slack", "reasons": ["permission"]},
+                {"url": "http://ntfy.internal:8080/topic", "format": "ntfy", "headers": {"Authorization": "Bearer tk"}},
+                {"url": "https://example.com/hook", "colour": "red"},
+            ],
+            "stuckAfterSeconds": 120,
+            "rateLimitPerMinute": 3,
+            "retries": 0,
+        }
+    }
+    cfg, warnings = load(home, data)
+    a = cfg.alerts
+    assert [(w.format, w.reasons) for w in a.webhooks] == [("slack", ["permission"]), ("ntfy", None), ("json", None)]
+    assert a.webhooks[1].headers == {"Authorization": "Bearer tk"} and a.webhooks[2].headers == {}
+    assert (a.stuck_after_seconds, a.rate_limit_per_minute, a.retries) == (120, 3, 0)
+    assert warnings == [f"{os.path.join(home, 'monitor.config.json')}: unknown key 'alerts.webhooks[2].colour' ignored"]
+    # The API's view: a webhook's path and its headers are its credentials.
+    pub = config.public_dict(cfg)["alerts"]["webhooks"]
+    assert [w["url"] for w in pub] == [
+        "https://hooks.slack.com/***",
+        "http://ntfy.internal:8080/***",
+        "https://example.com/***",
+    ]
+    assert pub[1]["headers"] == {"Authorization": "***"} and "sekrit" not in json.dumps(pub)
+
+
+@pytest.mark.parametrize(
+    "alerts,key",
+    [
+        ({"webhooks": {"url": "https://x/services/x"}}, "alerts.webhooks"),
+        ({"webhooks": ["https://x/services/x"]}, "alerts.webhooks[0]"),
+        ({"webhooks": [{"format": "json"}]}, "alerts.webhooks[0].url"),
+        ({"webhooks": [{"url": "ftp://x.example/f"}]}, "alerts.webhooks[0].url"),
+        ({"webhooks": [{"url": "https://"}]}, "alerts.webhooks[0].url"),
+        ({"webhooks": [{"url": "hooks.slack.com/services/x"}]}, "alerts.webhooks[0].url"),
+        ({"webhooks": [{"url": "http://h:notaport/x"}]}, "alerts.webhooks[0].url"),
+        ({"webhooks": [{"url": 3}]}, "alerts.webhooks[0].url"),
+        ({"webhooks": [{"url": "https://ok"}, {"url": "https://x", "format": "discord"}]}, "alerts.webhooks[1].format"),
+        ({"webhooks": [{"url": "https://x", "headers": {"X-N": 1, "A": "services/x"}}]}, "alerts.webhooks[0].headers"),
+        ({"webhooks": [{"url": "https://x", "reasons": ["permission", "bored"]}]}, "alerts.webhooks[0].reasons"),
+        ({"webhooks": [{"url": "https://x", "reasons": "idle"}]}, "alerts.webhooks[0].reasons"),
+        ({"stuckAfterSeconds": 0}, "alerts.stuckAfterSeconds"),
+        ({"stuckAfterSeconds": "600"}, "alerts.stuckAfterSeconds"),
+        ({"rateLimitPerMinute": 0}, "alerts.rateLimitPerMinute"),
+        ({"rateLimitPerMinute": 2.5}, "alerts.rateLimitPerMinute"),
+        ({"retries": -1}, "alerts.retries"),
+        ({"retries": True}, "alerts.retries"),
+    ],
+)
+def test_wrong_alert_values_name_the_key(home, alerts, key):
+    with pytest.raises(config.ConfigError) as err:
+        load(home, {"alerts": alerts})
+    msg = str(err.value)
+    assert "monitor.config.json" in msg and repr(key) in msg and "\n" not in msg
+    # A webhook URL may hold its token: the message does not repeat a bad one.
+    assert "services/x" not in msg and "x.example/f" not in msg
+
+
+def test_webhook_origin_keeps_scheme_host_port_only():
+    assert config.webhook_origin("https://user:pw@hooks.example.com/T/B/tok?x=1") == "https://hooks.example.com"
+    assert config.webhook_origin("http://[::1]:8080/topic") == "http://[::1]:8080"

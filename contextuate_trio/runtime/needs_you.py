@@ -1,0 +1,98 @@
+""" "Needs you" at run time: the queue's clock, and alerts for what joins it.
+
+The rules are in ``core.attention`` (no clock); this adds the time. New waits are
+seen as the broker stores the events that cause them (``on_changed``); a session
+that becomes ``stuck`` does so with no event at all, so a timer looks for those.
+Each wait is alerted once, keyed by the session, its reason and since when.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from typing import Any
+
+import trio
+
+from contextuate_trio.core import attention
+from contextuate_trio.core.sessions import Session
+from contextuate_trio.runtime.broker import Broker
+from contextuate_trio.runtime.clock import now_ms
+from contextuate_trio.runtime.metrics import Metric
+
+log = logging.getLogger("contextuate.needs_you")
+
+Notify = Callable[[dict[str, Any]], None]
+STUCK_CHECK_MAX_S = 5.0  # how late a stuck session may be noticed, at most
+
+
+class NeedsYou:
+    def __init__(self, broker: Broker, stuck_after_ms: int | None, notify: Notify | None = None) -> None:
+        self.broker = broker
+        self.stuck_after_ms = stuck_after_ms
+        self.notify = notify
+        self._alerted: dict[str, tuple] = {}  # session id -> (reason, since) last alerted
+        self.alerts = 0
+
+    def metrics(self) -> list[Metric]:
+        summary = attention.summary(self.queue())
+        return [
+            Metric(
+                "contextuate_attention_sessions",
+                "Sessions waiting for a person now, by reason.",
+                "gauge",
+                [({"reason": r}, n) for r, n in summary["byReason"].items()],
+            ),
+            Metric(
+                "contextuate_attention_longest_wait_seconds",
+                "How long the session waiting longest has waited.",
+                "gauge",
+                round(summary["longestWaitMs"] / 1000, 3),
+            ),
+            Metric(
+                "contextuate_attention_alerts_total",
+                "Waits that joined the queue (each alerted once).",
+                "counter",
+                self.alerts,
+            ),
+        ]
+
+    def queue(self) -> list[dict[str, Any]]:
+        return attention.queue(self.broker.manager.sessions.values(), now_ms(), self.stuck_after_ms)
+
+    def changed(self, sessions: list[Session]) -> None:
+        """A stored batch changed these sessions: alert the waits that are new."""
+        by_id = self.broker.manager.sessions
+        now = now_ms()
+        for s in sessions:
+            if s.attention is None or s.hidden:
+                self._alerted.pop(s.session_id, None)
+                continue
+            self._alert(attention.item(s, s.attention, by_id, now))
+
+    def _alert(self, item: dict[str, Any]) -> None:
+        key = (item["reason"], item["since"])
+        if self._alerted.get(item["sessionId"]) == key:
+            return
+        self._alerted[item["sessionId"]] = key
+        self.alerts += 1
+        if self.notify is not None:
+            self.notify(item)
+
+    def check_stuck(self) -> None:
+        for item in self.queue():
+            if item["reason"] == attention.STUCK:
+                self._alert(item)
+
+    async def run(self, task_status: Any = trio.TASK_STATUS_IGNORED) -> None:
+        self.broker.on_changed.append(self.changed)
+        try:
+            task_status.started()
+            if self.stuck_after_ms is None:
+                await trio.sleep_forever()
+            every = min(STUCK_CHECK_MAX_S, self.stuck_after_ms / 1000 / 10)
+            while True:
+                await trio.sleep(every)  # a timer: becoming stuck is the absence of events
+                self.check_stuck()
+        finally:
+            self.broker.on_changed.remove(self.changed)
