@@ -17,17 +17,38 @@ $(STAMP): pyproject.toml
 run: $(STAMP)
 	$(VENV)/bin/contextuate-trio start --foreground
 
+# The real Claude Code the end-to-end tests (tests/e2e) run, installed with npm into a
+# cache outside the repo; npm 11 skips its postinstall, so the tests run the native
+# binary of the platform package directly.
+CLAUDE_CODE_VERSION := 2.1.332
+CLAUDE_CODE_CACHE ?= $(HOME)/.cache/contextuate-trio/claude-code
+CONTEXTUATE_CLAUDE_BIN ?= $(CLAUDE_CODE_CACHE)/node_modules/@anthropic-ai/claude-code-linux-x64/claude
+export CONTEXTUATE_CLAUDE_BIN
+
 # System packages the tests use: a redis-server binary the tests start themselves,
-# Debian's Chromium for the dashboard tests, and faketime to jump the hook's clocks.
+# Debian's Chromium for the dashboard tests, faketime to jump the hook's clocks, tmux
+# for Claude Code's interactive mode; then Claude Code itself (without npm, or when the
+# install fails, the e2e tests skip and say why).
 test-deps:
 	@need=""; \
 	command -v redis-server >/dev/null || need="$$need redis-server"; \
 	command -v chromium >/dev/null || need="$$need chromium"; \
 	command -v faketime >/dev/null || need="$$need faketime"; \
 	command -v chromedriver >/dev/null || need="$$need chromium-driver"; \
+	command -v tmux >/dev/null || need="$$need tmux"; \
 	if [ -n "$$need" ]; then \
 		echo "installing:$$need"; \
 		(apt-get update -qq || true) && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $$need >/dev/null; \
+	fi
+	@if [ ! -x "$(CONTEXTUATE_CLAUDE_BIN)" ] || ! "$(CONTEXTUATE_CLAUDE_BIN)" --version 2>/dev/null | grep -qF "$(CLAUDE_CODE_VERSION)"; then \
+		if command -v npm >/dev/null; then \
+			echo "installing Claude Code $(CLAUDE_CODE_VERSION) into $(CLAUDE_CODE_CACHE)"; \
+			npm install --prefix "$(CLAUDE_CODE_CACHE)" --no-audit --no-fund --loglevel=error \
+				"@anthropic-ai/claude-code@$(CLAUDE_CODE_VERSION)" >/dev/null \
+				|| echo "npm install of Claude Code failed: the e2e tests will skip"; \
+		else \
+			echo "no npm: the e2e tests (real Claude Code) will skip"; \
+		fi; \
 	fi
 
 # The architecture and the code's shape: lint (ruff), format, types (mypy: strict on

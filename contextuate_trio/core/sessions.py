@@ -484,7 +484,7 @@ class SessionManager:
         elif et == "subagent_stop" and s is not root and s.agent_id in root.background_agents:
             root.background_agents.remove(s.agent_id or "")
             changed[root.session_id] = root
-        if not late:
+        if not late and not _answered_prompt(s, ev):
             s.attention = attention_mod.after_event(s.attention, ev)
 
     def _message(self, s: Session, d: dict[str, Any]) -> None:
@@ -591,6 +591,12 @@ def _says_denied(response: Any) -> bool:
     """Claude Code's text for a refused call ("Permission to use Bash ... has been
     denied.", or the person's "no" at the prompt)."""
     return isinstance(response, str) and any(d in response for d in _DENIALS)
+
+
+def _answered_prompt(s: Session, ev: Event) -> bool:
+    """The ``permission_prompt`` Notification comes seconds after the prompt showed:
+    when no call is open any more, the person has answered already."""
+    return ev.event_type == "notification" and ev.notification_type == "permission_prompt" and not s.open_calls
 
 
 def _blocked(s: Session) -> bool:

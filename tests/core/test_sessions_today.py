@@ -195,6 +195,20 @@ def test_permission_request_is_in_the_queue_at_once_and_leaves_with_the_answer()
     assert attention.queue(m.sessions.values(), now_ms=22_000, stuck_after_ms=None) == []
 
 
+def test_a_permission_notification_after_the_answer_is_not_a_new_wait():
+    m = SessionManager()
+    feed(m, p("PreToolUse", tool_name="Bash", tool_use_id="t1"))
+    feed(m, p("PermissionRequest", tool_name="Bash"))
+    feed(m, p("PostToolUse", tool_name="Bash", tool_use_id="t1", tool_response={}))  # answered within 6 s
+    feed(m, p("Notification", notification_type="permission_prompt", message="Claude needs your permission"))
+    assert m.get("root").attention is None and m.get("root").status == "active"
+    # Older Claude Code (no PermissionRequest wired): the Notification is the wait.
+    m = SessionManager()
+    feed(m, p("PreToolUse", tool_name="Bash", tool_use_id="t1"))
+    feed(m, p("Notification", notification_type="permission_prompt", message="Claude needs your permission"))
+    assert m.get("root").attention["reason"] == "permission" and m.get("root").status == "waiting"
+
+
 def test_each_reason_and_what_answers_it():
     cases = [
         (p("Elicitation", mcp_server_name="db", message="Which table?"), "elicitation", p("ElicitationResult", mcp_server_name="db", action="accept")),

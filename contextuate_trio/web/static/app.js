@@ -1,8 +1,9 @@
 // The dashboard: state, wiring, keyboard. Modules: conn (WebSocket), tree, stream,
 // detail, charts, util. Plain ES modules served by the daemon; works offline.
-import { $, el, toast, throttle, basename, shortId, STATUS_LABEL } from './util.js';
+import { $, el, toast, throttle, shortId } from './util.js';
 import { Connection } from './conn.js';
 import { Stream } from './stream.js';
+import { Needs } from './needs.js';
 import { Tree, sessionTitle } from './tree.js';
 import { renderDetail } from './detail.js';
 import { drawActivity, drawTimeline, colorFor } from './charts.js';
@@ -20,9 +21,8 @@ const state = {
   missed: 0,
   range: 3600000,
   detail: null,
-  waitingSeen: new Set(),
-  notify: localStorage.getItem('contextuate-notify') === '1',
   showHidden: false,
+  fold: new Map(), // promptId -> open? (turns fold when one session is shown)
 };
 window.__contextuate = state; // for tests and the curious
 
@@ -49,14 +49,40 @@ async function api(path) {
 }
 
 // --- events and sessions ------------------------------------------------------------
+function pairOf(toolUseId) {
+  let p = state.byToolUse.get(toolUseId);
+  if (!p) { p = {}; state.byToolUse.set(toolUseId, p); }
+  return p;
+}
+
+// Joins a tool call to what ended it: its result or error, a permission_denied, or the
+// turn's end listing it in unansweredCalls (denied / interrupted: it gets no result).
+// True when the event changed how an earlier call is shown.
 function index(ev) {
   state.byId.set(ev.id, ev);
+  let closed = false;
   if (ev.toolUseId) {
-    let p = state.byToolUse.get(ev.toolUseId);
-    if (!p) { p = {}; state.byToolUse.set(ev.toolUseId, p); }
+    const p = pairOf(ev.toolUseId);
     if (ev.eventType === 'tool_call' || ev.eventType === 'permission_request') { if (ev.eventType === 'tool_call' || !p.call) p.call = ev; }
-    else if (ev.eventType === 'tool_result' || ev.eventType === 'tool_error') p.result = ev;
+    else if (ev.eventType === 'tool_result' || ev.eventType === 'tool_error') { p.result = ev; closed = ev.eventType === 'tool_error'; }
+    else if (ev.eventType === 'permission_denied') { p.outcome = 'denied'; p.end = ev; closed = true; }
   }
+  if (ev.unansweredCalls && typeof ev.unansweredCalls === 'object') {
+    for (const [tid, how] of Object.entries(ev.unansweredCalls)) {
+      const p = pairOf(tid);
+      if (p.result || p.outcome === 'denied') continue;
+      p.outcome = how === 'denied' ? 'denied' : 'interrupted'; p.end = ev; closed = true;
+    }
+  }
+  return closed;
+}
+
+// How a tool call ended, when not plainly: 'denied', 'interrupted', 'error' (or null).
+function outcomeOf(ev) {
+  const p = ev.toolUseId ? state.byToolUse.get(ev.toolUseId) : null;
+  if (!p) return null;
+  if (p.result) return p.result.eventType === 'tool_error' ? (p.result.data?.is_interrupt === true ? 'interrupted' : 'error') : null;
+  return p.outcome || null;
 }
 
 function resetEvents(list) {
@@ -67,11 +93,13 @@ function resetEvents(list) {
 
 function addEvents(list) {
   const fresh = [];
+  let closed = false;
   for (const ev of list) {
     const old = state.byId.get(ev.id);
     if (old) continue;
-    state.events.push(ev); index(ev); fresh.push(ev);
+    state.events.push(ev); if (index(ev)) closed = true; fresh.push(ev);
   }
+  if (closed) refreshRows();
   if (state.events.length > MAX_EVENTS * 1.1) {
     const drop = state.events.splice(0, state.events.length - MAX_EVENTS);
     for (const ev of drop) { state.byId.delete(ev.id); if (ev.toolUseId) state.byToolUse.delete(ev.toolUseId); }
@@ -125,9 +153,66 @@ function matcher() {
 }
 let match = matcher();
 
+// --- turns ---------------------------------------------------------------------------
+// With one session shown (and no text/type/tool filter), the events of one promptId fold
+// under the turn's first event (its prompt): the newest turn open, older ones folded.
+// One pass over the shown events; `turns` is null when nothing folds.
+let turns = null;
+function foldActive() {
+  const f = state.filters;
+  return !!f.session && !f.q.trim() && !f.type && !f.tool;
+}
+
+function foldTurns(items) {
+  turns = new Map();
+  let last = null;
+  for (const ev of items) {
+    const pid = ev.promptId;
+    if (!pid) continue;
+    let t = turns.get(pid);
+    if (!t) { t = { head: ev, count: 0 }; turns.set(pid, t); last = pid; }
+    t.count += 1;
+  }
+  for (const pid of turns.keys()) if (!state.fold.has(pid)) state.fold.set(pid, pid === last);
+  return items.filter((ev) => !ev.promptId || turns.get(ev.promptId).head === ev || state.fold.get(ev.promptId));
+}
+
+// Live events in a folded view: a new turn starts open; an event of a folded turn
+// only adds to its head's count.
+function foldLive(shown) {
+  if (!turns) return shown;
+  let counted = false;
+  const out = shown.filter((ev) => {
+    const pid = ev.promptId;
+    if (!pid) return true;
+    const t = turns.get(pid);
+    if (!t) { turns.set(pid, { head: ev, count: 1 }); if (!state.fold.has(pid)) state.fold.set(pid, true); return true; }
+    t.count += 1; counted = true;
+    return state.fold.get(pid);
+  });
+  if (counted) refreshRows();
+  return out;
+}
+
+function foldInfo(ev) {
+  if (!turns || !ev.promptId) return null;
+  const t = turns.get(ev.promptId);
+  if (!t) return null;
+  return t.head === ev ? { head: true, open: !!state.fold.get(ev.promptId), count: t.count } : { inTurn: true };
+}
+
+function toggleTurn(ev) {
+  if (!ev?.promptId || !turns) return;
+  state.fold.set(ev.promptId, !state.fold.get(ev.promptId));
+  stream.setFollow(false); // the head stays where it is; the rows after it change
+  rebuildView();
+}
+
 function rebuildView() {
   match = matcher();
-  const items = state.events.filter(match);
+  let items = state.events.filter(match);
+  turns = null;
+  if (foldActive()) items = foldTurns(items);
   stream.setItems(items);
   state.missed = 0;
   updateCounts();
@@ -140,7 +225,11 @@ const stream = new Stream($('#stream'), $('#stream-spacer'), {
     const s = state.sessions.get(ev.sessionId);
     return s ? sessionTitle(s) : shortId(ev.sessionId);
   },
+  outcome: outcomeOf,
+  fold: foldInfo,
+  onFold: toggleTurn,
 });
+const refreshRows = throttle(() => stream.refresh(), 250);
 stream.onFollow = (on) => { const b = $('#follow'); b.classList.toggle('on', on); b.setAttribute('aria-pressed', String(on)); };
 
 const tree = new Tree($('#tree'), {
@@ -155,12 +244,6 @@ const renderTree = throttle(() => {
   $('#tree-empty').hidden = state.sessions.size > 0;
   const visible = [...state.sessions.values()].filter((s) => !s.hidden).length;
   $('#session-count').textContent = state.sessions.size ? `${visible}${visible !== state.sessions.size ? ` (+${state.sessions.size - visible} hidden)` : ''}` : '';
-  const waiting = [...state.sessions.values()].filter((s) => s.status === 'waiting' && !s.hidden);
-  const banner = $('#waiting-banner');
-  banner.hidden = !waiting.length;
-  banner.textContent = waiting.length === 1 ? `● ${sessionTitle(waiting[0])} is waiting for you` : `● ${waiting.length} sessions are waiting for you`;
-  banner.onclick = () => waiting[0] && selectSession(waiting[0].sessionId);
-  document.title = `${waiting.length ? `(${waiting.length} waiting) ` : ''}contextuate · live agents`;
   renderMachines();
   updateOptions();
   return roots;
@@ -230,9 +313,9 @@ function drawChartsNow() {
   for (const e of evs) {
     if (e.eventType !== 'tool_call' || e.timestamp < start - 3600000) continue;
     const p = e.toolUseId ? state.byToolUse.get(e.toolUseId) : null;
-    const end = p?.result ? p.result.timestamp : (e.toolUseId ? null : e.timestamp + 200);
+    const end = p?.result ? p.result.timestamp : p?.end ? p.end.timestamp : (e.toolUseId ? null : e.timestamp + 200);
     if ((end ?? now) < start) continue;
-    calls.push({ lane: e.sessionId, tool: e.toolName || '?', start: e.timestamp, end: end === null && now - e.timestamp > 3600000 ? e.timestamp + 1000 : end, error: p?.result?.eventType === 'tool_error' });
+    calls.push({ lane: e.sessionId, tool: e.toolName || '?', start: e.timestamp, end: end === null && now - e.timestamp > 3600000 ? e.timestamp + 1000 : end, error: p?.result?.eventType === 'tool_error' || p?.outcome === 'denied' });
     laneLast.set(e.sessionId, Math.max(laneLast.get(e.sessionId) || 0, e.timestamp));
   }
   const lanes = [...laneLast.entries()].sort((a, b) => b[1] - a[1]).slice(0, 6)
@@ -254,6 +337,7 @@ async function showDetail(ev) {
   const draw = (e) => renderDetail($('#detail-body'), $('#detail-title'), e, {
     pair: e.toolUseId ? state.byToolUse.get(e.toolUseId) : null,
     sessionTitle: (id) => sessionTitle(state.sessions.get(id)) || id,
+    messageText,
     onJump: (other) => jumpTo(other),
     onSession: (id) => selectSession(id),
   });
@@ -267,6 +351,16 @@ async function showDetail(ev) {
     } catch (e) { /* keep the trimmed one */ }
   }
   if (partial.length && state.detail === ev) draw(ev);
+}
+
+// The whole assistant message a message_display delta belongs to (its pieces joined).
+function messageText(ev) {
+  const mid = ev.data?.message_id;
+  if (!mid) return null;
+  const parts = state.events.filter((e) => e.eventType === 'message_display' && e.sessionId === ev.sessionId && e.data?.message_id === mid);
+  if (parts.length < 2) return null;
+  parts.sort((a, b) => (a.data.index ?? 0) - (b.data.index ?? 0) || a.timestamp - b.timestamp);
+  return parts.map((e) => (typeof e.data.delta === 'string' ? e.data.delta : '')).join('');
 }
 
 function jumpTo(ev) {
@@ -392,28 +486,30 @@ function dialog({ title, text = '', input = null, select = null, ok = 'OK' }) {
   });
 }
 
-// --- notifications -------------------------------------------------------------------------
-function updateNotifyButton() {
-  const b = $('#notify');
-  b.setAttribute('aria-pressed', String(state.notify));
-  b.querySelector('span').textContent = state.notify ? 'Notifying' : 'Notify';
+// --- needs you -----------------------------------------------------------------------------
+async function loadAttention() {
+  const headers = token ? { Authorization: `Bearer ${token}` } : {};
+  const r = await fetch('/api/attention', { headers, cache: 'no-store' });
+  if (r.status === 401) throw new Error('the token is needed');
+  if (!r.ok) throw new Error(`HTTP ${r.status}`);
+  return r.json();
 }
-$('#notify').addEventListener('click', async () => {
-  if (!state.notify) {
-    if (!('Notification' in window)) { toast('This browser has no notifications'); return; }
-    const p = await Notification.requestPermission();
-    if (p !== 'granted') { toast('Notifications were not allowed'); return; }
-  }
-  state.notify = !state.notify;
-  localStorage.setItem('contextuate-notify', state.notify ? '1' : '0');
-  updateNotifyButton();
+
+function selectNeed(it) {
+  const id = state.sessions.has(it.sessionId) || !it.rootSessionId ? it.sessionId : it.rootSessionId;
+  if (state.filters.session !== id) selectSession(id);
+  setTimeout(() => $(`#tree .node[data-id="${CSS.escape(id)}"]`)?.scrollIntoView({ block: 'nearest' }), 250);
+}
+
+const needs = new Needs({
+  root: $('#needs'), load: loadAttention, onSelect: selectNeed,
+  onCount: (n) => { document.title = `${n ? `(${n} waiting) ` : ''}contextuate · live agents`; },
 });
-function maybeNotify(s, before) {
-  if (s.status !== 'waiting' || before === 'waiting' || s.hidden) return;
-  if (!state.notify || !('Notification' in window) || Notification.permission !== 'granted') return;
-  const n = new Notification(`${sessionTitle(s)} is waiting for you`, { body: `${s.machineId} · ${s.lastSummary || 'permission or input needed'}`, tag: s.sessionId });
-  n.onclick = () => { window.focus(); selectSession(s.sessionId); };
-}
+state.needs = needs;
+const inQueue = (id) => needs.items.some((it) => it.sessionId === id);
+const attentionSig = (s) => (s ? `${s.hidden ? 'h' : ''}|${s.attention ? `${s.attention.reason}|${s.attention.since}|${s.attention.detail}` : ''}` : '|');
+// Events that can start a wait; the session_update that follows says the same.
+const ASKING = new Set(['permission_request', 'elicitation', 'notification', 'stop_failure']);
 
 // --- the connection --------------------------------------------------------------------------
 function setConn(stateName, attempt, wait, code) {
@@ -428,9 +524,9 @@ function setConn(stateName, attempt, wait, code) {
 $('#conn').addEventListener('click', () => { if ($('#conn').dataset.state !== 'live') conn.reconnectNow(); });
 
 function upsertSession(s) {
-  const before = state.sessions.get(s.sessionId)?.status;
+  const before = state.sessions.get(s.sessionId);
   state.sessions.set(s.sessionId, s);
-  maybeNotify(s, before);
+  if (attentionSig(before) !== attentionSig(s) || inQueue(s.sessionId)) needs.schedule();
 }
 
 function onMessage(msg) {
@@ -446,20 +542,21 @@ function onMessage(msg) {
       $('#mode').textContent = msg.mode || meta('contextuate-mode') || '';
       rebuildView(); renderTree(); drawCharts();
       if (state.filters.session) selectSession(state.filters.session);
+      needs.schedule();
       break;
     }
     case 'resume': case 'caught_up': {
-      const next = new Map(msg.sessions.map((s) => [s.sessionId, s]));
-      for (const s of next.values()) maybeNotify(s, state.sessions.get(s.sessionId)?.status);
-      state.sessions = next;
+      state.sessions = new Map(msg.sessions.map((s) => [s.sessionId, s]));
       renderTree();
+      needs.schedule();
       break;
     }
     case 'event': case 'events': {
       const fresh = addEvents(msg.type === 'event' ? [msg.event] : msg.events);
+      if (fresh.some((ev) => ASKING.has(ev.eventType) || inQueue(ev.sessionId))) needs.schedule();
       if (state.paused) state.missed += fresh.filter(match).length;
       else {
-        const shown = fresh.filter(match);
+        const shown = foldLive(fresh.filter(match));
         if (!stream.follow) state.newBelow = (state.newBelow || 0) + shown.length;
         stream.append(shown);
       }
@@ -469,6 +566,7 @@ function onMessage(msg) {
     case 'session_update': upsertSession(msg.session); renderTree(); break;
     case 'session_deleted':
       state.sessions.delete(msg.sessionId);
+      if (inQueue(msg.sessionId)) needs.schedule();
       if (state.filters.session === msg.sessionId) { state.filters.session = null; updateSessionChip(); rebuildView(); }
       renderTree(); break;
     case 'error': toast(msg.message); break;
@@ -561,9 +659,11 @@ document.addEventListener('keydown', (e) => {
 });
 
 // --- start ------------------------------------------------------------------------------------------
-updateNotifyButton();
 $('#mode').textContent = meta('contextuate-mode') || '';
 (async () => {
   if (needsToken && !token) await askToken();
   conn.connect();
+  needs.refresh();
+  // `stuck` is the daemon's clock: ask every 5 s (not while the daemon is away).
+  setInterval(() => { if ($('#conn').dataset.state === 'live') needs.refresh(); }, 5000);
 })();

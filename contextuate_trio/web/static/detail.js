@@ -1,5 +1,6 @@
 // The detail pane: everything about one event, the tool call joined to its result.
 import { el, jsonBlock, dateTime, duration, clock } from './util.js';
+import { agentReport } from './stream.js';
 
 function section(title, content, extra) {
   return el('div', { class: 'block' }, el('h3', {}, title, extra || null), content);
@@ -19,10 +20,12 @@ function outputOf(ev) {
   return out;
 }
 
-export function renderDetail(body, title, ev, { pair, sessionTitle, onJump, onSession }) {
+const TITLE = { message_display: 'assistant', agent_report: 'report from agent', permission_denied: 'permission denied' };
+
+export function renderDetail(body, title, ev, { pair, sessionTitle, messageText, onJump, onSession }) {
   body.replaceChildren();
   const type = ev.eventType || 'event';
-  title.textContent = `${type.replace(/_/g, ' ')}${ev.toolName ? ` · ${ev.toolName}` : ''}`;
+  title.textContent = `${TITLE[type] || type.replace(/_/g, ' ')}${ev.toolName ? ` · ${ev.toolName}` : ''}`;
   const d = ev.data || {};
   const call = pair?.call; const result = pair?.result;
   const dur = ev.durationMs ?? result?.durationMs ?? (call && result ? result.timestamp - call.timestamp : null);
@@ -37,6 +40,7 @@ export function renderDetail(body, title, ev, { pair, sessionTitle, onJump, onSe
   add('hook', ev.hookType);
   add('agent', ev.agentType ? `${ev.agentType}${ev.agentId ? ` (${ev.agentId})` : ''}` : null);
   add('tool use', ev.toolUseId);
+  add('turn', ev.promptId);
   add('duration', dur !== null && dur !== undefined ? duration(dur) : null);
   add('notification', ev.notificationType);
   add('source', ev.source);
@@ -58,11 +62,32 @@ export function renderDetail(body, title, ev, { pair, sessionTitle, onJump, onSe
       if (res.eventType === 'tool_error' || rd.error) body.append(section('Error', jsonBlock(rd.error ?? rd, 'err')));
       const out = outputOf(res);
       if (out !== undefined && out !== null) body.append(section('Output', jsonBlock(out)));
+    } else if (pair?.outcome && ['tool_call', 'permission_request', 'permission_denied'].includes(type)) {
+      const end = pair.end;
+      const why = end?.eventType === 'permission_denied' ? (end.data?.reason || 'permission denied')
+        : pair.outcome === 'denied' ? `no permission given; the turn ended (${end?.eventType?.replace(/_/g, ' ') || '?'})`
+          : `stopped before it finished (Escape); the turn ended (${end?.eventType?.replace(/_/g, ' ') || '?'})`;
+      body.append(section(pair.outcome === 'denied' ? 'Denied' : 'Interrupted', jsonBlock(String(why), 'err'),
+        end && end !== ev ? el('span', { class: 'pair' }, el('button', { class: 'linkish', type: 'button', text: `at ${clock(end.timestamp)}`, onclick: () => onJump(end) })) : null));
     } else if (type === 'tool_call') {
       body.append(el('p', { class: 'results-note', text: 'No result yet (still running, or the result was not seen).' }));
     }
   }
-  if (d.prompt) body.append(section('Prompt', jsonBlock(String(d.prompt))));
+  if (type === 'message_display') {
+    const whole = messageText ? messageText(ev) : null;
+    body.append(section('The assistant said', jsonBlock(String(d.delta ?? ev.summary ?? ''))));
+    if (whole && whole !== d.delta) body.append(section('The whole message', jsonBlock(whole)));
+  }
+  if (type === 'agent_report') {
+    const r = agentReport(ev);
+    body.append(section(`Report from agent${r.name ? ` “${r.name}”` : ''}${r.status ? ` (${r.status})` : ''}`,
+      jsonBlock(r.result || r.summary || ev.summary || '')));
+    if (r.taskId) body.append(el('p', { class: 'results-note', text: `agent id ${r.taskId}${r.toolUseId ? ` · started by ${r.toolUseId}` : ''}` }));
+  }
+  if (ev.unansweredCalls && Object.keys(ev.unansweredCalls).length) {
+    body.append(section('Calls left without a result', jsonBlock(ev.unansweredCalls)));
+  }
+  if (d.prompt && type !== 'agent_report') body.append(section('Prompt', jsonBlock(String(d.prompt))));
   if (d.message) body.append(section('Message', jsonBlock(String(d.message))));
   if (d.last_assistant_message) body.append(section('Last message', jsonBlock(String(d.last_assistant_message))));
   if (d.error && !ev.toolName) body.append(section('Error', jsonBlock(d.error, 'err')));

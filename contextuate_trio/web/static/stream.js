@@ -6,14 +6,42 @@ import { el, clock, shortId, basename } from './util.js';
 const ROW = 30;
 const OVERSCAN = 12;
 const KNOWN_TYPES = new Set(['tool_call', 'tool_result', 'tool_error', 'stop_failure', 'user_prompt',
-  'permission_request', 'notification', 'session_start', 'session_end', 'stop', 'subagent_start', 'subagent_stop']);
+  'permission_request', 'notification', 'session_start', 'session_end', 'stop', 'subagent_start', 'subagent_stop',
+  'message_display', 'agent_report', 'permission_denied', 'elicitation', 'prompt_expansion']);
+// What a person reads in the type column (the filter keeps the eventType itself).
+const TYPE_LABEL = { message_display: 'assistant', agent_report: 'agent report', permission_denied: 'denied' };
+
+// A background agent's report (a <task-notification> prompt): its name, status, result.
+export function agentReport(ev) {
+  const text = typeof ev?.data?.prompt === 'string' ? ev.data.prompt : '';
+  const tag = (name) => {
+    const a = text.indexOf(`<${name}>`); const b = text.indexOf(`</${name}>`, a + 1);
+    return a < 0 || b < 0 ? null : text.slice(a + name.length + 2, b).trim() || null;
+  };
+  const summary = tag('summary');
+  const name = (summary && /Agent "([^"]+)"/.exec(summary)?.[1]) || tag('task-id');
+  return { name, summary, status: tag('status'), result: tag('result'), taskId: tag('task-id'), toolUseId: tag('tool-use-id') };
+}
+
+export function readable(ev) {
+  if (ev.eventType === 'agent_report') {
+    const r = agentReport(ev);
+    const body = r.result || (r.summary && r.summary.replace(/^Agent "[^"]+"\s*/, '')) || ev.summary || '';
+    return `report from agent${r.name ? ` "${r.name}"` : ''}${r.status && r.status !== 'completed' ? ` (${r.status})` : ''}: ${body}`;
+  }
+  if (ev.eventType === 'message_display') return ev.data?.delta ?? ev.summary ?? '';
+  return ev.summary || ev.hookType || '';
+}
 
 export class Stream {
-  constructor(root, spacer, { onSelect, sessionLabel }) {
+  constructor(root, spacer, { onSelect, sessionLabel, outcome, fold, onFold }) {
     this.root = root;
     this.spacer = spacer;
     this.onSelect = onSelect;
     this.sessionLabel = sessionLabel;
+    this.outcome = outcome || (() => null);  // a tool call's end: 'denied' | 'interrupted' | 'error' | null
+    this.fold = fold || (() => null);        // {head, open, count} for a turn's first row, {inTurn} for the rest
+    this.onFold = onFold || (() => {});
     this.items = [];          // the events in view (filtered), oldest first
     this.rows = new Map();    // index -> row element
     this.selected = -1;
@@ -28,6 +56,7 @@ export class Stream {
     }, { passive: true });
     root.addEventListener('click', (e) => {
       const row = e.target.closest('.row');
+      if (row && e.target.closest('.fold')) { this.onFold(this.items[Number(row.dataset.i)]); return; }
       if (row) this.select(Number(row.dataset.i), true);
     });
     new ResizeObserver(() => this.schedule()).observe(root);
@@ -94,16 +123,26 @@ export class Stream {
   row(ev, i) {
     const type = ev.eventType || 'unknown';
     const cls = KNOWN_TYPES.has(type) ? `ty-${type}` : 'ty-other';
-    const summary = ev.summary || ev.hookType || '';
+    const summary = readable(ev);
+    const out = type === 'tool_call' ? this.outcome(ev) : null;
+    const fold = this.fold(ev);
+    const said = type === 'message_display' || type === 'agent_report';
     const row = el('div', {
-      class: `row${i === this.selected ? ' sel' : ''}`, role: 'option', 'aria-selected': String(i === this.selected),
-      dataset: { i: String(i) }, title: summary,
+      class: `row${i === this.selected ? ' sel' : ''}${said ? ' said' : ''}${fold?.head ? ' turn-head' : ''}${fold?.inTurn ? ' in-turn' : ''}`,
+      role: 'option', 'aria-selected': String(i === this.selected),
+      dataset: out ? { i: String(i), type, outcome: out } : { i: String(i), type }, title: summary,
     },
     el('span', { class: 't', text: clock(ev.timestamp) }),
     el('span', { class: 's', text: this.sessionLabel(ev) }),
-    el('span', { class: `type ${cls}`, text: type.replace(/_/g, ' ') }),
+    el('span', { class: `type ${cls}`, text: TYPE_LABEL[type] || type.replace(/_/g, ' ') }),
     el('span', { class: 'tool', text: ev.toolName || '' }),
-    el('span', { class: 'sum', text: summary }));
+    el('span', { class: 'sum' },
+      fold?.head ? el('button', {
+        class: 'fold', type: 'button', tabindex: '-1', 'aria-expanded': String(fold.open),
+        title: fold.open ? 'Fold this turn' : 'Show this turn', text: `${fold.open ? '▾' : '▸'} ${fold.count}`,
+      }) : null,
+      out ? el('span', { class: `outcome o-${out}`, text: out }) : null,
+      summary));
     row.style.top = `${i * ROW}px`;
     return row;
   }

@@ -86,13 +86,19 @@ export class Tree {
 
   node(s, depth, sessions) {
     const status = s.status || 'active';
+    // The turn ended but background sub-agents still run: say so, not "turn ended".
+    const bg = Array.isArray(s.backgroundAgents) ? s.backgroundAgents.length : 0;
+    const onBg = bg > 0 && (status === 'idle' || (status === 'active' && s.lastEventType === 'stop'));
+    const badge = onBg ? { cls: 'b-background', text: `waiting on ${bg} background agent${bg === 1 ? '' : 's'}` }
+      : { cls: `b-${status}`, text: STATUS_LABEL[status] || status };
+    const said = typeof s.lastMessage === 'string' ? s.lastMessage.replace(/\s+/g, ' ').trim().slice(0, 300) : '';
     const parent = s.parentSessionId && sessions.get(s.parentSessionId);
     const crossMachine = parent && parent.machineId !== s.machineId;
     const dur = el('span', { class: 'dur' });
     this.durs.set(dur, s);
     const last = s.lastSummary || '';
     const node = el('div', {
-      class: `node st-${status}${status === 'waiting' ? ' waiting' : ''}${this.selected === s.sessionId ? ' sel' : ''}${s.hidden ? ' hidden-s' : ''}`,
+      class: `node st-${onBg ? 'background' : status}${status === 'waiting' ? ' waiting' : ''}${this.selected === s.sessionId ? ' sel' : ''}${s.hidden ? ' hidden-s' : ''}`,
       dataset: { id: s.sessionId }, tabindex: this.selected === s.sessionId ? '0' : '-1',
       'aria-selected': String(this.selected === s.sessionId),
       title: `${s.sessionId}\n${s.workingDirectory || ''}`,
@@ -100,14 +106,16 @@ export class Tree {
     el('span', { class: 'sdot', 'aria-hidden': 'true' }),
     el('span', { class: 'title' }, s.pinned ? el('span', { class: 'pin', text: '★ ', title: 'pinned' }) : null, sessionTitle(s)),
     el('span', { class: 'right' },
-      el('span', { class: `badge b-${status}`, text: STATUS_LABEL[status] || status }),
+      el('span', { class: `badge ${badge.cls}`, text: badge.text }),
       el('button', { class: 'more', type: 'button', 'aria-label': 'Session actions', tabindex: '-1', text: '⋯' })),
     el('span', { class: 'meta' },
       s.agentType ? el('span', { class: 'chip agent', text: s.agentType }) : null,
       el('span', { class: 'chip', text: `${crossMachine ? '⇄ ' : ''}${s.machineId || 'unknown'}`, title: 'machine' }),
       depth === 0 || s.name ? el('span', { class: 'chip', text: basename(s.workingDirectory) || '—', title: s.workingDirectory || '' }) : null,
-      el('span', { class: 'chip', text: `${s.eventCount || 0} ev · ${s.toolCount || 0} tools${s.errorCount ? ` · ${s.errorCount} err` : ''}` }),
+      el('span', { class: 'chip', text: `${s.eventCount || 0} ev · ${s.toolCount || 0} tools${s.errorCount ? ` · ${s.errorCount} err` : ''}${s.deniedCount ? ` · ${s.deniedCount} denied` : ''}${s.interruptedCount ? ` · ${s.interruptedCount} interrupted` : ''}` }),
+      bg && !onBg ? el('span', { class: 'chip', text: `+${bg} background`, title: 'background sub-agents still running' }) : null,
       dur),
+    said ? el('span', { class: 'msg', text: said, title: s.lastMessage.slice(0, 2000) }) : null,
     last ? el('span', { class: 'last', text: last }) : null);
     return node;
   }
