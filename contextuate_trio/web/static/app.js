@@ -365,6 +365,9 @@ function messageText(ev) {
 
 function jumpTo(ev) {
   let i = stream.items.indexOf(ev);
+  if (i < 0 && turns && ev.promptId && turns.has(ev.promptId) && !state.fold.get(ev.promptId)) {
+    state.fold.set(ev.promptId, true); rebuildView(); i = stream.items.indexOf(ev); // in a folded turn: open it
+  }
   if (i < 0) { clearFilters(); i = stream.items.indexOf(ev); }
   if (i >= 0) { stream.setFollow(false); stream.select(i); } else showDetail(ev);
 }
