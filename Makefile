@@ -22,7 +22,8 @@ run: $(STAMP)
 # binary of the platform package directly.
 CLAUDE_CODE_VERSION := 2.1.332
 CLAUDE_CODE_CACHE ?= $(HOME)/.cache/contextuate-trio/claude-code
-CONTEXTUATE_CLAUDE_BIN ?= $(CLAUDE_CODE_CACHE)/node_modules/@anthropic-ai/claude-code-linux-x64/claude
+CLAUDE_CODE_ARCH := $(shell uname -m | sed 's/x86_64/x64/;s/aarch64/arm64/')
+CONTEXTUATE_CLAUDE_BIN ?= $(CLAUDE_CODE_CACHE)/node_modules/@anthropic-ai/claude-code-linux-$(CLAUDE_CODE_ARCH)/claude
 export CONTEXTUATE_CLAUDE_BIN
 
 # System packages the tests use: a redis-server binary the tests start themselves,

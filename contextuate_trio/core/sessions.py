@@ -405,6 +405,8 @@ class SessionManager:
             usage_mod.add(target.usage, rec[usage_mod.R_MODEL], rec[usage_mod.R_TS] or ev.timestamp, delta, new_call)
             if rec[usage_mod.R_MODEL] != "unknown":
                 target.model = rec[usage_mod.R_MODEL]
+                if not target.models:
+                    _note_model(target, target.model, rec[usage_mod.R_TS] or ev.timestamp)
             changed[target.session_id] = target
         if ev.parent_session_id is None and root.parent_session_id:
             ev.parent_session_id = root.parent_session_id
@@ -467,6 +469,9 @@ class SessionManager:
                 s.instructions.append(d["file_path"])
                 del s.instructions[:-MAX_LISTED]
         elif et == "model_switch" and isinstance(d.get("to_model"), str) and d["to_model"]:
+            before = d.get("from_model")
+            if not s.models and isinstance(before, str) and before:
+                _note_model(s, before, s.start_time or ev.timestamp)  # ``-p`` sessions do not say it at start
             s.model = d["to_model"]
             _note_model(s, d["to_model"], ev.timestamp)
         elif et == "pre_compact":

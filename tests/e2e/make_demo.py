@@ -62,7 +62,11 @@ def main() -> None:
                 seen += 1
                 if seen == stop[1]:
                     break
-            row = {"machine": machine, "delay": PAUSE_MS.get(hook, 200), "stdin": json.loads(rewrite(json.dumps(payload), ids))}
+            row = {
+                "machine": machine,
+                "delay": PAUSE_MS.get(hook, 200),
+                "stdin": json.loads(rewrite(json.dumps(payload), ids)),
+            }
             if parent:
                 row["parent"] = parent
             out.append(row)
