@@ -84,7 +84,14 @@ class NeedsYou:
             if item["reason"] == attention.STUCK:
                 self._alert(item)
 
+    def _seed(self) -> None:
+        """Waits restored from disk were alerted before the restart: not again."""
+        for s in self.broker.manager.sessions.values():
+            if s.attention is not None:
+                self._alerted[s.session_id] = (s.attention["reason"], s.attention["since"])
+
     async def run(self, task_status: Any = trio.TASK_STATUS_IGNORED) -> None:
+        self._seed()
         self.broker.on_changed.append(self.changed)
         try:
             task_status.started()

@@ -70,12 +70,20 @@ def test_permission_request_is_queued_at_once_alerted_and_cleared(daemon, home):
         assert rx.arrived.wait(2.0), "no webhook within 2 s of the PermissionRequest"
         at, body = rx.got[0]
         assert at - sent < 2.0 and body["sessionId"] == "s-perm" and body["reason"] == "permission"
-        # The same wait said again (the Notification ~6 s later) is not a new alert.
+        # A restart keeps the wait, and does not alert it again; a neutral event on it
+        # neither, nor the same wait said again (the Notification ~6 s later).
+        d.stop()
+        d.start()
+        assert [i["sessionId"] for i in d.get("/api/attention")["items"]] == ["s-perm"]
+        run_hook(home, payload("MessageDisplay", message_id="m1", delta="Let me run the tests"))
         run_hook(home, payload("Notification", notification_type="permission_prompt", message="needs permission"))
+        run_hook(home, payload("PermissionRequest", sid="s-two", tool_name="Write", tool_input={"file_path": "/w/a"}))
+        wait_for(lambda: len(rx.got) >= 2, what="the second session's alert")
+        assert [b["sessionId"] for _, b in rx.got] == ["s-perm", "s-two"]
         run_hook(home, payload("PreToolUse", tool_name="Bash", tool_use_id="t1"))
-        wait_for(lambda: d.get("/api/attention")["items"] == [], what="the answer clears it")
-        assert d.sessions()["s-perm"]["status"] == "active" and len(rx.got) == 1
-        assert 'contextuate_attention_sessions{reason="permission"} 0' in metrics(d)
+        wait_for(lambda: [i["sessionId"] for i in d.get("/api/attention")["items"]] == ["s-two"], what="the answer")
+        assert d.sessions()["s-perm"]["status"] == "active" and len(rx.got) == 2
+        assert 'contextuate_attention_sessions{reason="permission"} 1' in metrics(d)  # s-two's
     finally:
         rx.close()
 
