@@ -76,6 +76,24 @@ _NEUTRAL = frozenset(
     }
 )
 DETAIL_MAX = 300
+STUCK_GIVE_UP_MS = 24 * 3600 * 1000
+# A session's last event that says a turn is under way (a session that only started,
+# or that compacts, waits for nobody and is not stuck).
+WORKING = frozenset(
+    {
+        "user_prompt",
+        "agent_report",
+        "prompt_expansion",
+        "tool_call",
+        "tool_result",
+        "tool_error",
+        "tool_batch",
+        "permission_denied",
+        "elicitation_result",
+        "subagent_start",
+        "message_display",
+    }
+)
 
 Attention = dict[str, Any]  # {"reason", "since", "detail", "toolName"?, "toolUseId"?, "requestId"?}
 
@@ -143,12 +161,15 @@ def queue(sessions: Iterable[Session], now_ms: int, stuck_after_ms: int | None) 
 
 
 def stuck(s: Session, by_id: dict[str, Session], now_ms: int, stuck_after_ms: int) -> Attention | None:
-    """A session that says it is working (``active``) but that neither it nor any
-    of its running sub-agents has been heard from for ``stuck_after_ms``."""
-    if s.status != "active":
+    """A session that was at work (its last event is a step of a turn) but has not
+    been heard from for ``stuck_after_ms``. After a day it is taken for gone (killed
+    without a SessionEnd), not stuck: nobody is paged about it any more."""
+    if s.status != "active" or s.last_event_type not in WORKING:
         return None
+    if any(c is not None and c.status == "active" for c in map(by_id.get, s.child_session_ids)):
+        return None  # a sub-agent is at work: it is the one stuck, if any
     last = last_heard(s, by_id)
-    if last is None or now_ms - last < stuck_after_ms:
+    if last is None or not stuck_after_ms <= now_ms - last <= STUCK_GIVE_UP_MS:
         return None
     minutes = (now_ms - last) // 60_000
     return {

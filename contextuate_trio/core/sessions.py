@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import functools
 import logging
+from collections.abc import Callable
 from typing import Any
 
 import attrs
@@ -64,6 +65,9 @@ _NEUTRAL = frozenset(
         "worktree_create",
         "worktree_remove",
         "compaction_agent",
+        "pre_compact",
+        "post_compact",
+        "skill_shell_command",
     }
 )
 # A SubagentStop of one of compaction's own agents (no SubagentStart, no agent type):
@@ -162,6 +166,7 @@ Links = list[tuple[str, str]]  # (child_id, parent_id) pairs an event made
 class SessionManager:
     def __init__(self) -> None:
         self.sessions: dict[str, Session] = {}
+        self._touched: list[Session] = []
         # What each model response has already added (responses repeat across lines,
         # files and reads); see usage.py.
         self.usage_ledger = usage_mod.Ledger()
@@ -185,6 +190,7 @@ class SessionManager:
 
     # --- the state machine --------------------------------------------------------
     def apply(self, ev: Event) -> Outcome:
+        self._touched = []  # sessions changed deep inside the machine (ended sub-agents)
         changed: dict[str, Session] = {}
         links: list[tuple[str, str]] = []
         root = self._session(ev.session_id, ev, changed)
@@ -202,6 +208,7 @@ class SessionManager:
         self._count(target, ev)
         self._follow(target, root, ev, changed, late)
         self._status(target, root, ev, changed, late)
+        changed.update((t.session_id, t) for t in self._touched)
         changed[target.session_id] = target
         order = [target] + [s for sid, s in changed.items() if sid != target.session_id]
         return Outcome(ev, order, links)
@@ -458,27 +465,9 @@ class SessionManager:
         d = ev.data if isinstance(ev.data, dict) else {}
         if ev.agent_type and not ev.agent_id and s is root and s.agent_type is None and s.parent_session_id is None:
             s.agent_type = ev.agent_type  # ``--agent NAME`` (every main-thread event says so)
-        if et == "message_display":
-            self._message(s, d)
-        elif et in ("stop", "subagent_stop") and isinstance(d.get("last_assistant_message"), str):
-            s.last_message = d["last_assistant_message"][:LAST_MESSAGE_MAX]
-        elif et == "cwd_changed" and isinstance(d.get("new_cwd"), str) and d["new_cwd"]:
-            s.working_directory = d["new_cwd"]
-        elif et == "instructions_loaded" and isinstance(d.get("file_path"), str):
-            if d["file_path"] not in s.instructions:
-                s.instructions.append(d["file_path"])
-                del s.instructions[:-MAX_LISTED]
-        elif et == "model_switch" and isinstance(d.get("to_model"), str) and d["to_model"]:
-            before = d.get("from_model")
-            if not s.models and isinstance(before, str) and before:
-                _note_model(s, before, s.start_time or ev.timestamp)  # ``-p`` sessions do not say it at start
-            s.model = d["to_model"]
-            _note_model(s, d["to_model"], ev.timestamp)
-        elif et == "pre_compact":
-            s.compacting = True
-        elif et == "post_compact":
-            s.compacting = False
-            s.compactions += 1
+        learn = _LEARN.get(et)
+        if learn is not None:
+            learn(s, ev, d)
         self._calls(s, ev, d)
         if et == "stop" and s is root:
             s.background_agents = _running_agents(d.get("background_tasks"))
@@ -491,19 +480,6 @@ class SessionManager:
             changed[root.session_id] = root
         if not late and not _answered_prompt(s, ev):
             s.attention = attention_mod.after_event(s.attention, ev)
-
-    def _message(self, s: Session, d: dict[str, Any]) -> None:
-        """The assistant's words as Claude Code displays them: ``delta`` pieces of one
-        ``message_id`` add up; a new message starts over."""
-        delta = d.get("delta")
-        if not isinstance(delta, str):
-            return
-        mid = d.get("message_id") if isinstance(d.get("message_id"), str) else None
-        if mid is not None and mid == s.last_message_id and s.last_message:
-            s.last_message = (s.last_message + delta)[-LAST_MESSAGE_MAX:]
-        else:
-            s.last_message = delta[:LAST_MESSAGE_MAX]
-        s.last_message_id = mid
 
     def _calls(self, s: Session, ev: Event, d: dict[str, Any]) -> None:
         """Tool calls awaiting a result. One asked for and never answered was denied
@@ -531,9 +507,24 @@ class SessionManager:
         elif et in _TURN_ENDS and s.open_calls:
             unanswered = {k: "denied" if c.get("asked") else "interrupted" for k, c in s.open_calls.items()}
             ev.unanswered_calls = unanswered
+            self._end_interrupted_agents(s, ev, s.open_calls)
             s.denied_count += sum(1 for v in unanswered.values() if v == "denied")
             s.interrupted_count += sum(1 for v in unanswered.values() if v == "interrupted")
             s.open_calls.clear()
+
+    def _end_interrupted_agents(self, s: Session, ev: Event, calls: dict[str, dict[str, Any]]) -> None:
+        """A foreground sub-agent whose Agent call got no result when the turn ended
+        was stopped with it (Escape fires nothing): it ends, marked interrupted."""
+        spawned = {tid for tid, c in calls.items() if c.get("toolName") in AGENT_TOOLS}
+        for cid in s.child_session_ids if spawned else ():
+            child = self.sessions.get(cid)
+            if child is None or child.spawn_tool_use_id not in spawned or child.status in (ENDED, FAILED):
+                continue
+            if child.agent_id in s.background_agents:
+                continue
+            child.status, child.end_time, child.attention = ENDED, ev.timestamp, None
+            child.interrupted_count += 1
+            self._touched.append(child)
 
     def _batch_denials(self, s: Session, ev: Event, calls: Any) -> None:
         """A call refused by a rule (or ``dontAsk``) gets no PostToolUse and no
@@ -547,6 +538,8 @@ class SessionManager:
         if denied:
             ev.unanswered_calls = denied
             s.denied_count += len(denied)
+            if s.attention is not None and s.attention["reason"] == attention_mod.PERMISSION:
+                s.attention = None  # the person (or a rule) said no: answered
 
     def _status(self, s: Session, root: Session, ev: Event, changed: Changed, late: bool) -> None:
         et = ev.event_type
@@ -575,7 +568,7 @@ class SessionManager:
             if new == WAITING and root.status != WAITING:
                 root.status = WAITING
                 changed[root.session_id] = root
-            elif new == ACTIVE and root.status == WAITING and not _blocked(root):
+            elif new in (ACTIVE, ENDED, FAILED) and root.status == WAITING and not _blocked(root):
                 root.status = ACTIVE
                 changed[root.session_id] = root
         if et == "session_end":
@@ -600,8 +593,11 @@ def _says_denied(response: Any) -> bool:
 
 def _answered_prompt(s: Session, ev: Event) -> bool:
     """The ``permission_prompt`` Notification comes seconds after the prompt showed:
-    when no call is open any more, the person has answered already."""
-    return ev.event_type == "notification" and ev.notification_type == "permission_prompt" and not s.open_calls
+    when no call is open any more, the person has answered already. (An open Agent
+    call is not the one asking: its sub-agent's own wait is on the sub-agent.)"""
+    if ev.event_type != "notification" or ev.notification_type != "permission_prompt":
+        return False
+    return not any(c.get("toolName") not in AGENT_TOOLS for c in s.open_calls.values())
 
 
 def _blocked(s: Session) -> bool:
@@ -622,6 +618,69 @@ def _running_agents(tasks: Any) -> list[str]:
             if isinstance(t.get("id"), str) and t["id"]:
                 out.append(t["id"])
     return out
+
+
+def _message(s: Session, ev: Event, d: dict[str, Any]) -> None:
+    """The assistant's words as Claude Code displays them: ``delta`` pieces of one
+    ``message_id`` add up; a new message starts over."""
+    delta = d.get("delta")
+    if not isinstance(delta, str):
+        return
+    mid = d.get("message_id") if isinstance(d.get("message_id"), str) else None
+    if mid is not None and mid == s.last_message_id and s.last_message:
+        s.last_message = (s.last_message + delta)[-LAST_MESSAGE_MAX:]
+    else:
+        s.last_message = delta[:LAST_MESSAGE_MAX]
+    s.last_message_id = mid
+
+
+def _last_words(s: Session, ev: Event, d: dict[str, Any]) -> None:
+    if isinstance(d.get("last_assistant_message"), str):
+        s.last_message = d["last_assistant_message"][:LAST_MESSAGE_MAX]
+
+
+def _moved(s: Session, ev: Event, d: dict[str, Any]) -> None:
+    if isinstance(d.get("new_cwd"), str) and d["new_cwd"]:
+        s.working_directory = d["new_cwd"]
+
+
+def _instructions(s: Session, ev: Event, d: dict[str, Any]) -> None:
+    path = d.get("file_path")
+    if isinstance(path, str) and path not in s.instructions:
+        s.instructions.append(path)
+        del s.instructions[:-MAX_LISTED]
+
+
+def _model_switched(s: Session, ev: Event, d: dict[str, Any]) -> None:
+    after, before = d.get("to_model"), d.get("from_model")
+    if not isinstance(after, str) or not after:
+        return
+    if not s.models and isinstance(before, str) and before:
+        _note_model(s, before, s.start_time or ev.timestamp)  # ``-p`` sessions do not say it at start
+    s.model = after
+    _note_model(s, after, ev.timestamp)
+
+
+def _compacting(s: Session, ev: Event, d: dict[str, Any]) -> None:
+    s.compacting = True
+
+
+def _compacted(s: Session, ev: Event, d: dict[str, Any]) -> None:
+    s.compacting = False
+    s.compactions += 1
+
+
+# What an event teaches about its session, by event type (see SessionManager._follow).
+_LEARN: dict[str, Callable[[Session, Event, dict[str, Any]], None]] = {
+    "message_display": _message,
+    "stop": _last_words,
+    "subagent_stop": _last_words,
+    "cwd_changed": _moved,
+    "instructions_loaded": _instructions,
+    "model_switch": _model_switched,
+    "pre_compact": _compacting,
+    "post_compact": _compacted,
+}
 
 
 @functools.cache

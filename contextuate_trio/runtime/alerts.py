@@ -120,6 +120,7 @@ class _Hook:
         self.failed = 0
         self.rate_limited = 0
         self.dropped = 0
+        self.answered = 0  # not sent: the wait was over before its turn came
         self.full = False  # dropping now (logged once per episode)
         self.folded: list[dict] = []
 
@@ -145,9 +146,12 @@ class Alerts:
         queue_size: int = QUEUE_SIZE,
         rate_window: float = 60.0,  # seconds the rate is per (tests shorten it)
         transport: httpx.AsyncBaseTransport | None = None,
-        # Called with (webhook index, "sent" | "failed" | "rate_limited" | "dropped")
+        # Called with (webhook index, "sent" | "failed" | "rate_limited" | "dropped" | "answered")
         # as each item's fate is known: for tests and status pages; must not block.
         on_outcome: Callable[[int, str], None] | None = None,
+        # Is this item's wait still on? Asked before each attempt: a permission
+        # answered while its alert waited (rate limit, retries) is not sent late.
+        still_waiting: Callable[[dict], bool] | None = None,
     ) -> None:
         if rate_per_minute <= 0:
             raise ValueError("rate_per_minute must be greater than 0")
@@ -161,6 +165,7 @@ class Alerts:
         self.rate_window = rate_window
         self._transport = transport
         self._on_outcome = on_outcome
+        self.still_waiting = still_waiting or (lambda item: True)
         self.hooks = [_Hook(i, cfg, queue_size) for i, cfg in enumerate(webhooks)]
 
     def _count(self, hook: _Hook, outcome: str) -> None:
@@ -206,7 +211,11 @@ class Alerts:
             task_status.started()
             await trio.sleep_forever()
         async with httpx.AsyncClient(
-            timeout=self.timeout, follow_redirects=False, transport=self._transport, trust_env=False
+            # trust_env: HTTPS_PROXY / NO_PROXY are honoured (Slack or ntfy behind a proxy).
+            timeout=self.timeout,
+            follow_redirects=False,
+            transport=self._transport,
+            trust_env=True,
         ) as client:
             async with trio.open_nursery() as nursery:
                 for hook in self.hooks:
@@ -259,6 +268,10 @@ class Alerts:
         headers.update(hook.cfg.headers)  # the config's win (case-insensitively)
         attempt = 0
         while True:
+            if not summary and not self.still_waiting(item):
+                self._count(hook, "answered")
+                log.info("alert (%s) to webhook %d not sent: answered meanwhile", what, hook.index)
+                return
             problem, retry_after = await self._post(hook, client, req.content, headers)
             if problem is None:
                 self._count(hook, "sent")
@@ -336,6 +349,12 @@ class Alerts:
                 "counter",
                 per_hook("dropped"),
             ),
+            Metric(
+                "contextuate_alerts_answered_total",
+                "Items not sent: the wait was answered before they could go.",
+                "counter",
+                per_hook("answered"),
+            ),
         ]
 
     def counters(self) -> list[dict]:
@@ -349,6 +368,7 @@ class Alerts:
                 "failed": h.failed,
                 "rateLimited": h.rate_limited,
                 "dropped": h.dropped,
+                "answered": h.answered,
                 "queued": h.send.statistics().current_buffer_used,
             }
             for h in self.hooks

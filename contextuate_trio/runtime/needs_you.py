@@ -32,6 +32,7 @@ class NeedsYou:
         self.stuck_after_ms = stuck_after_ms
         self.notify = notify
         self._alerted: dict[str, tuple] = {}  # session id -> (reason, since) last alerted
+        self._cached: tuple | None = None
         self.alerts = 0
 
     def metrics(self) -> list[Metric]:
@@ -58,7 +59,27 @@ class NeedsYou:
         ]
 
     def queue(self) -> list[dict[str, Any]]:
-        return attention.queue(self.broker.manager.sessions.values(), now_ms(), self.stuck_after_ms)
+        """The queue, made at most once a second while no event arrives (the API,
+        /metrics and every dashboard ask for it; it walks every session)."""
+        now = now_ms()
+        key = (self.broker.seq, now // 1000)
+        if self._cached is None or self._cached[0] != key:
+            items = attention.queue(self.broker.manager.sessions.values(), now, self.stuck_after_ms)
+            self._cached = (key, items, now)
+        _, items, made = self._cached
+        return [dict(i, waitedMs=i["waitedMs"] + now - made) for i in items]
+
+    def still_waiting(self, item: dict[str, Any]) -> bool:
+        """Is the wait ``item`` alerted still on (for alerts that had to wait)?"""
+        s = self.broker.manager.sessions.get(item["sessionId"])
+        if s is None or s.hidden:
+            return False
+        if item["reason"] == attention.STUCK:
+            return s.attention is None and s.last_event_time == item["since"]
+        return s.attention is not None and (s.attention["reason"], s.attention["since"]) == (
+            item["reason"],
+            item["since"],
+        )
 
     def changed(self, sessions: list[Session]) -> None:
         """A stored batch changed these sessions: alert the waits that are new."""
@@ -83,12 +104,15 @@ class NeedsYou:
         for item in self.queue():
             if item["reason"] == attention.STUCK:
                 self._alert(item)
+        gone = [sid for sid in self._alerted if sid not in self.broker.manager.sessions]
+        for sid in gone:  # deleted or expired sessions
+            del self._alerted[sid]
 
     def _seed(self) -> None:
-        """Waits restored from disk were alerted before the restart: not again."""
-        for s in self.broker.manager.sessions.values():
-            if s.attention is not None:
-                self._alerted[s.session_id] = (s.attention["reason"], s.attention["since"])
+        """Waits restored from disk were alerted before the restart: not again.
+        (One still queued for a webhook when the daemon stopped is lost.)"""
+        for item in self.queue():  # stuck ones too: they were stuck before
+            self._alerted[item["sessionId"]] = (item["reason"], item["since"])
 
     async def run(self, task_status: Any = trio.TASK_STATUS_IGNORED) -> None:
         self._seed()

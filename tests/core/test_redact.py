@@ -123,9 +123,10 @@ def test_redis_mode_hook_masks_before_sending(redis_server):
             "tool_name": "Bash",
             "tool_input": {"command": f"git clone https://x:{secret}@github.com/o/r"},
         },
+        {"CONTEXTUATE_MACHINE_ID": "m1"},
     )
     assert res.returncode == 0
-    [(_, fields)] = r.client().xrange("contextuate:events:stream")
+    [(_, fields)] = r.client().xrange("contextuate:events:stream:{m1}")  # the machine's own stream
     assert secret.encode() not in fields[b"data"] and b"[REDACTED:" in fields[b"data"]
     json.loads(fields[b"data"])
 

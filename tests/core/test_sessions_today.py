@@ -371,3 +371,69 @@ def test_real_cli_instructions_and_slash_command():
     assert next(iter(m.sessions.values())).instructions[0].endswith("CLAUDE.md")
     _, evs = replay("slash_command")
     assert any(e.event_type == "prompt_expansion" for e in evs)
+
+
+# --- cases a review found ---------------------------------------------------------------
+def test_an_idle_or_only_started_session_is_never_stuck():
+    m = SessionManager()
+    feed(m, {**p("SessionStart", source="startup"), "prompt_id": None}, ts=1_000)
+    assert attention.queue(m.sessions.values(), now_ms=10_000_000, stuck_after_ms=600_000) == []
+    feed(m, p("UserPromptSubmit", prompt="go"), ts=2_000)
+    feed(m, p("Stop", background_tasks=[]), ts=3_000)
+    feed(m, p("PreCompact", trigger="manual"), ts=4_000)  # compacting an idle session: still idle
+    feed(m, p("PostCompact", trigger="manual", compact_summary="s"), ts=5_000)
+    assert m.get("root").status == "idle"
+    assert attention.queue(m.sessions.values(), now_ms=10_000_000, stuck_after_ms=600_000) == []
+
+
+def test_a_session_gone_silent_for_a_day_is_gone_not_stuck():
+    m = SessionManager()
+    feed(m, p("PreToolUse", tool_name="Bash", tool_use_id="t1"), ts=1_000)
+    assert attention.queue(m.sessions.values(), now_ms=3_600_000, stuck_after_ms=600_000)[0]["reason"] == "stuck"
+    assert attention.queue(m.sessions.values(), now_ms=2 * 86_400_000, stuck_after_ms=600_000) == []
+
+
+def test_a_permission_refused_at_the_prompt_is_answered():
+    m = SessionManager()
+    feed(m, p("PreToolUse", tool_name="Bash", tool_use_id="t1", tool_input={"command": "rm -rf /"}))
+    feed(m, p("PermissionRequest", tool_name="Bash", tool_input={"command": "rm -rf /"}))
+    refused = "The user doesn't want to proceed with this tool use."
+    batch = feed(
+        m, p("PostToolBatch", tool_calls=[{"tool_name": "Bash", "tool_use_id": "t1", "tool_response": refused}])
+    )
+    s = m.get("root")
+    assert batch.unanswered_calls == {"t1": "denied"} and s.attention is None and s.status == "active"
+    feed(m, p("Notification", notification_type="permission_prompt", message="Claude needs your permission"))
+    assert s.attention is None and s.status == "active"
+
+
+def test_a_sub_agents_permission_notification_is_not_the_parents_wait():
+    m = SessionManager()
+    feed(m, p("PreToolUse", tool_name="Agent", tool_use_id="ta", tool_input={"description": "x", "prompt": "y"}))
+    feed(m, p("SubagentStart", agent_id="a1", agent_type="general-purpose"))
+    feed(m, p("PreToolUse", tool_name="Bash", tool_use_id="tb", agent_id="a1", agent_type="general-purpose"))
+    feed(m, p("PermissionRequest", tool_name="Bash", agent_id="a1", agent_type="general-purpose"))
+    feed(m, p("PostToolUse", tool_name="Bash", tool_use_id="tb", agent_id="a1", agent_type="general-purpose"))
+    feed(m, p("Notification", notification_type="permission_prompt", message="Claude needs your permission"))
+    assert m.get("root").attention is None and m.get("root").status == "active"
+    assert attention.queue(m.sessions.values(), now_ms=99_999, stuck_after_ms=None) == []
+
+
+def test_a_foreground_agent_interrupted_with_its_turn_ends():
+    m = SessionManager()
+    feed(m, p("PreToolUse", tool_name="Agent", tool_use_id="ta", tool_input={"description": "x", "prompt": "y"}))
+    feed(m, p("SubagentStart", agent_id="a1", agent_type="general-purpose"))
+    feed(m, p("PreToolUse", tool_name="Bash", tool_use_id="tb", agent_id="a1", agent_type="general-purpose"))
+    stop = feed(m, p("Stop", background_tasks=[]))  # Escape: no result for either call
+    child = m.get("root:agent-a1")
+    assert stop.unanswered_calls == {"ta": "interrupted"}
+    assert child.status == "ended" and child.interrupted_count == 1 and m.get("root").status == "idle"
+
+
+def test_a_parent_waiting_on_its_sub_agent_is_released_when_the_sub_agent_ends():
+    m = SessionManager()
+    feed(m, p("SubagentStart", agent_id="a1", agent_type="general-purpose"))
+    feed(m, p("PermissionRequest", tool_name="Bash", agent_id="a1", agent_type="general-purpose"))
+    assert m.get("root").status == "waiting"
+    feed(m, p("SubagentStop", agent_id="a1", agent_type="general-purpose"))
+    assert m.get("root").status == "active" and m.get("root:agent-a1").attention is None

@@ -233,6 +233,28 @@ async def test_retry_after_500_then_success_delivers_once(server, nursery):
     assert (a.hooks[0].sent, a.hooks[0].failed) == (2, 0)
 
 
+async def test_a_wait_answered_while_its_alert_waited_is_not_sent(server, nursery):
+    out = Outcomes()
+    over: set[str] = set()
+    a = make(
+        [WebhookConfig(server.url())],
+        outcomes=out,
+        retries=3,
+        backoff=0.3,
+        still_waiting=lambda i: i["requestId"] not in over,
+    )
+    await start(nursery, a)
+    server.plan = [500]
+    a.notify(item(requestId="answered-during-retry"))
+    assert (await server.next()).status == 500
+    over.add("answered-during-retry")  # the person answered in the terminal meanwhile
+    assert await out.next() == (0, "answered")
+    a.notify(item(requestId="still-on"))
+    assert (await server.next()).json()["requestId"] == "still-on"
+    assert [r.json()["requestId"] for r in server.records] == ["answered-during-retry", "still-on"]
+    assert a.hooks[0].answered == 1
+
+
 async def test_retries_exhausted_then_failed(server, nursery, caplog):
     caplog.set_level(logging.DEBUG, logger="contextuate.alerts")
     out = Outcomes()
