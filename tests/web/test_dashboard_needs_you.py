@@ -80,8 +80,8 @@ def test_needs_you_panel_and_notifications(daemon, home, browser):
             "prompt_id": "p1",
         },
     )
-    row = wait(browser, lambda b: need_rows(b, "s-perm"), timeout=2.0, what="the permission request listed")[0]
-    assert time.monotonic() - t0 < 2.5
+    row = wait(browser, lambda b: need_rows(b, "s-perm"), timeout=5.0, what="the permission request listed")[0]
+    assert time.monotonic() - t0 < 5.0  # the hook process included; the API's own bound is in test_needs_you
     assert "Bash npm test" in row.text and "permission" in row.text.lower()
     assert "laptop-a" in row.text
     # Longest wait first; the wait ticks every second.
@@ -91,7 +91,7 @@ def test_needs_you_panel_and_notifications(daemon, home, browser):
     wait(
         browser,
         lambda b: need_rows(b, "s-perm")[0].find_element(By.CSS_SELECTOR, ".wait").text != first,
-        timeout=3.0,
+        timeout=6.0,
         what="the wait ticking",
     )
     shot(browser, "dashboard-needs-you")
@@ -109,7 +109,7 @@ def test_needs_you_panel_and_notifications(daemon, home, browser):
             "prompt_id": "p1",
         },
     )
-    wait(browser, lambda b: not need_rows(b, "s-perm"), timeout=3.0, what="the answered request gone")
+    wait(browser, lambda b: not need_rows(b, "s-perm"), timeout=6.0, what="the answered request gone")
     assert need_rows(browser, "s-early")
 
     # Notifications: granted through CDP, switched on with "Notify me".
