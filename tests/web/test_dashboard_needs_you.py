@@ -120,17 +120,15 @@ def test_needs_you_panel_and_notifications(daemon, home, browser):
     assert button.text == "Notify me"
     button.click()
     wait(browser, lambda b: b.find_element(By.ID, "notify").get_attribute("aria-pressed") == "true", what="notify on")
-    hook(
-        home,
-        {
-            "session_id": "s-idle",
-            "hook_event_name": "Notification",
-            "cwd": "/w/idle",
-            "notification_type": "idle_prompt",
-            "message": "Claude is waiting for your input",
-            "prompt_id": "p2",
-        },
-    )
+    idle = {
+        "session_id": "s-idle",
+        "hook_event_name": "Notification",
+        "cwd": "/w/idle",
+        "notification_type": "idle_prompt",
+        "message": "Claude is waiting for your input",
+        "prompt_id": "p2",
+    }
+    hook(home, idle)
     key = key_of(queue_item(d, "s-idle"))
     wait(browser, lambda b: key in (js(b, "return window.__ctNotified") or []), timeout=5.0, what="notified")
     notified = js(browser, "return window.__ctNotified")
@@ -139,17 +137,7 @@ def test_needs_you_panel_and_notifications(daemon, home, browser):
     assert not any(k.startswith("s-perm|") for k in notified)  # came and went before "Notify me"
     # A refresh after the same wait said again never notifies the same key twice.
     before = js(browser, "return window.__contextuate.needs.fetchedAt")
-    hook(
-        home,
-        {
-            "session_id": "s-idle",
-            "hook_event_name": "Notification",
-            "cwd": "/w/idle",
-            "notification_type": "idle_prompt",
-            "message": "Claude is waiting for your input",
-            "prompt_id": "p2",
-        },
-    )
+    hook(home, idle)
     wait(browser, lambda b: js(b, "return window.__contextuate.needs.fetchedAt") > before, what="a refresh")
     assert js(browser, "return window.__ctNotified").count(key) == 1
 
