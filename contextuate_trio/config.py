@@ -83,6 +83,26 @@ class RedisConfig:
     url: str | None = None
     stream: str = "contextuate:events:stream"
     stream_max_len: int = attrs.field(default=1_000_000, validator=_positive)
+    # This machine's id in Redis mode (its stream is ``<stream>:{<machineId>}``); the
+    # hook's default is $CONTEXTUATE_MACHINE_ID, then the host name. Set it with the
+    # ACL user ``contextuate-trio fleet add-machine`` makes: that user may write no other.
+    machine_id: str | None = None
+
+
+# A machine's name (its id in Redis mode, its stream's and its ACL user's): what
+# ``fleet add-machine`` accepts and what a monitor reads from the registry.
+MACHINE_NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
+
+
+@attrs.define
+class RelayConfig:
+    # Relay mode (runtime/relay.py): how it forwards what is stored to Redis.
+    batch_max: int = attrs.field(default=500, validator=_positive)  # events per round trip
+    retry_max_seconds: float = attrs.field(default=10, validator=_positive)  # the longest wait between attempts
+    # /api/health is degraded when Redis has been unreachable this long, or when more
+    # events than backlogMax are stored but not yet forwarded.
+    degraded_after_seconds: float = attrs.field(default=30, validator=_positive)
+    backlog_max: int = attrs.field(default=100_000, validator=_positive)
 
 
 @attrs.define
@@ -142,11 +162,13 @@ class AlertsConfig:
 
 @attrs.define
 class Config:
-    mode: Literal["local", "redis"] = "local"
+    # "relay": hooks in on the local socket (as "local"), every stored event out to Redis.
+    mode: Literal["local", "redis", "relay"] = "local"
     socket_path: str | None = None
     server: ServerConfig = attrs.Factory(ServerConfig)
     hook: HookConfig = attrs.Factory(HookConfig)
     redis: RedisConfig = attrs.Factory(RedisConfig)
+    relay: RelayConfig = attrs.Factory(RelayConfig)
     persistence: PersistenceConfig = attrs.Factory(PersistenceConfig)
     redaction: RedactionConfig = attrs.Factory(RedactionConfig)
     pricing: PricingConfig = attrs.Factory(PricingConfig)
@@ -163,6 +185,7 @@ _SECTIONS = (
     ServerConfig,
     HookConfig,
     RedisConfig,
+    RelayConfig,
     PersistenceConfig,
     RedactionConfig,
     PricingConfig,
@@ -271,6 +294,10 @@ def load(env: dict | None = None) -> tuple[Config, list[str]]:
             re.compile(pattern)
         except re.error as exc:
             raise ConfigError(f"{path}: key 'redaction.patterns[{i}]': not a valid regex: {exc}") from None
+    if cfg.mode == "relay" and not cfg.persistence.enabled:
+        raise ConfigError(
+            f"{path}: key 'mode': \"relay\" forwards what is stored on disk: it needs persistence.enabled"
+        )
     cfg.home = home
     cfg.path = path
     cfg.socket_path = os.path.expanduser(cfg.socket_path or os.path.join(home, hook_paths.SOCKET_NAME))

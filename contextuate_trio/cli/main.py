@@ -172,6 +172,11 @@ def cmd_status(args) -> int:
         print(f"  redis:     {r['url']} stream {r['stream']} channel {r['channel']}: {states}")
         if r.get("lastError"):
             print(f"             last error: {r['lastError']} (attempts {r['attempts']})")
+    if st.get("relay"):
+        r = st["relay"]
+        print(f"  relay:     {r['url']} {r['state']}: {r['forwarded']} forwarded this run, backlog {r['backlog']}")
+        if r.get("lastError"):
+            print(f"             last error: {r['lastError']} (attempts {r['attempts']})")
     return 0 if st.get("status") == "ok" else 1
 
 
@@ -209,7 +214,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.set_defaults(func=cmd_status)
     s = sub.add_parser("init", help="write a default config (0600) to the home")
     s.add_argument("--force", action="store_true", help="overwrite an existing config")
-    s.add_argument("--mode", choices=("local", "redis"))
+    s.add_argument("--mode", choices=("local", "redis", "relay"))
     s.set_defaults(func=cmd_init)
     _add_integration_commands(sub)
     return p
@@ -217,7 +222,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def _add_integration_commands(sub) -> None:
     """Claude Code integration and everyday use (each in its own module)."""
-    from contextuate_trio.cli import demo, doctor, export, hooks, service, tail, usage
+    from contextuate_trio.cli import demo, doctor, export, fleet, hooks, service, tail, usage
 
     hooks.add_parser(sub)
     doctor.add_parser(sub)
@@ -226,6 +231,7 @@ def _add_integration_commands(sub) -> None:
     export.add_parser(sub)
     service.add_parser(sub)
     usage.add_parser(sub)
+    fleet.add_parser(sub)
 
 
 def main(argv: list[str] | None = None) -> int:

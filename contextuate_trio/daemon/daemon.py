@@ -69,11 +69,27 @@ class Daemon:
             from contextuate_trio.sources.redis import RedisSource, checkpoint_file
 
             self.redis = RedisSource(self.broker, config.redis, checkpoint_file(where))
+        self.relay = None
+        if config.mode == "relay":  # local socket in, every stored event out to Redis
+            from contextuate_trio.runtime import relay
+            from contextuate_trio.sources.redis import backoff, describe, make_client
+
+            assert store is not None, "config.load refuses relay mode without persistence"
+            self.relay = relay.Relay(
+                store,
+                config.redis,
+                config.relay,
+                relay.checkpoint_file(where),
+                connect=lambda: make_client(config.redis),
+                backoff=backoff,
+                server=describe(config.redis),
+            )
+            self.broker.on_stored.append(self.relay.wake)
         self.prices = PriceTable.from_config(config.pricing.models)
         # Local mode: the daemon shares the machine with the transcripts and reads them.
         # Redis mode: each machine's hook reads its own and sends the usage along.
         self.transcripts = None
-        if config.mode == "local":
+        if config.mode in ("local", "relay"):
             self.transcripts = transcripts.TranscriptReader(self.broker, where)
         self.alerts = Alerts(
             config.alerts.webhooks,
@@ -87,6 +103,7 @@ class Daemon:
             int(config.alerts.stuck_after_seconds * 1000),
             self.alerts.notify if self.alerts.hooks else None,
         )
+        self.alerts.still_waiting = self.needs_you.still_waiting
         self._sources_scope: trio.CancelScope | None = None
         self._stop_requested = False
         self.accepting = trio.Event()  # the socket is bound: /api/health may say ok
@@ -103,6 +120,7 @@ class Daemon:
             ws_port=self._ws_port,
             attention=self.needs_you.queue,
             stuck_after_ms=lambda: self.needs_you.stuck_after_ms,
+            machines=lambda: report.machines(self),
         )
         self.ws = WsServer(self.web)
         self.ws_url: str | None = None
@@ -171,6 +189,8 @@ class Daemon:
                 await outer.start(self.needs_you.run)
                 if self.alerts.hooks:
                     await outer.start(self.alerts.run)
+                if self.relay is not None:
+                    await outer.start(self.relay.run)
                 self.ws_url = await outer.start(self.ws.serve)  # before HTTP: healthy means both
                 self.web.http_urls[:] = await outer.start(self._serve_http)
                 with trio.CancelScope() as sources:

@@ -30,7 +30,31 @@ def problems(d: Daemon) -> list[str]:
         out.append(f"store: {d.broker.last_error}")
     if d.redis is not None and not d.redis.connected():
         out.append(f"redis: {d.redis.error or 'connecting'}")
+    if d.redis is not None:
+        out += d.redis.problems()  # events trimmed before this monitor read them
+    if d.relay is not None:
+        out += d.relay.problems()  # Redis unreachable for long, or a growing backlog
     return out
+
+
+def machines(d: Daemon) -> dict:
+    """``/api/machines``: every machine, by its Redis stream and the sessions held."""
+    held: dict[str, list[int]] = {}  # machine -> [events, last event time]
+    for s in d.broker.manager.sessions.values():
+        h = held.setdefault(s.machine_id, [0, 0])
+        h[0] += s.event_count
+        h[1] = max(h[1], s.last_event_time or 0)
+    rows = []
+    streams = d.redis.stream_infos() if d.redis is not None else []
+    for st in streams[1:]:  # the machines' own streams
+        events, last = held.pop(st["machineId"], [0, 0])
+        seen = max(st["lastSeen"] or 0, last) or None
+        rows.append(dict(st, lastSeen=seen, events=events))
+    for machine, (events, last) in sorted(held.items()):
+        rows.append(
+            {"machineId": machine, "stream": None, "lastSeen": last or None, "events": events, "missed": 0, "lag": None}
+        )
+    return {"machines": rows, "legacy": streams[0] if streams else None}
 
 
 def status(d: Daemon) -> dict:
@@ -60,6 +84,7 @@ def status(d: Daemon) -> dict:
         "spoolBacklog": hook_spool.backlog(d.home),
         "store": None if b.store is None else {"dir": b.store.dir, "bytes": b.store.size_bytes()},
         "redis": None if d.redis is None else d.redis.info(),
+        "relay": None if d.relay is None else d.relay.info(),
         "attention": attention.summary(d.needs_you.queue()),
     }
 
@@ -92,6 +117,36 @@ def daemon_metrics(d: Daemon) -> list[Metric]:
             int(bool(d.redis and d.redis.connected())),
         ),
     ]
+    if d.relay is not None:
+        out += d.relay.metrics()
+    if d.redis is not None:
+        streams = d.redis.stream_infos()
+        out += [
+            Metric(
+                "contextuate_redis_spoofed_total",
+                "Events refused for claiming another machine than their stream's.",
+                "counter",
+                b.counters["redis_spoofed"],
+            ),
+            Metric(
+                "contextuate_redis_channel_ignored_total",
+                "Channel messages ignored because the machine's own stream carries them.",
+                "counter",
+                b.counters["redis_channel_ignored"],
+            ),
+            Metric(
+                "contextuate_redis_missed_events_total",
+                "Events trimmed from a stream before this monitor read them, by machine ('' : the legacy stream).",
+                "counter",
+                [({"machine": s["machineId"] or ""}, s["missed"]) for s in streams],
+            ),
+            Metric(
+                "contextuate_redis_lag",
+                "Entries of a machine's stream not read yet (at the last survey).",
+                "gauge",
+                [({"machine": s["machineId"] or ""}, s["lag"]) for s in streams if s["lag"] is not None],
+            ),
+        ]
     return out
 
 

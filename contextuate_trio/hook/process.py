@@ -24,7 +24,7 @@ from contextuate_trio.hook.paths import (
     parse_json,
     socket_path,
 )
-from contextuate_trio.hook.wire import deliver_socket, envelope
+from contextuate_trio.hook.wire import as_machine, deliver_socket, envelope
 
 DEFAULT_TIMEOUT_MS = 1000
 SPOOL_BOUND_S = 2.0  # the spool is local disk: a fixed, generous bound of its own
@@ -167,21 +167,27 @@ def _masked_line(r: Run) -> bytes:
 def _send_redis(r: Run) -> tuple:
     """-> (the line to spool if not delivered, delivered). Spooled events travel along,
     and on Stop/SubagentStop the transcript's new usage as a second event."""
-    line = _masked_line(r)
     try:
         from contextuate_trio.hook import resp
 
         rs = resp.redis_settings(r.cfg)
     except (ValueError, ImportError) as exc:  # ImportError: an install changing under us
         r.say(f"redis settings unusable: {exc}")
-        return line, False
+        return _masked_line(r), False
+    if rs["machine"]:  # the id this machine's ACL user may write as (its stream's name)
+        r.machine = rs["machine"]
+    line = _masked_line(r)
     claimed = spool.claim_spooled(r.home)
     usage_line, usage_commit = _usage_for(r.raw, r.home, r.machine, r.parent, r.ts, r.say)
-    lines = [c[2] for c in claimed] + [line.rstrip(b"\n")] + ([usage_line] if usage_line else [])
+    # The spool is this machine's own: lines spooled under another id (local mode, or
+    # the host name before redis.machineId was set) travel as this stream's machine.
+    spooled = [as_machine(c[2], r.machine) for c in claimed]
+    lines = spooled + [line.rstrip(b"\n")] + ([usage_line] if usage_line else [])
+    warnings: list = []
     # The alarm bounds what socket timeouts cannot: a slow name lookup.
     _alarm_in(r.deadline - time.monotonic() + 0.05)
     try:
-        why = resp.deliver_redis(rs, lines, r.deadline)
+        why = resp.deliver_redis(rs, lines, r.deadline, r.machine, warnings)
     except _Deadline:
         why = f"Redis at {rs['host']}:{rs['port']} not reached within the deadline"
     finally:
@@ -197,8 +203,10 @@ def _send_redis(r: Run) -> tuple:
     if why:
         r.say(why)
         return line, False
+    for w in warnings:
+        r.say(w)
     r.say(
-        f"event {r.event_id} added to {rs['stream']} and published on {rs['channel']}"
+        f"event {r.event_id} added to {resp.machine_stream(rs['stream'], r.machine)} and published on {rs['channel']}"
         + (f", with {len(claimed)} spooled events" if claimed else "")
     )
     return line, True

@@ -3,6 +3,11 @@
 redis-py costs ~117 ms to import here, the hook's whole budget ten times over; what
 we need (AUTH, SELECT, XADD, PUBLISH, pipelined in one round trip) is a few dozen
 lines. TLS needs ``ssl`` (+23 ms, TLS users only).
+
+Each machine appends to its own stream, ``<stream>:{<machineId>}`` (the braces are a
+Redis Cluster hash tag: a stream and nothing else in its slot), and adds its id to the
+registry set ``<stream>:machines``, where monitors find new machines; an ACL user can
+then be allowed that one stream and nothing else (``contextuate-trio fleet``).
 """
 
 import time
@@ -30,6 +35,7 @@ def redis_settings(cfg: dict) -> dict:
         "channel": r.get("channel") or "contextuate:events",
         "stream": r.get("stream") or "contextuate:events:stream",
         "maxlen": r.get("streamMaxLen") if isinstance(r.get("streamMaxLen"), int) else 1000000,
+        "machine": r.get("machineId") if isinstance(r.get("machineId"), str) and r.get("machineId") else None,
     }
     url = r.get("url")
     if isinstance(url, str) and url:
@@ -164,16 +170,34 @@ def _redis_connect(rs: dict, deadline: float):
     raise last or OSError(f"cannot resolve {rs['host']}")
 
 
-def deliver_redis(rs: dict, lines: list, deadline: float) -> str:
-    """XADD + PUBLISH every line, pipelined in one round trip; '' when all stored."""
+def machine_stream(stream: str, machine: str) -> str:
+    """A machine's own stream (the monitor's ``sources.redis`` names it the same way)."""
+    return f"{stream}:{{{machine}}}"
+
+
+def registry_key(stream: str) -> str:
+    """The set of machine ids that have a stream of their own."""
+    return stream + ":machines"
+
+
+def deliver_redis(rs: dict, lines: list, deadline: float, machine: str, warnings: list | None = None) -> str:
+    """XADD every line to the machine's stream + PUBLISH it, and SADD the machine to
+    the registry, pipelined in one round trip; '' when all stored.
+
+    Only the XADD replies decide: once XADD stored the events, a refused PUBLISH or
+    SADD (an older ACL user without +sadd, OOM) is not a failure (spooling would add
+    them again at every run); it is appended to ``warnings``, for the debug output."""
+    key = machine_stream(rs["stream"], machine)
     cmds = []
     if rs["password"]:
         cmds.append(resp("AUTH", rs["username"], rs["password"]) if rs["username"] else resp("AUTH", rs["password"]))
     if rs["db"]:
         cmds.append(resp("SELECT", rs["db"]))
+    setup = len(cmds)
     for line in lines:
-        cmds.append(resp("XADD", rs["stream"], "MAXLEN", "~", rs["maxlen"], "*", "data", line))
+        cmds.append(resp("XADD", key, "MAXLEN", "~", rs["maxlen"], "*", "data", line))
         cmds.append(resp("PUBLISH", rs["channel"], line))
+    cmds.append(resp("SADD", registry_key(rs["stream"]), machine))
     try:
         sock = _redis_connect(rs, deadline)
     except OSError as exc:
@@ -182,9 +206,20 @@ def deliver_redis(rs: dict, lines: list, deadline: float) -> str:
         sock.settimeout(max(deadline - time.monotonic(), 0.001))
         sock.sendall(b"".join(cmds))
         reader = _Reader(sock, deadline)
-        errors = [r for r in (reader.reply() for _ in cmds) if isinstance(r, RedisError)]
-        return f"Redis refused: {errors[0]}" if errors else ""
+        replies = [reader.reply() for _ in cmds]
     except (OSError, RedisError, ValueError) as exc:
         return f"Redis at {rs['host']}:{rs['port']} did not answer in time: {exc!r}"
     finally:
         sock.close()
+    for r in replies[:setup]:  # AUTH, SELECT: nothing after them counts
+        if isinstance(r, RedisError):
+            return f"Redis refused: {r}"
+    for i in range(setup, len(replies) - 1, 2):  # the XADDs
+        if isinstance(replies[i], RedisError):
+            return f"Redis refused: {replies[i]}"
+    if warnings is not None:
+        for what, r in zip(("PUBLISH", "SADD"), (replies[setup + 1 : -1 : 2], replies[-1:]), strict=True):
+            errs = [x for x in r if isinstance(x, RedisError)]
+            if errs:
+                warnings.append(f"events stored, but Redis refused {what} ({len(errs)}x): {errs[0]}")
+    return ""

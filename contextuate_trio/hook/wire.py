@@ -3,6 +3,7 @@ socket's send-and-wait-for-ack (the daemon's side is ``core.wire``)."""
 
 import time
 
+from contextuate_trio.hook.paths import _scan as _scan_once
 from contextuate_trio.hook.paths import json_string, parse_json
 
 
@@ -33,6 +34,43 @@ def envelope(raw: bytes, event_id: str, ts: int, machine: str, parent, ack: bool
     if ack:
         head += ',"ack":true'
     return (head + ',"payload":' + payload + "}\n").encode("utf-8")
+
+
+def as_machine(line: bytes, machine: str) -> bytes:
+    """A wire line (an envelope, or a usage event) with its top-level ``machineId`` set
+    to ``machine``; anything not a JSON object is returned as it is. Only the top-level
+    keys are walked (json's C scanner skips each value), up to ``machineId``."""
+    try:
+        text = line.decode("utf-8")
+        want = json_string(machine)
+        i = _skip_ws(text, 0)
+        if text[i] != "{":
+            return line
+        i = _skip_ws(text, i + 1)
+        while i < len(text) and text[i] == '"':
+            key, i = _scan_once(text, i)
+            i = _skip_ws(text, i)
+            if text[i] != ":":
+                return line
+            start = _skip_ws(text, i + 1)
+            value, end = _scan_once(text, start)
+            if key == "machineId":
+                if value == machine:
+                    return line
+                return (text[:start] + want + text[end:]).encode("utf-8")
+            i = _skip_ws(text, end)
+            if text[i] != ",":
+                break
+            i = _skip_ws(text, i + 1)
+        return line  # no machineId: the monitor gives it the stream's
+    except (ValueError, IndexError, StopIteration, UnicodeDecodeError):
+        return line
+
+
+def _skip_ws(text: str, i: int) -> int:
+    while i < len(text) and text[i] in " \t\r\n":
+        i += 1
+    return i
 
 
 def deliver_socket(path: str, line: bytes, event_id: str, deadline: float) -> str:

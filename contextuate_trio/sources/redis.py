@@ -1,14 +1,40 @@
 """The Redis source: many machines' hooks, one or several monitors, nothing lost.
 
-Two readers, each a loop of blocking redis-py calls run in worker threads (anyio,
-so they are cancelled with the nursery; each call returns within about a second, so
-shutdown never waits on Redis):
+Each machine's hook appends to its own stream, ``<redis.stream>:{<machineId>}``, and
+adds its id to the registry set ``<redis.stream>:machines`` (see ``hook.resp``). This
+monitor reads, with one XREAD, every registered stream and the legacy single stream
+``<redis.stream>`` (producers from before per-machine streams), and finds new
+machines without a restart (the registry is read again every ``SURVEY_S``). Three
+tasks overlap, so the next read is in flight while the broker stores the last one:
 
-- the **stream** (``redis.stream``), read with XREAD from this monitor's own
-  checkpoint, kept on disk and advanced only after the events are stored: a monitor
-  that was down catches up, and every monitor gets every event;
-- the **channel** (``redis.channel``), for producers that only PUBLISH (the original
-  Node hook, ``redis-cli``). An event that arrives both ways is one event (same id).
+    fetch (worker thread: XREAD + parsing) -> submit (to the broker) -> commit
+
+and a stream's checkpoint (on disk, one per stream) advances only once its events
+are stored: a monitor that was down catches up, and every monitor gets every event.
+(Each stream's state is its own ``Stream``: with Redis Cluster, the streams of one node
+are read by one such fetch loop, one loop per node; the hash tag keeps each machine's
+stream whole in one slot.)
+
+A machine's stream says who sent it: an event without a machine id gets the
+stream's; one claiming another machine is refused and counted (``spoofed``), so an
+ACL user allowed only its own stream cannot pass as another machine. Events from the
+legacy stream and the channel keep their own machine id.
+
+No silent loss: with each survey, ``XINFO STREAM`` tells how many entries were ever
+added to a stream and which is the first still held; with the count of entries
+before this monitor's checkpoint (kept with it), the entries trimmed before they were
+read are counted exactly, per machine, and once (the position up to which they are
+counted is kept with the checkpoint too; ``missed``: health is degraded, and it is
+logged). A monitor that never ran (no checkpoint file) starts from each stream's first
+entry and counts nothing trimmed before it existed; a stream younger than its
+checkpoint (Redis lost it) is a loss of unknown size.
+
+Registry members are machine names (``config.MACHINE_NAME_RE``, as ``fleet``), at most
+``MAX_MACHINES``. A user without +smembers or +xinfo still reads (the legacy stream and
+the machines known): what to grant is logged once and shown in health. The channel (``redis.channel``) is for producers that only PUBLISH (the
+original Node hook, ``redis-cli``): a machine that has a stream of its own is heard
+there only, once a survey or a read has seen that stream (an event that arrives both
+ways is one event, same id; the channel copies ignored are counted).
 
 Connection problems are retried with exponential backoff and jitter, forever; the
 state (with the last error and the attempt count) is in ``/api/health`` and ``status``.
@@ -20,23 +46,38 @@ import json
 import logging
 import os
 import random
+import time
+from collections.abc import Callable
+from typing import Any
 
 import anyio.to_thread
 import redis
 import trio
 
-from contextuate_trio.config import RedisConfig
+from contextuate_trio.config import MACHINE_NAME_RE, RedisConfig
 from contextuate_trio.core import events, wire
-from contextuate_trio.hook.paths import write_atomic
-from contextuate_trio.runtime.broker import Broker
-from contextuate_trio.runtime.clock import SYSTEM_MINT
+from contextuate_trio.core.events import Mint
+from contextuate_trio.hook.paths import uuid4_text, write_atomic
+from contextuate_trio.hook.resp import machine_stream, registry_key
+from contextuate_trio.runtime.broker import Broker, Delivery
+from contextuate_trio.runtime.clock import now_ms
 
 log = logging.getLogger("contextuate.redis")
 
-READ_COUNT = 1000
+READ_COUNT = 5000  # entries per XREAD, shared among the streams read (each gets MIN_COUNT at least)
+MIN_COUNT = 50
 BLOCK_MS = 1000
+SURVEY_S = 2.0  # how often the registry and each stream's XINFO are read
+SURVEY_SOON_S = 0.2  # sooner when the channel hears from a machine not known yet
 SOCKET_TIMEOUT = 5.0
 BACKOFF_MIN, BACKOFF_MAX = 0.5, 30.0
+SAVE_EVERY_S = 0.5  # during a catch-up, the checkpoint file is written at most this often
+LOGGED_MAX = 20  # bad or spoofed messages logged one by one (then only counted)
+MAX_MACHINES = 10_000  # registry members read (the rest are logged, not read)
+
+# The worker thread's ids for events that come without one (the daemon's pool of
+# random bytes is not shared between threads).
+THREAD_MINT = Mint(new_id=lambda: uuid4_text(bytearray(os.urandom(16))), now_ms=now_ms)
 
 
 def backoff(attempt: int) -> float:
@@ -85,86 +126,383 @@ def _explain(exc: Exception) -> str:
     return f"{type(exc).__name__}: {exc}"
 
 
+def _text(value: Any) -> str:
+    return value.decode("utf-8", "replace") if isinstance(value, bytes) else str(value)
+
+
+def parse_id(entry_id: str) -> tuple[int, int]:
+    ms, _, seq = entry_id.partition("-")
+    try:
+        return int(ms), int(seq or 0)
+    except ValueError:
+        return 0, 0
+
+
+def _single(group: BaseExceptionGroup) -> BaseException:
+    """The first Redis or connection error in a nursery's group; the group itself if
+    anything else is in it."""
+    leaves: list[BaseException] = []
+    todo: list[BaseException] = [group]
+    while todo:
+        e = todo.pop()
+        if isinstance(e, BaseExceptionGroup):
+            todo += reversed(e.exceptions)
+        else:
+            leaves.append(e)
+    if leaves and all(isinstance(e, (redis.RedisError, OSError)) for e in leaves):
+        return leaves[0]
+    return group
+
+
+def checkpoint_file(persistence_dir: str) -> str:
+    return os.path.join(persistence_dir, "redis-checkpoints.json")
+
+
+class Stream:
+    """One stream this monitor reads: where it has read to, what it has stored, and
+    what it knows of the entries it never got.
+
+    ``pos`` is the number of entries ever added to the stream up to and including
+    the checkpoint (read or trimmed): with XINFO's ``entries-added`` it makes the
+    count of trimmed entries exact. None: not known (a checkpoint from an older
+    version, or Redis before 7)."""
+
+    __slots__ = (
+        "key",
+        "name",
+        "machine",
+        "read_id",
+        "read_pos",
+        "stored_id",
+        "stored_pos",
+        "read",
+        "spoofed",
+        "missed",
+        "missed_unknown",
+        "added",
+        "last_seen",
+        "length",
+        "counted",
+        "seen",
+        "fresh",
+        "exists",
+    )
+
+    def __init__(
+        self,
+        key: bytes,
+        machine: str | None,
+        checkpoint: str,
+        pos: int | None,
+        counted: int | None = None,
+        fresh: bool = False,
+    ) -> None:
+        self.key = key
+        self.name = _text(key)
+        self.machine = machine  # None: the legacy stream (each event names its machine)
+        self.read_id, self.read_pos = checkpoint, pos
+        self.stored_id, self.stored_pos = checkpoint, pos
+        # Every entry up to this position is accounted for (read, or counted missed):
+        # kept with the checkpoint, so a rewind or a restart does not count a gap twice.
+        self.counted = counted
+        self.seen = 0  # the furthest position read this run (re-read after a rewind)
+        # This monitor never had a checkpoint file: entries trimmed before it existed
+        # were never its to read (it starts from the first entry, counting nothing).
+        self.fresh = fresh
+        self.exists = False  # XINFO (or XREAD) has seen the stream
+        self.read = 0  # entries read this run
+        self.spoofed = 0  # events refused for claiming another machine
+        self.missed = 0  # entries trimmed before this monitor read them (this run)
+        self.missed_unknown = False  # a loss of unknown size (no ``pos``)
+        self.added: int | None = None  # XINFO's entries-added, at the last survey
+        self.last_seen: int | None = None  # ms of the newest entry (Redis's clock)
+        self.length: int | None = None
+
+    @property
+    def lag(self) -> int | None:
+        """Entries not read yet: those the last survey saw, less what was read since."""
+        if self.added is None or self.read_pos is None:
+            return None
+        return max(self.added - self.read_pos, 0)
+
+    def rewind(self) -> None:
+        """A new connection reads again from what is stored (the rest is re-read;
+        the broker drops the copies)."""
+        if self.read_pos is not None:
+            self.seen = max(self.seen, self.read_pos)
+        self.read_id, self.read_pos = self.stored_id, self.stored_pos
+
+    def info(self) -> dict:
+        return {
+            "stream": self.name,
+            "machineId": self.machine,
+            "checkpoint": self.stored_id,
+            "read": self.read,
+            "lag": self.lag,
+            "length": self.length,
+            "missed": self.missed,
+            "missedUnknown": self.missed_unknown,
+            "spoofed": self.spoofed,
+            "lastSeen": self.last_seen,
+        }
+
+    # --- XINFO STREAM: trimmed entries and lag --------------------------------------------
+    def account(self, xinfo: dict) -> int:
+        """Update from ``XINFO STREAM`` taken while nothing is being read; returns the
+        number of entries found trimmed before they were read."""
+        self.exists = True
+        self.length = int(xinfo.get("length") or 0)
+        first = xinfo.get("first-entry")
+        first_id = parse_id(_text(first[0])) if first else None
+        last_gen = parse_id(_text(xinfo.get("last-generated-id") or b"0-0"))
+        if first_id is None:
+            last = None
+        else:
+            last_entry = xinfo.get("last-entry")
+            last = parse_id(_text(last_entry[0])) if last_entry else None
+        if last is not None:
+            self.last_seen = max(self.last_seen or 0, last[0])
+        added = xinfo.get("entries-added")
+        here = parse_id(self.read_id)
+        fresh, self.fresh = self.fresh, False
+        if here > last_gen:  # the stream is younger than the checkpoint: Redis lost it, or it was deleted
+            log.warning(
+                "[Redis] %s restarted below this monitor's checkpoint %s: reading it again "
+                "(an unknown number of its events may have been lost with it)",
+                self.name,
+                self.read_id,
+            )
+            self.read_id = "0"
+            here = (0, 0)
+            self.missed_unknown = True
+            self.seen = 0
+            # What the new stream trimmed is part of that loss of unknown size.
+            self.read_pos = max(added - self.length, 0) if isinstance(added, int) else 0
+            self.counted = self.read_pos
+            fresh = True  # nothing more to count for this survey
+        if not isinstance(added, int):  # Redis before 7: no counts
+            self.added = None
+            return 0
+        self.added = added
+        if self.read_pos is not None and added < self.read_pos:  # recreated since
+            self.read_pos = 0
+            self.seen = 0
+        if self.counted is not None and added < self.counted:
+            self.counted = None
+        trimmed_past_us = (first_id is None and here < last_gen) or (first_id is not None and first_id > here)
+        done = max(self.read_pos or 0, self.counted or 0, self.seen)  # read or counted already
+        gone = 0
+        if self.read_pos is None:
+            if trimmed_past_us:
+                self.missed_unknown = True
+                log.warning(
+                    "[Redis] %s: entries after this monitor's checkpoint %s were trimmed before it read them "
+                    "(how many is not known: the checkpoint is from an older version)",
+                    self.name,
+                    self.read_id,
+                )
+                self.read_pos = added - self.length
+            elif here == last_gen:
+                self.read_pos = added
+        elif trimmed_past_us:
+            if fresh and self.read_id == "0":
+                if added - self.length > done:
+                    log.info(
+                        "[Redis] %s: reading from its first entry; the %d trimmed before this monitor first ran "
+                        "are not counted as missed",
+                        self.name,
+                        added - self.length - done,
+                    )
+            else:
+                gone = added - self.length - done
+            self.read_pos = added - self.length
+        elif here == last_gen:
+            gone = added - done  # trims that raced a read
+            self.read_pos = added
+        if self.read_pos is not None and trimmed_past_us:
+            self.counted = max(self.counted or 0, self.read_pos)
+        gone = max(gone, 0)
+        self.missed += gone
+        return gone
+
+
+class Part:
+    """What one XREAD gave from one stream, parsed (in the worker thread)."""
+
+    __slots__ = ("stream", "last_id", "pos", "events", "bad", "spoofed", "n")
+
+    def __init__(self, stream: Stream, last_id: str, pos: int | None, n: int) -> None:
+        self.stream = stream
+        self.last_id = last_id
+        self.pos = pos
+        self.n = n
+        self.events: list[events.Event] = []
+        self.bad: list[tuple[str, Any]] = []
+        self.spoofed: list[str] = []
+
+
+def decode(raw: Any, mint: Mint) -> events.Event:
+    """One message (a stream entry's fields, or a channel message) as an event."""
+    if isinstance(raw, dict):  # a stream entry: our field is "data"
+        raw = raw.get(b"data") or raw.get(b"event") or next(iter(raw.values()), b"")
+    try:
+        return wire.to_event(wire.loads(raw), source="redis", mint=mint)
+    except TypeError as exc:
+        raise events.EventError(str(exc)) from None
+
+
 class RedisSource:
     def __init__(self, broker: Broker, cfg: RedisConfig, checkpoint_path: str) -> None:
         self.broker = broker
         self.cfg = cfg
         self.checkpoint_path = checkpoint_path
-        self.key = f"{describe(cfg)}#{cfg.stream}"
-        self.last_id = self._load_checkpoint()
+        self.server = describe(cfg)
+        self.registry = registry_key(cfg.stream).encode()
+        self._fresh = not os.path.exists(checkpoint_path)  # never ran: see Stream.fresh
+        self._saved = self._load_checkpoints()
+        legacy = cfg.stream.encode()
+        self.legacy = Stream(legacy, None, *self._checkpoint_of(legacy), fresh=self._fresh)
+        self.streams: dict[bytes, Stream] = {legacy: self.legacy}
+        self.machines: dict[str, Stream] = {}  # machine id -> its own stream
         self.state = {"stream": "connecting", "channel": "connecting"}
         self.error: str | None = None
         self.attempts = {"stream": 0, "channel": 0}
-        self._bad_logged = 0
+        self._logged = {"bad": 0, "spoofed": 0, "xinfo": 0, "save": 0, "names": 0, "cap": 0, "ignored": 0}
+        self._denied: dict[str, str] = {}  # "smembers" / "xinfo" -> Redis's refusal
+        self._last_save = 0.0
+        self._survey_soon = False  # the channel heard a machine not known yet
+        self._channel_only: set[str] = set()  # machines heard on the channel with no stream
 
-    # --- what health and status show ---------------------------------------------------
+    @property
+    def last_id(self) -> str:
+        return self.legacy.stored_id
+
+    # --- what health, status and /api/machines show ---------------------------------------
     def connected(self) -> bool:
         return all(v == "connected" for v in self.state.values())
 
     def info(self) -> dict:
         return {
-            "url": describe(self.cfg),
+            "url": self.server,
             "stream": self.cfg.stream,
             "channel": self.cfg.channel,
             "state": dict(self.state),
             "attempts": dict(self.attempts),
             "lastError": self.error,
-            "checkpoint": self.last_id,
+            "checkpoint": self.legacy.stored_id,
+            "streams": len(self.streams),
+            "missed": sum(s.missed for s in self.streams.values()),
+            "spoofed": self.broker.counters["redis_spoofed"],
         }
 
-    # --- the checkpoint -------------------------------------------------------------------
-    def _load_checkpoint(self) -> str:
-        try:
-            with open(self.checkpoint_path) as f:
-                data = json.load(f)
-            value = data.get(self.key)
-            return value if isinstance(value, str) else "0"
-        except (OSError, ValueError, AttributeError):
-            return "0"
+    def stream_infos(self) -> list[dict]:
+        """Every stream read: the legacy one first, then the machines' by name."""
+        return [self.legacy.info()] + [self.machines[m].info() for m in sorted(self.machines)]
 
-    def _save_checkpoint(self) -> None:
+    def problems(self) -> list[str]:
+        out = []
+        for s in [self.legacy, *self.machines.values()]:
+            who = f"machine {s.machine}" if s.machine is not None else f"the legacy stream {s.name}"
+            if s.missed:
+                out.append(
+                    f"redis: {s.missed} events from {who} were trimmed from {s.name} before this monitor read them "
+                    f"(raise redis.streamMaxLen)"
+                )
+            elif s.missed_unknown:
+                out.append(
+                    f"redis: an unknown number of events from {who} were trimmed or lost from {s.name} "
+                    "before this monitor read them"
+                )
+        if "smembers" in self._denied:
+            out.append(
+                "redis: cannot list machines: grant +smembers to this monitor's Redis user "
+                f"(reading only the legacy stream and the machines already known; {self._denied['smembers']})"
+            )
+        if "xinfo" in self._denied:
+            out.append(
+                "redis: cannot count events trimmed before this monitor read them: grant +xinfo to this "
+                f"monitor's Redis user ({self._denied['xinfo']})"
+            )
+        return out
+
+    # --- the checkpoints ------------------------------------------------------------------
+    def _load_checkpoints(self) -> dict:
         try:
             with open(self.checkpoint_path) as f:
                 data = json.load(f)
-            if not isinstance(data, dict):
-                data = {}
+            return data if isinstance(data, dict) else {}
         except (OSError, ValueError):
-            data = {}
-        data[self.key] = self.last_id
-        os.makedirs(os.path.dirname(self.checkpoint_path), mode=0o700, exist_ok=True)
-        write_atomic(self.checkpoint_path, json.dumps(data).encode())  # on the loop: no fsync
+            return {}
+
+    def _checkpoint_of(self, key: bytes) -> tuple[str, int | None, int | None]:
+        """(entry id, pos, counted) for a stream; an older version's bare id has no pos."""
+        value = self._saved.get(f"{self.server}#{_text(key)}")
+        if isinstance(value, str):
+            return value, None, None
+        if isinstance(value, dict) and isinstance(value.get("id"), str):
+            pos, counted = (
+                v if isinstance(v, int) and not isinstance(v, bool) else None
+                for v in map(value.get, ("pos", "counted"))
+            )
+            return value["id"], pos, counted if pos is not None else None
+        return "0", 0, None
+
+    def _save_checkpoints(self) -> None:
+        data = dict(self._saved)  # other servers' and streams' entries are kept
+        for s in self.streams.values():
+            if s.stored_id != "0" or s.stored_pos or s.counted:
+                value: dict = {"id": s.stored_id}
+                if s.stored_pos is not None:
+                    value["pos"] = s.stored_pos
+                    if s.counted is not None and s.counted > s.stored_pos:
+                        value["counted"] = s.counted  # a gap counted past the checkpoint
+                data[f"{self.server}#{s.name}"] = value
+        self._saved = data
+        self._last_save = time.monotonic()
+        try:
+            os.makedirs(os.path.dirname(self.checkpoint_path), mode=0o700, exist_ok=True)
+            write_atomic(self.checkpoint_path, json.dumps(data).encode())  # on the loop: no fsync
+        except OSError as exc:  # the next save tries again; a restart re-reads (no loss)
+            if not self._logged.get("save"):
+                self._logged["save"] = 1
+                log.error("[Redis] could not save the checkpoints to %s: %s", self.checkpoint_path, exc)
+            return
+        self._logged["save"] = 0
 
     # --- parsing ----------------------------------------------------------------------------
     def parse(self, raw) -> events.Event | None:
+        """A channel message (in Trio's thread)."""
         try:
-            if isinstance(raw, dict):  # a stream entry: our field is "data"
-                raw = raw.get(b"data") or raw.get(b"event") or next(iter(raw.values()), b"")
-            return wire.to_event(wire.loads(raw), source="redis", mint=SYSTEM_MINT)
-        except (TypeError, events.EventError) as exc:
-            self.broker.counters["bad_redis_messages"] += 1
-            if self._bad_logged < 20:
-                self._bad_logged += 1
-                log.warning(
-                    "[Redis] skipped a message that is not an event: %s (%r)",
-                    exc,
-                    (raw[:80] if isinstance(raw, (bytes, str)) else raw),
-                )
+            return decode(raw, THREAD_MINT)
+        except events.EventError as exc:
+            self._bad(str(exc), raw)
             return None
+
+    def _bad(self, why: str, raw: Any) -> None:
+        self.broker.counters["bad_redis_messages"] += 1
+        if self._logged["bad"] < LOGGED_MAX:
+            self._logged["bad"] += 1
+            log.warning(
+                "[Redis] skipped a message that is not an event: %s (%r)",
+                why,
+                (raw[:80] if isinstance(raw, (bytes, str)) else raw),
+            )
 
     # --- the loops ----------------------------------------------------------------------------
     async def run(self) -> None:
         log.info(
-            "[Redis] reading %s stream %s from %s and channel %s",
-            describe(self.cfg),
+            "[Redis] reading %s: the machines' streams %s, the stream %s from %s and channel %s",
+            self.server,
+            machine_stream(self.cfg.stream, "*"),
             self.cfg.stream,
-            self.last_id,
+            self.legacy.stored_id,
             self.cfg.channel,
         )
         async with trio.open_nursery() as nursery:
-            nursery.start_soon(self._supervise, "stream", self._read_stream)
+            nursery.start_soon(self._supervise, "stream", self._read_streams)
             nursery.start_soon(self._supervise, "channel", self._read_channel)
 
-    async def _supervise(self, name: str, loop) -> None:
+    async def _supervise(self, name: str, loop: Callable) -> None:
         while True:
             client = make_client(self.cfg)
             try:
@@ -175,7 +513,10 @@ class RedisSource:
                 self.attempts[name] = 0
                 if self.connected():
                     self.error = None
-                await loop(client)
+                try:
+                    await loop(client)
+                except ExceptionGroup as group:  # the loops' nurseries wrap what they raise
+                    raise _single(group) from None
             except (redis.RedisError, OSError) as exc:
                 self.attempts[name] += 1
                 self.state[name] = "error"
@@ -189,29 +530,219 @@ class RedisSource:
                 with trio.CancelScope(shield=True):
                     await anyio.to_thread.run_sync(client.close)
 
-    async def _read_stream(self, client: redis.Redis) -> None:
-        while True:
-            reply = await anyio.to_thread.run_sync(
-                lambda: client.xread({self.cfg.stream: self.last_id}, count=READ_COUNT, block=BLOCK_MS)
-            )
-            if not reply:
+    async def _read_streams(self, client: redis.Redis) -> None:
+        for s in self.streams.values():
+            s.rewind()
+        to_submit, submitted = trio.open_memory_channel[list[Part]](1)
+        to_commit, committed = trio.open_memory_channel[tuple[Delivery | None, list[Part]]](16)
+        try:
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(self._submit, submitted, to_commit)
+                nursery.start_soon(self._commit, committed)
+                last_survey = -SURVEY_S
+                async with to_submit:
+                    while True:
+                        since = trio.current_time() - last_survey
+                        if since >= SURVEY_S or (self._survey_soon and since >= SURVEY_SOON_S):
+                            self._survey_soon = False
+                            await self._survey(client)
+                            last_survey = trio.current_time()
+                        parts = await anyio.to_thread.run_sync(self._fetch, client)
+                        if parts:
+                            await to_submit.send(parts)
+        finally:
+            self._save_checkpoints()
+
+    # --- survey: new machines, trimmed entries, lag ------------------------------------------
+    async def _survey(self, client: redis.Redis) -> None:
+        def ask() -> tuple[list | None, list]:
+            try:
+                members: list | None = list(client.smembers(self.registry))
+                self._denied.pop("smembers", None)
+            except redis.exceptions.NoPermissionError as exc:
+                members = None
+                self._refused("smembers", exc)
+            names = self._machine_names(members) if members is not None else []
+            keys = list(self.streams) + [
+                k for k in (machine_stream(self.cfg.stream, m).encode() for m in names) if k not in self.streams
+            ]
+            pipe = client.pipeline(transaction=False)
+            for key in keys:
+                pipe.xinfo_stream(key)
+            return names, list(zip(keys, pipe.execute(raise_on_error=False), strict=True))
+
+        names, infos = await anyio.to_thread.run_sync(ask)
+        for machine in names or ():
+            if machine not in self.machines:
+                key = machine_stream(self.cfg.stream, machine).encode()
+                new = Stream(key, machine, *self._checkpoint_of(key), fresh=self._fresh)
+                self.streams[key] = new
+                self.machines[machine] = new
+                log.info("[Redis] machine %s: reading its stream %s from %s", machine, new.name, new.read_id)
+        counted = False
+        for key, xinfo in infos:
+            s = self.streams.get(key)
+            if isinstance(xinfo, Exception) and "no such key" not in str(xinfo):
+                self._refused("xinfo", xinfo, _text(key))
+            if s is None or not isinstance(xinfo, dict):
+                if s is not None and isinstance(xinfo, Exception) and "no such key" in str(xinfo):
+                    s.fresh = False  # created after this monitor first ran: its trims are misses
+                continue  # no such stream (yet), or Redis refused XINFO
+            self._denied.pop("xinfo", None)
+            before = s.counted
+            gone = s.account(xinfo)
+            counted = counted or s.counted != before
+            if gone:
+                who = f"machine {s.machine}" if s.machine is not None else "the legacy stream"
+                self.broker.counters["redis_missed"] += gone
+                log.error(
+                    "[Redis] %d events from %s were trimmed from %s before this monitor read them "
+                    "(its checkpoint %s is older than the stream's first entry); raise redis.streamMaxLen",
+                    gone,
+                    who,
+                    s.name,
+                    s.read_id,
+                )
+        if counted or self._fresh:
+            # A restart must not count the same gap again; and once a monitor has run, its
+            # file exists (what is trimmed from now on is this monitor's loss).
+            self._save_checkpoints()
+        self._fresh = False  # machines found from now on appeared while this monitor ran
+
+    def _machine_names(self, members: list) -> list[str]:
+        """The registry's members that are machine names (``fleet``'s rule), at most
+        MAX_MACHINES of them (those already read first)."""
+        names = []
+        for m in members:
+            name = _text(m)
+            if MACHINE_NAME_RE.match(name):
+                names.append(name)
+            elif not self._logged["names"]:
+                self._logged["names"] = 1
+                log.warning("[Redis] %s: ignored a member that is not a machine name: %r", self.registry, name[:80])
+        names.sort(key=lambda n: (n not in self.machines, n))
+        if len(names) > MAX_MACHINES:
+            if not self._logged["cap"]:
+                self._logged["cap"] = 1
+                log.error(
+                    "[Redis] %s lists %d machines: reading the first %d only",
+                    _text(self.registry),
+                    len(names),
+                    MAX_MACHINES,
+                )
+            names = names[:MAX_MACHINES]
+        return names
+
+    def _refused(self, what: str, exc: Exception, key: str = "") -> None:
+        """A command this monitor's Redis user may not run (logged once; health says it)."""
+        if what not in self._denied:
+            if what == "smembers":
+                log.warning(
+                    "[Redis] SMEMBERS %s refused (%s): cannot list machines, so machines not known yet are not "
+                    "read; grant the monitor's user +smembers. Reading the legacy stream and the machines known.",
+                    _text(self.registry),
+                    exc,
+                )
+            elif not self._logged["xinfo"]:
+                self._logged["xinfo"] = 1
+                log.warning(
+                    "[Redis] XINFO STREAM %s refused (%s): events trimmed before this monitor read them "
+                    "cannot be counted; allow the monitor's user +xinfo|stream",
+                    key,
+                    exc,
+                )
+        self._denied[what] = str(exc)
+
+    # --- fetch (a worker thread) -> submit -> commit ----------------------------------------
+    def _fetch(self, client: redis.Redis) -> list[Part]:
+        streams = list(self.streams.values())
+        count = max(MIN_COUNT, READ_COUNT // len(streams))
+        reply = client.xread({s.key: s.read_id for s in streams}, count=count, block=BLOCK_MS)
+        if not reply:
+            return []
+        # RESP2's shape, [[stream, entries]]: redis-py keeps it on RESP3 wires too
+        # (``legacy_responses``, on by default); the dict shapes are opt-in.
+        assert isinstance(reply, list), "XREAD reply in a non-legacy shape"
+        parts = []
+        for key, entries in reply:
+            s = self.streams[key]
+            if not entries:
                 continue
-            # RESP2's shape, [[stream, entries]]: redis-py keeps it on RESP3 wires too
-            # (``legacy_responses``, on by default); the dict shapes are opt-in.
-            assert isinstance(reply, list), "XREAD reply in a non-legacy shape"
-            entries = reply[0][1]
-            deliveries = []
+            last = _text(entries[-1][0])
+            s.read_id = last
+            s.exists = True
+            if s.read_pos is not None:
+                s.read_pos += len(entries)
+            part = Part(s, last, s.read_pos, len(entries))
+            machine = s.machine
             for _entry_id, fields in entries:
-                ev = self.parse(fields)
-                if ev is not None:
-                    deliveries.append(await self.broker.submit(ev, track=True))
-                await trio.lowlevel.checkpoint()  # up to READ_COUNT parses: let others run between
-            for d in deliveries:
-                assert d.done is not None  # submitted with track=True
-                await d.done.wait()
-            last = entries[-1][0]
-            self.last_id = last.decode() if isinstance(last, bytes) else str(last)
-            self._save_checkpoint()
+                try:
+                    ev = decode(fields, THREAD_MINT)
+                except events.EventError as exc:
+                    part.bad.append((str(exc), fields))
+                    continue
+                if machine is not None and ev.machine_id != machine:
+                    if ev.machine_id != "unknown":
+                        part.spoofed.append(ev.machine_id)
+                        continue
+                    ev.machine_id = machine
+                part.events.append(ev)
+            parts.append(part)
+        return parts
+
+    async def _submit(self, submitted: trio.MemoryReceiveChannel, to_commit: trio.MemorySendChannel) -> None:
+        async with to_commit:
+            async for parts in submitted:
+                last: Delivery | None = None
+                todo = [ev for p in parts for ev in p.events]
+                for i, ev in enumerate(todo, 1):
+                    last = await self.broker.submit(ev, track=i == len(todo))
+                    if i % 1000 == 0:
+                        await trio.lowlevel.checkpoint()
+                for p in parts:
+                    self._note(p)
+                await to_commit.send((last, parts))
+
+    def _note(self, p: Part) -> None:
+        s = p.stream
+        s.read += p.n
+        s.last_seen = max(s.last_seen or 0, parse_id(p.last_id)[0])
+        for why, raw in p.bad:
+            self._bad(why, raw)
+        if p.spoofed:
+            s.spoofed += len(p.spoofed)
+            self.broker.counters["redis_spoofed"] += len(p.spoofed)
+            if self._logged["spoofed"] < LOGGED_MAX:
+                self._logged["spoofed"] += 1
+                log.warning(
+                    "[Redis] refused %d events in %s (machine %s) that claim to come from %s",
+                    len(p.spoofed),
+                    s.name,
+                    s.machine,
+                    ", ".join(sorted(set(p.spoofed))),
+                )
+
+    async def _commit(self, committed: trio.MemoryReceiveChannel) -> None:
+        async for last, parts in committed:
+            if last is not None:
+                assert last.done is not None  # submitted with track=True
+                await last.done.wait()  # the pipeline is in order: the batch is stored
+            for p in parts:
+                p.stream.stored_id, p.stream.stored_pos = p.last_id, p.pos
+            busy = committed.statistics().current_buffer_used > 0
+            if not busy or time.monotonic() - self._last_save >= SAVE_EVERY_S:
+                self._save_checkpoints()
+
+    # --- the channel ---------------------------------------------------------------------------
+    def _ignored(self, machine: str) -> None:
+        self.broker.counters["redis_channel_ignored"] += 1
+        if not self._logged["ignored"]:
+            self._logged["ignored"] = 1
+            log.info(
+                "[Redis] channel: ignoring messages from machine %s (and any other with a stream of its own): "
+                "its stream carries them",
+                machine,
+            )
 
     async def _read_channel(self, client: redis.Redis) -> None:
         pubsub = client.pubsub(ignore_subscribe_messages=True)
@@ -222,12 +753,18 @@ class RedisSource:
                 if msg is None or msg.get("type") != "message":
                     continue
                 ev = self.parse(msg["data"])
-                if ev is not None:
-                    await self.broker.submit(ev)
+                if ev is None:
+                    continue
+                own = self.machines.get(ev.machine_id)
+                if own is not None and own.exists:
+                    self._ignored(ev.machine_id)
+                    continue  # its stream carries it
+                if ev.machine_id not in self._channel_only:
+                    # Perhaps a new machine: look at the registry without waiting.
+                    self._survey_soon = True
+                    if len(self._channel_only) < 10_000:
+                        self._channel_only.add(ev.machine_id)
+                await self.broker.submit(ev)
         finally:
             with trio.CancelScope(shield=True):
                 await anyio.to_thread.run_sync(pubsub.close)
-
-
-def checkpoint_file(persistence_dir: str) -> str:
-    return os.path.join(persistence_dir, "redis-checkpoints.json")

@@ -13,7 +13,7 @@ from starlette.applications import Starlette
 from starlette.responses import JSONResponse
 from starlette.routing import BaseRoute
 
-from contextuate_trio.web.routes import attention, dashboard, health, search, sessions, usage
+from contextuate_trio.web.routes import attention, dashboard, health, machines, search, sessions, usage
 from contextuate_trio.web.state import WebState
 
 
@@ -51,6 +51,7 @@ def create_app(state: WebState, extra_routes: Iterable[BaseRoute] = ()) -> Guard
         *search.ROUTES,
         *usage.ROUTES,
         *attention.ROUTES,
+        *machines.ROUTES,
         *extra_routes,
     ]
     app = Starlette(routes=routes)

@@ -31,6 +31,7 @@ class WebState:
     attention: Callable[[], list[dict]]  # the "needs you" queue, longest wait first
     stuck_after_ms: Callable[[], int | None]  # when an active session with no event counts as stuck
     http_urls: list[str] = attrs.Factory(list)  # filled in once hypercorn is bound
+    machines: Callable[[], dict] = lambda: {"machines": []}  # /api/machines (the fleet, in Redis mode)
     # Who may connect, from ``config.server``: the one Guard every web entry shares.
     guard: Guard = attrs.field(init=False)
 

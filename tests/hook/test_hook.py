@@ -299,3 +299,17 @@ def test_sigterm_or_sigint_do_not_lose_the_event(home):
     finally:
         srv.close()
     assert sorted(x["payload"]["n"] for x in spooled(home)) == sorted([int(sig.SIGTERM), int(sig.SIGINT)])
+
+
+def test_as_machine_rewrites_only_the_top_level_machine_id():
+    import json as _json
+
+    from contextuate_trio.hook.wire import as_machine, envelope
+
+    line = envelope(b'{"machineId": "inner", "x": [1, {"machineId": "y"}]}', "e1", 5, "old", "p", ack=True)
+    out = _json.loads(as_machine(line.rstrip(b"\n"), 'new "one"'))
+    assert out["machineId"] == 'new "one"' and out["payload"]["machineId"] == "inner" and out["id"] == "e1"
+    usage = _json.dumps({"id": "u", "timestamp": 1, "sessionId": "s", "machineId": "old", "data": {}}).encode()
+    assert _json.loads(as_machine(usage, "new"))["machineId"] == "new"
+    for same in (b"not json", b'{"no": "machine"}', b"[1]", b'{"machineId": "new"}', b'{"a": '):
+        assert as_machine(same, "new") == same

@@ -81,9 +81,20 @@ def test_two_machines_replaying_fixtures(monitor, redis_server):
         assert kids[0]["machineId"] == s[sid]["machineId"]
         assert s[sid]["status"] != "ended"
     assert spool_count(a) == spool_count(b) == 0
-    # Stream and channel both carried every event: each stored once.
-    assert d.get("/api/status")["duplicates"] >= n - 5
-    assert r.client().xlen("contextuate:events:stream") == n
+    # Each machine's own stream, and the registry where monitors find them.
+    c = r.client()
+    assert c.smembers("contextuate:events:stream:machines") == {b"laptop-a", b"laptop-b"}
+    n_a = c.xlen("contextuate:events:stream:{laptop-a}")
+    assert n_a > 0 and n_a + c.xlen("contextuate:events:stream:{laptop-b}") == n
+    assert c.xlen("contextuate:events:stream") == 0
+
+    def machines():
+        return {m["machineId"]: m for m in d.get("/api/machines")["machines"]}
+
+    wait_for(lambda: machines()["laptop-b"]["lag"] == 0, what="both streams read")
+    assert machines()["laptop-a"]["stream"] == "contextuate:events:stream:{laptop-a}"
+    assert machines()["laptop-a"]["events"] == n_a and machines()["laptop-b"]["events"] == n - n_a
+    assert machines()["laptop-a"]["missed"] == 0 and machines()["laptop-a"]["lag"] == 0
 
 
 def test_plain_publish_of_a_complete_event_and_garbage(monitor, redis_server):
@@ -230,5 +241,5 @@ def test_stream_is_capped(redis_server):
     r = redis_server()
     m = machine_home({"host": "127.0.0.1", "port": r.port, "streamMaxLen": 5})
     for i in range(250):
-        run_hook(m, {"session_id": "cap", "hook_event_name": "Stop", "n": i})
-    assert r.client().xlen("contextuate:events:stream") < 250
+        run_hook(m, {"session_id": "cap", "hook_event_name": "Stop", "n": i}, {"CONTEXTUATE_MACHINE_ID": "cap-box"})
+    assert r.client().xlen("contextuate:events:stream:{cap-box}") < 250
