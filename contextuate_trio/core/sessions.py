@@ -133,7 +133,7 @@ class Session:
     models: list[dict[str, Any]] = attrs.Factory(list)  # [{"model", "since"}], the model over time
 
     def to_dict(self) -> dict[str, Any]:
-        return {camel(a.name): getattr(self, a.name) for a in attrs.fields(Session)}
+        return {key: getattr(self, name) for key, name in _field_names().items()}
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> Session:
