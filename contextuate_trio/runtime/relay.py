@@ -47,6 +47,7 @@ import trio
 from contextuate_trio.config import RedisConfig, RelayConfig
 from contextuate_trio.hook.paths import write_atomic
 from contextuate_trio.hook.resp import machine_stream, registry_key
+from contextuate_trio.hook.wire import as_machine
 from contextuate_trio.runtime.metrics import Metric
 from contextuate_trio.runtime.store import FileStore
 
@@ -340,9 +341,7 @@ class Relay:
             if forced and machine != forced:
                 # redis.machineId (a machine's ACL user may write only that stream): the
                 # event is sent as this machine's, or the monitor would refuse it.
-                obj = orjson.loads(line)
-                obj["machineId"] = machine = forced
-                line = orjson.dumps(obj)
+                line, machine = as_machine(line, forced), forced
             items.append(Item(seq, event_id, machine, machine_stream(self.cfg.stream, machine), line))
         return items
 
