@@ -49,20 +49,23 @@ ACTION_ERRORS = frozenset(
         "model_not_found",
     }
 )
-# Events that neither ask nor answer: the wait (if any) goes on.
-_NEUTRAL = frozenset(
+# Events that say nothing about whether the agent is busy, and neither ask for a person
+# nor answer one: the session's status stays, and so does its wait (the session
+# machine's status rules use this set too).
+QUIET = frozenset(
     {
-        "notification",
+        "notification",  # one that does not ask (reason_for): auth_success, ...
+        "invalid",
+        "usage",
         "message_display",
         "instructions_loaded",
         "config_change",
         "cwd_changed",
         "file_changed",
         "directory_added",
-        "usage",
-        "invalid",
         "pre_compact",
         "post_compact",
+        "compaction_agent",
         "pre_model_switch",
         "model_switch",
         "teammate_idle",
@@ -72,9 +75,11 @@ _NEUTRAL = frozenset(
         "setup",
         "worktree_create",
         "worktree_remove",
-        "tool_batch",
     }
 )
+# A tool batch is a step (the session is busy), but its results came before it: it
+# answers nothing that they did not.
+_NEUTRAL = QUIET | {"tool_batch"}
 DETAIL_MAX = 300
 STUCK_GIVE_UP_MS = 24 * 3600 * 1000
 # A session's last event that says a turn is under way (a session that only started,

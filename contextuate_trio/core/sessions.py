@@ -45,31 +45,6 @@ _STATUS_BY_TYPE = {
     "session_end": ENDED,
     "subagent_stop": ENDED,
 }
-# Events that say nothing about whether the agent is busy.
-_NEUTRAL = frozenset(
-    {
-        "notification",
-        "invalid",
-        "config_change",
-        "instructions_loaded",
-        "file_changed",
-        "directory_added",
-        "cwd_changed",
-        "message_display",
-        "pre_model_switch",
-        "model_switch",
-        "setup",
-        "teammate_idle",
-        "task_created",
-        "task_completed",
-        "worktree_create",
-        "worktree_remove",
-        "compaction_agent",
-        "pre_compact",
-        "post_compact",
-        "skill_shell_command",
-    }
-)
 # A SubagentStop of one of compaction's own agents (no SubagentStart, no agent type):
 # it belongs to the session's compaction, not to a sub-agent session.
 COMPACTION_AGENT = "compaction_agent"
@@ -546,7 +521,7 @@ class SessionManager:
         att = s.attention
         if att is not None and att["reason"] in attention_mod.BLOCKING and attention_mod.reason_for(ev) is not None:
             new: str | None = WAITING
-        elif et in _NEUTRAL:
+        elif et in attention_mod.QUIET:
             new = None
         else:
             new = _STATUS_BY_TYPE.get(et, ACTIVE)
