@@ -54,6 +54,13 @@ def _http_url(instance, attribute, value):
         raise ValueError("must be an http:// or https:// URL with a host")
 
 
+def _host_ports(value: list[str]) -> None:
+    for node in value:
+        host, sep, port = node.rpartition(":")
+        if not sep or not host or not port.isdigit() or not 0 < int(port) <= 65535:
+            raise ValueError(f'{node!r} is not "host:port"')
+
+
 @attrs.define
 class ServerConfig:
     host: str = "127.0.0.1"
@@ -87,6 +94,21 @@ class RedisConfig:
     # hook's default is $CONTEXTUATE_MACHINE_ID, then the host name. Set it with the
     # ACL user ``contextuate-trio fleet add-machine`` makes: that user may write no other.
     machine_id: str | None = None
+    # A Redis Cluster: ``cluster`` true takes host/port (or url) as its seed node;
+    # ``nodes`` ("host:port" each) lists seed nodes and implies ``cluster``. The
+    # daemon reads through redis-py's cluster client; the hook follows MOVED/ASK itself.
+    cluster: bool = False
+    nodes: list[str] = attrs.field(factory=list, validator=lambda i, a, v: _host_ports(v))
+
+    @property
+    def is_cluster(self) -> bool:
+        return self.cluster or bool(self.nodes)
+
+    def seed_nodes(self) -> list[tuple[str, int]]:
+        """The cluster's seed nodes: ``nodes``, or the section's host and port."""
+        if self.nodes:
+            return [(h.strip("[]"), int(p)) for h, _, p in (n.rpartition(":") for n in self.nodes)]
+        return [(self.host, self.port)]
 
 
 # A machine's name (its id in Redis mode, its stream's and its ACL user's): what

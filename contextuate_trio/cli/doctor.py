@@ -44,25 +44,18 @@ class Check:
 
 def _redis_client(cfg: config_mod.Config) -> Any:
     """The daemon's connection settings, but one attempt with a short timeout."""
-    import redis as redis_py
     from redis.backoff import NoBackoff
     from redis.retry import Retry
 
-    from contextuate_trio.sources.redis import client_kwargs
+    from contextuate_trio.sources.redis import make_client
 
-    kw = client_kwargs(cfg.redis)
-    kw.update(
+    return make_client(
+        cfg.redis,
         retry=Retry(NoBackoff(), 0),
         socket_timeout=NET_TIMEOUT,
         socket_connect_timeout=NET_TIMEOUT,
         health_check_interval=0,
     )
-    url = kw.pop("url", None)
-    tls = kw.get("ssl") or (url or "").startswith("rediss://")
-    if not tls:
-        for k in ("ssl_ca_certs", "ssl_certfile", "ssl_keyfile"):
-            kw.pop(k, None)
-    return redis_py.Redis.from_url(url, **kw) if url else redis_py.Redis(**kw)
 
 
 def ping_redis(cfg: config_mod.Config, where: str) -> tuple[str, str | None] | None:

@@ -30,6 +30,9 @@ USER_PREFIX = "ct-"
 # What the hook sends (hook/resp.py): AUTH, SELECT (db != 0), XADD, PUBLISH, SADD;
 # PING and HELLO for tools that check a connection first.
 COMMANDS = ("+xadd", "+sadd", "+publish", "+ping", "+auth", "+hello", "+select")
+# And in a Redis Cluster: the slot map, ASKING to follow a slot being migrated, and
+# COMMAND (redis-py's cluster client, in relay mode, learns where keys are from it).
+CLUSTER_COMMANDS = ("+cluster|slots", "+asking", "+command")
 
 
 def glob_escape(text: str) -> str:
@@ -47,6 +50,7 @@ def acl_rules(cfg: config_mod.RedisConfig, name: str, password: str) -> list[str
         f"&{glob_escape(cfg.channel)}",
         "-@all",
         *COMMANDS,
+        *(CLUSTER_COMMANDS if cfg.is_cluster else ()),
     ]
 
 
@@ -60,6 +64,10 @@ def machine_config(cfg: config_mod.RedisConfig, name: str, password: str) -> dic
         where.setdefault("port", 6379)
         where.setdefault("db", 0)
     redis = dict(where)
+    if cfg.nodes:
+        redis = {"nodes": list(cfg.nodes), "tls": cfg.tls}
+    elif cfg.cluster:
+        redis["cluster"] = True
     if cfg.tls_ca_file:
         redis["tlsCaFile"] = cfg.tls_ca_file
     redis.update(
@@ -87,8 +95,10 @@ def cmd_add_machine(args) -> int:
     password = secrets.token_hex(24)
     user = USER_PREFIX + args.name
     rules = acl_rules(cfg.redis, args.name, password)
+    where = "every node of the cluster (replicas too)" if cfg.redis.is_cluster else "the Redis server"
     print(
-        f"# On the Redis server, as an admin (then ACL SAVE with an aclfile, or CONFIG REWRITE):\nACL SETUSER {user} {' '.join(rules)}"
+        f"# On {where}, as an admin (then ACL SAVE with an aclfile, or CONFIG REWRITE):\n"
+        f"ACL SETUSER {user} {' '.join(rules)}"
     )
     print(f"\n# In {args.name}'s ~/.contextuate/monitor.config.json (the hook reads mode, hook and redis):")
     print(json.dumps(machine_config(cfg.redis, args.name, password), indent=2))
@@ -99,21 +109,43 @@ def cmd_add_machine(args) -> int:
     from contextuate_trio.sources.redis import describe, make_client
 
     client = make_client(cfg.redis)
+    # A cluster's ACLs are each node's own (replicas too: one may be promoted).
+    targets = every_node(cfg.redis, client) if cfg.redis.is_cluster else [client]
+    saved = " and saved to the server's ACL file"
     try:
-        client.execute_command("ACL", "SETUSER", user, *rules)
-    except (redis.RedisError, OSError) as exc:
+        for node in targets:
+            node.execute_command("ACL", "SETUSER", user, *rules)
+        for node in targets:
+            try:
+                node.execute_command("ACL", "SAVE")
+            except redis.RedisError:
+                saved = " (not persisted: no ACL file; run CONFIG REWRITE or add it to the server's config)"
+    except (redis.RedisError, redis.exceptions.RedisClusterException, OSError) as exc:
         print(f"\ncontextuate-trio: ACL SETUSER on {describe(cfg.redis)} failed: {exc}", file=sys.stderr)
         return 1
-    saved = ""
-    try:
-        client.execute_command("ACL", "SAVE")
-        saved = " and saved to the server's ACL file"
-    except redis.RedisError:
-        saved = " (not persisted: no ACL file; run CONFIG REWRITE or add it to the server's config)"
     finally:
-        client.close()
+        for node in {id(t): t for t in [client, *targets]}.values():
+            node.close()
     print(f"\n# applied: user {user} created on {describe(cfg.redis)}{saved}", file=sys.stderr)
     return 0
+
+
+def every_node(cfg: config_mod.RedisConfig, client) -> list:
+    """A plain client for each node of the cluster, replicas included (redis-py's
+    cluster client knows only the masters), with the same credentials and TLS."""
+    import redis
+
+    from contextuate_trio.sources.redis import node_kwargs
+
+    kw = node_kwargs(cfg)
+    out = []
+    for line in _text(client.execute_command("CLUSTER", "NODES", target_nodes=client.get_random_node())).splitlines():
+        fields = line.split()
+        if len(fields) < 3 or any(f in fields[2].split(",") for f in ("fail", "noaddr", "handshake")):
+            continue
+        host, _, port = fields[1].split("@", 1)[0].rpartition(":")
+        out.append(redis.Redis(host=host, port=int(port), **kw))
+    return out
 
 
 # --- fleet list -------------------------------------------------------------------------

@@ -386,7 +386,7 @@ class Relay:
             if it.event_id in skip:
                 continue
             pipe.xadd(it.key, {b"data": it.line}, maxlen=maxlen, approximate=True)
-            pipe.publish(channel, it.line)
+            pipe.execute_command("PUBLISH", channel, it.line)  # a cluster's pipeline blocks .publish()
         return pipe.execute(raise_on_error=False)
 
     # --- back in Trio's thread ---------------------------------------------------------------

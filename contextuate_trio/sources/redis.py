@@ -73,6 +73,7 @@ SOCKET_TIMEOUT = 5.0
 BACKOFF_MIN, BACKOFF_MAX = 0.5, 30.0
 SAVE_EVERY_S = 0.5  # during a catch-up, the checkpoint file is written at most this often
 LOGGED_MAX = 20  # bad or spoofed messages logged one by one (then only counted)
+CLUSTER_IDLE_S = 0.2  # a cluster cannot block on many slots: idle reads wait this long, or for the channel
 MAX_MACHINES = 10_000  # registry members read (the rest are logged, not read)
 
 # The worker thread's ids for events that come without one (the daemon's pool of
@@ -97,25 +98,61 @@ def client_kwargs(cfg: RedisConfig) -> dict:
     return kw
 
 
-def make_client(cfg: RedisConfig) -> redis.Redis:
-    kw = client_kwargs(cfg)
+def make_client(cfg: RedisConfig, **overrides: Any) -> Any:
+    """A redis-py client: ``redis.Redis``, or ``redis.RedisCluster`` for a cluster
+    (its commands are the same; multi-key commands must stay in one slot);
+    ``overrides`` replace ``client_kwargs`` (timeouts, retries)."""
+    if cfg.is_cluster:
+        return _cluster_client(cfg, overrides)
+    kw = {**client_kwargs(cfg), **overrides}
     url = kw.pop("url", None)
-    if url:
-        if not url.startswith("rediss://"):
-            for k in ("ssl_ca_certs", "ssl_certfile", "ssl_keyfile"):
-                kw.pop(k, None)
-        return redis.Redis.from_url(url, **kw)
-    if not kw.get("ssl"):
+    _drop_tls_files(kw, url)
+    return redis.Redis.from_url(url, **kw) if url else redis.Redis(**kw)
+
+
+def _drop_tls_files(kw: dict, url: str | None) -> None:
+    if not kw.get("ssl") and not (url or "").startswith("rediss://"):
         for k in ("ssl_ca_certs", "ssl_certfile", "ssl_keyfile"):
             kw.pop(k, None)
-    return redis.Redis(**kw)
+
+
+def node_kwargs(cfg: RedisConfig, **overrides: Any) -> dict:
+    """What every node of a cluster is connected with: credentials, TLS, timeouts
+    (from ``url`` too), but no host, port or db (a cluster has only db 0)."""
+    kw = {**client_kwargs(cfg), **overrides}
+    url = kw.pop("url", None)
+    for k in ("db", "host", "port"):
+        kw.pop(k, None)
+    if url:
+        parsed = redis.connection.parse_url(url)
+        kw.update(username=parsed.get("username"), password=parsed.get("password"), ssl=url.startswith("rediss://"))
+    _drop_tls_files(kw, None)
+    return kw
+
+
+def _cluster_client(cfg: RedisConfig, overrides: dict) -> redis.RedisCluster:
+    """Seeds from ``redis.nodes``, else the url's or host's node. redis-py follows
+    MOVED/ASK and finds a promoted replica itself; its retries stay few, as ours
+    (with back-off) are around every loop."""
+    kw = node_kwargs(cfg, **overrides)
+    kw.update(cluster_error_retry_attempts=2, require_full_coverage=False)
+    seeds = cfg.seed_nodes()
+    if cfg.url and not cfg.nodes:
+        parsed = redis.connection.parse_url(cfg.url)
+        seeds = [(parsed.get("host") or "localhost", int(parsed.get("port") or 6379))]
+    return redis.RedisCluster(startup_nodes=[redis.cluster.ClusterNode(h, p) for h, p in seeds], **kw)
 
 
 def describe(cfg: RedisConfig) -> str:
+    """Where this config reads from, without credentials (also the checkpoints' key)."""
+    if cfg.nodes:
+        return f"{'rediss' if cfg.tls else 'redis'}-cluster://{','.join(sorted(cfg.nodes))}"
     if cfg.url:
         scheme, _, rest = cfg.url.partition("://")
-        return f"{scheme}://{rest.rpartition('@')[2]}"
-    return f"{'rediss' if cfg.tls else 'redis'}://{cfg.host}:{cfg.port}/{cfg.db}"
+        where = f"{scheme}://{rest.rpartition('@')[2]}"
+    else:
+        where = f"{'rediss' if cfg.tls else 'redis'}://{cfg.host}:{cfg.port}/{cfg.db}"
+    return where.replace("://", "-cluster://", 1) if cfg.cluster else where
 
 
 def _explain(exc: Exception) -> str:
@@ -372,6 +409,7 @@ class RedisSource:
         self._last_save = 0.0
         self._survey_soon = False  # the channel heard a machine not known yet
         self._channel_only: set[str] = set()  # machines heard on the channel with no stream
+        self._wake = trio.Event()  # set by the channel: something was published
 
     @property
     def last_id(self) -> str:
@@ -517,7 +555,7 @@ class RedisSource:
                     await loop(client)
                 except ExceptionGroup as group:  # the loops' nurseries wrap what they raise
                     raise _single(group) from None
-            except (redis.RedisError, OSError) as exc:
+            except (redis.RedisError, redis.exceptions.RedisClusterException, OSError) as exc:
                 self.attempts[name] += 1
                 self.state[name] = "error"
                 self.error = _explain(exc)
@@ -547,9 +585,13 @@ class RedisSource:
                             self._survey_soon = False
                             await self._survey(client)
                             last_survey = trio.current_time()
+                        wake = self._wake = trio.Event()
                         parts = await anyio.to_thread.run_sync(self._fetch, client)
                         if parts:
                             await to_submit.send(parts)
+                        elif self.cfg.is_cluster:  # nothing blocked in Redis: wait here
+                            with trio.move_on_after(CLUSTER_IDLE_S):
+                                await wake.wait()
         finally:
             self._save_checkpoints()
 
@@ -654,41 +696,55 @@ class RedisSource:
         self._denied[what] = str(exc)
 
     # --- fetch (a worker thread) -> submit -> commit ----------------------------------------
-    def _fetch(self, client: redis.Redis) -> list[Part]:
+    def _fetch(self, client: Any) -> list[Part]:
         streams = list(self.streams.values())
         count = max(MIN_COUNT, READ_COUNT // len(streams))
-        reply = client.xread({s.key: s.read_id for s in streams}, count=count, block=BLOCK_MS)
+        if self.cfg.is_cluster:
+            reply = self._xread_each(client, streams, count)
+        else:
+            reply = client.xread({s.key: s.read_id for s in streams}, count=count, block=BLOCK_MS)
         if not reply:
             return []
         # RESP2's shape, [[stream, entries]]: redis-py keeps it on RESP3 wires too
         # (``legacy_responses``, on by default); the dict shapes are opt-in.
         assert isinstance(reply, list), "XREAD reply in a non-legacy shape"
-        parts = []
-        for key, entries in reply:
-            s = self.streams[key]
-            if not entries:
+        return [self._part(self.streams[key], entries) for key, entries in reply if entries]
+
+    @staticmethod
+    def _xread_each(client: Any, streams: list[Stream], count: int) -> list:
+        """A cluster's XREAD: one per stream (each machine's is in a slot of its own and
+        a command may not span slots), pipelined, so one round trip per node; none
+        blocks (the caller waits for the channel instead)."""
+        pipe = client.pipeline(transaction=False)
+        for s in streams:
+            pipe.xread({s.key: s.read_id}, count=count)
+        out: list = []
+        for reply in pipe.execute(raise_on_error=True):
+            out += reply or []
+        return out
+
+    def _part(self, s: Stream, entries: list) -> Part:
+        """One stream's entries, parsed in the worker thread (its read position moves on)."""
+        last = _text(entries[-1][0])
+        s.read_id = last
+        s.exists = True
+        if s.read_pos is not None:
+            s.read_pos += len(entries)
+        part = Part(s, last, s.read_pos, len(entries))
+        machine = s.machine
+        for _entry_id, fields in entries:
+            try:
+                ev = decode(fields, THREAD_MINT)
+            except events.EventError as exc:
+                part.bad.append((str(exc), fields))
                 continue
-            last = _text(entries[-1][0])
-            s.read_id = last
-            s.exists = True
-            if s.read_pos is not None:
-                s.read_pos += len(entries)
-            part = Part(s, last, s.read_pos, len(entries))
-            machine = s.machine
-            for _entry_id, fields in entries:
-                try:
-                    ev = decode(fields, THREAD_MINT)
-                except events.EventError as exc:
-                    part.bad.append((str(exc), fields))
+            if machine is not None and ev.machine_id != machine:
+                if ev.machine_id != "unknown":
+                    part.spoofed.append(ev.machine_id)
                     continue
-                if machine is not None and ev.machine_id != machine:
-                    if ev.machine_id != "unknown":
-                        part.spoofed.append(ev.machine_id)
-                        continue
-                    ev.machine_id = machine
-                part.events.append(ev)
-            parts.append(part)
-        return parts
+                ev.machine_id = machine
+            part.events.append(ev)
+        return part
 
     async def _submit(self, submitted: trio.MemoryReceiveChannel, to_commit: trio.MemorySendChannel) -> None:
         async with to_commit:
@@ -752,6 +808,7 @@ class RedisSource:
                 msg = await anyio.to_thread.run_sync(lambda: pubsub.get_message(timeout=1.0))
                 if msg is None or msg.get("type") != "message":
                     continue
+                self._wake.set()  # a cluster's stream reader waits for this
                 ev = self.parse(msg["data"])
                 if ev is None:
                     continue
