@@ -28,7 +28,7 @@ export CONTEXTUATE_CLAUDE_BIN
 
 # System packages the tests use: a redis-server binary the tests start themselves,
 # Debian's Chromium for the dashboard tests, faketime to jump the hook's clocks, tmux
-# for Claude Code's interactive mode; then Claude Code itself (without npm, or when the
+# for Claude Code's interactive mode, iproute2 for the network-namespace hosts; then Claude Code itself (without npm, or when the
 # install fails, the e2e tests skip and say why).
 test-deps:
 	@need=""; \
@@ -37,6 +37,7 @@ test-deps:
 	command -v faketime >/dev/null || need="$$need faketime"; \
 	command -v chromedriver >/dev/null || need="$$need chromium-driver"; \
 	command -v tmux >/dev/null || need="$$need tmux"; \
+	command -v ip >/dev/null || need="$$need iproute2"; \
 	if [ -n "$$need" ]; then \
 		echo "installing:$$need"; \
 		(apt-get update -qq || true) && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $$need >/dev/null; \

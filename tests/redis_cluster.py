@@ -163,9 +163,9 @@ def redis_cluster():
     made: list[RedisCluster] = []
 
     def make(masters: int = 3, replicas: int = 0) -> RedisCluster:
-        c = RedisCluster(masters, replicas).start()
-        made.append(c)
-        return c
+        c = RedisCluster(masters, replicas)
+        made.append(c)  # closed even when it fails to start
+        return c.start()
 
     yield make
     for c in made:
