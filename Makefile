@@ -28,8 +28,9 @@ export CONTEXTUATE_CLAUDE_BIN
 
 # System packages the tests use: a redis-server binary the tests start themselves,
 # Debian's Chromium for the dashboard tests, faketime to jump the hook's clocks, tmux
-# for Claude Code's interactive mode, iproute2 for the network-namespace hosts; then Claude Code itself (without npm, or when the
-# install fails, the e2e tests skip and say why).
+# for Claude Code's interactive mode, iproute2 for the network-namespace hosts; then
+# Claude Code itself (without npm, or when the install fails, the e2e tests skip and
+# say why).
 test-deps:
 	@need=""; \
 	command -v redis-server >/dev/null || need="$$need redis-server"; \

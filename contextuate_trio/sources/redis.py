@@ -378,10 +378,31 @@ class Part:
         self.spoofed: list[str] = []
 
 
+def entry_line(fields: Any) -> Any:
+    """A stream entry's event: its field ``data`` (``event`` for older producers, else
+    the first field), from the fields as Redis sends them (``[name, value, ...]``) or
+    as a dict."""
+    if isinstance(fields, list):
+        if len(fields) >= 2 and fields[0] == b"data":
+            return fields[1]
+        fields = dict(zip(fields[::2], fields[1::2], strict=False))
+    if isinstance(fields, dict):
+        return fields.get(b"data") or fields.get(b"event") or next(iter(fields.values()), b"")
+    return fields
+
+
+def raw_xread(response: Any, **_options: Any) -> list:
+    """XREAD's reply as Redis sent it, ``[[key, [[id, [field, value, ...]], ...]], ...]``
+    (a RESP3 map made a list): redis-py's own parsing builds a dict per entry, which
+    cost more than the rest of the read here (15.7 against 2.7 µs an entry with hiredis)."""
+    if not response:
+        return []
+    return [list(kv) for kv in response.items()] if isinstance(response, dict) else response
+
+
 def decode(raw: Any, mint: Mint) -> events.Event:
     """One message (a stream entry's fields, or a channel message) as an event."""
-    if isinstance(raw, dict):  # a stream entry: our field is "data"
-        raw = raw.get(b"data") or raw.get(b"event") or next(iter(raw.values()), b"")
+    raw = entry_line(raw)
     try:
         return wire.to_event(wire.loads(raw), source="redis", mint=mint)
     except TypeError as exc:
@@ -569,6 +590,7 @@ class RedisSource:
                     await anyio.to_thread.run_sync(client.close)
 
     async def _read_streams(self, client: redis.Redis) -> None:
+        client.set_response_callback("XREAD", raw_xread)
         for s in self.streams.values():
             s.rewind()
         to_submit, submitted = trio.open_memory_channel[list[Part]](1)
@@ -705,9 +727,6 @@ class RedisSource:
             reply = client.xread({s.key: s.read_id for s in streams}, count=count, block=BLOCK_MS)
         if not reply:
             return []
-        # RESP2's shape, [[stream, entries]]: redis-py keeps it on RESP3 wires too
-        # (``legacy_responses``, on by default); the dict shapes are opt-in.
-        assert isinstance(reply, list), "XREAD reply in a non-legacy shape"
         return [self._part(self.streams[key], entries) for key, entries in reply if entries]
 
     @staticmethod
