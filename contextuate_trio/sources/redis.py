@@ -769,7 +769,7 @@ class RedisSource:
         async with to_commit:
             async for parts in submitted:
                 last: Delivery | None = None
-                todo = [ev for p in parts for ev in p.events]
+                todo = [ev for p in parts for ev in self._own(p)]
                 for i, ev in enumerate(todo, 1):
                     last = await self.broker.submit(ev, track=i == len(todo))
                     if i % 1000 == 0:
@@ -777,6 +777,29 @@ class RedisSource:
                 for p in parts:
                     self._note(p)
                 await to_commit.send((last, parts))
+
+    def _own(self, p: Part) -> list[events.Event]:
+        """A machine's events, without those that write into (or under) another
+        machine's session: its stream proves who sent them, not whose session it is
+        (in Trio's thread, where the sessions are)."""
+        if p.stream.machine is None:
+            return p.events
+        sessions = self.broker.manager.sessions
+        kept = []
+        for ev in p.events:
+            owner = next(
+                (
+                    s.machine_id
+                    for s in map(sessions.get, (ev.session_id, ev.parent_session_id))
+                    if s is not None and s.machine_id not in ("unknown", ev.machine_id)
+                ),
+                None,
+            )
+            if owner is None:
+                kept.append(ev)
+            else:
+                p.spoofed.append(f"{owner} (its session {ev.session_id})")
+        return kept
 
     def _note(self, p: Part) -> None:
         s = p.stream

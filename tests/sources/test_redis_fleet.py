@@ -82,6 +82,15 @@ def test_new_machine_found_while_running_and_identity_by_stream(monitor, redis_s
     wait_for(lambda: machines(d)["quiet-box"]["spoofed"] == 1, what="spoofed counted per machine")
     assert "contextuate_redis_spoofed_total 1" in metrics(d)
     assert "claim to come from box-a" in d.log()
+    # Its own name, but box-a's session (or a sub-agent under it): refused too.
+    c.xadd(key("quiet-box"), {"data": complete("sa", "quiet-box")})
+    c.xadd(key("quiet-box"), {"data": complete("s-child", "quiet-box", parentSessionId="sa")})
+    c.xadd(key("quiet-box"), {"data": complete("s-after-2", "quiet-box")})
+    wait_for(lambda: "s-after-2" in d.sessions(), what="events after the intruding ones")
+    s = d.sessions()
+    assert s["sa"]["eventCount"] == 1 and s["sa"]["machineId"] == "box-a" and "s-child" not in s
+    wait_for(lambda: machines(d)["quiet-box"]["spoofed"] == 3, what="intrusions counted as spoofed")
+    assert "box-a (its session sa)" in d.log()
     # The channel copy of a spoofed message is not taken either (box-a has its stream).
     # A machine that is registered but has no stream yet is still heard on the channel,
     # and the channel is read in order: once its event is stored, s-spoof-2 was seen.
