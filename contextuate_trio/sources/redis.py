@@ -787,13 +787,9 @@ class RedisSource:
         sessions = self.broker.manager.sessions
         kept = []
         for ev in p.events:
+            owners = (sessions.get(sid or "") for sid in (ev.session_id, ev.parent_session_id))
             owner = next(
-                (
-                    s.machine_id
-                    for s in map(sessions.get, (ev.session_id, ev.parent_session_id))
-                    if s is not None and s.machine_id not in ("unknown", ev.machine_id)
-                ),
-                None,
+                (o.machine_id for o in owners if o is not None and o.machine_id not in ("unknown", ev.machine_id)), None
             )
             if owner is None:
                 kept.append(ev)
