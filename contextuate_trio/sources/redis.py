@@ -779,22 +779,21 @@ class RedisSource:
                 await to_commit.send((last, parts))
 
     def _own(self, p: Part) -> list[events.Event]:
-        """A machine's events, without those that write into (or under) another
-        machine's session: its stream proves who sent them, not whose session it is
-        (in Trio's thread, where the sessions are)."""
+        """A machine's events, without those that write into another machine's
+        session: its stream proves who sent them, not whose session it is (in Trio's
+        thread, where the sessions are). A sub-agent under another machine's session
+        stays allowed (``CONTEXTUATE_PARENT_SESSION`` links work across machines); it
+        keeps its own machine's name."""
         if p.stream.machine is None:
             return p.events
         sessions = self.broker.manager.sessions
         kept = []
         for ev in p.events:
-            owners = (sessions.get(sid or "") for sid in (ev.session_id, ev.parent_session_id))
-            owner = next(
-                (o.machine_id for o in owners if o is not None and o.machine_id not in ("unknown", ev.machine_id)), None
-            )
-            if owner is None:
-                kept.append(ev)
+            s = sessions.get(ev.session_id)
+            if s is not None and s.machine_id not in ("unknown", ev.machine_id):
+                p.spoofed.append(f"{s.machine_id} (its session {ev.session_id})")
             else:
-                p.spoofed.append(f"{owner} (its session {ev.session_id})")
+                kept.append(ev)
         return kept
 
     def _note(self, p: Part) -> None:
