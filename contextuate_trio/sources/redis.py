@@ -739,7 +739,7 @@ class RedisSource:
             pipe.xread({s.key: s.read_id}, count=count)
         out: list = []
         for reply in pipe.execute(raise_on_error=True):
-            out += reply or []
+            out += raw_xread(reply)  # whatever shape a cluster's pipeline parsed
         return out
 
     def _part(self, s: Stream, entries: list) -> Part:
