@@ -187,9 +187,10 @@ def _send_redis(r: Run) -> tuple:
     # The alarm bounds what socket timeouts cannot: a slow name lookup.
     _alarm_in(r.deadline - time.monotonic() + 0.05)
     try:
-        why = resp.deliver_redis(rs, lines, r.deadline, r.machine, warnings)
+        why = resp.deliver_redis(rs, lines, r.deadline, r.machine, warnings, home=r.home)
     except _Deadline:
-        why = f"Redis at {rs['host']}:{rs['port']} not reached within the deadline"
+        where = "the Redis Cluster" if rs["cluster"] else f"Redis at {rs['host']}:{rs['port']}"
+        why = f"{where} not reached within the deadline"
     finally:
         _alarm_off()
     spool.release_spooled(claimed, delivered=not why)

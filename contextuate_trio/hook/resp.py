@@ -8,6 +8,9 @@ Each machine appends to its own stream, ``<stream>:{<machineId>}`` (the braces a
 Redis Cluster hash tag: a stream and nothing else in its slot), and adds its id to the
 registry set ``<stream>:machines``, where monitors find new machines; an ACL user can
 then be allowed that one stream and nothing else (``contextuate-trio fleet``).
+
+A Redis Cluster (``redis.cluster`` / ``redis.nodes``) is spoken by ``hook.cluster``,
+imported only then (it doubled this module's import time for everyone else).
 """
 
 import time
@@ -40,7 +43,22 @@ def redis_settings(cfg: dict) -> dict:
     url = r.get("url")
     if isinstance(url, str) and url:
         out.update(parse_redis_url(url))
+    # A cluster: ``nodes`` (seeds, "host:port" each; implies ``cluster``), or ``cluster``
+    # true with the section's (or url's) host and port as the one seed.
+    nodes = r.get("nodes")
+    seeds = [parse_host_port(n) for n in nodes] if isinstance(nodes, list) else []
+    out["cluster"] = r.get("cluster") is True or bool(seeds)
+    out["nodes"] = seeds or ([(out["host"], out["port"])] if out["cluster"] else [])
     return out
+
+
+def parse_host_port(text) -> tuple:
+    """``"host:port"`` (``[v6]:port`` too) -> (host, port); ValueError otherwise."""
+    host, sep, port = text.rpartition(":") if isinstance(text, str) else ("", "", "")
+    host = host.strip("[]")
+    if not sep or not host or not port.isdigit() or not 0 < int(port) <= 65535:
+        raise ValueError(f'redis node {text!r} is not "host:port"')
+    return host, int(port)
 
 
 def _unquote(text: str) -> str:
@@ -136,6 +154,22 @@ class _Reader:
         raise RedisError(f"unexpected reply {line[:40]!r}")
 
 
+_SSL_CONTEXTS: dict = {}  # one per (CA, certificate, key): a cluster run may connect to several nodes
+
+
+def _ssl_context(rs: dict):
+    import ssl
+
+    ident = (rs.get("ca") or None, rs.get("cert") or None, rs.get("key") or None)
+    ctx = _SSL_CONTEXTS.get(ident)
+    if ctx is None:
+        ctx = ssl.create_default_context(cafile=ident[0])
+        if ident[1]:
+            ctx.load_cert_chain(ident[1], ident[2])
+        _SSL_CONTEXTS[ident] = ctx
+    return ctx
+
+
 def _redis_connect(rs: dict, deadline: float):
     import _socket
 
@@ -159,15 +193,20 @@ def _redis_connect(rs: dict, deadline: float):
         if not rs["tls"]:
             return sock
         import socket as socket_mod  # ssl needs a socket.socket; TLS users pay ~25 ms
-        import ssl
 
         plain = socket_mod.socket(family, kind, proto, fileno=sock.detach())
-        ctx = ssl.create_default_context(cafile=rs.get("ca") or None)
-        if rs.get("cert"):
-            ctx.load_cert_chain(rs["cert"], rs.get("key") or None)
+        ctx = _ssl_context(rs)
         plain.settimeout(max(deadline - time.monotonic(), 0.001))
         return ctx.wrap_socket(plain, server_hostname=rs["host"])
     raise last or OSError(f"cannot resolve {rs['host']}")
+
+
+def _exchange(sock, cmds: list, deadline: float) -> list:
+    """Send ``cmds`` in one write and read one reply each (errors as RedisError values)."""
+    sock.settimeout(max(deadline - time.monotonic(), 0.001))
+    sock.sendall(b"".join(cmds))
+    reader = _Reader(sock, deadline)
+    return [reader.reply() for _ in cmds]
 
 
 def machine_stream(stream: str, machine: str) -> str:
@@ -180,22 +219,47 @@ def registry_key(stream: str) -> str:
     return stream + ":machines"
 
 
-def deliver_redis(rs: dict, lines: list, deadline: float, machine: str, warnings: list | None = None) -> str:
+def _auth(rs: dict) -> list:
+    if not rs["password"]:
+        return []
+    return [resp("AUTH", rs["username"], rs["password"]) if rs["username"] else resp("AUTH", rs["password"])]
+
+
+def _xadd(rs: dict, key: str, line) -> bytes:
+    return resp("XADD", key, "MAXLEN", "~", rs["maxlen"], "*", "data", line)
+
+
+def _refusals(warnings: list | None, what: str, replies: list) -> None:
+    errs = [x for x in replies if isinstance(x, RedisError)]
+    if errs and warnings is not None:
+        warnings.append(f"events stored, but Redis refused {what} ({len(errs)}x): {errs[0]}")
+
+
+def deliver_redis(
+    rs: dict, lines: list, deadline: float, machine: str, warnings: list | None = None, home: str = ""
+) -> str:
     """XADD every line to the machine's stream + PUBLISH it, and SADD the machine to
     the registry, pipelined in one round trip; '' when all stored.
 
     Only the XADD replies decide: once XADD stored the events, a refused PUBLISH or
     SADD (an older ACL user without +sadd, OOM) is not a failure (spooling would add
-    them again at every run); it is appended to ``warnings``, for the debug output."""
+    them again at every run); it is appended to ``warnings``, for the debug output.
+    A cluster (``rs["cluster"]``) goes through ``hook.cluster``, its slot map
+    cached in ``home``."""
+    if rs.get("cluster"):
+        try:
+            from contextuate_trio.hook.cluster import deliver_cluster
+
+            return deliver_cluster(rs, lines, deadline, machine, warnings, home)
+        except Exception as exc:  # a bug or a reply never seen: spooled, never lost
+            return f"Redis Cluster: delivery failed: {exc!r}"
     key = machine_stream(rs["stream"], machine)
-    cmds = []
-    if rs["password"]:
-        cmds.append(resp("AUTH", rs["username"], rs["password"]) if rs["username"] else resp("AUTH", rs["password"]))
+    cmds = _auth(rs)
     if rs["db"]:
         cmds.append(resp("SELECT", rs["db"]))
     setup = len(cmds)
     for line in lines:
-        cmds.append(resp("XADD", key, "MAXLEN", "~", rs["maxlen"], "*", "data", line))
+        cmds.append(_xadd(rs, key, line))
         cmds.append(resp("PUBLISH", rs["channel"], line))
     cmds.append(resp("SADD", registry_key(rs["stream"]), machine))
     try:
@@ -203,10 +267,7 @@ def deliver_redis(rs: dict, lines: list, deadline: float, machine: str, warnings
     except OSError as exc:
         return f"cannot connect to Redis at {rs['host']}:{rs['port']}: {exc}"
     try:
-        sock.settimeout(max(deadline - time.monotonic(), 0.001))
-        sock.sendall(b"".join(cmds))
-        reader = _Reader(sock, deadline)
-        replies = [reader.reply() for _ in cmds]
+        replies = _exchange(sock, cmds, deadline)
     except (OSError, RedisError, ValueError) as exc:
         return f"Redis at {rs['host']}:{rs['port']} did not answer in time: {exc!r}"
     finally:
@@ -217,9 +278,6 @@ def deliver_redis(rs: dict, lines: list, deadline: float, machine: str, warnings
     for i in range(setup, len(replies) - 1, 2):  # the XADDs
         if isinstance(replies[i], RedisError):
             return f"Redis refused: {replies[i]}"
-    if warnings is not None:
-        for what, r in zip(("PUBLISH", "SADD"), (replies[setup + 1 : -1 : 2], replies[-1:]), strict=True):
-            errs = [x for x in r if isinstance(x, RedisError)]
-            if errs:
-                warnings.append(f"events stored, but Redis refused {what} ({len(errs)}x): {errs[0]}")
+    _refusals(warnings, "PUBLISH", replies[setup + 1 : -1 : 2])
+    _refusals(warnings, "SADD", replies[-1:])
     return ""
