@@ -177,12 +177,15 @@ def _send_redis(r: Run) -> tuple:
     if rs["machine"]:  # the id this machine's ACL user may write as (its stream's name)
         r.machine = rs["machine"]
     line = _masked_line(r)
-    claimed = spool.claim_spooled(r.home)
+    claimed, behind = spool.claim_spooled(r.home)
     usage_line, usage_commit = _usage_for(r.raw, r.home, r.machine, r.parent, r.ts, r.say)
     # The spool is this machine's own: lines spooled under another id (local mode, or
     # the host name before redis.machineId was set) travel as this stream's machine.
     spooled = [as_machine(c[2], r.machine) for c in claimed]
-    lines = spooled + [line.rstrip(b"\n")] + ([usage_line] if usage_line else [])
+    # With older events still spooled (a long outage), this one is spooled behind them:
+    # sent now, it would reach Redis before them, out of order.
+    own = [] if behind else [line.rstrip(b"\n")] + ([usage_line] if usage_line else [])
+    lines = spooled + own
     warnings: list = []
     # The alarm bounds what socket timeouts cannot: a slow name lookup.
     _alarm_in(r.deadline - time.monotonic() + 0.05)
@@ -194,6 +197,8 @@ def _send_redis(r: Run) -> tuple:
     finally:
         _alarm_off()
     spool.release_spooled(claimed, delivered=not why)
+    if behind and not why:
+        why = f"{len(claimed)} spooled events sent; older ones are still spooled, so this one waits behind them"
     if usage_line and why:
         try:  # the usage travels later, with the spool
             spool.spool(r.home, usage_line + b"\n", new_id(), r.ts)

@@ -34,12 +34,13 @@ def spool(home: str, line: bytes, event_id: str, ts: int) -> str:
 
 def claim_spooled(home: str, limit: int = SPOOL_PIGGYBACK, max_bytes: int = SPOOL_PIGGYBACK_BYTES):
     """Take the oldest spooled events for this run (rename = claim; a racing hook that
-    loses gets ENOENT). Returns [(claimed_path, original_path, line)]."""
+    loses gets ENOENT). Returns ([(claimed_path, original_path, line)], whether older
+    events than the new one are left behind: then the new one must wait its turn)."""
     directory = spool_dir(home)
     try:
         listing = posix.listdir(directory)
     except OSError:
-        return []
+        return [], False
     now = time.time()
     for n in listing:  # a claim whose hook died (killed) goes back to the spool
         if n.startswith(CLAIM_PREFIX) and n.endswith(SPOOL_SUFFIX):
@@ -52,7 +53,9 @@ def claim_spooled(home: str, limit: int = SPOOL_PIGGYBACK, max_bytes: int = SPOO
     names = sorted(n for n in posix.listdir(directory) if n.endswith(SPOOL_SUFFIX) and not n.startswith("."))
     out = []
     total = 0
+    looked = 0
     for name in names[:limit]:
+        looked += 1
         path = directory + "/" + name
         claimed = directory + "/" + CLAIM_PREFIX + name
         try:
@@ -64,7 +67,7 @@ def claim_spooled(home: str, limit: int = SPOOL_PIGGYBACK, max_bytes: int = SPOO
         total += len(data)
         if total >= max_bytes:
             break
-    return out
+    return out, looked < len(names)
 
 
 def release_spooled(claimed: list, delivered: bool) -> None:

@@ -271,3 +271,19 @@ def test_spooled_lines_travel_as_this_machine(redis_server):
     got = [json.loads(e[1][b"data"]) for e in r.client().xrange(key("new-name"))]
     assert sorted(e["payload"]["session_id"] for e in got) == ["s-now", "s-spooled"]
     assert {e["machineId"] for e in got} == {"new-name"}
+
+
+def test_a_long_outage_keeps_the_order_of_a_session(redis_server):
+    """More events spooled than one hook run takes along: a new event waits behind
+    the older ones instead of reaching Redis before them."""
+    r = redis_server(start=False)
+    home = machine_home({"host": "127.0.0.1", "port": r.port}, timeout_ms=300)
+    for i in range(25):
+        hook(home, "long-out", "s-long", i)
+    assert spool_count(home) == 25
+    r.start()
+    for i in range(25, 28):
+        hook(home, "long-out", "s-long", i)
+    assert spool_count(home) == 0
+    entries = r.client().xrange(key("long-out"))
+    assert [json.loads(f[b"data"])["payload"]["prompt"] for _i, f in entries] == [f"p{i}" for i in range(28)]
