@@ -18,6 +18,7 @@ import traceback
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import _common as C  # noqa: E402
+import bench_fleet  # noqa: E402
 import bench_history  # noqa: E402
 import bench_hook  # noqa: E402
 import bench_hotpath  # noqa: E402
@@ -36,6 +37,7 @@ BENCHES = [
     ("latency", bench_latency),
     ("history", bench_history),
     ("redis_ingest", bench_redis_ingest),
+    ("fleet", bench_fleet),
 ]
 
 
