@@ -182,6 +182,23 @@ class AlertsConfig:
     retries: int = attrs.field(default=5, validator=_non_negative)
 
 
+def _http_url_or_none(instance, attribute, value):
+    if value is not None:
+        _http_url(instance, attribute, value)
+
+
+@attrs.define
+class OtelConfig:
+    # Claude Code's own OpenTelemetry, received on server.port (web/routes/otlp.py).
+    enabled: bool = True
+    # The largest OTLP request body, before and after gzip (413 beyond it).
+    max_body_bytes: int = attrs.field(default=8 * 1024 * 1024, validator=_positive)
+    # Also send what is received, as received, to this OTLP/HTTP collector (its base
+    # URL: /v1/logs etc. are added), e.g. "http://otel-collector:4318".
+    forward_to: str | None = attrs.field(default=None, validator=_http_url_or_none, metadata={"secret": True})
+    forward_headers: dict[str, str] = attrs.field(factory=dict, metadata={"secret": True})
+
+
 @attrs.define
 class Config:
     # "relay": hooks in on the local socket (as "local"), every stored event out to Redis.
@@ -195,6 +212,7 @@ class Config:
     redaction: RedactionConfig = attrs.Factory(RedactionConfig)
     pricing: PricingConfig = attrs.Factory(PricingConfig)
     alerts: AlertsConfig = attrs.Factory(AlertsConfig)
+    otel: OtelConfig = attrs.Factory(OtelConfig)
     log_level: Literal["debug", "info", "warning", "error"] = "info"
     # Longest line accepted on the socket; a longer one is rejected and logged.
     max_line_bytes: int = attrs.field(default=16 * 1024 * 1024, validator=_positive)
@@ -213,6 +231,7 @@ _SECTIONS = (
     PricingConfig,
     WebhookConfig,
     AlertsConfig,
+    OtelConfig,
     Config,
 )
 # Objects whose keys are the user's own (model names), not ours to warn about.
@@ -461,6 +480,9 @@ def public_dict(cfg: Config) -> dict:
         # A webhook's path (Slack's, an ntfy topic) and its headers are its credentials.
         hook["url"] = webhook_origin(hook["url"]) + "/***"
         hook["headers"] = {k: "***" for k in hook["headers"]}
+    if data["otel"].get("forwardTo"):
+        data["otel"]["forwardTo"] = webhook_origin(data["otel"]["forwardTo"])
+    data["otel"]["forwardHeaders"] = {k: "***" for k in data["otel"]["forwardHeaders"]}
     data["home"] = cfg.home
     data["path"] = cfg.path
     return data

@@ -24,6 +24,7 @@ import attrs
 
 from contextuate_trio import config as config_mod
 from contextuate_trio.cli import hooks as cs
+from contextuate_trio.cli import telemetry
 from contextuate_trio.cli.client import api_get
 from contextuate_trio.hook import paths as hook_paths
 from contextuate_trio.hook import spool as hook_spool
@@ -136,6 +137,7 @@ class Doctor:
             self.check_redis()
         self.check_hook()
         if self.cfg is not None:
+            self.check_otel()
             self.check_clock_skew()
         return self.checks
 
@@ -410,6 +412,28 @@ class Doctor:
                 self._check_hook_config(cmd, i)
             if i["transport"] == "http":
                 self._check_http_hook(i)
+
+    def check_otel(self) -> None:
+        """``hooks install --otel``: Claude Code's OpenTelemetry pointed at this daemon."""
+        levels = {"ok": OK, "warn": WARN, "info": SKIP}
+        fix = "contextuate-trio hooks install --otel"
+        found = False
+        for scope in cs.SCOPES:
+            path = cs.settings_path(scope, self.env, self.cwd)
+            try:
+                settings, raw = cs.read_settings(path)
+            except cs.SettingsError:
+                continue
+            if raw is None or not telemetry.ours(settings):
+                continue
+            found = True
+            for level, text in telemetry.check(settings, config_mod.api_base(self.loaded), self.loaded.server.token):
+                self.add("otel", levels[level], f"{path}: {text}", fix if level == "warn" else None)
+        if not found:
+            (level, text), *_ = telemetry.check({}, "", None)
+            self.add("otel", levels[level], text)
+        elif not self.loaded.otel.enabled:
+            self.add("otel", WARN, "config otel.enabled is false: the daemon refuses what Claude Code sends", None)
 
     def _run_hook_command(self, command: str) -> str | None:
         """Run the wired command as Claude Code would, with empty stdin (sends nothing)."""

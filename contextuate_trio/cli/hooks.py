@@ -30,6 +30,7 @@ import subprocess
 import sys
 from typing import Any
 
+from contextuate_trio.cli import telemetry
 from contextuate_trio.hook.paths import write_atomic
 
 MACHINE_HEADER = "X-Contextuate-Machine"
@@ -282,9 +283,10 @@ def install(settings: dict, wanted: dict[str, dict]) -> dict:
 
 
 def uninstall(settings: dict) -> dict:
-    """The settings without any of our handlers; containers we emptied are removed."""
+    """The settings without any of our handlers (nor the OTel env ``--otel`` wrote);
+    containers we emptied are removed."""
     hooks = _check_shape(settings)
-    new = copy.deepcopy(settings)
+    new, _ = telemetry.uninstall_env(copy.deepcopy(settings))
     if "hooks" not in new:
         return new
     touched = False
@@ -431,15 +433,23 @@ def read_backup(path: str) -> tuple[dict | None, bytes | None]:
 
 
 # --- whole operations on a file (what the CLI calls) ---------------------------------------
-def install_file(path: str, wanted: dict[str, dict]) -> dict:
-    """Merge ``wanted`` into the file. Returns {"changed", "backup", "created"}."""
+def install_file(path: str, wanted: dict[str, dict], otel_env: dict[str, str] | None = None) -> dict:
+    """Merge ``wanted`` (and the ``--otel`` env block) into the file. Returns
+    {"changed", "backup", "created", "conflicts"} (env keys set otherwise, left alone)."""
     current, raw = read_settings(path)
     new = install(current, wanted)
+    conflicts: list[str] = []
+    if otel_env is not None:
+        try:
+            new, conflicts = telemetry.install_env(new, otel_env)
+        except ValueError as exc:
+            raise SettingsError(f"{path}: {exc}") from None
+    more = {"conflicts": conflicts} if otel_env is not None else {}
     if raw is not None and new == current:
-        return {"changed": False, "backup": None, "created": False}
+        return {"changed": False, "backup": None, "created": False, **more}
     # A file we create gets an empty backup: "there was nothing", for uninstall.
     prev = write_settings(path, render(new), raw if raw is not None else b"")
-    return {"changed": True, "backup": prev, "created": raw is None}
+    return {"changed": True, "backup": prev, "created": raw is None, **more}
 
 
 def uninstall_file(path: str) -> dict:
@@ -449,7 +459,7 @@ def uninstall_file(path: str) -> dict:
     if raw is None:
         return {"changed": False, "restored": False, "removed": 0}
     removed = sum(len(v) for v in describe(current)["ours"].values())
-    if not removed:
+    if not removed and not telemetry.ours(current):
         return {"changed": False, "restored": False, "removed": 0}
     new = uninstall(current)
     data = render(new)
@@ -520,6 +530,9 @@ def cmd_install(args) -> int:
     version = claude_version()
     events, skipped = events_for(version, noisy=args.file_events)
     token = cfg.server.token if cfg is not None else None
+    otel_env = _otel_env(args, cfg, env, token, scope) if args.otel else None
+    if args.otel and otel_env is None:
+        return 2
     wanted = plan(
         events,
         command,
@@ -531,7 +544,7 @@ def cmd_install(args) -> int:
         async_=args.async_,
     )
     try:
-        result = install_file(path, wanted)
+        result = install_file(path, wanted, otel_env)
     except SettingsError as exc:
         print(f"contextuate-trio: {exc}", file=sys.stderr)
         return 1
@@ -550,6 +563,7 @@ def cmd_install(args) -> int:
             print(f"  the file before this change: {result['backup']}")
     print(f"  events:  {', '.join(events)}")
     print(f"  command: {command}")
+    _say_otel(otel_env, result, path)
     if args.transport == "http":
         print(f"  url:     {wanted['Stop']['hooks'][0]['url']}")
         print(
@@ -583,6 +597,34 @@ def cmd_install(args) -> int:
             "  the daemon is not running: start it with `contextuate-trio start` (until then events wait in the spool)"
         )
     return 0
+
+
+def _say_otel(otel_env: dict[str, str] | None, result: dict, path: str) -> None:
+    if otel_env is None:
+        return
+    print(f"  otel:    Claude Code's OpenTelemetry to {otel_env['OTEL_EXPORTER_OTLP_ENDPOINT']} (settings env)")
+    for key in result.get("conflicts", ()):
+        print(f"  warning: env {key} is set to something else in {path}; left as it is", file=sys.stderr)
+
+
+def _otel_env(args, cfg, env: dict, token: str | None, scope: str) -> dict[str, str] | None:
+    """The ``--otel`` env block (None after saying why it cannot be made)."""
+    from contextuate_trio.config import api_base
+    from contextuate_trio.hook import paths as hook_paths
+
+    endpoint = args.otel_endpoint or (api_base(cfg) if cfg is not None else None)
+    if not endpoint:
+        print("contextuate-trio: --otel needs the daemon's config (or --otel-endpoint URL)", file=sys.stderr)
+        return None
+    machine = (cfg.redis.machine_id if cfg is not None else None) or hook_paths.machine_id(env)
+    if token and scope == "project":
+        print(
+            "  note: the token is not written into a file meant to be committed; set "
+            "OTEL_EXPORTER_OTLP_HEADERS=Authorization=Bearer… where Claude Code runs",
+            file=sys.stderr,
+        )
+        token = None
+    return telemetry.otel_env(endpoint, machine, token)
 
 
 def _scope_of(path: str, env: dict) -> str:
@@ -630,7 +672,9 @@ def cmd_uninstall(args) -> int:
                 "was before `hooks install`, byte for byte"
             )
         else:
-            print(f"{path}: removed {result['removed']} hook entries; everything else is kept")
+            print(
+                f"{path}: removed {result['removed']} hook entries (and the --otel env, if any); everything else is kept"
+            )
     return code
 
 
@@ -775,6 +819,16 @@ def add_parser(sub) -> None:
         "--file-events",
         action="store_true",
         help="also FileChanged and DirectoryAdded (one event per file touched: noisy)",
+    )
+    q.add_argument(
+        "--otel",
+        action="store_true",
+        help="also Claude Code's own OpenTelemetry (cost, API errors, tool decisions, spans) to the daemon",
+    )
+    q.add_argument(
+        "--otel-endpoint",
+        metavar="URL",
+        help="where --otel sends it (default: this daemon, http://host:server.port)",
     )
     q.set_defaults(func=cmd_install)
     q = hs.add_parser("uninstall", help="remove our entries; everything else is kept")

@@ -10,6 +10,8 @@ from collections.abc import Callable, Iterable, Mapping
 
 LOOPBACK_NAMES = ("127.0.0.1", "localhost", "::1")
 PUBLIC_PATHS = ("/api/health",)  # no token needed
+# The API, and OTLP/HTTP (``/v1/logs`` …, Claude Code's own telemetry): a token when one is set.
+GUARDED_PREFIXES = ("/api/", "/v1/")
 
 
 def host_name(host_header: str) -> str:
@@ -66,10 +68,11 @@ class Guard:
         Host (DNS rebinding); an API call made by another web page (a cross-site
         ``<img src=…/api/search?…>`` carries no Origin, but browsers mark it with
         ``Sec-Fetch-Site``); with a token, an anonymous call. ``headers``: by
-        lower-case name. One copy for the web app and the daemon's lean hook path."""
+        lower-case name. One copy for the web app and the daemon's lean hook path;
+        OTLP (``/v1/``) is guarded as the API is."""
         if not self.host_ok(headers.get("host")):
             return 421, "host not allowed"
-        if not (path.startswith("/api/") or path == "/metrics"):
+        if not (path.startswith(GUARDED_PREFIXES) or path == "/metrics"):
             return None
         origin = headers.get("origin")  # without one, the dashboard's ports are not needed
         if headers.get("sec-fetch-site") in ("cross-site", "same-site") or (

@@ -25,6 +25,7 @@ from typing import Any
 import attrs
 
 from contextuate_trio.core import attention as attention_mod
+from contextuate_trio.core import otel as otel_mod
 from contextuate_trio.core import usage as usage_mod
 from contextuate_trio.core.events import AGENT_REPORT, AGENT_TOOLS, Event, tag_text
 from contextuate_trio.core.names import camel
@@ -92,6 +93,9 @@ class Session:
     parent_set_by_user: bool = False  # the parent was set or removed by hand: keep it
     # Tokens and cost (``usage.empty()`` shape), from its transcript; None until known.
     usage: dict[str, Any] | None = None
+    # Claude Code's own telemetry (``otel.empty()`` shape): API errors, tool decisions
+    # and durations, hook run times, active time, lines, commits; None until heard.
+    otel: dict[str, Any] | None = None
     # What a person should know (issue 13): why it waits for one ("needs you"), the
     # assistant's latest words, the turn it is in, background agents it waits on.
     attention: dict[str, Any] | None = None
@@ -121,6 +125,7 @@ class Session:
         for k in ("pendingSpawns", "legacyOpen", "modern", "lastMessageId", "compacting"):
             d.pop(k)
         d["usage"] = usage_mod.render(self.usage, prices)
+        d["otel"] = otel_mod.public(self.otel)
         return d
 
     def parent_session_id_locked(self) -> bool:
@@ -145,6 +150,8 @@ class SessionManager:
         # What each model response has already added (responses repeat across lines,
         # files and reads); see usage.py.
         self.usage_ledger = usage_mod.Ledger()
+        # Which turn a request, a tool call or a trace belongs to (spans carry no prompt id).
+        self.otel_joins = otel_mod.Joins()
 
     # --- state restored from disk -------------------------------------------------
     def restore(self, session: Session) -> None:
@@ -171,6 +178,8 @@ class SessionManager:
         root = self._session(ev.session_id, ev, changed)
         if ev.event_type == USAGE_EVENT:
             return self._apply_usage(root, ev, changed, links)
+        if ev.event_type in otel_mod.EVENT_TYPES:
+            return self._apply_otel(root, ev, changed, links)
         target = root
         if ev.from_hook:
             target = self._attribute(root, ev, changed, links)
@@ -394,6 +403,39 @@ class SessionManager:
             ev.parent_session_id = root.parent_session_id
         return Outcome(ev, [root] + [s for sid, s in changed.items() if sid != root.session_id], links)
 
+    def _apply_otel(self, root: Session, ev: Event, changed: Changed, links: Links) -> Outcome:
+        """An ``otel_*`` event (Claude Code's own telemetry, see otel.py): its figures go
+        to the session it ran in, a sub-agent (a log record's ``agent_id``) or the root;
+        spans stay on the root (one tree per turn) and get the turn's ``promptId``.
+        Like ``usage``, it changes no status and no counts. A session first heard of
+        through OTel is made, idle (nothing says it is working)."""
+        if root.session_id in changed and root.event_count == 0:
+            root.status = IDLE
+        target = root
+        placed = bool(ev.agent_id) and root.session_id.endswith(f":agent-{ev.agent_id}")  # relayed: placed already
+        if ev.agent_id and ev.event_type == otel_mod.OTEL_LOG and not placed:
+            cid = child_id(root.session_id, "agent", ev.agent_id)
+            known = cid in self.sessions
+            target = self._child(root, cid, ev, changed, links)
+            target.agent_id = target.agent_id or ev.agent_id
+            if not known:
+                target.status = IDLE
+        figures = target.otel if target.otel is not None else otel_mod.empty()
+        u = target.usage if target.usage is not None else usage_mod.empty()
+        if otel_mod.learn(figures, u, ev, self.otel_joins):
+            target.otel = figures
+            if u.get("otel"):
+                target.usage = u
+                if target.model is None and ev.data.get("name") == "api_request":
+                    target.model = ev.data["attributes"].get("model")
+            changed[target.session_id] = target
+        if otel_mod.late_prompt(root.otel, ev, self.otel_joins):
+            changed[root.session_id] = root
+        ev.session_id = target.session_id
+        if target.parent_session_id:
+            ev.parent_session_id = target.parent_session_id
+        return Outcome(ev, [target] + [s for sid, s in changed.items() if sid != target.session_id], links)
+
     def usage_total(self, s: Session) -> dict[str, Any] | None:
         """The session's usage with every sub-agent's under it (any depth)."""
         seen, stack, parts = set(), [s], []
@@ -462,6 +504,7 @@ class SessionManager:
         interrupted (Escape fires no hook): the turn's last event lists them."""
         et, tid = ev.event_type, ev.tool_use_id
         if et == "tool_call" and tid:
+            self.otel_joins.note(tid, ev.prompt_id)  # the tool's spans find their turn by it
             call = s.open_calls.setdefault(tid, {"toolName": ev.tool_name, "since": ev.timestamp})
             call.setdefault("asked", False)
             while len(s.open_calls) > MAX_OPEN_CALLS:

@@ -500,27 +500,120 @@ def add(u: Usage, model: str, ts: int, delta: list[int], new_call: bool) -> None
         row[CALLS] += 1 if new_call else 0
 
 
+# --- Claude Code's own figures (OpenTelemetry ``api_request``): authoritative ---------
+# A session's ``usage["otel"]``: ``{"from": "logs" | "metrics", "models", "hours"}`` with
+# rows of the seven values and then ``OTEL_COST``, the cost Claude Code itself reported
+# (micro-dollars). When a session has them, its usage is those figures (``source``
+# "otel"), not its transcript's priced by the table (``source`` "transcript").
+OTEL_COST = 7
+# A row as roll-ups add them up (``rows``): the seven values, the cost known from OTel
+# (micro-dollars), then the six values that cost covers; the rest is priced by the table.
+PAID = 8
+WIDE = PAID + N_VALUES
+
+
+def add_otel(u: Usage, model: str, ts: int, values: list[int], micros: int, calls: int, origin: str) -> None:
+    """Add one ``api_request`` (``origin`` "logs") or a metric point of ``cost.usage`` /
+    ``token.usage`` (``origin`` "metrics") to a session's OTel usage. Records win over
+    metrics: the first record starts the figures over (the metrics counted the same
+    requests); metrics after records add nothing."""
+    o = u.get("otel")
+    if o is None or (origin == "logs" and o.get("from") == "metrics"):
+        o = u["otel"] = {"from": origin, "models": {}, "hours": {}}
+    elif o.get("from") != origin:
+        return
+    for where in (o["models"], o["hours"].setdefault(str(ts // HOUR_MS), {})):
+        row = where.get(model)
+        if row is None:
+            row = where[model] = [0] * (OTEL_COST + 1)
+        for i in range(N_VALUES):
+            row[i] += values[i]
+        row[CALLS] += calls
+        row[OTEL_COST] += micros
+
+
+def source_of(u: Usage | None) -> str | None:
+    """Where a session's figures come from: "otel", "transcript", or None (nothing)."""
+    if not u:
+        return None
+    if u.get("wide"):
+        s = u.get("sources") or {}
+        return "mixed" if len(s) > 1 else next(iter(s), None)
+    o = u.get("otel")
+    if o and o.get("models"):
+        return "otel"
+    return "transcript" if u.get("models") else None
+
+
+def _widen(row: Row, otel: bool) -> Row:
+    if len(row) >= WIDE:
+        return list(row)
+    head = list(row[: CALLS + 1]) + [0] * (CALLS + 1 - len(row[: CALLS + 1]))
+    if otel:
+        return head + [row[OTEL_COST] if len(row) > OTEL_COST else 0] + head[:N_VALUES]
+    return head + [0] * (1 + N_VALUES)
+
+
+def rows(u: Usage) -> tuple[dict[str, Row], dict[str, dict[str, Row]]]:
+    """A session's (or a merged) usage as wide rows, by model and by hour, from the
+    source that counts (see ``source_of``)."""
+    if u.get("wide"):
+        return u.get("models", {}), u.get("hours", {})
+    o = u.get("otel")
+    otel = bool(o and o.get("models"))
+    src = o if otel and o is not None else u
+    models = {m: _widen(r, otel) for m, r in src.get("models", {}).items()}
+    hours = {h: {m: _widen(r, otel) for m, r in ms.items()} for h, ms in src.get("hours", {}).items()}
+    return models, hours
+
+
+def _add_wide(dst: dict[str, Row], src: dict[str, Row]) -> None:
+    for model, row in src.items():
+        d = dst.setdefault(model, [0] * WIDE)
+        for i, v in enumerate(row[:WIDE]):
+            d[i] += v
+
+
+def row_cost(prices: PriceTable, row: Row, model: str) -> float | None:
+    """USD of a row: what OTel reported, plus the table's price of the rest (None when
+    the rest has tokens of a model without a price)."""
+    if len(row) < WIDE:
+        return prices.cost(row, model)
+    rest = [row[i] - row[PAID + i] for i in range(N_VALUES)]
+    known = row[OTEL_COST] / 1e6
+    if not any(rest):
+        return known
+    c = prices.cost(rest, model)
+    return None if c is None else c + known
+
+
+def _paid(row: Row) -> bool:
+    """Is the whole row's cost the one OTel reported (nothing left to price)?"""
+    return len(row) >= WIDE and not any(row[i] - row[PAID + i] for i in range(N_VALUES))
+
+
 def merge(usages: Iterable[Usage | None]) -> Usage:
-    """Sum several sessions' usage (a parent and its sub-agents; a machine)."""
-    out = empty()
+    """Sum several sessions' usage (a parent and its sub-agents; a machine), each from
+    the source that counts for it; the result is in wide rows (see ``rows``)."""
+    out: Usage = {"wide": True, "models": {}, "hours": {}, "estimate": None, "sources": {}}
     for u in usages:
         if not u:
             continue
-        for model, row in u.get("models", {}).items():
-            dst = out["models"].setdefault(model, [0] * (N_VALUES + 1))
-            for i, v in enumerate(row[: N_VALUES + 1]):
-                dst[i] += v
-        for hour, models in u.get("hours", {}).items():
-            bucket = out["hours"].setdefault(hour, {})
-            for model, row in models.items():
-                dst = bucket.setdefault(model, [0] * (N_VALUES + 1))
-                for i, v in enumerate(row[: N_VALUES + 1]):
-                    dst[i] += v
+        models, hours = rows(u)
+        _add_wide(out["models"], models)
+        for hour, ms in hours.items():
+            _add_wide(out["hours"].setdefault(hour, {}), ms)
+        src = source_of(u)
+        if src == "mixed":
+            for k, n in u["sources"].items():
+                out["sources"][k] = out["sources"].get(k, 0) + n
+        elif src is not None:
+            out["sources"][src] = out["sources"].get(src, 0) + 1
         est = u.get("estimate")
-        if est and not u.get("models"):
+        if est and not models:
             e = out["estimate"] or {"totalTokens": 0, "sessions": 0}
             e["totalTokens"] += est.get("totalTokens") or 0
-            e["sessions"] += 1
+            e["sessions"] += est.get("sessions") or 1
             out["estimate"] = e
     return out
 
@@ -533,14 +626,14 @@ def totals(models: dict[str, Row], prices: PriceTable) -> dict[str, Any]:
     unpriced: list[str] = []
     per_model: dict[str, dict[str, Any]] = {}
     for model, row in sorted(models.items()):
-        c = prices.cost(row, model)
+        c = row_cost(prices, row, model)
         entry: dict[str, Any] = {k: row[i] for i, k in enumerate(KINDS)}
         entry["total"] = sum(row[:5])
         entry.update(
             webSearches=row[5],
             calls=row[CALLS],
             costUsd=None if c is None else round(c, 6),
-            pricedAs=prices.price_for(model)[0],
+            pricedAs="otel" if _paid(row) else prices.price_for(model)[0],
         )
         per_model[model] = entry
         for i, k in enumerate(KINDS):
@@ -568,16 +661,26 @@ def render(u: Usage | None, prices: PriceTable) -> dict[str, Any] | None:
     """A session's usage as the API shows it (None: nothing known)."""
     if not u:
         return None
-    out = totals(u.get("models", {}), prices)
-    out["estimate"] = u.get("estimate") if not u.get("models") else None
+    models, _ = rows(u)
+    out = totals(models, prices)
+    out["estimate"] = u.get("estimate") if not models else None
     if out["estimate"]:
         out["costUsd"] = None  # only an estimate: the cost is not known
+    out["source"] = source_of(u) or "transcript"
+    if u.get("wide"):
+        out["sources"] = dict(u.get("sources") or {})
+    elif out["source"] == "otel":
+        o = u["otel"]
+        out["otelFrom"] = o.get("from")  # "logs": api_request records; "metrics": cost.usage only
+        if u.get("models"):  # what the transcript says, beside it
+            t = totals(u["models"], prices)
+            out["transcript"] = {"costUsd": t["costUsd"], "calls": t["calls"], "tokens": t["tokens"]["total"]}
     return out
 
 
 def bucket_rows(u: Usage, since: int = 0, until: int = 1 << 62) -> Iterator[tuple[int, str, Row]]:
     """(hour start ms, model, row) for the hours in [since, until)."""
-    for hour, models in u.get("hours", {}).items():
+    for hour, models in rows(u)[1].items():
         try:
             start = int(hour) * HOUR_MS
         except ValueError:
@@ -624,8 +727,8 @@ def usage_metrics(
     for machine, u in machine_usages:
         if not u:
             continue
-        for model, row in u.get("models", {}).items():
-            dst = by.setdefault((machine, model), [0] * (N_VALUES + 1))
+        for model, row in rows(u)[0].items():
+            dst = by.setdefault((machine, model), [0] * WIDE)
             for i, v in enumerate(row):
                 dst[i] += v
     items = sorted(by.items())
@@ -638,18 +741,23 @@ def usage_metrics(
     costs: Samples = []
     unpriced: Samples = []
     for (m, model), row in items:
-        c = prices.cost(row, model)
+        c = row_cost(prices, row, model)
         if c is None:
-            unpriced.append(({"machine": m, "model": model}, sum(row[:5])))
+            unpriced.append(({"machine": m, "model": model}, sum(row[:5]) - sum(row[PAID : PAID + 5])))
         else:
             costs.append(({"machine": m, "model": model}, f"{c:.6f}"))
     return [
-        ("contextuate_tokens_total", "Tokens read from transcripts, by machine, model and kind.", "counter", tokens),
+        (
+            "contextuate_tokens_total",
+            "Tokens by machine, model and kind (Claude Code's OTel api_request records where a session has them, else its transcripts).",
+            "counter",
+            tokens,
+        ),
         ("contextuate_model_calls_total", "Model responses, by machine and model.", "counter", calls),
         (
             "contextuate_cost_usd_total",
-            "Cost in USD from the price table, by machine and model (models "
-            "without a price are left out; see contextuate_unpriced_tokens_total).",
+            "Cost in USD by machine and model: Claude Code's own (OTel) where known, else from the price table "
+            "(models without a price are left out; see contextuate_unpriced_tokens_total).",
             "counter",
             costs,
         ),
@@ -674,7 +782,7 @@ def group(
         raise ValueError(f"by must be one of {', '.join(GROUPS)}")
     timed = since is not None or until is not None or by in ("day", "hour")
     lo, hi = since or 0, until if until is not None else 1 << 62
-    rows: dict[str | int | None, dict[str, Row]] = {}  # key -> model -> row
+    grouped: dict[str | int | None, dict[str, Row]] = {}  # key -> model -> row
     everything: dict[str, Row] = {}
     for sid, machine, u in sessions:
         if not u:
@@ -683,7 +791,7 @@ def group(
         if timed:
             items = ((start, model, row) for start, model, row in bucket_rows(u, lo, hi))
         else:
-            items = ((None, model, row) for model, row in u.get("models", {}).items())
+            items = ((None, model, row) for model, row in rows(u)[0].items())
         for start, model, row in items:
             key = {
                 "machine": machine,
@@ -693,13 +801,13 @@ def group(
                 "hour": start,
             }[by]
             for dst in (
-                rows.setdefault(key, {}).setdefault(model, [0] * (N_VALUES + 1)),
-                everything.setdefault(model, [0] * (N_VALUES + 1)),
+                grouped.setdefault(key, {}).setdefault(model, [0] * WIDE),
+                everything.setdefault(model, [0] * WIDE),
             ):
                 for i, v in enumerate(row):
                     dst[i] += v
     out: list[dict[str, Any]] = []
-    for key, models in rows.items():
+    for key, models in grouped.items():
         t = totals(models, prices)
         t["key"] = key
         out.append(t)

@@ -30,6 +30,7 @@ from contextuate_trio.runtime.alerts import Alerts
 from contextuate_trio.runtime.broker import Broker
 from contextuate_trio.runtime.clock import SYSTEM_MINT
 from contextuate_trio.runtime.needs_you import NeedsYou
+from contextuate_trio.runtime.otel_forward import Forwarder
 from contextuate_trio.runtime.store import FileStore
 from contextuate_trio.sources import http_hook, transcripts, unix_socket
 from contextuate_trio.sources import spool as spool_source
@@ -104,6 +105,10 @@ class Daemon:
             self.alerts.notify if self.alerts.hooks else None,
         )
         self.alerts.still_waiting = self.needs_you.still_waiting
+        # otel.forwardTo: what OTLP brings in, sent on to the person's own collector.
+        self.otel_forward = None
+        if config.otel.enabled and config.otel.forward_to:
+            self.otel_forward = Forwarder(config.otel.forward_to, config.otel.forward_headers)
         self._sources_scope: trio.CancelScope | None = None
         self._stop_requested = False
         self.accepting = trio.Event()  # the socket is bound: /api/health may say ok
@@ -121,6 +126,7 @@ class Daemon:
             attention=self.needs_you.queue,
             stuck_after_ms=lambda: self.needs_you.stuck_after_ms,
             machines=lambda: report.machines(self),
+            otel_forward=self.otel_forward.offer if self.otel_forward is not None else None,
         )
         self.ws = WsServer(self.web)
         self.ws_url: str | None = None
@@ -191,6 +197,8 @@ class Daemon:
                     await outer.start(self.alerts.run)
                 if self.relay is not None:
                     await outer.start(self.relay.run)
+                if self.otel_forward is not None:
+                    await outer.start(self.otel_forward.run)
                 self.ws_url = await outer.start(self.ws.serve)  # before HTTP: healthy means both
                 self.web.http_urls[:] = await outer.start(self._serve_http)
                 with trio.CancelScope() as sources:

@@ -7,7 +7,7 @@ import time
 from typing import TYPE_CHECKING
 
 from contextuate_trio import __version__
-from contextuate_trio.core import attention, usage
+from contextuate_trio.core import attention, otel, usage
 from contextuate_trio.hook import spool as hook_spool
 from contextuate_trio.runtime.metrics import Metric, render
 
@@ -150,7 +150,45 @@ def daemon_metrics(d: Daemon) -> list[Metric]:
     return out
 
 
+def otlp_metrics(d: Daemon) -> list[Metric]:
+    """The OTLP receiver's counters (``web/routes/otlp``: ``("otlp", …)`` keys)."""
+    requests: list[tuple[dict[str, str], int | float | str]] = []
+    records: list[tuple[dict[str, str], int | float | str]] = []
+    for key, n in sorted((k, v) for k, v in d.broker.counters.items() if isinstance(k, tuple) and k[0] == "otlp"):
+        if key[1] == "requests":
+            requests.append(({"signal": key[2], "outcome": key[3]}, n))
+        elif key[1] == "records":
+            records.append(({"signal": key[2], "outcome": key[3]}, n))
+    return [
+        Metric(
+            "contextuate_otlp_requests_total",
+            "OTLP requests (/v1/logs, /v1/metrics, /v1/traces) by signal and outcome: ok, or why refused "
+            "(bad_body, bad_encoding, too_large, type, encoding, truncated, unavailable).",
+            "counter",
+            requests,
+        ),
+        Metric(
+            "contextuate_otlp_records_total",
+            "OTLP records (log records, spans, data points) accepted or rejected (no session.id), by signal.",
+            "counter",
+            records,
+        ),
+    ]
+
+
 def metrics_text(d: Daemon) -> str:
     sessions = d.broker.manager.sessions.values()
     usage_metrics = [Metric(*m) for m in usage.usage_metrics(((s.machine_id, s.usage) for s in sessions), d.prices)]
-    return render([*daemon_metrics(d), *usage_metrics, *d.ws.metrics(), *d.needs_you.metrics(), *d.alerts.metrics()])
+    otel_metrics = [Metric(*m) for m in otel.session_metrics((s.machine_id, s.otel) for s in sessions)]
+    return render(
+        [
+            *daemon_metrics(d),
+            *usage_metrics,
+            *otel_metrics,
+            *otlp_metrics(d),
+            *(d.otel_forward.metrics() if d.otel_forward is not None else []),
+            *d.ws.metrics(),
+            *d.needs_you.metrics(),
+            *d.alerts.metrics(),
+        ]
+    )

@@ -32,6 +32,8 @@ class WebState:
     stuck_after_ms: Callable[[], int | None]  # when an active session with no event counts as stuck
     http_urls: list[str] = attrs.Factory(list)  # filled in once hypercorn is bound
     machines: Callable[[], dict] = lambda: {"machines": []}  # /api/machines (the fleet, in Redis mode)
+    # otel.forwardTo: (signal, content type, body) of each accepted OTLP request; None: off.
+    otel_forward: Callable[[str, str, bytes], None] | None = None
     # Who may connect, from ``config.server``: the one Guard every web entry shares.
     guard: Guard = attrs.field(init=False)
 

@@ -88,6 +88,7 @@ class ClaudeRun:
         settings: dict | None = None,
         hostname: str = "e2e-host",
         capture_dir: str | None = None,
+        install_args: tuple[str, ...] = (),
     ) -> None:
         self.bin = claude_bin()
         assert self.bin, skip_reason()
@@ -103,6 +104,7 @@ class ClaudeRun:
         self.all_events = all_events
         self.settings_extra = settings or {}
         self.capture_dir = capture_dir
+        self.install_args = install_args  # more ``hooks install`` flags (``--otel``)
         self.procs: list[subprocess.Popen] = []
         self.tmux_socket: str | None = None
         self.outputs: list[str] = []
@@ -165,7 +167,7 @@ class ClaudeRun:
 
     def install_hooks(self) -> None:
         r = subprocess.run(
-            [sys.executable, "-m", "contextuate_trio", "hooks", "install"],
+            [sys.executable, "-m", "contextuate_trio", "hooks", "install", *self.install_args],
             env=self.base_env(),
             cwd=str(ROOT),
             capture_output=True,

@@ -36,17 +36,29 @@ function tip(u) {
     `cache read ${t.cacheRead.toLocaleString()} · write 5m ${t.cacheWrite5m.toLocaleString()} · 1h ${t.cacheWrite1h.toLocaleString()}`];
   for (const [m, r] of Object.entries(u.models || {})) lines.push(`${m}: ${tokens(r.total)} tok, ${r.costUsd === null ? 'no price' : '$' + fmt(r.costUsd)}`);
   if (u.unpricedModels?.length) lines.push(`no price for ${u.unpricedModels.join(', ')} (pricing.models in the config)`);
+  lines.push(SOURCE[u.source] || SOURCE.transcript);
+  if (u.transcript) lines.push(`the transcript says ${u.transcript.costUsd === null ? '$?' : '$' + fmt(u.transcript.costUsd)}, ${u.transcript.calls} calls`);
   return lines.join('\n');
 }
+
+// Where a session's figures come from (the API's `usage.source`).
+const SOURCE = {
+  otel: "cost: Claude Code's own, from its OpenTelemetry (api_request)",
+  transcript: 'cost: tokens read from the transcript, priced by the table',
+  mixed: 'cost: OpenTelemetry for some sessions, transcripts for the others',
+};
+export const sourceLabel = (u) => (u?.source === 'otel' ? 'OTel' : u?.source === 'mixed' ? 'mixed' : 'transcript');
 
 // Sum sessions' usage (the same fields the API renders), for a session and its sub-agents.
 function sum(list) {
   const out = { tokens: { input: 0, output: 0, cacheRead: 0, cacheWrite5m: 0, cacheWrite1h: 0, total: 0 }, calls: 0,
     costUsd: 0, pricedCostUsd: 0, unpricedModels: [], models: {}, estimate: null };
   let any = false;
+  const sources = new Set();
   for (const u of list) {
     if (!u) continue;
     any = true;
+    if (u.source) sources.add(u.source);
     for (const k of Object.keys(out.tokens)) out.tokens[k] += u.tokens?.[k] || 0;
     out.calls += u.calls || 0;
     out.pricedCostUsd += u.pricedCostUsd || 0;
@@ -59,6 +71,7 @@ function sum(list) {
     }
     if (u.estimate && !u.calls) out.estimate = { totalTokens: (out.estimate?.totalTokens || 0) + u.estimate.totalTokens };
   }
+  out.source = sources.size > 1 ? 'mixed' : [...sources][0];
   return any ? out : null;
 }
 function subtree(id) {
@@ -211,13 +224,13 @@ function draw() {
     const total = totalOf(sel);
     if (total) {
       const tbl = el('table', { class: 'usage-table' },
-        el('thead', {}, el('tr', {}, ...['session', 'model(s)', 'calls', 'input', 'output', 'cache read', 'cache write', 'cost'].map((t) => el('th', { text: t })))));
+        el('thead', {}, el('tr', {}, ...['session', 'model(s)', 'calls', 'input', 'output', 'cache read', 'cache write', 'cost', 'from'].map((t) => el('th', { text: t })))));
       const tb = el('tbody');
       const line = (name, u, cls = '') => tb.append(el('tr', { class: cls, title: tip(u) },
         el('td', { text: name }), el('td', { text: Object.keys(u.models || {}).join(', ') || (u.estimate ? 'estimate' : '') }),
         el('td', { text: String(u.calls || 0) }), el('td', { text: tokens(u.tokens?.input) }), el('td', { text: tokens(u.tokens?.output) }),
         el('td', { text: tokens(u.tokens?.cacheRead) }), el('td', { text: tokens((u.tokens?.cacheWrite5m || 0) + (u.tokens?.cacheWrite1h || 0)) }),
-        el('td', { text: money(u) })));
+        el('td', { text: money(u) }), el('td', { class: 'usage-source', text: u.source ? sourceLabel(u) : '' })));
       for (const s of rows) line(`${s.sessionId === sel ? '' : '↳ '}${sessionTitle(s) || shortId(s.sessionId)}`, s.usage);
       if (rows.length > 1) line('total', total, 'total');
       tbl.append(tb);

@@ -1,0 +1,276 @@
+"""OTLP/HTTP: Claude Code's own OpenTelemetry, received on the daemon's port.
+
+``POST /v1/logs``, ``/v1/metrics``, ``/v1/traces`` with a body in OTLP/JSON
+(``application/json``) or OTLP protobuf (``application/x-protobuf``), gzip or not
+(``Content-Encoding``). The app's guard has checked the request as it checks the API
+(Host, cross-site calls, the token when one is set). The body is read up to
+``otel.maxBodyBytes``, before and after gzip (a gzip bomb stops there); protobuf is
+decoded with the ``opentelemetry-proto`` schema into the OTLP/JSON shape, then the
+sans-IO core (``core.otel``) makes events of it, which enter the broker like any
+source's (``Broker.submit``): stored, broadcast, relayed, learnt by the sessions.
+
+Answers, as the OTLP/HTTP specification says, in the request's own content type:
+200 with an empty ``Export*ServiceResponse`` (or its ``partial_success`` naming the
+records refused: those without ``session.id``); 400 with a ``google.rpc.Status`` for
+a body that does not decode; 413 past the size limit; 415 for another content type
+or encoding; 503 (retryable) when the events could not be stored. Every request and
+refused record is counted (``/metrics``: ``contextuate_otlp_*``).
+"""
+
+from __future__ import annotations
+
+import base64
+import logging
+import os
+import zlib
+from collections.abc import Callable
+from typing import Any
+
+import orjson
+import trio
+from google.protobuf import json_format
+from google.protobuf.message import DecodeError, Message
+from google.rpc import status_pb2
+from opentelemetry.proto.collector.logs.v1 import logs_service_pb2
+from opentelemetry.proto.collector.metrics.v1 import metrics_service_pb2
+from opentelemetry.proto.collector.trace.v1 import trace_service_pb2
+from starlette.requests import ClientDisconnect, Request
+from starlette.responses import Response
+from starlette.routing import Route
+
+from contextuate_trio.core import otel
+from contextuate_trio.hook import paths as hook_paths
+from contextuate_trio.runtime.clock import now_ms
+from contextuate_trio.web.state import WebState, state_of
+
+log = logging.getLogger("contextuate.otlp")
+
+JSON = "application/json"
+PROTOBUF = "application/x-protobuf"
+_PROTOBUF_TYPES = (PROTOBUF, "application/protobuf")
+THREAD_OVER = 64 * 1024  # a body larger than this is decoded in a worker thread
+# Per signal: the request and response messages, and the partial success's count field.
+_MESSAGES: dict[str, tuple[type[Message], type[Message], str]] = {
+    "logs": (
+        logs_service_pb2.ExportLogsServiceRequest,
+        logs_service_pb2.ExportLogsServiceResponse,
+        "rejected_log_records",
+    ),
+    "metrics": (
+        metrics_service_pb2.ExportMetricsServiceRequest,
+        metrics_service_pb2.ExportMetricsServiceResponse,
+        "rejected_data_points",
+    ),
+    "traces": (
+        trace_service_pb2.ExportTraceServiceRequest,
+        trace_service_pb2.ExportTraceServiceResponse,
+        "rejected_spans",
+    ),
+}
+INVALID_ARGUMENT, RESOURCE_EXHAUSTED, UNAVAILABLE = 3, 8, 14  # google.rpc.Code
+
+
+class Refused(Exception):
+    """A request answered with an error (``status``, a google.rpc.Status ``code``)."""
+
+    def __init__(self, status: int, code: int, message: str, reason: str) -> None:
+        super().__init__(message)
+        self.status, self.code, self.reason = status, code, reason
+
+
+def count(state: WebState, *key: str, n: int = 1) -> None:
+    """The receiver's counters, kept with the broker's (``/metrics`` renders them)."""
+    state.broker.counters[("otlp", *key)] += n
+
+
+# --- the body ------------------------------------------------------------------------
+async def read_body(request: Request, limit: int) -> bytes:
+    """The body as sent, at most ``limit`` bytes (Refused 413 beyond)."""
+    declared = request.headers.get("content-length")
+    if declared is not None and declared.isdigit() and int(declared) > limit:
+        raise Refused(413, RESOURCE_EXHAUSTED, f"body over {limit} bytes", "too_large")
+    body = bytearray()
+    try:
+        async for chunk in request.stream():
+            body += chunk
+            if len(body) > limit:
+                raise Refused(413, RESOURCE_EXHAUSTED, f"body over {limit} bytes", "too_large")
+    except ClientDisconnect:
+        raise Refused(400, INVALID_ARGUMENT, "the client went away mid-body", "truncated") from None
+    return bytes(body)
+
+
+def decompress(body: bytes, encoding: str, limit: int) -> bytes:
+    """``Content-Encoding`` undone, never past ``limit`` bytes of output."""
+    encoding = encoding.strip().lower()
+    if encoding in ("", "identity"):
+        return body
+    if encoding not in ("gzip", "deflate"):
+        raise Refused(415, INVALID_ARGUMENT, f"unsupported Content-Encoding {encoding!r}", "encoding")
+    out = bytearray()
+    data = body
+    while data:
+        # gzip: one or more members; deflate: zlib-wrapped (or, as some send it, raw).
+        d = zlib.decompressobj(wbits=31 if encoding == "gzip" else 47)
+        try:
+            out += d.decompress(data, limit + 1 - len(out))
+        except zlib.error:
+            if encoding == "deflate" and not out:
+                d = zlib.decompressobj(wbits=-15)
+                try:
+                    out += d.decompress(data, limit + 1 - len(out))
+                except zlib.error as exc:
+                    raise Refused(400, INVALID_ARGUMENT, f"not {encoding}: {exc}", "bad_encoding") from None
+            else:
+                raise Refused(400, INVALID_ARGUMENT, f"not {encoding} data", "bad_encoding") from None
+        if len(out) > limit:
+            raise Refused(413, RESOURCE_EXHAUSTED, f"body over {limit} bytes once decompressed", "too_large")
+        if not d.eof:
+            raise Refused(400, INVALID_ARGUMENT, f"truncated {encoding} data", "bad_encoding")
+        data = d.unused_data
+    return bytes(out)
+
+
+def _hex(b64: Any) -> Any:
+    """OTLP protobuf's ids (bytes; base64 in ``MessageToDict``) as OTLP/JSON's hex."""
+    if not isinstance(b64, str) or not b64:
+        return b64
+    try:
+        return base64.b64decode(b64).hex()
+    except ValueError:
+        return b64
+
+
+_IDS = {
+    "traces": ("resourceSpans", "scopeSpans", "spans"),
+    "logs": ("resourceLogs", "scopeLogs", "logRecords"),
+}
+
+
+def _ids_to_hex(signal: str, doc: dict[str, Any]) -> None:
+    path = _IDS.get(signal)
+    if path is None:
+        return
+    top, scopes, items = path
+    for group in doc.get(top, ()):
+        for scope in group.get(scopes, ()):
+            for item in scope.get(items, ()):
+                for key in ("traceId", "spanId", "parentSpanId"):
+                    if key in item:
+                        item[key] = _hex(item[key])
+                for link in item.get("links", ()):
+                    for key in ("traceId", "spanId"):
+                        if key in link:
+                            link[key] = _hex(link[key])
+
+
+def decode(signal: str, body: bytes, protobuf: bool) -> Any:
+    """The body -> the OTLP/JSON-shaped document the core reads."""
+    if protobuf:
+        request_type = _MESSAGES[signal][0]
+        try:
+            msg = request_type.FromString(body)
+        except (DecodeError, RuntimeWarning, ValueError) as exc:
+            raise Refused(400, INVALID_ARGUMENT, f"not an OTLP protobuf {signal} request: {exc}", "bad_body") from None
+        doc = json_format.MessageToDict(msg, use_integers_for_enums=True)
+        _ids_to_hex(signal, doc)
+        return doc
+    try:
+        return orjson.loads(body) if body.strip() else {}
+    except orjson.JSONDecodeError as exc:
+        raise Refused(400, INVALID_ARGUMENT, f"not JSON: {exc}", "bad_body") from None
+
+
+def parse(signal: str, body: bytes, protobuf: bool, machine: str, received_ms: int) -> otel.Batch:
+    """Decode and make events (plain code: may run in a worker thread)."""
+    doc = decode(signal, body, protobuf)
+    try:
+        return otel.to_events(signal, doc, machine=machine, received_ms=received_ms)
+    except otel.OtlpError as exc:
+        raise Refused(400, INVALID_ARGUMENT, f"not an OTLP {signal} request: {exc}", "bad_body") from None
+
+
+# --- the answers ---------------------------------------------------------------------
+def _answer(message: Message, protobuf: bool, status: int = 200) -> Response:
+    if protobuf:
+        return Response(message.SerializeToString(), status_code=status, media_type=PROTOBUF)
+    return Response(orjson.dumps(json_format.MessageToDict(message)), status_code=status, media_type=JSON)
+
+
+def success(signal: str, batch: otel.Batch, protobuf: bool) -> Response:
+    response = _MESSAGES[signal][1]()
+    if batch.rejected:
+        partial = response.partial_success
+        setattr(partial, _MESSAGES[signal][2], batch.rejected)
+        partial.error_message = batch.why or "rejected"
+    return _answer(response, protobuf)
+
+
+def failure(refused: Refused, protobuf: bool) -> Response:
+    response = _answer(status_pb2.Status(code=refused.code, message=str(refused)), protobuf, refused.status)
+    if refused.status == 503:
+        response.headers["Retry-After"] = "1"
+    return response
+
+
+# --- the endpoint --------------------------------------------------------------------
+def _content_type(request: Request) -> bool:
+    """True for protobuf, False for JSON; Refused 415 for anything else."""
+    ctype = request.headers.get("content-type", "").split(";", 1)[0].strip().lower()
+    if ctype == JSON:
+        return False
+    if ctype in _PROTOBUF_TYPES:
+        return True
+    raise Refused(415, INVALID_ARGUMENT, f"unsupported Content-Type {ctype!r}: use {JSON} or {PROTOBUF}", "type")
+
+
+async def _store(state: WebState, batch: otel.Batch) -> None:
+    """Every event into the broker; back once all are stored (Refused 503 if not)."""
+    deliveries = []
+    try:
+        for ev in batch.events:
+            deliveries.append(await state.broker.submit(ev, track=True))
+    except trio.ClosedResourceError:
+        raise Refused(503, UNAVAILABLE, "the daemon is stopping", "unavailable") from None
+    for d in deliveries:
+        assert d.done is not None
+        await d.done.wait()
+        if not d.ok:
+            raise Refused(503, UNAVAILABLE, d.error or "not stored", "unavailable")
+
+
+def endpoint(signal: str, machine: str) -> Callable[[Request], Any]:
+    async def receive(request: Request) -> Response:
+        state = state_of(request)
+        limit = state.config.otel.max_body_bytes
+        protobuf = request.headers.get("content-type", "").split(";", 1)[0].strip().lower() in _PROTOBUF_TYPES
+        try:
+            protobuf = _content_type(request)
+            raw = await read_body(request, limit)
+            body = decompress(raw, request.headers.get("content-encoding", ""), limit)
+            if len(body) > THREAD_OVER:
+                batch = await trio.to_thread.run_sync(parse, signal, body, protobuf, machine, now_ms())
+            else:
+                batch = parse(signal, body, protobuf, machine, now_ms())
+            await _store(state, batch)
+        except Refused as refused:
+            count(state, "requests", signal, refused.reason)
+            log.info("OTLP %s refused (%d): %s", signal, refused.status, refused)
+            return failure(refused, protobuf)
+        if state.otel_forward is not None:
+            state.otel_forward(signal, PROTOBUF if protobuf else JSON, body)
+        count(state, "requests", signal, "ok")
+        count(state, "records", signal, "accepted", n=batch.accepted)
+        if batch.rejected:
+            count(state, "records", signal, "rejected", n=batch.rejected)
+        return success(signal, batch, protobuf)
+
+    return receive
+
+
+def routes() -> list[Route]:
+    machine = hook_paths.machine_id(dict(os.environ))  # for records that name no host
+    return [Route(f"/v1/{signal}", endpoint(signal, machine), methods=["POST"]) for signal in otel.SIGNALS]
+
+
+ROUTES = routes()
