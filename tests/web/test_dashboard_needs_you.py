@@ -13,6 +13,7 @@ from conftest import run_hook
 dash = pytest.importorskip("test_dashboard")  # skips without chromium/chromium-driver
 browser = dash.browser  # the fixture
 By, wait, js, shot = dash.By, dash.wait, dash.js, dash.shot
+from selenium.common.exceptions import StaleElementReferenceException  # noqa: E402 (after the skip)
 
 
 def hook(home, payload: dict) -> None:
@@ -265,12 +266,23 @@ def test_readable_events_outcomes_and_turns(daemon, home, browser):
     outcomes = {r[2].split("Bash", 1)[-1].strip(): r[1] for r in stream_rows(browser, "tool_call") if "Bash" in r[2]}
     assert any("rm -rf build" in k and v == "denied" for k, v in outcomes.items()), outcomes
     assert any("sleep 100" in k and v == "interrupted" for k, v in outcomes.items()), outcomes
+
     # The session list: the assistant's last words.
-    node = wait(browser, lambda b: b.find_elements(By.CSS_SELECTOR, f'#tree .node[data-id="{sid}"]'))[0]
-    wait(browser, lambda b: "All 42 tests pass" in node.text, what="lastMessage in the tree")
+    def tree_node(b):
+        return b.find_elements(By.CSS_SELECTOR, f'#tree .node[data-id="{sid}"]')
+
+    wait(browser, lambda b: any("All 42 tests pass" in n.text for n in tree_node(b)), what="lastMessage in the tree")
 
     # Selecting the session folds its turns under their prompts: the newest open, older ones folded.
-    node.click()
+    # (The tree re-renders as events arrive: the node is found again at the click.)
+    def click_node(b):
+        try:
+            tree_node(b)[0].click()
+            return True
+        except (IndexError, StaleElementReferenceException):
+            return False
+
+    wait(browser, click_node, what="the session clicked")
     wait(browser, lambda b: js(b, "return window.__contextuate.filters.session") == sid)
     heads = wait(browser, lambda b: b.find_elements(By.CSS_SELECTOR, "#stream .row.turn-head"), what="turn heads")
     assert len(heads) == 3
