@@ -411,6 +411,8 @@ class SessionManager:
         through OTel is made, idle (nothing says it is working)."""
         if root.session_id in changed and root.event_count == 0:
             root.status = IDLE
+        if ev.parent_session_id and root.parent_session_id is None and ev.parent_session_id != root.session_id:
+            self._link(root, ev.parent_session_id, changed, links)  # relayed: a sub-agent's already
         target = root
         placed = bool(ev.agent_id) and root.session_id.endswith(f":agent-{ev.agent_id}")  # relayed: placed already
         if ev.agent_id and ev.event_type == otel_mod.OTEL_LOG and not placed:

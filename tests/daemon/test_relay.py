@@ -346,3 +346,48 @@ def test_relay_mode_needs_persistence(tmp_path):
     (tmp_path / "monitor.config.json").write_text(json.dumps({"mode": "relay", "relay": {"batchMax": 50}}))
     cfg, warnings = config.load({"CONTEXTUATE_HOME": str(tmp_path)})
     assert cfg.mode == "relay" and cfg.relay.batch_max == 50 and warnings == []
+
+
+def test_otel_through_a_relay_reaches_the_central_monitor(redis_server, tmp_path):
+    """Claude Code's OTLP posted to a machine's relay daemon is stored there, forwarded
+    to Redis with the events, and joined to the session by the central monitor."""
+    import glob
+    from pathlib import Path
+
+    from conftest import FIXTURES
+
+    r = redis_server()
+    relay = DaemonProc(str(tmp_path / "relay"), relay_config(r)).start()
+    central = DaemonProc(
+        str(tmp_path / "central"), {"mode": "redis", "redis": {"host": "127.0.0.1", "port": r.port}}
+    ).start()
+    try:
+        for f in sorted(glob.glob(str(FIXTURES / "otel" / "subagent" / "*.json"))):
+            signal = f.rsplit("-", 1)[1].split(".")[0]
+            req = urllib.request.Request(
+                f"http://127.0.0.1:{relay.port}/v1/{signal}",
+                data=Path(f).read_bytes(),
+                headers={"Content-Type": "application/json"},
+                method="POST",
+            )
+            with urllib.request.urlopen(req, timeout=10) as resp:
+                assert resp.status == 200
+
+        def joined(d: DaemonProc) -> dict | None:
+            roots = [s for s in d.sessions().values() if not s.get("parentSessionId")]
+            kids = [s for s in d.sessions().values() if s.get("parentSessionId")]
+            if len(roots) == 1 and len(kids) == 1 and roots[0].get("usage") and kids[0].get("usage"):
+                return {"root": roots[0], "child": kids[0]}
+            return None
+
+        here = wait_for(lambda: joined(relay), what="the relay's own sessions")
+        there = wait_for(lambda: joined(central), timeout=15, what="the central monitor's sessions")
+        for k in ("root", "child"):
+            assert there[k]["sessionId"] == here[k]["sessionId"]
+            assert there[k]["usage"]["source"] == "otel"
+            assert there[k]["usage"]["costUsd"] == here[k]["usage"]["costUsd"] > 0
+            assert there[k]["otel"]["tools"] == here[k]["otel"]["tools"]
+        assert there["root"]["otel"]["traces"].keys() == here["root"]["otel"]["traces"].keys()
+    finally:
+        central.kill9()
+        relay.kill9()
