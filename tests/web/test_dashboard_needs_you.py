@@ -254,8 +254,14 @@ def test_readable_events_outcomes_and_turns(daemon, home, browser):
     def has_row(kind, text):
         return lambda b: any(text in r[2] for r in stream_rows(b, kind))
 
-    wait(browser, has_row("message_display", "All 42 tests pass, the build is clean."), what="assistant words")
-    assert any("assistant" in r[2] for r in stream_rows(browser, "message_display"))
+    wait(
+        browser,
+        lambda b: any(
+            "All 42 tests pass, the build is clean." in r[2] and "assistant" in r[2]
+            for r in stream_rows(b, "message_display")
+        ),
+        what="the assistant's words, said to be its",
+    )
     wait(browser, has_row("agent_report", 'report from agent "Scan the logs": no errors found'), what="agent report")
     # Denied and interrupted calls say so (not running forever).
     wait(
