@@ -187,6 +187,15 @@ def _http_url_or_none(instance, attribute, value):
         _http_url(instance, attribute, value)
 
 
+def _header_fields(value: dict[str, str]) -> None:
+    """HTTP header names and values as HTTP allows them (visible ASCII, no CR/LF)."""
+    for name, text in value.items():
+        if not (name.isascii() and name.isprintable() and name and " " not in name and ":" not in name):
+            raise ValueError(f"{name!r} is not an HTTP header name")
+        if not (text.isascii() and text.isprintable()):
+            raise ValueError(f"the value of {name!r} must be printable ASCII")
+
+
 @attrs.define
 class OtelConfig:
     # Claude Code's own OpenTelemetry, received on server.port (web/routes/otlp.py).
@@ -196,7 +205,9 @@ class OtelConfig:
     # Also send what is received, as received, to this OTLP/HTTP collector (its base
     # URL: /v1/logs etc. are added), e.g. "http://otel-collector:4318".
     forward_to: str | None = attrs.field(default=None, validator=_http_url_or_none, metadata={"secret": True})
-    forward_headers: dict[str, str] = attrs.field(factory=dict, metadata={"secret": True})
+    forward_headers: dict[str, str] = attrs.field(
+        factory=dict, validator=lambda i, a, v: _header_fields(v), metadata={"secret": True}
+    )
 
 
 @attrs.define

@@ -64,8 +64,10 @@ class Forwarder:
                 r = await client.post(
                     url, content=export.body, headers={**self.headers, "Content-Type": export.content_type}
                 )
-            except httpx.HTTPError as exc:
+            except Exception as exc:  # noqa: BLE001 - httpx's errors and any other: never the daemon's end
                 why = f"{type(exc).__name__}: {exc}"
+                if not isinstance(exc, httpx.HTTPError):
+                    break
             else:
                 if r.status_code < 300:
                     self.counts["ok"] += 1

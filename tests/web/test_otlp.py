@@ -259,6 +259,17 @@ def test_recorded_claude_code_bodies(daemon, kind):
 
 
 # --- what is refused -----------------------------------------------------------------
+def huge_time_body() -> bytes:
+    record = {
+        "timeUnixNano": "9" * 400,
+        "attributes": [
+            {"key": "session.id", "value": {"stringValue": "s-huge"}},
+            {"key": "event.name", "value": {"stringValue": "api_request"}},
+        ],
+    }
+    return json.dumps({"resourceLogs": [{"scopeLogs": [{"logRecords": [record]}]}]}).encode()
+
+
 def test_refusals_are_otlp_answers_and_counted(daemon, home):
     d = daemon({"otel": {"maxBodyBytes": 64 * 1024}})
     good = (OTEL / "subagent-protobuf" / "001-logs.pb").read_bytes()
@@ -277,6 +288,10 @@ def test_refusals_are_otlp_answers_and_counted(daemon, home):
         ("gzip bomb", gzip.compress(b"\0" * (8 * 1024 * 1024)), pb, {"Content-Encoding": "gzip"}, 413),
         ("another content type", b"hello", "text/plain", {}, 415),
         ("another encoding", good, pb, {"Content-Encoding": "br"}, 415),
+        # Many empty gzip members: each one was a decompressor and a copy of the rest.
+        ("many gzip members", gzip.compress(b"") * 3000, pb, {"Content-Encoding": "gzip"}, 400),
+        # Values no record can take: a 400, not a 500 (nor a 503 the exporter retries).
+        ("a time past 64 bits", huge_time_body(), "application/json", {}, 400),
     ]
     for what, body, ctype, headers, want in cases:
         status, rtype, answer = post(d, "/v1/logs", body, ctype, headers)
@@ -313,8 +328,8 @@ def test_refusals_are_otlp_answers_and_counted(daemon, home):
     assert status == 200 and resp.FromString(answer).partial_success.rejected_log_records == 0
 
     m = metrics(d)
-    assert sample(m, "contextuate_otlp_requests_total", signal="logs", outcome="bad_body") == 4
-    assert sample(m, "contextuate_otlp_requests_total", signal="logs", outcome="bad_encoding") == 1
+    assert sample(m, "contextuate_otlp_requests_total", signal="logs", outcome="bad_body") == 5
+    assert sample(m, "contextuate_otlp_requests_total", signal="logs", outcome="bad_encoding") == 2
     assert sample(m, "contextuate_otlp_requests_total", signal="logs", outcome="too_large") == 2
     assert sample(m, "contextuate_otlp_requests_total", signal="logs", outcome="type") == 1
     assert sample(m, "contextuate_otlp_requests_total", signal="logs", outcome="encoding") == 1

@@ -100,25 +100,33 @@ async def read_body(request: Request, limit: int) -> bytes:
     return bytes(body)
 
 
+MAX_MEMBERS = 64  # gzip members in one body, at most (each costs a decompressor)
+
+
 def decompress(body: bytes, encoding: str, limit: int) -> bytes:
-    """``Content-Encoding`` undone, never past ``limit`` bytes of output."""
+    """``Content-Encoding`` undone, never past ``limit`` bytes of output nor
+    ``MAX_MEMBERS`` gzip members (a body of many empty members cost minutes of CPU)."""
     encoding = encoding.strip().lower()
     if encoding in ("", "identity"):
         return body
     if encoding not in ("gzip", "deflate"):
         raise Refused(415, INVALID_ARGUMENT, f"unsupported Content-Encoding {encoding!r}", "encoding")
     out = bytearray()
-    data = body
-    while data:
+    view = memoryview(body)
+    members = 0
+    while view:
+        members += 1
+        if members > MAX_MEMBERS:
+            raise Refused(400, INVALID_ARGUMENT, f"more than {MAX_MEMBERS} {encoding} members", "bad_encoding")
         # gzip: one or more members; deflate: zlib-wrapped (or, as some send it, raw).
         d = zlib.decompressobj(wbits=31 if encoding == "gzip" else 47)
         try:
-            out += d.decompress(data, limit + 1 - len(out))
+            out += d.decompress(view, limit + 1 - len(out))
         except zlib.error:
             if encoding == "deflate" and not out:
                 d = zlib.decompressobj(wbits=-15)
                 try:
-                    out += d.decompress(data, limit + 1 - len(out))
+                    out += d.decompress(view, limit + 1 - len(out))
                 except zlib.error as exc:
                     raise Refused(400, INVALID_ARGUMENT, f"not {encoding}: {exc}", "bad_encoding") from None
             else:
@@ -127,7 +135,7 @@ def decompress(body: bytes, encoding: str, limit: int) -> bytes:
             raise Refused(413, RESOURCE_EXHAUSTED, f"body over {limit} bytes once decompressed", "too_large")
         if not d.eof:
             raise Refused(400, INVALID_ARGUMENT, f"truncated {encoding} data", "bad_encoding")
-        data = d.unused_data
+        view = view[len(view) - len(d.unused_data) :]
     return bytes(out)
 
 
@@ -235,8 +243,26 @@ async def _store(state: WebState, batch: otel.Batch) -> None:
     for d in deliveries:
         assert d.done is not None
         await d.done.wait()
+        if d.rejected:  # the record itself was refused: sending it again cannot help
+            raise Refused(400, INVALID_ARGUMENT, d.error or "refused", "bad_record")
         if not d.ok:
             raise Refused(503, UNAVAILABLE, d.error or "not stored", "unavailable")
+
+
+def _decode(
+    signal: str, raw: bytes, encoding: str, limit: int, protobuf: bool, machine: str, received_ms: int
+) -> tuple[bytes, otel.Batch]:
+    """The body decompressed and parsed (in a worker thread when large or compressed:
+    the loop carries every hook's acknowledgement). Any failure of a body that decoded
+    but holds values no record can take (numbers past 64 bits, nesting, wrong shapes)
+    is a 400, never a 500."""
+    body = decompress(raw, encoding, limit)
+    try:
+        return body, parse(signal, body, protobuf, machine, received_ms)
+    except Refused:
+        raise
+    except Exception as exc:  # noqa: BLE001 - a client's bytes must never make a 500
+        raise Refused(400, INVALID_ARGUMENT, f"records that cannot be read: {type(exc).__name__}", "bad_body") from None
 
 
 def endpoint(signal: str, machine: str) -> Callable[[Request], Any]:
@@ -247,11 +273,12 @@ def endpoint(signal: str, machine: str) -> Callable[[Request], Any]:
         try:
             protobuf = _content_type(request)
             raw = await read_body(request, limit)
-            body = decompress(raw, request.headers.get("content-encoding", ""), limit)
-            if len(body) > THREAD_OVER:
-                batch = await trio.to_thread.run_sync(parse, signal, body, protobuf, machine, now_ms())
+            encoding = request.headers.get("content-encoding", "")
+            args = (signal, raw, encoding, limit, protobuf, machine, now_ms())
+            if len(raw) > THREAD_OVER or encoding.strip().lower() not in ("", "identity"):
+                body, batch = await trio.to_thread.run_sync(_decode, *args)
             else:
-                batch = parse(signal, body, protobuf, machine, now_ms())
+                body, batch = _decode(*args)
             await _store(state, batch)
         except Refused as refused:
             count(state, "requests", signal, refused.reason)
