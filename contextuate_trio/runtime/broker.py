@@ -431,5 +431,6 @@ class Broker:
 
 def _placed(ev: Event) -> tuple:
     """What the session machine may change on an event: where it belongs, what it is
-    (a compaction's agent), the calls its turn left unanswered."""
-    return (ev.session_id, ev.parent_session_id, ev.event_type, ev.unanswered_calls is not None)
+    (a compaction's agent), the calls its turn left unanswered, the turn of a span
+    (OTel's spans carry no prompt id: it is joined)."""
+    return (ev.session_id, ev.parent_session_id, ev.event_type, ev.unanswered_calls is not None, ev.prompt_id)

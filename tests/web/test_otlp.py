@@ -256,6 +256,7 @@ def test_recorded_claude_code_bodies(daemon, kind):
     assert "interaction" in names and names.count("llm_request") == 4
     (trace,) = root["otel"]["traces"].values()
     assert trace["promptId"]
+    assert {e.get("promptId") for e in spans} == {trace["promptId"]}  # stored with the turn joined
 
 
 # --- what is refused -----------------------------------------------------------------
