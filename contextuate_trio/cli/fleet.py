@@ -65,7 +65,7 @@ def machine_config(cfg: config_mod.RedisConfig, name: str, password: str) -> dic
         where.setdefault("db", 0)
     redis = dict(where)
     if cfg.nodes:
-        redis = {"nodes": list(cfg.nodes), "tls": cfg.tls}
+        redis = {"nodes": list(cfg.nodes), "tls": cfg.tls or (cfg.url or "").startswith("rediss://")}
     elif cfg.cluster:
         redis["cluster"] = True
     if cfg.tls_ca_file:
@@ -183,7 +183,7 @@ def _checkpoints(cfg: config_mod.Config) -> dict:
 def survey(cfg: config_mod.Config) -> list[dict]:
     """One row per machine: from Redis (registry, XINFO, ACL LIST), the daemon's
     /api/machines when it runs, else this monitor's checkpoints on disk."""
-    from contextuate_trio.sources.redis import describe, make_client, parse_id
+    from contextuate_trio.sources.redis import checkpoint_scope, make_client, parse_id
 
     r = cfg.redis
     client = make_client(r)
@@ -221,7 +221,7 @@ def survey(cfg: config_mod.Config) -> list[dict]:
             row.update(events=m.get("events"), lag=m.get("lag"), missed=m.get("missed"))
             row["lastSeen"] = max(row["lastSeen"] or 0, m.get("lastSeen") or 0) or None
         else:
-            ck = saved.get(f"{describe(r)}#{key}")
+            ck = saved.get(f"{checkpoint_scope(r)}#{key}")
             added = info.get("entries-added")
             if isinstance(ck, dict) and isinstance(ck.get("pos"), int) and isinstance(added, int):
                 row["lag"] = max(added - ck["pos"], 0)

@@ -257,15 +257,17 @@ class Relay:
         )
         task_status.started()
         while True:
-            client = self._connect()
-            _no_retries(client)
+            client = None
             try:
+                # In a worker thread: a cluster's client connects to its seeds as it is made.
+                client = await anyio.to_thread.run_sync(self._connect, abandon_on_cancel=True)
+                _no_retries(client)
                 await anyio.to_thread.run_sync(client.ping, abandon_on_cancel=True)
                 self.state = "connected"  # "down" ends with a batch confirmed (or nothing to send)
                 self._sadded.clear()
                 await self._pump(client)
             except Exception as exc:  # a bug must not take the daemon (and its hooks) down
-                if not isinstance(exc, (redis.RedisError, OSError, Refused)):
+                if not isinstance(exc, (redis.RedisError, redis.exceptions.RedisClusterException, OSError, Refused)):
                     log.exception("[Relay] unexpected error")
                 self.attempts += 1
                 self.errors += 1
@@ -283,8 +285,9 @@ class Relay:
                 )
                 await trio.sleep(delay)
             finally:
-                with trio.CancelScope(shield=True):
-                    await anyio.to_thread.run_sync(client.close, abandon_on_cancel=True)
+                if client is not None:
+                    with trio.CancelScope(shield=True):
+                        await anyio.to_thread.run_sync(client.close, abandon_on_cancel=True)
 
     async def _pump(self, client: Any) -> None:
         while True:

@@ -82,6 +82,11 @@ MAX_MACHINES = 10_000  # registry members read (the rest are logged, not read)
 THREAD_MINT = Mint(new_id=lambda: uuid4_text(bytearray(os.urandom(16))), now_ms=now_ms)
 
 
+# What a lost, refused or unreachable Redis (or cluster) raises: retried with back-off.
+# A cluster's own errors (no seed answers, a slot not covered) are not RedisErrors.
+CONNECTION_ERRORS = (redis.RedisError, redis.exceptions.RedisClusterException, OSError)
+
+
 def backoff(attempt: int) -> float:
     """Exponential, capped, with full jitter (so monitors do not reconnect in step)."""
     ceiling = min(BACKOFF_MAX, BACKOFF_MIN * (2 ** max(attempt - 1, 0)))
@@ -156,6 +161,13 @@ def describe(cfg: RedisConfig) -> str:
     return where.replace("://", "-cluster://", 1) if cfg.cluster else where
 
 
+def checkpoint_scope(cfg: RedisConfig) -> str:
+    """What a stream's checkpoint is kept under: the server, or for a cluster the word
+    itself (its seed list may change: a checkpoint keyed by it would be lost, and
+    every trimmed entry counted as missed)."""
+    return "redis-cluster" if cfg.is_cluster else describe(cfg)
+
+
 def _explain(exc: Exception) -> str:
     if isinstance(exc, redis.AuthenticationError) or "WRONGPASS" in str(exc) or "NOAUTH" in str(exc):
         return f"authentication failed ({exc}); check redis.username/redis.password"
@@ -187,7 +199,7 @@ def _single(group: BaseExceptionGroup) -> BaseException:
             todo += reversed(e.exceptions)
         else:
             leaves.append(e)
-    if leaves and all(isinstance(e, (redis.RedisError, OSError)) for e in leaves):
+    if leaves and all(isinstance(e, CONNECTION_ERRORS) for e in leaves):
         return leaves[0]
     return group
 
@@ -416,6 +428,7 @@ class RedisSource:
         self.cfg = cfg
         self.checkpoint_path = checkpoint_path
         self.server = describe(cfg)
+        self.scope = checkpoint_scope(cfg)
         self.registry = registry_key(cfg.stream).encode()
         self._fresh = not os.path.exists(checkpoint_path)  # never ran: see Stream.fresh
         self._saved = self._load_checkpoints()
@@ -496,7 +509,7 @@ class RedisSource:
 
     def _checkpoint_of(self, key: bytes) -> tuple[str, int | None, int | None]:
         """(entry id, pos, counted) for a stream; an older version's bare id has no pos."""
-        value = self._saved.get(f"{self.server}#{_text(key)}")
+        value = self._saved.get(f"{self.scope}#{_text(key)}")
         if isinstance(value, str):
             return value, None, None
         if isinstance(value, dict) and isinstance(value.get("id"), str):
@@ -516,7 +529,7 @@ class RedisSource:
                     value["pos"] = s.stored_pos
                     if s.counted is not None and s.counted > s.stored_pos:
                         value["counted"] = s.counted  # a gap counted past the checkpoint
-                data[f"{self.server}#{s.name}"] = value
+                data[f"{self.scope}#{s.name}"] = value
         self._saved = data
         self._last_save = time.monotonic()
         try:
@@ -564,8 +577,10 @@ class RedisSource:
 
     async def _supervise(self, name: str, loop: Callable) -> None:
         while True:
-            client = make_client(self.cfg)
+            client = None
             try:
+                # In a worker thread: a cluster's client connects to its seeds as it is made.
+                client = await anyio.to_thread.run_sync(make_client, self.cfg)
                 await anyio.to_thread.run_sync(client.ping)
                 if self.attempts[name]:
                     log.info("[Redis] %s: connected again after %d attempts", name, self.attempts[name])
@@ -577,7 +592,7 @@ class RedisSource:
                     await loop(client)
                 except ExceptionGroup as group:  # the loops' nurseries wrap what they raise
                     raise _single(group) from None
-            except (redis.RedisError, redis.exceptions.RedisClusterException, OSError) as exc:
+            except CONNECTION_ERRORS as exc:
                 self.attempts[name] += 1
                 self.state[name] = "error"
                 self.error = _explain(exc)
@@ -587,8 +602,9 @@ class RedisSource:
                 )
                 await trio.sleep(delay)
             finally:
-                with trio.CancelScope(shield=True):
-                    await anyio.to_thread.run_sync(client.close)
+                if client is not None:
+                    with trio.CancelScope(shield=True):
+                        await anyio.to_thread.run_sync(client.close)
 
     async def _read_streams(self, client: redis.Redis) -> None:
         client.set_response_callback("XREAD", raw_xread)
@@ -853,6 +869,26 @@ class RedisSource:
                 machine,
             )
 
+    def _intrudes(self, ev: events.Event) -> bool:
+        """A channel event into the session of a machine that writes its own stream:
+        anyone allowed to PUBLISH could send it, so it is refused and counted (that
+        machine's events come by its stream)."""
+        s = self.broker.manager.sessions.get(ev.session_id)
+        owner = self.machines.get(s.machine_id) if s is not None and s.machine_id != ev.machine_id else None
+        if owner is None or not owner.exists:
+            return False
+        owner.spoofed += 1
+        self.broker.counters["redis_spoofed"] += 1
+        if self._logged["spoofed"] < LOGGED_MAX:
+            self._logged["spoofed"] += 1
+            log.warning(
+                "[Redis] channel: refused an event into session %s of machine %s (from %s)",
+                ev.session_id,
+                owner.machine,
+                ev.machine_id,
+            )
+        return True
+
     async def _read_channel(self, client: redis.Redis) -> None:
         pubsub = client.pubsub(ignore_subscribe_messages=True)
         try:
@@ -869,6 +905,8 @@ class RedisSource:
                 if own is not None and own.exists:
                     self._ignored(ev.machine_id)
                     continue  # its stream carries it
+                if self._intrudes(ev):
+                    continue
                 if ev.machine_id not in self._channel_only:
                     # Perhaps a new machine: look at the registry without waiting.
                     self._survey_soon = True

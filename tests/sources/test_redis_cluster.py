@@ -192,3 +192,23 @@ def test_fleet_user_on_every_node_writes_only_its_own_stream(redis_cluster, home
     admin = c.client()
     assert admin.xlen(key("laptop-a")) == 2
     admin.close()
+
+
+def test_a_monitor_started_before_its_cluster_waits_for_it(daemon):
+    """No seed answers (the cluster is not up yet, or all seeds are down): the monitor
+    stays up, says so, and reads once the cluster is there."""
+    from redis_cluster import RedisCluster
+
+    c = RedisCluster(3)
+    try:
+        d = cluster_monitor(daemon, c)
+        wait_for(lambda: d.get("/api/health")["status"] != "ok", what="health says the cluster is unreachable")
+        assert d.proc is not None and d.proc.poll() is None
+        c.start()
+        wait_for(lambda: d.get("/api/health")["status"] == "ok", timeout=30, what="connected once the cluster is up")
+        client = c.client()
+        write(client, "late-box", [event("s-late", "late-box", 0)])
+        wait_for(lambda: "s-late" in d.sessions(), what="the event")
+        client.close()
+    finally:
+        c.close()

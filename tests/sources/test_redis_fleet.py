@@ -91,6 +91,13 @@ def test_new_machine_found_while_running_and_identity_by_stream(monitor, redis_s
     assert s["sa"]["eventCount"] == 1 and s["sa"]["machineId"] == "box-a"
     assert s["s-child"]["parentSessionId"] == "sa" and s["s-child"]["machineId"] == "quiet-box"
     wait_for(lambda: machines(d)["quiet-box"]["spoofed"] == 2, what="the intrusion counted as spoofed")
+    # Nor through the channel, which any machine may PUBLISH on: with no machine, or a made-up one.
+    c.publish("contextuate:events", complete("sa", None))
+    c.publish("contextuate:events", complete("sa", "ghost"))
+    c.publish("contextuate:events", complete("s-after-channel", "ghost"))
+    wait_for(lambda: "s-after-channel" in d.sessions(), what="the channel event after the intruding ones")
+    assert d.sessions()["sa"]["eventCount"] == 1
+    wait_for(lambda: machines(d)["box-a"]["spoofed"] == 2, what="channel intrusions counted on the owner")
     assert "box-a (its session sa)" in d.log()
     # The channel copy of a spoofed message is not taken either (box-a has its stream).
     # A machine that is registered but has no stream yet is still heard on the channel,
