@@ -17,6 +17,7 @@ import attrs
 import cattrs
 from cattrs.gen import make_dict_structure_fn, make_dict_unstructure_fn, override
 
+from contextuate_trio.core.access import ApiToken, Scope, parse_scopes
 from contextuate_trio.core.names import camel
 from contextuate_trio.hook import paths as hook_paths
 from contextuate_trio.hook.process import DEFAULT_TIMEOUT_MS
@@ -61,13 +62,48 @@ def _host_ports(value: list[str]) -> None:
             raise ValueError(f'{node!r} is not "host:port"')
 
 
+TokenScope = Literal["read", "decide", "admin"]
+# A token's name: what ``token add|revoke`` take and what a decision event records.
+TOKEN_NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
+
+
+@attrs.define
+class TokenConfig:
+    # One named token of ``server.tokens`` (``contextuate-trio token add|list|revoke``).
+    name: str
+    token: str = attrs.field(metadata={"secret": True})
+    scopes: list[TokenScope] = attrs.Factory(lambda: ["read"])
+
+
 @attrs.define
 class ServerConfig:
     host: str = "127.0.0.1"
     port: int = attrs.field(default=3847, validator=_port)
     ws_port: int = attrs.field(default=3848, validator=_port)
+    # One token with every scope (as before named tokens); ``tokens``: named, scoped.
     token: str | None = None
+    tokens: list[TokenConfig] = attrs.Factory(list)
     allowed_hosts: list[str] = attrs.Factory(list)
+
+    @property
+    def has_token(self) -> bool:
+        """Some token is set: the API and WebSocket refuse anonymous clients."""
+        return bool(self.token) or any(t.token for t in self.tokens)
+
+    def api_tokens(self) -> tuple[ApiToken, ...]:
+        """``server.tokens`` as the guard holds them (``server.token`` is added by it)."""
+        return tuple(ApiToken(t.name, t.token, parse_scopes(t.scopes)) for t in self.tokens if t.token)
+
+    def client_token(self, scope: Scope | None = Scope.READ) -> str | None:
+        """A token of this config that holds ``scope`` (for the CLI's own calls):
+        ``server.token``, else the first named token with it; None without one."""
+        if self.token:
+            return self.token
+        wanted = scope or Scope.READ
+        for t in self.api_tokens():
+            if wanted in t.scopes:
+                return t.secret
+        return None
 
 
 @attrs.define
@@ -233,6 +269,7 @@ class Config:
 
 
 _SECTIONS = (
+    TokenConfig,
     ServerConfig,
     HookConfig,
     RedisConfig,
@@ -248,7 +285,7 @@ _SECTIONS = (
 # Objects whose keys are the user's own (model names), not ours to warn about.
 _FREE_FORM = ("pricing.models",)
 # Lists of objects: each item's keys are checked against this class's.
-_ITEM_CLASSES = {"alerts.webhooks": WebhookConfig}
+_ITEM_CLASSES = {"alerts.webhooks": WebhookConfig, "server.tokens": TokenConfig}
 
 
 def _make_converter() -> cattrs.Converter:
@@ -354,12 +391,42 @@ def load(env: dict | None = None) -> tuple[Config, list[str]]:
     cfg.path = path
     cfg.socket_path = os.path.expanduser(cfg.socket_path or os.path.join(home, hook_paths.SOCKET_NAME))
     cfg.persistence.dir = os.path.expanduser(cfg.persistence.dir or os.path.join(home, "data"))
-    if cfg.server.host not in ("127.0.0.1", "localhost", "::1") and not cfg.server.token:
+    _check_tokens(cfg.server.tokens, path)
+    if cfg.server.host not in LOOPBACK_HOSTS and not cfg.server.has_token:
         warnings.append(
             f"{path}: server.host is {cfg.server.host!r}: the dashboard and API are reachable "
-            "from other machines without a token; set server.token or bind 127.0.0.1"
+            "from other machines without a token; add one (`contextuate-trio token add`) or bind 127.0.0.1"
         )
     return cfg, warnings
+
+
+LOOPBACK_HOSTS = ("127.0.0.1", "localhost", "::1")
+
+
+def no_token_warning(cfg: Config) -> str | None:
+    """What the daemon logs and ``doctor`` says when the config holds no token (a
+    config written by hand, or by the original Node monitor): open on loopback."""
+    if cfg.server.has_token:
+        return None
+    return (
+        f"{cfg.path}: no token (server.token, server.tokens): any local user can read events "
+        "through the API and WebSocket; add one with `contextuate-trio token add NAME`"
+    )
+
+
+def _check_tokens(tokens: list[TokenConfig], path: str) -> None:
+    """Names unique and well formed; the token itself not empty (not shown: a secret)."""
+    seen: set[str] = set()
+    for i, t in enumerate(tokens):
+        if not TOKEN_NAME_RE.match(t.name):
+            raise ConfigError(
+                f"{path}: key 'server.tokens[{i}].name': {t.name!r} is not a token name (A-Z a-z 0-9 . _ -)"
+            )
+        if t.name in seen:
+            raise ConfigError(f"{path}: key 'server.tokens[{i}].name': {t.name!r} is used twice")
+        seen.add(t.name)
+        if not t.token:
+            raise ConfigError(f"{path}: key 'server.tokens[{i}].token': empty")
 
 
 _strict = cattrs.Converter(forbid_extra_keys=False)
@@ -483,6 +550,8 @@ def public_dict(cfg: Config) -> dict:
     data = converter.unstructure(cfg)
     if data["server"].get("token"):
         data["server"]["token"] = "***"
+    for t in data["server"]["tokens"]:
+        t["token"] = "***"
     if data["redis"].get("password"):
         data["redis"]["password"] = "***"
     if data["redis"].get("url"):
@@ -529,6 +598,16 @@ def webhook_origin(url: str) -> str:
     except ValueError:
         port = None
     return f"{parts.scheme}://{host}" + (f":{port}" if port is not None else "")
+
+
+def dashboard_url(cfg: Config) -> str:
+    """The dashboard's URL, with a ``read`` token of this config in its fragment
+    (``#token=…``): a browser never sends the fragment, so it reaches no access log,
+    and the page moves it into the tab's storage and out of the address bar."""
+    from urllib.parse import quote
+
+    token = cfg.server.client_token(Scope.READ)
+    return api_base(cfg) + "/" + (f"#token={quote(token, safe='')}" if token else "")
 
 
 def api_base(cfg: Config) -> str:

@@ -8,6 +8,7 @@ import urllib.request
 from typing import Any
 
 from contextuate_trio import config as config_mod
+from contextuate_trio.core.access import needed_scope
 
 DEFAULT_TIMEOUT = 2.0
 
@@ -21,7 +22,8 @@ def api_get(cfg: config_mod.Config, path: str, timeout: float = DEFAULT_TIMEOUT)
     error status, ``OSError`` when the daemon cannot be reached, ``ValueError`` for
     an answer that is not JSON."""
     req = urllib.request.Request(api_url(cfg, path))
-    if cfg.server.token:
-        req.add_header("Authorization", f"Bearer {cfg.server.token}")
+    token = cfg.server.client_token(needed_scope("GET", path.split("?", 1)[0]))
+    if token:
+        req.add_header("Authorization", f"Bearer {token}")
     with urllib.request.urlopen(req, timeout=timeout) as resp:
         return json.loads(resp.read())

@@ -26,6 +26,7 @@ from contextuate_trio import config as config_mod
 from contextuate_trio.cli import hooks as cs
 from contextuate_trio.cli import telemetry
 from contextuate_trio.cli.client import api_get
+from contextuate_trio.core.access import Scope
 from contextuate_trio.hook import paths as hook_paths
 from contextuate_trio.hook import spool as hook_spool
 
@@ -167,6 +168,7 @@ class Doctor:
             self.add("config", WARN, detail + "; " + "; ".join(warnings), f"remove or correct those keys in {path}")
         else:
             self.add("config", OK, detail)
+        self.check_tokens()
         try:
             st = os.stat(home)
             if stat.S_IMODE(st.st_mode) & 0o077:
@@ -178,6 +180,18 @@ class Doctor:
                 )
         except FileNotFoundError:
             pass
+
+    def check_tokens(self) -> None:
+        """A config with no token keeps the API open on loopback (a config written by
+        hand, or by the original Node monitor): say so."""
+        assert self.cfg is not None
+        warning = config_mod.no_token_warning(self.cfg)
+        if warning is not None:
+            self.add("token", WARN, warning, "contextuate-trio token add dashboard --scopes read,admin")
+            return
+        names = [("server.token", ["read", "decide", "admin"])] if self.cfg.server.token else []
+        names += [(t.name, list(t.scopes)) for t in self.cfg.server.tokens]
+        self.add("token", OK, ", ".join(f"{n} ({' '.join(s)})" for n, s in names))
 
     # --- daemon -------------------------------------------------------------------------
     def check_daemon(self) -> None:
@@ -215,14 +229,15 @@ class Doctor:
             return
         try:
             self.daemon_status = api_get(cfg, "/api/status")
-            self.daemon_config = api_get(cfg, "/api/config")
+            if not cfg.server.has_token or cfg.server.client_token(Scope.ADMIN) is not None:
+                self.daemon_config = api_get(cfg, "/api/config")  # an admin read (tokens' scopes)
         except urllib.error.HTTPError as exc:
             if exc.code == 401:
                 self.add(
                     "daemon",
                     FAIL,
-                    f"{base} is up but refuses this config's token (server.token differs from the daemon's)",
-                    f"set server.token in {cfg.path} to the daemon's, or restart "
+                    f"{base} is up but refuses this config's token (not one of the daemon's tokens)",
+                    f"use a token of the daemon's in {cfg.path} (`contextuate-trio token list`), or restart "
                     "the daemon with this config: contextuate-trio stop && contextuate-trio start",
                 )
                 return
@@ -427,7 +442,9 @@ class Doctor:
             if raw is None or not telemetry.ours(settings):
                 continue
             found = True
-            for level, text in telemetry.check(settings, config_mod.api_base(self.loaded), self.loaded.server.token):
+            for level, text in telemetry.check(
+                settings, config_mod.api_base(self.loaded), self.loaded.server.client_token(Scope.READ)
+            ):
                 self.add("otel", levels[level], f"{path}: {text}", fix if level == "warn" else None)
         if not found:
             (level, text), *_ = telemetry.check({}, "", None)
@@ -510,7 +527,10 @@ class Doctor:
                 "contextuate-trio hooks install --transport http",
             )
         auth = (handlers[0].get("headers") or {}).get("Authorization", "")
-        if self.cfg.server.token and auth != f"Bearer {self.cfg.server.token}" and "$CONTEXTUATE_TOKEN" not in auth:
+        accepted = {f"Bearer {t.secret}" for t in self.cfg.server.api_tokens()} | (
+            {f"Bearer {self.cfg.server.token}"} if self.cfg.server.token else set()
+        )
+        if self.cfg.server.has_token and auth not in accepted and "$CONTEXTUATE_TOKEN" not in auth:
             self.add(
                 "http hook",
                 FAIL,

@@ -31,6 +31,7 @@ import sys
 from typing import Any
 
 from contextuate_trio.cli import telemetry
+from contextuate_trio.core.access import Scope
 from contextuate_trio.hook.paths import write_atomic
 
 MACHINE_HEADER = "X-Contextuate-Machine"
@@ -529,7 +530,7 @@ def cmd_install(args) -> int:
     command = build_command(python, script, env)
     version = claude_version()
     events, skipped = events_for(version, noisy=args.file_events)
-    token = cfg.server.token if cfg is not None else None
+    token = cfg.server.client_token(Scope.READ) if cfg is not None else None
     otel_env = _otel_env(args, cfg, env, token, scope) if args.otel else None
     if args.otel and otel_env is None:
         return 2

@@ -84,7 +84,7 @@ def cmd_start(args) -> int:
             if api_get(cfg, "/api/health", timeout=0.5).get("status") in ("ok", "degraded"):
                 print(
                     f"contextuate-trio started (pid {proc.pid}); dashboard "
-                    f"http://{cfg.server.host}:{cfg.server.port}/ ; log {log_path}"
+                    f"{config_mod.dashboard_url(cfg)} ; log {log_path}"
                 )
                 return 0
         except (OSError, ValueError):
@@ -189,11 +189,15 @@ def cmd_init(args) -> int:
         return 1
     os.makedirs(home, mode=0o700, exist_ok=True)
     os.chmod(home, 0o700)
+    from contextuate_trio.cli import tokens
+
     data = config_mod.defaults_dict()
     if args.mode:
         data["mode"] = args.mode
+    if not args.no_token:  # tokens by default (as Jupyter): `open` logs the dashboard in with it
+        data["server"]["tokens"] = [tokens.init_entry()]
     hook_paths.write_atomic(path, (json.dumps(data, indent=2) + "\n").encode(), durable=True)
-    print(f"wrote {path} (mode 0600)")
+    print(f"wrote {path} (mode 0600)" + ("" if args.no_token else f", with a token {tokens.INIT_TOKEN_NAME!r}"))
     return 0
 
 
@@ -215,6 +219,7 @@ def build_parser() -> argparse.ArgumentParser:
     s = sub.add_parser("init", help="write a default config (0600) to the home")
     s.add_argument("--force", action="store_true", help="overwrite an existing config")
     s.add_argument("--mode", choices=("local", "redis", "relay"))
+    s.add_argument("--no-token", action="store_true", help="no token: the API stays open on loopback")
     s.set_defaults(func=cmd_init)
     _add_integration_commands(sub)
     return p
@@ -222,7 +227,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def _add_integration_commands(sub) -> None:
     """Claude Code integration and everyday use (each in its own module)."""
-    from contextuate_trio.cli import demo, doctor, export, fleet, hooks, service, tail, usage
+    from contextuate_trio.cli import demo, doctor, export, fleet, hooks, service, tail, tokens, usage
 
     hooks.add_parser(sub)
     doctor.add_parser(sub)
@@ -232,6 +237,7 @@ def _add_integration_commands(sub) -> None:
     service.add_parser(sub)
     usage.add_parser(sub)
     fleet.add_parser(sub)
+    tokens.add_parser(sub)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -22,6 +22,7 @@ import trio
 from trio_websocket import ConnectionClosed, HandshakeError, open_websocket_url
 
 from contextuate_trio import config as config_mod
+from contextuate_trio.core.access import Scope
 from contextuate_trio.web.ws_protocol import Follower
 
 COLORS = {
@@ -177,7 +178,8 @@ async def run(
     reconnect: bool = True,
 ) -> int:
     """Follow the stream until interrupted; reconnect (with resume) when it drops."""
-    headers = [(b"Authorization", f"Bearer {cfg.server.token}".encode())] if cfg.server.token else []
+    token = cfg.server.client_token(Scope.READ)
+    headers = [(b"Authorization", f"Bearer {token}".encode())] if token else []
     follower = Follower(history=history)
     printer.sessions = follower.sessions
     warned = False
@@ -192,7 +194,8 @@ async def run(
             status = _refused_status(exc)
             if status == 401:
                 print(
-                    f"contextuate-trio tail: the daemon wants a token: set server.token in {cfg.path}", file=sys.stderr
+                    f"contextuate-trio tail: the daemon wants a read token: add one with `contextuate-trio token add` ({cfg.path})",
+                    file=sys.stderr,
                 )
                 return 1
             why = f"refused ({status})" if status else str(exc)

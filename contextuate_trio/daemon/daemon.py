@@ -18,11 +18,12 @@ from hypercorn.config import Config as HyperConfig
 from starlette.routing import Route
 
 from contextuate_trio import __version__
-from contextuate_trio.config import Config, api_base
+from contextuate_trio.config import Config, api_base, dashboard_url, no_token_warning
 from contextuate_trio.core.redact import Redactor
 from contextuate_trio.core.usage import PriceTable
 from contextuate_trio.daemon import report
 from contextuate_trio.daemon.http_front import HttpFront
+from contextuate_trio.daemon.tokens import TokenWatcher
 from contextuate_trio.hook import spool as hook_spool
 from contextuate_trio.hook.paths import write_atomic
 from contextuate_trio.runtime import gc_tuning
@@ -129,6 +130,7 @@ class Daemon:
             otel_forward=self.otel_forward.offer if self.otel_forward is not None else None,
         )
         self.ws = WsServer(self.web)
+        self.tokens = TokenWatcher(self.web.guard, config.home, config.path)
         self.ws_url: str | None = None
 
     # --- paths --------------------------------------------------------------------
@@ -187,12 +189,16 @@ class Daemon:
                 self.config.persistence.dir if self.broker.store else "(persistence off)",
             )
             self.broker.prune(self.config.persistence.retention_days)
+            warning = no_token_warning(self.config)
+            if warning is not None:
+                log.warning("%s", warning)
             gc_tuning.settle_after_start()
             async with trio.open_nursery() as outer:
                 # Signals first: a SIGTERM that arrives while starting is not lost.
                 await outer.start(self._signals)
                 await outer.start(self.broker.run)
                 await outer.start(self.needs_you.run)
+                await outer.start(self.tokens.run)
                 if self.alerts.hooks:
                     await outer.start(self.alerts.run)
                 if self.relay is not None:
@@ -219,6 +225,8 @@ class Daemon:
                         log.info(
                             "ready: socket %s, dashboard %s", self.config.socket_path, ", ".join(self.web.http_urls)
                         )
+                        if self.web.guard.needs_token:  # the Jupyter way: a URL that logs in (0600 log)
+                            log.info("open the dashboard with its token: %s", dashboard_url(self.config))
                         task_status.started(self)
                 log.info("stopping: storing what is already in the broker")
                 self.broker.send_channel.close()  # run() ends once the queue is drained

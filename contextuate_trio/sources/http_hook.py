@@ -85,7 +85,7 @@ class HookIntake:
         """The web app's guard (``Guard.refusal``) for requests that never reach the
         app. ``last``: headers by lower-case name, a repeated one keeping its last
         value (as the app's guard reads them)."""
-        refusal = self.guard.refusal(PATH, last, self.dashboard_ports)
+        refusal = self.guard.refusal(PATH, last, self.dashboard_ports, "POST")
         if refusal is None:
             return None
         status, why = refusal

@@ -18,7 +18,8 @@ from contextuate_trio.web.state import WebState
 
 
 class GuardMiddleware:
-    """Every request through ``Guard.refusal`` first (Host, cross-site calls, token)."""
+    """Every request through ``Guard.refusal`` first (Host, cross-site calls, the
+    token and the scope the request needs)."""
 
     def __init__(self, app: Any, state: WebState) -> None:
         self.app = app
@@ -27,7 +28,7 @@ class GuardMiddleware:
 
     def _refusal(self, scope: dict) -> JSONResponse | None:
         headers = {k.decode("latin-1").lower(): v.decode("latin-1") for k, v in scope["headers"]}
-        refusal = self.guard.refusal(scope["path"], headers, self.state.dashboard_ports)
+        refusal = self.guard.refusal(scope["path"], headers, self.state.dashboard_ports, scope.get("method", "GET"))
         if refusal is None:
             return None
         status, why = refusal

@@ -39,7 +39,7 @@ class WebState:
 
     def __attrs_post_init__(self) -> None:
         s = self.config.server
-        self.guard = Guard(s.allowed_hosts, s.token, s.host)
+        self.guard = Guard(s.allowed_hosts, s.token, s.host, s.api_tokens())
 
     def dashboard_ports(self) -> set[int]:
         """The ports the dashboard is served on: the only Origins allowed."""

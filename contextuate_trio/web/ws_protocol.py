@@ -571,10 +571,12 @@ class WsProtocol:
 
 @attrs.define(eq=False)
 class ClientState:
-    """What the protocol keeps per client: its filter and who it is (for logs)."""
+    """What the protocol keeps per client: its filter, who it is (for logs), and
+    whether its token may change sessions (the admin scope)."""
 
     filter: Filter
     remote: str
+    may_act: bool = True
 
 
 def _request(raw: Any) -> dict:
@@ -681,6 +683,8 @@ def _m_session_action(p: WsProtocol, client: ClientState, msg: dict) -> dict:
     sid = msg.get("sessionId")
     if not isinstance(action, str) or not isinstance(sid, str):
         raise BadRequest("session_action needs an action and a sessionId")
+    if not client.may_act:
+        raise BadRequest("this token lacks the 'admin' scope: session actions need it")
     try:
         p.backend.session_action(action, sid, msg.get("value"))
     except ActionError as exc:

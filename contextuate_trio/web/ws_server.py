@@ -19,6 +19,7 @@ from typing import Any
 import trio
 from trio_websocket import ConnectionClosed, WebSocketConnection, WebSocketRequest, serve_websocket
 
+from contextuate_trio.core.access import Scope
 from contextuate_trio.core.sessions import Session
 from contextuate_trio.runtime.broker import Broker
 from contextuate_trio.runtime.clock import now_ms
@@ -197,14 +198,21 @@ class WsServer:
             return 403, f"host {host!r} not allowed"
         if not self.guard.origin_ok(origin, self.state.dashboard_ports()):
             return 403, f"origin {origin!r} not allowed"
-        if self.guard.token is not None:
-            auth = headers.get("authorization")
-            if auth is None:
-                tok = proto.token_from_protocols(request.proposed_subprotocols)
-                auth = f"Bearer {tok}" if tok is not None else None
-            if not self.guard.token_ok(auth):
-                return 401, "missing or wrong token"
+        if not self.guard.token_ok(self._authorization(request, headers)):
+            return 401, "missing or wrong token"
         return None
+
+    @staticmethod
+    def _authorization(request: WebSocketRequest, headers: dict[str, str] | None = None) -> str | None:
+        """The client's token as an Authorization header: the header itself, or the
+        subprotocol a browser carries it in (it cannot set headers)."""
+        if headers is None:
+            headers = {k.decode("latin-1").lower(): v.decode("latin-1") for k, v in request.headers}
+        auth = headers.get("authorization")
+        if auth is None:
+            tok = proto.token_from_protocols(request.proposed_subprotocols)
+            auth = f"Bearer {tok}" if tok is not None else None
+        return auth
 
     async def _handle_one(self, request: WebSocketRequest) -> None:
         r = request.remote
@@ -218,7 +226,9 @@ class WsServer:
             return await self._refuse(request, 400, f"bad query: {exc}", remote)
         subprotocol = proto.SUBPROTOCOL if proto.SUBPROTOCOL in request.proposed_subprotocols else None
         ws = await request.accept(subprotocol=subprotocol)
-        client = Client(ws, proto.ClientState(hs.filter, remote))
+        # Session actions over the socket need the admin scope, as over HTTP.
+        may_act = self.guard.token_ok(self._authorization(request), Scope.ADMIN)
+        client = Client(ws, proto.ClientState(hs.filter, remote, may_act))
         self.counters["connections"] += 1
         try:
             await self._run_client(client, hs)

@@ -26,7 +26,7 @@ def _server_meta(st: WebState) -> str:
     cfg = st.config
     return (
         f'<meta name="contextuate-ws-port" content="{st.ws_port()}">'
-        f'<meta name="contextuate-auth" content="{"token" if cfg.server.token else "none"}">'
+        f'<meta name="contextuate-auth" content="{"token" if st.guard.needs_token else "none"}">'
         f'<meta name="contextuate-mode" content="{html.escape(cfg.mode)}">'
         f'<meta name="contextuate-version" content="{html.escape(__version__)}">'
     )

@@ -28,12 +28,21 @@ window.__contextuate = state; // for tests and the curious
 
 // --- token (only when the daemon has one) ------------------------------------------
 const needsToken = meta('contextuate-auth') === 'token';
+// `contextuate-trio open` (and the URL the daemon prints) carries a token in the
+// fragment (#token=…, never sent to the server): it moves into this tab's storage and
+// out of the address bar and the history.
+(function tokenFromUrl() {
+  const m = /(?:^#|&)token=([^&]*)/.exec(location.hash);
+  if (!m) return;
+  sessionStorage.setItem('contextuate-token', decodeURIComponent(m[1]));
+  history.replaceState(null, '', location.pathname + location.search);
+})();
 let token = needsToken ? (sessionStorage.getItem('contextuate-token') || localStorage.getItem('contextuate-token')) : null;
 
 async function askToken(again = false) {
   const value = await dialog({
-    title: 'Access token', text: again ? 'The daemon refused that token. Enter the server.token from monitor.config.json.'
-      : 'This daemon requires its token (server.token in monitor.config.json). It is kept in this browser tab only.',
+    title: 'Access token', text: again ? 'The daemon refused that token. Enter one of its tokens (`contextuate-trio token list`; `contextuate-trio open` logs in by itself).'
+      : 'This daemon requires a token (server.tokens in monitor.config.json; `contextuate-trio open` logs in by itself). It is kept in this browser tab only.',
     input: { type: 'password', placeholder: 'token' }, ok: 'Connect',
   });
   if (value) { token = value; sessionStorage.setItem('contextuate-token', value); }

@@ -1,0 +1,86 @@
+"""``core.access``: the scope each request needs and the guard's answers (401 for no
+or an unknown token, 403 for one without the scope; open with no token at all)."""
+
+from __future__ import annotations
+
+import pytest
+
+from contextuate_trio.core.access import ApiToken, Guard, Scope, needed_scope, parse_scopes
+
+READ = ApiToken("viewer", "r-secret", frozenset({Scope.READ}))
+DECIDE = ApiToken("phone", "d-secret", frozenset({Scope.READ, Scope.DECIDE}))
+ADMIN = ApiToken("ops", "a-secret", frozenset({Scope.READ, Scope.ADMIN}))
+
+
+@pytest.mark.parametrize(
+    ("method", "path", "scope"),
+    [
+        ("GET", "/api/health", None),
+        ("GET", "/", None),
+        ("GET", "/static/app.js", None),
+        ("GET", "/api/sessions", Scope.READ),
+        ("HEAD", "/api/sessions", Scope.READ),
+        ("GET", "/metrics", Scope.READ),
+        ("GET", "/api/config", Scope.ADMIN),
+        ("POST", "/api/sessions/s1/actions", Scope.ADMIN),
+        ("DELETE", "/api/sessions/s1", Scope.ADMIN),
+        ("POST", "/api/decisions", Scope.DECIDE),
+        ("POST", "/api/hooks", Scope.READ),  # events in, as on the socket
+        ("POST", "/v1/logs", Scope.READ),
+    ],
+)
+def test_needed_scope(method, path, scope):
+    assert needed_scope(method, path) is scope
+
+
+def bearer(t: ApiToken) -> dict:
+    return {"authorization": f"Bearer {t.secret}"}
+
+
+def refusal(g: Guard, method: str, path: str, headers: dict):
+    return g.refusal(path, headers, lambda: [3847], method)
+
+
+def test_scopes_decide_401_then_403():
+    g = Guard(tokens=[READ, DECIDE, ADMIN])
+    assert g.needs_token
+    assert refusal(g, "GET", "/api/health", {}) is None
+    assert refusal(g, "GET", "/api/sessions", {})[0] == 401
+    assert refusal(g, "GET", "/api/sessions", {"authorization": "Bearer nope"})[0] == 401
+    assert refusal(g, "GET", "/api/sessions", {"authorization": "r-secret"})[0] == 401  # not "Bearer …"
+    assert refusal(g, "GET", "/api/sessions", bearer(READ)) is None
+    assert refusal(g, "POST", "/api/sessions/s/actions", bearer(READ)) == (403, "this token lacks the 'admin' scope")
+    assert refusal(g, "POST", "/api/sessions/s/actions", bearer(ADMIN)) is None
+    assert refusal(g, "POST", "/api/decisions", bearer(ADMIN))[0] == 403
+    assert refusal(g, "POST", "/api/decisions", bearer(DECIDE)) is None
+    assert refusal(g, "GET", "/api/config", bearer(DECIDE))[0] == 403
+    assert g.who(bearer(DECIDE)["authorization"]) == DECIDE
+    assert g.who("Bearer x") is None and g.who(None) is None
+
+
+def test_server_token_has_every_scope_and_no_token_is_open():
+    g = Guard(token="legacy", tokens=[READ])
+    for method, path in (("GET", "/api/config"), ("POST", "/api/decisions"), ("POST", "/api/sessions/s/actions")):
+        assert refusal(g, method, path, {"authorization": "Bearer legacy"}) is None
+    assert g.who("Bearer legacy").name == "server.token"
+    open_guard = Guard()
+    assert not open_guard.needs_token
+    assert refusal(open_guard, "POST", "/api/decisions", {}) is None
+    # Host and cross-site checks come before the token, with or without one.
+    assert refusal(open_guard, "GET", "/api/sessions", {"host": "evil.example"})[0] == 421
+    assert refusal(g, "GET", "/api/sessions", {"sec-fetch-site": "cross-site", **bearer(READ)})[0] == 403
+
+
+def test_set_tokens_replaces_the_set():
+    g = Guard(tokens=[READ])
+    g.set_tokens(None, [ADMIN])
+    assert not g.token_ok(bearer(READ)["authorization"])
+    assert g.token_ok(bearer(ADMIN)["authorization"], Scope.ADMIN)
+    g.set_tokens(None, [])
+    assert g.token_ok(None, Scope.DECIDE)  # no token left: open again
+
+
+def test_parse_scopes():
+    assert parse_scopes(["read", "decide"]) == {Scope.READ, Scope.DECIDE}
+    with pytest.raises(ValueError, match="unknown scope 'write'"):
+        parse_scopes(["write"])
