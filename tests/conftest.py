@@ -94,6 +94,7 @@ class DaemonProc:
         self.home = home
         self.port = free_port()
         self.ws_port = free_port()
+        self.config = config
         self.config_path = write_config(home, self.port, self.ws_port, config)
         self.proc: subprocess.Popen | None = None
         self.log_path = os.path.join(home, "test-daemon.log")
@@ -103,6 +104,23 @@ class DaemonProc:
         return os.path.join(self.home, "monitor.sock")
 
     def start(self, wait: bool = True) -> DaemonProc:
+        """Start it; with ``wait``, until healthy. A port another process took between
+        ``free_port`` and the daemon's bind is taken again with new ports (twice)."""
+        for attempt in range(3):
+            self._spawn()
+            if not wait:
+                return self
+            try:
+                self.wait_healthy()
+                return self
+            except AssertionError:
+                if attempt == 2 or "already in use" not in self.log() or self.proc is None or self.proc.poll() is None:
+                    raise
+                self.port, self.ws_port = free_port(), free_port()
+                self.config_path = write_config(self.home, self.port, self.ws_port, self.config)
+        return self
+
+    def _spawn(self) -> None:
         log = open(self.log_path, "ab")
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "contextuate_trio", "start", "--foreground"],
@@ -112,9 +130,6 @@ class DaemonProc:
             cwd=str(ROOT),
         )
         log.close()
-        if wait:
-            self.wait_healthy()
-        return self
 
     def wait_healthy(self, timeout: float = 20.0) -> None:
         deadline = time.monotonic() + timeout

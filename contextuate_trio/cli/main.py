@@ -47,10 +47,18 @@ def cmd_run(args) -> int:
     except* (AlreadyRunning, SocketInUse) as group:
         problems += [str(exc) for exc in group.exceptions]
     except* OSError as group:  # e.g. a port in use: said plainly, not as a traceback
-        problems += [f"cannot start: {exc}" for exc in group.exceptions]
+        problems += [f"cannot start: {exc}" for exc in _leaves(group)]
     for problem in problems:
         print(f"contextuate-trio: {problem}", file=sys.stderr)
     return 1 if problems else 0
+
+
+def _leaves(group: BaseExceptionGroup) -> list[BaseException]:
+    """The errors themselves, out of the nested groups Trio's nurseries wrap them in."""
+    out: list[BaseException] = []
+    for exc in group.exceptions:
+        out += _leaves(exc) if isinstance(exc, BaseExceptionGroup) else [exc]
+    return out
 
 
 def cmd_start(args) -> int:
