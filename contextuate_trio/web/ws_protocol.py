@@ -236,6 +236,10 @@ class Filter:
             and (self.tools is None or d.get("toolName") in self.tools)
         )
 
+    def key(self) -> tuple:
+        """Equal for filters that pass the same things (clients that may share texts)."""
+        return (self.sessions, self.machines, self.types, self.tools)
+
     def session_ok(self, s: Session) -> bool:
         return self._session_ok(s.session_id, s.parent_session_id) and (
             self.machines is None or s.machine_id in self.machines
@@ -517,6 +521,18 @@ class WsProtocol:
         flush_updates()
         return out
 
+    def render_batch(self, flt: Filter, batch: dict) -> list[str]:
+        """A fan-out ``batch`` message's texts (its events, then its sessions' updates)
+        for ``flt``: made once per filter and kept on the message, which every
+        subscriber is handed (five dashboards that watch everything send the same
+        texts; each rendering its own was most of the fan-out's cost)."""
+        cache: dict[tuple, list[str]] = batch.setdefault("_texts", {})
+        key = flt.key()
+        texts = cache.get(key)
+        if texts is None:
+            texts = cache[key] = self.render(flt, [*batch["events"], *session_updates(batch)])
+        return texts
+
     def _update_text(self, msg: dict) -> str:
         """A session_update's text, rendered once for every client that is sent this
         message (they render the same fan-out messages; ``Session.public`` was a tenth
@@ -567,6 +583,16 @@ class WsProtocol:
         else:
             evs = self.backend.stored_events(session_id, HISTORY_MAX)
         return next((e for e in evs if e.get("id") == event_id), None)
+
+
+def session_updates(batch: dict) -> list[dict]:
+    """A fan-out batch's session_update messages, made once and shared by every client
+    (each renders its text once: see ``WsProtocol._update_text``)."""
+    updates = batch.get("_updates")
+    if updates is None:
+        seq = batch["seq"]
+        updates = batch["_updates"] = [{"type": "session_update", "seq": seq, "session": s} for s in batch["sessions"]]
+    return updates
 
 
 @attrs.define(eq=False)

@@ -18,6 +18,7 @@ from typing import Any
 
 import trio
 from trio_websocket import ConnectionClosed, WebSocketConnection, WebSocketRequest, serve_websocket
+from wsproto.events import TextMessage
 
 from contextuate_trio.core.access import Scope
 from contextuate_trio.core.sessions import Session
@@ -293,15 +294,29 @@ class WsServer:
                 await client.ws.aclose(code, why)
 
     async def _send(self, client: Client, text: str, scope: trio.CancelScope) -> None:
+        await self._send_all(client, [text], scope)
+
+    async def _send_all(self, client: Client, texts: list[str], scope: trio.CancelScope) -> None:
+        """Send ``texts`` in order. Several go out as one write of their frames: each
+        ``send_message`` is two turns of Trio's loop (its lock, then the write), so a
+        sender that sent its messages one by one got fewer turns than the pipeline
+        needs per batch, fell out of its queue in every burst and was then served from
+        disk on its own."""
+        if not texts:
+            return
         client.sending = True
         with trio.move_on_after(self.send_timeout) as timer:
-            await client.ws.send_message(text)
+            if len(texts) > 1 and _frames_writable(client.ws):
+                await _send_frames(client.ws, texts)
+            else:
+                for text in texts:
+                    await client.ws.send_message(text)
             client.sending = False
         if timer.cancelled_caught:
             self._drop(client, f"not reading (one message took over {self.send_timeout:g} s)", scope)
             return
-        client.sent += 1
-        self.counters["messages_sent"] += 1
+        client.sent += len(texts)
+        self.counters["messages_sent"] += len(texts)
 
     def _drop(self, client: Client, why: str, scope: trio.CancelScope) -> None:
         if client.closing is None:
@@ -316,8 +331,7 @@ class WsServer:
         scope.cancel()
 
     async def _sender(self, client: Client, first: list[str], scope: trio.CancelScope) -> None:
-        for text in first:
-            await self._send(client, text, scope)
+        await self._send_all(client, first, scope)
         while True:
             if client.catching_up:
                 await self._catch_up_step(client, scope)
@@ -341,10 +355,29 @@ class WsServer:
             if sub.too_slow:
                 client.catching_up = True
                 continue
-            msgs = _expand(sub, batch, client.cursor)
-            client.cursor = max([client.cursor, *(m["seq"] for m in msgs if m["type"] == "event")])
-            for text in self.protocol.render(client.state.filter, msgs):
-                await self._send(client, text, scope)
+            texts: list[str] = []
+            for m in batch:
+                sub.taken(m)
+                texts += self._texts(client, m)
+            await self._send_all(client, texts, scope)
+
+    def _texts(self, client: Client, m: dict) -> list[str]:
+        """A fan-out message's texts for the client, without the events it has had
+        already (numbered up to its cursor: sent while it caught up). A pipeline
+        batch wholly past the cursor (the usual case) is rendered once for every
+        client with the same filter (``render_batch``)."""
+        flt = client.state.filter
+        if m["type"] != "batch":
+            return self.protocol.render(flt, [m])
+        evs = m["events"]
+        if not evs or evs[0]["seq"] > client.cursor:
+            texts = self.protocol.render_batch(flt, m)
+        else:
+            own = [e for e in evs if e["seq"] > client.cursor]
+            texts = self.protocol.render(flt, [*own, *proto.session_updates(m)])
+        if evs:
+            client.cursor = max(client.cursor, evs[-1]["seq"])
+        return texts
 
     async def _catch_up_step(self, client: Client, scope: trio.CancelScope) -> None:
         """Send the next events a lagging client has not had. A new subscription
@@ -362,8 +395,7 @@ class WsServer:
         client.catching_up = client.cursor < self.broker.seq
         if not client.catching_up:
             texts.append(self.protocol.caught_up_text(client.state.filter, client.cursor))
-        for text in texts:
-            await self._send(client, text, scope)
+        await self._send_all(client, texts, scope)
         await trio.lowlevel.checkpoint()  # a long catch-up never starves the loop
 
     async def _reader(self, client: Client, scope: trio.CancelScope) -> None:
@@ -475,30 +507,23 @@ class WsServer:
         ]
 
 
-def _expand(sub: Subscription, batch: list[dict], cursor: int) -> list[dict]:
-    """The fan-out's batch messages as the per-event and per-session messages the
-    protocol renders (the subscription is batched: one message per pipeline batch,
-    however many events it holds), without the events the client has had already
-    (numbered up to ``cursor``: sent while it caught up)."""
-    out: list[dict] = []
-    for m in batch:
-        sub.taken(m)
-        if m["type"] != "batch":
-            out.append(m)
-            continue
-        out.extend(e for e in m["events"] if e["seq"] > cursor)
-        out.extend(_session_updates(m))
-    return out
+def _frames_writable(ws: WebSocketConnection) -> bool:
+    """Whether this trio-websocket has the parts ``_send_frames`` writes through
+    (its own ``send_message`` uses them; they are not public)."""
+    return all(hasattr(ws, a) for a in ("_wsproto", "_stream_lock", "_stream", "_close_reason", "_abort_web_socket"))
 
 
-def _session_updates(batch: dict) -> list[dict]:
-    """A batch's session_update messages, made once and shared by every client (each
-    renders its text once: see ``WsProtocol._update_text``)."""
-    updates = batch.get("_updates")
-    if updates is None:
-        seq = batch["seq"]
-        updates = batch["_updates"] = [{"type": "session_update", "seq": seq, "session": s} for s in batch["sessions"]]
-    return updates
+async def _send_frames(ws: Any, texts: list[str]) -> None:
+    """``ws.send_message`` for each text, as one write (what it does for one)."""
+    if ws._close_reason:
+        raise ConnectionClosed(ws._close_reason)
+    data = b"".join(ws._wsproto.send(TextMessage(data=text)) for text in texts)
+    async with ws._stream_lock:
+        try:
+            await ws._stream.send_all(data)
+        except (trio.BrokenResourceError, trio.ClosedResourceError):
+            await ws._abort_web_socket()
+            raise ConnectionClosed(ws._close_reason) from None
 
 
 def _reason(ws: WebSocketConnection) -> str:
