@@ -56,9 +56,12 @@ class SeenIds:
 
     def add(self, event_id: str) -> None:
         bits = self._bits
-        for p in self._probes(event_id):
-            bits[p >> 3] |= 1 << (p & 7)
+        a, b, c = self._probes(event_id)
+        bits[a >> 3] |= 1 << (a & 7)
+        bits[b >> 3] |= 1 << (b & 7)
+        bits[c >> 3] |= 1 << (c & 7)
 
     def __contains__(self, event_id: str) -> bool:
         bits = self._bits
-        return all(bits[p >> 3] >> (p & 7) & 1 for p in self._probes(event_id))
+        a, b, c = self._probes(event_id)
+        return bool(bits[a >> 3] >> (a & 7) & 1 and bits[b >> 3] >> (b & 7) & 1 and bits[c >> 3] >> (c & 7) & 1)

@@ -22,7 +22,7 @@ class StoredLine(NamedTuple):
 
 def stored_line(redactor: Redactor, ev: Event) -> StoredLine:
     """The event as it is stored and sent (see the module doc)."""
-    return masked_line(redactor, ev, events.encode(ev) + b"\n")
+    return masked_line(redactor, ev, events.encode_line(ev))
 
 
 def masked_line(redactor: Redactor, ev: Event, line: bytes) -> StoredLine:
@@ -47,4 +47,4 @@ def masked_line(redactor: Redactor, ev: Event, line: bytes) -> StoredLine:
         ev.summary = events.summarize(ev.event_type, ev.data)
     else:
         ev.summary = obj.get("summary")
-    return StoredLine(events.encode(ev) + b"\n", True)
+    return StoredLine(events.encode_line(ev), True)

@@ -192,8 +192,11 @@ class SessionManager:
         self._count(target, ev)
         self._follow(target, root, ev, changed, late)
         self._status(target, root, ev, changed, late)
-        changed.update((t.session_id, t) for t in self._touched)
+        if self._touched:
+            changed.update((t.session_id, t) for t in self._touched)
         changed[target.session_id] = target
+        if len(changed) == 1:  # (most events: their own session only)
+            return Outcome(ev, [target], links)
         order = [target] + [s for sid, s in changed.items() if sid != target.session_id]
         return Outcome(ev, order, links)
 

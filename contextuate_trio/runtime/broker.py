@@ -14,7 +14,8 @@ from __future__ import annotations
 
 import collections
 import logging
-from collections.abc import Callable
+import math
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import attrs
@@ -95,7 +96,12 @@ class Broker:
         self.store = store
         self.redactor = redactor if redactor is not None else Redactor()
         self.manager = manager or SessionManager()
-        self.send_channel, self._receive = trio.open_memory_channel[Delivery](channel_size)
+        # The channel carries lists (one per ``submit_many``); its bound counts events
+        # (``_queued``): a full channel makes senders wait in ``_room``.
+        self.channel_size = channel_size
+        self.send_channel, self._receive = trio.open_memory_channel[list[Delivery]](math.inf)
+        self._queued = 0
+        self._room = trio.lowlevel.ParkingLot()
         self.recent = RecentIds(recent_ids)
         self.seen = SeenIds()
         self.started_ms = started_ms if started_ms is not None else now_ms()
@@ -110,6 +116,8 @@ class Broker:
         self.last_error: str | None = None
         self.ready = trio.Event()
         self._dirty: dict[str, Session] = {}  # sessions whose meta.json is behind
+        # The store's file sizes when ``load`` read it (None: not loaded, nothing known).
+        self._on_disk_at_start: dict[str, int | None] | None = None
         self._dirty_since = 0.0
         self.finished = trio.Event()
         self.on_stored: list[Callable[[list[Event]], None]] = []
@@ -133,6 +141,7 @@ class Broker:
         if replay:
             log.warning("recovered %d events stored after the last metadata write", len(replay))
             self.store.save_sessions(self.manager.sessions.values())
+        self._on_disk_at_start = self.store.sizes()  # before this run stored anything
         for eid in self.store.recent_ids(list(self.manager.sessions.values()), RECENT_IDS_ON_START):
             self.recent.add(eid)
         # Numbers go on from the last one on disk, without a gap: a client of the
@@ -153,24 +162,52 @@ class Broker:
         refused); with ``track``, return at once with ``delivery.done`` to wait on;
         with ``on_done``, return at once and have it called when the event is stored
         or refused (a source that answers many producers from one task).
-
-        When the channel has room this does not yield: a source that queues a whole
-        read's worth of lines before its next ``receive`` hands the pipeline batches
-        of hundreds instead of waking it for every few events. When it is full the
-        caller waits (back-pressure)."""
-        d = Delivery(event, trio.Event() if (wait or track) else None, on_done=on_done)
-        try:
-            self.send_channel.send_nowait(d)
-        except trio.WouldBlock:
-            await self.send_channel.send(d)
-        self.by_source[event.source or "unknown"] += 1
-        if wait:
-            assert d.done is not None
-            await d.done.wait()
+        ``submit_many`` for one event (see there)."""
+        (d,) = await self.submit_many([event], wait=wait, track=track, on_done=on_done)
         return d
 
+    async def submit_many(
+        self,
+        events: Sequence[Event],
+        *,
+        wait: bool = False,
+        track: bool = False,
+        on_done: Callable[[Delivery], None] | None = None,
+    ) -> list[Delivery]:
+        """Hand events to the pipeline, in order, in one step: their deliveries, with
+        ``wait``, ``track`` and ``on_done`` as in ``submit`` for each. They go into
+        one pipeline batch, so all are stored or refused in the same step: waiting
+        on the last one's ``done`` is waiting on all of them.
+
+        One channel item for the lot: a source that reads hundreds of events at once
+        pays the channel once, not once per event. When the channel has room this
+        does not yield; when it holds ``channel_size`` events or more the caller
+        waits (back-pressure), then hands over all of its events."""
+        tracked = wait or track
+        ds = [Delivery(ev, trio.Event() if tracked else None, on_done=on_done) for ev in events]
+        if not ds:
+            return ds
+        while self._queued >= self.channel_size and not self.finished.is_set():
+            await self._room.park()
+        self.send_channel.send_nowait(ds)
+        self._queued += len(ds)
+        by_source = self.by_source
+        for ev in events:
+            by_source[ev.source or "unknown"] += 1
+        if wait:
+            for d in ds:
+                assert d.done is not None
+                await d.done.wait()
+        return ds
+
     def queue_depth(self) -> int:
-        return self._receive.statistics().current_buffer_used
+        return self._queued
+
+    def _taken(self, n: int) -> None:
+        """The pipeline took ``n`` events off the channel: senders may go on."""
+        self._queued -= n
+        if self._queued < self.channel_size:
+            self._room.unpark_all()
 
     # --- sinks' side ----------------------------------------------------------------
     @property
@@ -196,20 +233,22 @@ class Broker:
             async with self._receive:
                 while True:
                     try:
-                        batch = [await self._receive_or_flush()]
+                        batch = [*await self._receive_or_flush()]
                     except trio.EndOfChannel:
                         return
-                    while len(batch) < MAX_BATCH:
+                    while len(batch) < MAX_BATCH:  # whole submissions: one is never split
                         try:
-                            batch.append(self._receive.receive_nowait())
+                            batch += self._receive.receive_nowait()
                         except (trio.WouldBlock, trio.EndOfChannel):
                             break
+                    self._taken(len(batch))
                     await self.process(batch)
         finally:
+            self._room.unpark_all()  # senders waiting for room learn that the pipeline is gone
             self.flush_sessions()
             self.finished.set()
 
-    async def _receive_or_flush(self) -> Delivery:
+    async def _receive_or_flush(self) -> list[Delivery]:
         """The next delivery; while waiting for it, session metadata that changed is
         written once it is META_DELAY old (see ``flush_sessions``)."""
         while self._dirty:
@@ -241,38 +280,49 @@ class Broker:
             return True
         if self.store is None:
             return False
-        if ev.timestamp >= self.started_ms and ev.id not in self.seen:
+        this_run = ev.id in self.seen
+        if ev.timestamp >= self.started_ms and not this_run:
             return False  # certainly not stored during this run, and newer than it
         # An event from before this start (spool, a catch-up), or one this run may
         # have stored already: ask the disk, in the sessions it can belong to, reading
-        # only the blocks around its time.
+        # only the blocks around its time; and when this run certainly did not store
+        # it, only what was on disk at start (a catch-up read every new line again).
         root = self.manager.get(ev.session_id)
         if root is None:
             return False
-        return any(self.store.contains(sid, ev.id, ev.timestamp) for sid in [root.session_id, *root.child_session_ids])
+        before = None if this_run else self._on_disk_at_start
+        sids = [root.session_id, *root.child_session_ids]
+        return any(self.store.contains(sid, ev.id, ev.timestamp, before) for sid in sids)
 
-    def _fresh(self, d: Delivery, duplicates: list[Delivery]) -> bool:
-        """Not a copy of a stored event (a copy is acknowledged with the batch, not
-        stored). Its id is remembered at once: a second copy in this batch is one."""
-        try:
-            if self._duplicate(d.event):
+    def _fresh(self, batch: list[Delivery], duplicates: list[Delivery]) -> list[Delivery]:
+        """The deliveries that are no copy of a stored event (a copy is acknowledged
+        with the batch, not stored). Each id is remembered at once: a second copy in
+        this batch is one."""
+        fresh: list[Delivery] = []
+        remember = self.recent.add
+        for d in batch:
+            try:
+                copy = self._duplicate(d.event)
+            except Exception as exc:  # one event must never take the pipeline down
+                self._reject(d, exc)
+                continue
+            if copy:
                 self.counters["duplicates"] += 1
                 duplicates.append(d)
-                return False
-        except Exception as exc:  # one event must never take the pipeline down
-            self._reject(d, exc)
-            return False
-        self.recent.add(d.event.id)
-        return True
+                continue
+            remember(d.event.id)
+            fresh.append(d)
+        return fresh
 
     def _masked_lines(self, fresh: list[Delivery]) -> list[bytes | None]:
         """Each event's line, its secrets masked (one scan for the batch: most hold no
         marker of one), before the session machine takes anything from it (a
         sub-agent's description, a last summary). None: refused."""
         lines: list[bytes | None] = []
+        encode_line = events.encode_line
         for d in fresh:
             try:
-                lines.append(events.encode(d.event) + b"\n")
+                lines.append(encode_line(d.event))
             except Exception as exc:
                 lines.append(None)
                 self._reject(d, exc)
@@ -290,34 +340,41 @@ class Broker:
                 self.counters["redacted_events"] += 1
         return lines
 
-    def _apply(self, d: Delivery, line: bytes) -> Accepted | None:
-        """The session machine; the line made again when it changed the event (moved
-        it to a sub-agent, named a compaction's agent, listed unanswered calls)."""
-        ev = d.event
-        where = _placed(ev)
-        try:
-            outcome = self.manager.apply(ev)
-            if _placed(ev) != where:
-                line = events.encode(ev) + b"\n"
-        except Exception as exc:
-            self._reject(d, exc)
-            return None
-        self.seen.add(ev.id)
-        if log.isEnabledFor(logging.DEBUG):
-            log.debug(
-                "[%s] Received event from %s/%s: %s",
-                (ev.source or "?").title(),
-                ev.machine_id,
-                ev.session_id[:8],
-                ev.event_type,
-            )
-        return Accepted(d, ev, line, outcome.changed)
+    def _accept(self, fresh: list[Delivery], lines: list[bytes | None]) -> list[Accepted]:
+        """The session machine over the batch; a line made again when it changed its
+        event (moved it to a sub-agent, named a compaction's agent, listed unanswered
+        calls)."""
+        accepted: list[Accepted] = []
+        apply, seen = self.manager.apply, self.seen.add
+        debug = log.isEnabledFor(logging.DEBUG)
+        for d, line in zip(fresh, lines, strict=True):
+            if line is None:
+                continue
+            ev = d.event
+            where = _placed(ev)
+            try:
+                outcome = apply(ev)
+                if _placed(ev) != where:
+                    line = events.encode_line(ev)
+            except Exception as exc:
+                self._reject(d, exc)
+                continue
+            seen(ev.id)
+            if debug:
+                log.debug(
+                    "[%s] Received event from %s/%s: %s",
+                    (ev.source or "?").title(),
+                    ev.machine_id,
+                    ev.session_id[:8],
+                    ev.event_type,
+                )
+            accepted.append(Accepted(d, ev, line, outcome.changed))
+        return accepted
 
     async def process(self, batch: list[Delivery]) -> None:
         duplicates: list[Delivery] = []
-        fresh = [d for d in batch if self._fresh(d, duplicates)]
-        lines = self._masked_lines(fresh)
-        accepted = [a for d, line in zip(fresh, lines, strict=True) if line is not None and (a := self._apply(d, line))]
+        fresh = self._fresh(batch, duplicates)
+        accepted = self._accept(fresh, self._masked_lines(fresh))
         for i, a in enumerate(accepted, self.fanout.seq + 1):
             a.seq = i
         changed = {s.session_id: s for a in accepted for s in a.sessions}

@@ -120,9 +120,14 @@ class SeqLog:
         if not records or self._fd is None:
             return
         try:
-            out = bytearray()
-            for seq, key, offset, length in records:
-                out += RECORD.pack(seq, self._number(key), offset, length)
+            out = bytearray(RECORD.size * len(records))
+            numbers: dict[str, int] = {}  # a batch holds few sessions: looked up once each
+            pack = RECORD.pack_into
+            for i, (seq, key, offset, length) in enumerate(records):
+                n = numbers.get(key)
+                if n is None:
+                    n = numbers[key] = self._number(key)
+                pack(out, i * RECORD.size, seq, n, offset, length)
             write_all(self._fd, bytes(out))
         except OSError as exc:
             # The events are stored; only resuming across them from disk is lost.

@@ -22,6 +22,7 @@ batch and keeps one writer for every file.
 from __future__ import annotations
 
 import hashlib
+import itertools
 import json
 import logging
 import os
@@ -29,7 +30,7 @@ import re
 import shutil
 import time
 from collections import OrderedDict
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from io import FileIO
 
 import orjson
@@ -78,6 +79,16 @@ class _Tail:
         self.min_ts = ts if self.min_ts is None else min(self.min_ts, ts)
         self.max_ts = ts if self.max_ts is None else max(self.max_ts, ts)
 
+    def add_many(self, stamps: list[int], sizes: list[int]) -> None:
+        """``add`` for each (timestamp, size): lines written at once."""
+        if not stamps:
+            return
+        self.count += len(stamps)
+        self.end += sum(sizes)
+        lo, hi = min(stamps), max(stamps)
+        self.min_ts = lo if self.min_ts is None else min(self.min_ts, lo)
+        self.max_ts = hi if self.max_ts is None else max(self.max_ts, hi)
+
     def skip(self, nbytes: int) -> None:
         """A corrupt line: its bytes belong to the block, it is no event."""
         self.end += nbytes
@@ -125,6 +136,7 @@ class FileStore:
         self.order = SeqLog(directory)
         self._landed: list[tuple[int, str, int, int]] = []  # seq records of a batch being stored
         self._unindexed: set[str] = set()  # keys whose index.jsonl missed blocks: a start must scan
+        self._unopened: set[str] = set()  # sessions ``open`` could not read: their size is unknown
 
     # --- start-up -----------------------------------------------------------------
     def open(self) -> tuple[list[Session], list[dict]]:
@@ -141,6 +153,7 @@ class FileStore:
                 s, tail_events = self._open_session(key, path)
             except Exception as exc:  # one broken session must not stop the others
                 log.error("session %s could not be recovered: %s", key, exc)
+                self._unopened.add(key)
                 continue
             if s is not None:
                 sessions.append(s)
@@ -244,9 +257,7 @@ class FileStore:
     def append(self, batch: Iterable[tuple[str, int, bytes, int | None]]) -> None:
         """Append (session_id, timestamp, line, seq) items, all or nothing per
         session; the seq log records where each numbered one landed."""
-        grouped: dict[str, list] = {}
-        for sid, ts, line, seq in batch:
-            grouped.setdefault(session_key(sid), []).append((ts, line, seq))
+        grouped = _by_key(batch)
         written: set[str] = set()
         try:
             for key, items in grouped.items():
@@ -259,14 +270,16 @@ class FileStore:
             err = StoreError(self.degraded)
             err.written = written  # sessions whose lines did land: not to be written again
             raise err from exc
-        records, self._landed = sorted(self._landed), []
+        records, self._landed = self._landed, []
+        records.sort()
         self.order.append(records)
         self.degraded = None
 
     def _append_session(self, key: str, items: list) -> list[tuple[int, str, int, int]]:
         f = self._file(key)
         before = self._bytes.get(key, 0)
-        data = b"".join(item[1] for item in items)
+        lines = [item[1] for item in items]
+        data = b"".join(lines)
         try:
             view = memoryview(data)
             while view:
@@ -279,19 +292,14 @@ class FileStore:
             self._close(key)
             raise
         self._bytes[key] = before + len(data)
-        tail = self._tails.setdefault(key, _Tail(before))
-        new_blocks = []
-        records = []
-        offset = before
-        for ts, line, seq in items:
-            if seq is not None:
-                records.append((seq, key, offset, len(line)))
-            offset += len(line)
-            tail.add(ts, len(line))
-            if tail.count >= BLOCK:
-                new_blocks.append(tail.as_block())
-                tail = _Tail(tail.end)
-        self._tails[key] = tail
+        sizes = [len(line) for line in lines]
+        offsets = list(itertools.accumulate(sizes, initial=before))
+        records = [
+            (item[2], key, offset, size)
+            for item, offset, size in zip(items, offsets, sizes, strict=False)
+            if item[2] is not None
+        ]
+        new_blocks = self._add_to_blocks(key, before, [item[0] for item in items], sizes)
         if new_blocks:
             self._index(key).extend(new_blocks)  # (loaded first: the file lacks them yet)
             path = os.path.join(self.sessions_dir, key, "index.jsonl")
@@ -304,6 +312,22 @@ class FileStore:
                 self._unindexed.add(key)
                 log.warning("%s: index not updated (%s); it is rebuilt at start", path, exc)
         return records
+
+    def _add_to_blocks(self, key: str, before: int, stamps: list[int], sizes: list[int]) -> list[list]:
+        """Count lines just written into the session's last block; the blocks they
+        filled (BLOCK lines each). A block's worth at a time, not line by line."""
+        tail = self._tails.setdefault(key, _Tail(before))
+        new_blocks = []
+        i = 0
+        while i < len(sizes):
+            j = i + BLOCK - tail.count
+            tail.add_many(stamps[i:j], sizes[i:j])
+            if tail.count >= BLOCK:
+                new_blocks.append(tail.as_block())
+                tail = _Tail(tail.end)
+            i = j
+        self._tails[key] = tail
+        return new_blocks
 
     def _file(self, key: str) -> FileIO:
         f = self._files.get(key)
@@ -547,13 +571,25 @@ class FileStore:
             i = j
         return out
 
-    def contains(self, session_id: str, event_id: str, ts: int) -> bool:
-        """Exact duplicate check, reading only the blocks whose times cover ``ts``."""
+    def sizes(self) -> dict[str, int | None]:
+        """Each session file's size now (None: not known, a session ``open`` could not
+        read): what ``contains`` may be limited to later."""
+        out: dict[str, int | None] = dict(self._bytes)
+        out.update((key, None) for key in self._unopened)
+        return out
+
+    def contains(self, session_id: str, event_id: str, ts: int, before: Mapping[str, int | None] | None = None) -> bool:
+        """Exact duplicate check, reading only the blocks whose times cover ``ts``;
+        with ``before`` (``sizes()`` taken earlier), only the bytes each file had then
+        (a session not in it had none): the caller knows later lines lack the id."""
         key = session_key(session_id)
+        limit = None if before is None else before.get(key, 0)
+        if limit == 0:
+            return False
         needle = ('"id":' + json.dumps(event_id)).encode()
         for b in self._all_blocks(key):
-            if b[3] is not None and b[3] <= ts <= b[4]:
-                data = self._read_bytes(key, b[0], b[1])
+            if b[3] is not None and b[3] <= ts <= b[4] and (limit is None or b[0] < limit):
+                data = self._read_bytes(key, b[0], b[1] if limit is None else min(b[1], limit))
                 if data is None:
                     return False
                 if needle in data:
@@ -588,6 +624,28 @@ class FileStore:
 
     def size_bytes(self) -> int:
         return sum(self._bytes.values())
+
+
+def _by_key(batch: Iterable[tuple[str, int, bytes, int | None]]) -> dict[str, list]:
+    """(timestamp, line, seq) items by session key, each in batch order. Grouped by
+    session id first: a key is made once per session, not once per event."""
+    batch = list(batch)
+    by_sid: dict[str, list] = {}
+    for sid, ts, line, seq in batch:
+        items = by_sid.get(sid)
+        if items is None:
+            items = by_sid[sid] = []
+        items.append((ts, line, seq))
+    grouped: dict[str, list] = {}
+    for sid, items in by_sid.items():
+        key = session_key(sid)
+        if key in grouped:  # two ids with one key (one named like a hashed one): slowly
+            slow: dict[str, list] = {}
+            for one_sid, ts, line, seq in batch:
+                slow.setdefault(session_key(one_sid), []).append((ts, line, seq))
+            return slow
+        grouped[key] = items
+    return grouped
 
 
 def _size(path: str) -> int:

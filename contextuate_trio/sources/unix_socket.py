@@ -23,7 +23,7 @@ import stat
 import trio
 
 from contextuate_trio.core import wire
-from contextuate_trio.core.events import EventError
+from contextuate_trio.core.events import Event, EventError
 from contextuate_trio.runtime.broker import Broker, Delivery
 from contextuate_trio.runtime.clock import SYSTEM_MINT
 
@@ -154,12 +154,26 @@ class SocketSource:
         if not data:
             self._ended(conn)
             return
+        # A read's events go to the broker in runs (lines that ask for an ack, lines
+        # that do not): one ``submit_many`` each, in order, not one call per line.
+        run: list[Event] = []
+        run_acked = False
         for item in conn.splitter.feed(data):
             if isinstance(item, wire.LineTooLong):
                 self.broker.counters["bad_lines"] += 1
                 log.warning("socket: rejected a %s", item)
-            else:
-                await self._line(conn, item)
+                continue
+            parsed = self._parse(item)
+            if parsed is None:
+                continue
+            event, want_ack = parsed
+            if run and want_ack != run_acked:
+                await self._submit(conn, run, run_acked)
+                run = []
+            run_acked = want_ack
+            run.append(event)
+        if run:
+            await self._submit(conn, run, run_acked)
 
     def _ended(self, conn: _Connection) -> None:
         """The producer sent its last byte: done once every ack it asked for is out."""
@@ -172,18 +186,20 @@ class SocketSource:
         else:
             self._watch(conn)
 
-    async def _line(self, conn: _Connection, line: bytes) -> None:
+    def _parse(self, line: bytes) -> tuple[Event, bool] | None:
         try:
-            event, want_ack = wire.parse_line(line, source="socket", mint=SYSTEM_MINT)
+            return wire.parse_line(line, source="socket", mint=SYSTEM_MINT)
         except EventError as exc:
             self.broker.counters["bad_lines"] += 1
             log.warning("socket: rejected a line: %s (starts %r)", exc, line[:80])
+            return None
+
+    async def _submit(self, conn: _Connection, run: list[Event], acked: bool) -> None:
+        if not acked:
+            await self.broker.submit_many(run)
             return
-        if not want_ack:
-            await self.broker.submit(event)
-            return
-        conn.owed += 1
-        await self.broker.submit(event, on_done=lambda d: self._acked(conn, d))
+        conn.owed += len(run)
+        await self.broker.submit_many(run, on_done=lambda d: self._acked(conn, d))
 
     def _acked(self, conn: _Connection, d: Delivery) -> None:
         """In the broker's task, once the event is stored (or refused)."""

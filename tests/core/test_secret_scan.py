@@ -30,6 +30,20 @@ def test_names_the_lines_may_hold_secret_names(texts: list[str]) -> None:
     assert suspects(r, lines) == expected
 
 
+ASCII_TEXTS = st.lists(
+    st.sampled_from([p for p in PIECES if p.isascii()])
+    | st.text(st.characters(min_codepoint=1, max_codepoint=127), max_size=8),
+    max_size=6,
+).map("".join)
+
+
+@given(st.lists(ASCII_TEXTS, max_size=12))
+def test_ascii_batches_quick_pass_names_the_same_lines(texts: list[str]) -> None:
+    r = Redactor()
+    lines = [t.encode() for t in texts]
+    assert suspects(r, lines) == [i for i, t in enumerate(texts) if r.may_hold_secret(t)]
+
+
 def _utf8(line: bytes) -> bool:
     try:
         line.decode("utf-8")
@@ -47,3 +61,15 @@ def test_custom_patterns_or_masking_off() -> None:
     assert suspects(Redactor(extra=["x+"]), [b"a", b"b"]) == [0, 1]
     assert suspects(Redactor(enabled=False), [b"password=hunter22"]) == []
     assert suspects(Redactor(), []) == []
+
+
+def test_stripping_that_joins_a_marker_names_no_line() -> None:
+    # Stripped of what no marker holds, "s9k-" reads "sk-" and "to\"ken" reads "token":
+    # found by the quick pass, refused by the exact one.
+    assert suspects(Redactor(), [b'{"a":"s9k-x"}', b'{"to","ken"}', b'{"b":"sk-abc"}']) == [2]
+
+
+def test_a_batch_with_a_separator_or_non_ascii_inside_a_line_is_scanned_exactly() -> None:
+    assert suspects(Redactor(), [b"ok\0", b"password=x", b"fine"]) == [1]
+    assert suspects(Redactor(), ["é".encode(), b"api_key=x", "\u212a".encode()]) == [1]
+    assert suspects(Redactor(), [b"plain", "s\u212a-x".encode()]) == [1]  # KELVIN SIGN: "sk-"
