@@ -247,6 +247,15 @@ class OtelConfig:
 
 
 @attrs.define
+class DecisionsConfig:
+    # Answer Claude Code's permission prompts (and MCP servers' questions) from the
+    # dashboard: off unless set. With it on, a PermissionRequest hook waits up to
+    # waitMs for an answer; none by then, and Claude Code asks as it would anyway.
+    enabled: bool = False
+    wait_ms: int = attrs.field(default=30_000, validator=_positive)
+
+
+@attrs.define
 class Config:
     # "relay": hooks in on the local socket (as "local"), every stored event out to Redis.
     mode: Literal["local", "redis", "relay"] = "local"
@@ -260,6 +269,7 @@ class Config:
     pricing: PricingConfig = attrs.Factory(PricingConfig)
     alerts: AlertsConfig = attrs.Factory(AlertsConfig)
     otel: OtelConfig = attrs.Factory(OtelConfig)
+    decisions: DecisionsConfig = attrs.Factory(DecisionsConfig)
     log_level: Literal["debug", "info", "warning", "error"] = "info"
     # Longest line accepted on the socket; a longer one is rejected and logged.
     max_line_bytes: int = attrs.field(default=16 * 1024 * 1024, validator=_positive)
@@ -280,6 +290,7 @@ _SECTIONS = (
     WebhookConfig,
     AlertsConfig,
     OtelConfig,
+    DecisionsConfig,
     Config,
 )
 # Objects whose keys are the user's own (model names), not ours to warn about.

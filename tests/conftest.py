@@ -150,7 +150,16 @@ class DaemonProc:
         except OSError:
             return ""
 
+    def read_token(self) -> str | None:
+        """A token of this daemon's config that may read (None: it has none)."""
+        server = (self.config or {}).get("server") or {}
+        if server.get("token"):
+            return server["token"]
+        return next((t["token"] for t in server.get("tokens") or [] if "read" in t.get("scopes", [])), None)
+
     def get(self, path: str, timeout: float = 5.0, headers: dict | None = None):
+        if headers is None and self.read_token():
+            headers = {"Authorization": f"Bearer {self.read_token()}"}
         req = urllib.request.Request(f"http://127.0.0.1:{self.port}{path}", headers=headers or {})
         with urllib.request.urlopen(req, timeout=timeout) as resp:
             return json.loads(resp.read())

@@ -92,6 +92,10 @@ COMMAND_ONLY = ("SessionStart", "Setup")
 # Claude Code gives all SessionEnd hooks 1.5 s unless a hook asks for more; ours takes
 # at most hook.timeoutMs plus start-up, then spools. Seconds.
 HOOK_TIMEOUT_S = 10
+# Hooks that may wait for an answer from the dashboard (config decisions): Claude Code
+# kills a hook at its timeout, so theirs covers decisions.waitMs, and they are never
+# async (an async hook's answer is not read).
+ANSWERABLE = ("PermissionRequest", "Elicitation")
 
 SCOPES = ("global", "project", "local")
 
@@ -140,8 +144,8 @@ def build_command(python: str, script: str, env: dict) -> str:
     return " ".join(prefix + [shlex.quote(python), "-I", "-S", shlex.quote(script)])
 
 
-def command_handler(command: str, async_: bool = False) -> dict:
-    h: dict[str, Any] = {"type": "command", "command": command, "timeout": HOOK_TIMEOUT_S}
+def command_handler(command: str, async_: bool = False, timeout_s: int = HOOK_TIMEOUT_S) -> dict:
+    h: dict[str, Any] = {"type": "command", "command": command, "timeout": timeout_s}
     if async_:
         h["async"] = True
     return h
@@ -169,11 +173,17 @@ def plan(
     token: str | None = None,
     token_inline: bool = True,
     async_: bool = False,
+    answer_wait_ms: int | None = None,
 ) -> dict[str, dict]:
-    """Event -> the matcher group we want in the settings for it."""
+    """Event -> the matcher group we want in the settings for it. With
+    ``answer_wait_ms`` (decisions on), the answerable events are command hooks whose
+    timeout covers that wait."""
     out = {}
     for ev in events:
-        if transport == "http" and ev not in COMMAND_ONLY:
+        if answer_wait_ms and ev in ANSWERABLE:
+            wait_s = -(-answer_wait_ms // 1000) + HOOK_TIMEOUT_S
+            handler = command_handler(command, False, max(HOOK_TIMEOUT_S, wait_s))
+        elif transport == "http" and ev not in COMMAND_ONLY:
             handler = http_handler(url or "", machine, token, token_inline)
         else:
             handler = command_handler(command, async_)
@@ -543,6 +553,7 @@ def cmd_install(args) -> int:
         token=token,
         token_inline=scope != "project",
         async_=args.async_,
+        answer_wait_ms=cfg.decisions.wait_ms if cfg is not None and cfg.decisions.enabled else None,
     )
     try:
         result = install_file(path, wanted, otel_env)

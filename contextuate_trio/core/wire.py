@@ -131,11 +131,17 @@ def to_event(obj: Any, source: str | None = None, *, mint: Mint) -> Event:
         raise EventError(f"not an event: {type(exc).__name__}: {exc}") from None
 
 
-def parse_line(line: bytes, source: str | None = None, *, mint: Mint) -> tuple[Event, bool]:
-    """One line -> (event, whether the producer asked for an acknowledgement)."""
+def parse_line(line: bytes, source: str | None = None, *, mint: Mint) -> tuple[Event, bool, Any]:
+    """One line -> (event, whether the producer asked for an acknowledgement, how
+    many ms it waits for an answer from the dashboard: ``decide``, None mostly)."""
     obj = loads(line)
     event = to_event(obj, source, mint=mint)
-    return event, bool(obj.get("ack") is True)
+    return event, bool(obj.get("ack") is True), obj.get("decide")
+
+
+def answer(event_id: str, output: dict[str, Any]) -> bytes:
+    """The line that hands a waiting hook Claude Code's answer (``hook.wire``)."""
+    return orjson.dumps({"answer": event_id, "output": output}, option=orjson.OPT_APPEND_NEWLINE)
 
 
 def ack(event_id: str) -> bytes:

@@ -30,6 +30,7 @@ from contextuate_trio.runtime import gc_tuning
 from contextuate_trio.runtime.alerts import Alerts
 from contextuate_trio.runtime.broker import Broker
 from contextuate_trio.runtime.clock import SYSTEM_MINT
+from contextuate_trio.runtime.decisions import Decisions
 from contextuate_trio.runtime.needs_you import NeedsYou
 from contextuate_trio.runtime.otel_forward import Forwarder
 from contextuate_trio.runtime.store import FileStore
@@ -106,6 +107,7 @@ class Daemon:
             self.alerts.notify if self.alerts.hooks else None,
         )
         self.alerts.still_waiting = self.needs_you.still_waiting
+        self.decisions = Decisions(self.broker, config.decisions.enabled, config.decisions.wait_ms)
         # otel.forwardTo: what OTLP brings in, sent on to the person's own collector.
         self.otel_forward = None
         if config.otel.enabled and config.otel.forward_to:
@@ -124,10 +126,11 @@ class Daemon:
             status=self.status,
             metrics=self.metrics_text,
             ws_port=self._ws_port,
-            attention=self.needs_you.queue,
+            attention=lambda: self.decisions.decorate(self.needs_you.queue()),
             stuck_after_ms=lambda: self.needs_you.stuck_after_ms,
             machines=lambda: report.machines(self),
             otel_forward=self.otel_forward.offer if self.otel_forward is not None else None,
+            decisions=self.decisions,
         )
         self.ws = WsServer(self.web)
         self.tokens = TokenWatcher(self.web.guard, config.home, config.path)
@@ -198,6 +201,7 @@ class Daemon:
                 await outer.start(self._signals)
                 await outer.start(self.broker.run)
                 await outer.start(self.needs_you.run)
+                await outer.start(self.decisions.run)
                 await outer.start(self.tokens.run)
                 if self.alerts.hooks:
                     await outer.start(self.alerts.run)
@@ -213,7 +217,11 @@ class Daemon:
                         sources.cancel()
                     async with trio.open_nursery() as inner:
                         await inner.start(
-                            unix_socket.serve, self.broker, self.config.socket_path, self.config.max_line_bytes
+                            unix_socket.serve,
+                            self.broker,
+                            self.config.socket_path,
+                            self.config.max_line_bytes,
+                            self.decisions,
                         )
                         self.accepting.set()  # healthy from here: hooks can deliver
                         inner.start_soon(spool_source.run, self.broker, self.spool_dir)

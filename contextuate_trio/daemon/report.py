@@ -189,6 +189,7 @@ def metrics_text(d: Daemon) -> str:
             *(d.otel_forward.metrics() if d.otel_forward is not None else []),
             *d.ws.metrics(),
             *d.needs_you.metrics(),
+            *d.decisions.metrics(),
             *d.alerts.metrics(),
         ]
     )

@@ -16,6 +16,7 @@ import time
 from contextuate_trio.hook import spool  # eager: the last resort must not need an import
 from contextuate_trio.hook.paths import (
     config_path,
+    dumps,
     environ,
     home_dir,
     load_raw_config,
@@ -23,10 +24,14 @@ from contextuate_trio.hook.paths import (
     new_id,
     parse_json,
     socket_path,
+    write_all,
 )
 from contextuate_trio.hook.wire import as_machine, deliver_socket, envelope
 
 DEFAULT_TIMEOUT_MS = 1000
+DEFAULT_DECISION_WAIT_MS = 30_000  # config.DecisionsConfig's default too
+# The hook events a person can answer from the dashboard (``core.decisions``).
+_ANSWERABLE = (b'"PermissionRequest"', b'"Elicitation"')
 SPOOL_BOUND_S = 2.0  # the spool is local disk: a fixed, generous bound of its own
 
 
@@ -37,7 +42,7 @@ class _Deadline(Exception):
 class Run:
     """What one hook run knows: its config, clock, budget and the event's identity."""
 
-    __slots__ = ("env", "debug", "cfg", "home", "deadline", "ts", "raw", "event_id", "machine", "parent")
+    __slots__ = ("env", "debug", "cfg", "home", "deadline", "ts", "raw", "event_id", "machine", "parent", "output")
 
     def __init__(self, env: dict) -> None:
         self.env = env
@@ -56,6 +61,20 @@ class Run:
         self.event_id = new_id()
         self.machine = machine_id(env)
         self.parent = env.get("CONTEXTUATE_PARENT_SESSION") or None
+        self.output = None  # Claude Code's answer from the dashboard, to print
+
+    def decide_ms(self) -> int:
+        """How long this run waits for an answer from the dashboard: 0 unless
+        ``decisions.enabled`` and the event is one a person can answer."""
+        d = self.cfg.get("decisions")
+        if not isinstance(d, dict) or d.get("enabled") is not True:
+            return 0
+        if not any(name in self.raw for name in _ANSWERABLE):
+            return 0
+        wait = d.get("waitMs", DEFAULT_DECISION_WAIT_MS)
+        if not isinstance(wait, (int, float)) or isinstance(wait, bool) or wait <= 0:
+            return DEFAULT_DECISION_WAIT_MS
+        return int(wait)
 
     def say(self, msg: str) -> None:
         """Explain on stderr, with ``CONTEXTUATE_DEBUG=1`` only."""
@@ -133,11 +152,15 @@ def _alarm_off() -> None:
 
 def _send_local(r: Run) -> tuple:
     """-> (the line to spool if not delivered, delivered)."""
-    line = envelope(r.raw, r.event_id, r.ts, r.machine, r.parent, ack=True)
+    decide = r.decide_ms()
+    line = envelope(r.raw, r.event_id, r.ts, r.machine, r.parent, ack=True, decide=decide)
     path = socket_path(r.cfg, r.env, r.home)
-    why = deliver_socket(path, line, r.event_id, r.deadline)
+    until = time.monotonic() + decide / 1000.0 if decide else None
+    why, r.output = deliver_socket(path, line, r.event_id, r.deadline, until)
     if not why:
         r.say(f"event {r.event_id} stored by the daemon at {path}")
+        if decide:
+            r.say("answered from the dashboard" if r.output is not None else "no answer from the dashboard")
         return line, True
     r.say(f"daemon at {path} did not acknowledge: {why}")
     return line, False
@@ -244,11 +267,22 @@ def run(env: dict) -> int:
         r.say("empty stdin: nothing to send")
         return 2
     line, delivered = (_send_redis if r.cfg.get("mode", "local") == "redis" else _send_local)(r)
+    if r.output is not None:
+        _print_answer(r)
     return 0 if delivered else _spool(r, line)
 
 
+def _print_answer(r: Run) -> None:
+    """Claude Code reads a hook's decision from its stdout (one JSON object)."""
+    try:
+        write_all(1, (dumps(r.output) + "\n").encode("utf-8"))
+    except OSError as exc:
+        r.say(f"answer not printed: {exc!r}")
+
+
 def main() -> None:
-    """Entry point: whatever happens, exit 0 with nothing on stdout."""
+    """Entry point: whatever happens, exit 0; stdout holds nothing but an answer
+    from the dashboard to a permission prompt (``decisions.enabled``)."""
     try:
         run(environ())
     except BaseException as exc:  # noqa: BLE001 - the agent must never see a failure

@@ -7,8 +7,10 @@ from contextuate_trio.hook.paths import _scan as _scan_once
 from contextuate_trio.hook.paths import json_string, parse_json
 
 
-def envelope(raw: bytes, event_id: str, ts: int, machine: str, parent, ack: bool, redactor=None) -> bytes:
-    """The wire line for one hook run (``core.wire`` reads it).
+def envelope(raw: bytes, event_id: str, ts: int, machine: str, parent, ack: bool, redactor=None, decide=None) -> bytes:
+    """The wire line for one hook run (``core.wire`` reads it). ``decide``: the
+    milliseconds this hook waits for an answer from the dashboard (a permission
+    prompt, an MCP server's question; see ``core.decisions``).
 
     A JSON object is embedded verbatim (newlines between tokens folded, which cannot
     change a valid document); anything else travels as a string, so it is kept too.
@@ -33,6 +35,8 @@ def envelope(raw: bytes, event_id: str, ts: int, machine: str, parent, ack: bool
         head += ',"parentSessionId":' + json_string(parent)
     if ack:
         head += ',"ack":true'
+    if decide:
+        head += ',"decide":%d' % decide
     return (head + ',"payload":' + payload + "}\n").encode("utf-8")
 
 
@@ -73,8 +77,12 @@ def _skip_ws(text: str, i: int) -> int:
     return i
 
 
-def deliver_socket(path: str, line: bytes, event_id: str, deadline: float) -> str:
-    """Send one line and wait for its acknowledgement; '' on success, else why not."""
+def deliver_socket(path: str, line: bytes, event_id: str, deadline: float, answer_until=None) -> tuple:
+    """Send one line and wait for its acknowledgement -> (why not, '' on success;
+    the answer's bytes or None). With ``answer_until`` (a monotonic time), then wait
+    until then for the daemon's answer line (``{"answer": id, "output": {...}}``):
+    its ``output`` is what the hook prints for Claude Code. No answer by then, the
+    daemon closing, anything odd: None (the hook says nothing)."""
     import _socket
 
     sock = _socket.socket(_socket.AF_UNIX, _socket.SOCK_STREAM)
@@ -82,18 +90,43 @@ def deliver_socket(path: str, line: bytes, event_id: str, deadline: float) -> st
         sock.settimeout(max(deadline - time.monotonic(), 0.001))
         sock.connect(path)
         sock.sendall(line)
-        want = ('{"ack":"%s"' % event_id).encode()
-        reply = b""
-        while b"\n" not in reply:
-            sock.settimeout(max(deadline - time.monotonic(), 0.001))
-            chunk = sock.recv(4096)
-            if not chunk:
-                return "the daemon closed the connection without acknowledging"
-            reply += chunk
-        if reply.startswith(want):
-            return ""
-        return "the daemon refused the event: " + reply.decode("utf-8", "replace").strip()
+        reply = _read_line(sock, b"", deadline)
+        if reply is None:
+            return "the daemon closed the connection without acknowledging", None
+        first, _, rest = reply.partition(b"\n")
+        if not first.startswith(('{"ack":"%s"' % event_id).encode()):
+            return "the daemon refused the event: " + first.decode("utf-8", "replace").strip(), None
+        if answer_until is None:
+            return "", None
+        return "", _answer(sock, rest, event_id, answer_until)
     except OSError as exc:  # includes timeouts
-        return f"{type(exc).__name__}: {exc}"
+        return f"{type(exc).__name__}: {exc}", None
     finally:
         sock.close()
+
+
+def _read_line(sock, buf: bytes, until: float):
+    """Bytes up to and past the first newline (None: closed before one came)."""
+    while b"\n" not in buf:
+        sock.settimeout(max(until - time.monotonic(), 0.001))
+        chunk = sock.recv(65536)
+        if not chunk:
+            return None
+        buf += chunk
+    return buf
+
+
+def _answer(sock, buf: bytes, event_id: str, until: float):
+    try:
+        line = _read_line(sock, buf, until)
+    except OSError:  # the wait is over (a timeout): no answer
+        return None
+    if line is None:
+        return None
+    try:
+        obj = parse_json(line.partition(b"\n")[0].decode("utf-8"))
+    except Exception:
+        return None
+    if not isinstance(obj, dict) or obj.get("answer") != event_id or not isinstance(obj.get("output"), dict):
+        return None
+    return obj["output"]

@@ -49,7 +49,7 @@ async def drain_once(broker: Broker, spool_dir: str) -> int:
                 log.warning("spool: cannot read %s: %s", name, exc)
                 continue
             try:
-                event, _ = wire.parse_line(data.strip(), source="spool", mint=SYSTEM_MINT)
+                event, _, _ = wire.parse_line(data.strip(), source="spool", mint=SYSTEM_MINT)
             except EventError as exc:
                 broker.counters["bad_spool_files"] += 1
                 _set_aside(spool_dir, name, str(exc))

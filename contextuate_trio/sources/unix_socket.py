@@ -9,6 +9,10 @@ the listening socket and every connection, event-driven: they share one selector
 acknowledgements (written from the broker's ``on_done`` callback) and closes are
 non-blocking calls. Only back-pressure waits: when the broker's channel is full the
 task stops reading until it has room, so every producer waits (and a hook spools).
+
+A ``PermissionRequest`` hook that asks for an answer from the dashboard (``decide``)
+keeps its connection open after the acknowledgement; the answer (``runtime.
+decisions``) is written on it, or it is closed with none.
 """
 
 from __future__ import annotations
@@ -26,6 +30,7 @@ from contextuate_trio.core import wire
 from contextuate_trio.core.events import Event, EventError
 from contextuate_trio.runtime.broker import Broker, Delivery
 from contextuate_trio.runtime.clock import SYSTEM_MINT
+from contextuate_trio.runtime.decisions import Decisions
 
 log = logging.getLogger("contextuate.socket")
 
@@ -66,7 +71,7 @@ OUT_MAX = 1 << 20  # acks waiting for a producer that does not read them, at mos
 class _Connection:
     """One producer's connection: its unsplit bytes, acks owed, bytes not yet sent."""
 
-    __slots__ = ("sock", "splitter", "owed", "out", "eof", "closed")
+    __slots__ = ("sock", "splitter", "owed", "out", "eof", "closed", "waiting")
 
     def __init__(self, sock: _stdsocket.socket, max_line: int) -> None:
         self.sock = sock
@@ -75,13 +80,15 @@ class _Connection:
         self.out = bytearray()  # acks the socket did not take yet
         self.eof = False  # the producer has finished sending
         self.closed = False
+        self.waiting: str | None = None  # the request whose answer the hook waits for
 
 
 class SocketSource:
     """The socket, its connections, and the one task that serves them."""
 
-    def __init__(self, broker: Broker, path: str, max_line: int) -> None:
+    def __init__(self, broker: Broker, path: str, max_line: int, decisions: Decisions | None = None) -> None:
         self.broker = broker
+        self.decisions = decisions
         self.path = path
         self.max_line = max_line
         self._selector = selectors.DefaultSelector()
@@ -166,7 +173,13 @@ class SocketSource:
             parsed = self._parse(item)
             if parsed is None:
                 continue
-            event, want_ack = parsed
+            event, want_ack, decide = parsed
+            if decide is not None and want_ack:  # rare: a hook that waits for an answer
+                if run:
+                    await self._submit(conn, run, run_acked)
+                    run = []
+                await self._submit_waiting(conn, event, decide)
+                continue
             if run and want_ack != run_acked:
                 await self._submit(conn, run, run_acked)
                 run = []
@@ -181,12 +194,14 @@ class SocketSource:
             self.broker.counters["bad_lines"] += 1
             log.warning("socket: connection closed in the middle of a line (%d bytes dropped)", conn.splitter.pending())
         conn.eof = True
-        if conn.owed == 0 and not conn.out:
+        if conn.waiting is not None:  # the hook stopped waiting for its answer
+            self._close(conn)
+        elif conn.owed == 0 and not conn.out:
             self._close(conn)
         else:
             self._watch(conn)
 
-    def _parse(self, line: bytes) -> tuple[Event, bool] | None:
+    def _parse(self, line: bytes) -> tuple[Event, bool, object] | None:
         try:
             return wire.parse_line(line, source="socket", mint=SYSTEM_MINT)
         except EventError as exc:
@@ -201,12 +216,35 @@ class SocketSource:
         conn.owed += len(run)
         await self.broker.submit_many(run, on_done=lambda d: self._acked(conn, d))
 
-    def _acked(self, conn: _Connection, d: Delivery) -> None:
-        """In the broker's task, once the event is stored (or refused)."""
+    async def _submit_waiting(self, conn: _Connection, event: Event, decide: object) -> None:
+        def done(d: Delivery) -> None:
+            self._acked(conn, d, decide)
+
+        conn.owed += 1
+        await self.broker.submit(event, on_done=done)
+
+    def _acked(self, conn: _Connection, d: Delivery, decide: object = None) -> None:
+        """In the broker's task, once the event is stored (or refused); a hook that
+        waits for an answer keeps its connection while the request is open."""
         conn.owed -= 1
         if conn.closed:
             return  # the producer gave up waiting (a hook has spooled; dedupe handles it)
         conn.out += wire.ack(d.event.id) if d.ok else wire.nack(d.event.id, d.error or "not stored")
+        if decide is not None and d.ok and self.decisions is not None and not conn.eof:
+            if self.decisions.waiting(d.event, decide, _Waiter(self, conn, d.event.id)):
+                conn.waiting = d.event.id
+        if decide is not None and conn.waiting is None:
+            conn.eof = True  # no answer to wait for: closed once the ack is out (the hook says nothing)
+        self._flush(conn)
+
+    def answered(self, conn: _Connection, line: bytes | None) -> None:
+        """The request's end: its answer for the hook (or none), then the close."""
+        conn.waiting = None
+        conn.eof = True
+        if conn.closed:
+            return
+        if line is not None:
+            conn.out += line
         self._flush(conn)
 
     def _flush(self, conn: _Connection) -> None:
@@ -218,7 +256,7 @@ class SocketSource:
             self._close(conn)
             return
         del conn.out[:sent]
-        if conn.eof and conn.owed == 0 and not conn.out:
+        if conn.eof and conn.owed == 0 and not conn.out and conn.waiting is None:
             self._close(conn)
         else:
             self._watch(conn)
@@ -244,6 +282,9 @@ class SocketSource:
             return
         conn.closed = True
         self._conns.discard(conn)
+        if conn.waiting is not None and self.decisions is not None:
+            self.decisions.gone(conn.waiting)
+            conn.waiting = None
         try:
             self._selector.unregister(conn.sock)
         except (KeyError, ValueError):
@@ -269,5 +310,26 @@ def _listen(path: str) -> _stdsocket.socket:
     return sock
 
 
-async def serve(broker: Broker, path: str, max_line: int, *, task_status=trio.TASK_STATUS_IGNORED) -> None:
-    await SocketSource(broker, path, max_line).serve(task_status=task_status)
+class _Waiter:
+    """``runtime.decisions.Waiter`` for a hook waiting on its connection."""
+
+    def __init__(self, source: SocketSource, conn: _Connection, event_id: str) -> None:
+        self.source, self.conn, self.event_id = source, conn, event_id
+
+    async def send(self, output: dict) -> bool:
+        self.source.answered(self.conn, wire.answer(self.event_id, output))
+        return True
+
+    def close(self) -> None:
+        self.source.answered(self.conn, None)
+
+
+async def serve(
+    broker: Broker,
+    path: str,
+    max_line: int,
+    decisions: Decisions | None = None,
+    *,
+    task_status=trio.TASK_STATUS_IGNORED,
+) -> None:
+    await SocketSource(broker, path, max_line, decisions).serve(task_status=task_status)

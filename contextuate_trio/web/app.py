@@ -13,7 +13,7 @@ from starlette.applications import Starlette
 from starlette.responses import JSONResponse
 from starlette.routing import BaseRoute
 
-from contextuate_trio.web.routes import attention, dashboard, health, machines, otlp, search, sessions, usage
+from contextuate_trio.web.routes import attention, dashboard, decisions, health, machines, otlp, search, sessions, usage
 from contextuate_trio.web.state import WebState
 
 
@@ -52,6 +52,7 @@ def create_app(state: WebState, extra_routes: Iterable[BaseRoute] = ()) -> Guard
         *search.ROUTES,
         *usage.ROUTES,
         *attention.ROUTES,
+        *decisions.ROUTES,
         *machines.ROUTES,
         *(otlp.ROUTES if state.config.otel.enabled else ()),  # Claude Code's own OpenTelemetry
         *extra_routes,

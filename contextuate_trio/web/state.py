@@ -15,6 +15,7 @@ from contextuate_trio.config import Config
 from contextuate_trio.core.access import Guard
 from contextuate_trio.core.usage import PriceTable
 from contextuate_trio.runtime.broker import Broker
+from contextuate_trio.runtime.decisions import Decisions
 
 
 @attrs.define(eq=False)
@@ -34,6 +35,8 @@ class WebState:
     machines: Callable[[], dict] = lambda: {"machines": []}  # /api/machines (the fleet, in Redis mode)
     # otel.forwardTo: (signal, content type, body) of each accepted OTLP request; None: off.
     otel_forward: Callable[[str, str, bytes], None] | None = None
+    # Answers to Claude Code from the dashboard (config decisions); None: none here.
+    decisions: Decisions | None = None
     # Who may connect, from ``config.server``: the one Guard every web entry shares.
     guard: Guard = attrs.field(init=False)
 

@@ -43,18 +43,18 @@ def test_too_long_line_is_skipped_whole_and_reported_once():
 
 
 def test_parse_line_kinds_and_errors():
-    ev, ack = wire.parse_line(
+    ev, ack, _ = wire.parse_line(
         b'{"kind":"hook","id":"a","timestamp":1,"machineId":"m","ack":true,'
         b'"payload":{"session_id":"s","hook_event_name":"Stop"}}',
         mint=MINT,
     )
     assert ack and ev.id == "a" and ev.event_type == "stop"
-    ev, ack = wire.parse_line(b'{"id":"b","sessionId":"s","eventType":"x","machineId":"m","timestamp":1}', mint=MINT)
+    ev, ack, _ = wire.parse_line(b'{"id":"b","sessionId":"s","eventType":"x","machineId":"m","timestamp":1}', mint=MINT)
     assert not ack and ev.id == "b"
     for bad in (b"nope", b"[1]", b'"s"', b"{" * 5, b"[" * 100000 + b"]" * 100000):
         with pytest.raises(EventError):
             wire.parse_line(bad, mint=MINT)
-    ev, _ = wire.parse_line(b'{"id":"c","sessionId":"s\xff","eventType":"x"}', mint=MINT)
+    ev, _, _ = wire.parse_line(b'{"id":"c","sessionId":"s\xff","eventType":"x"}', mint=MINT)
     assert ev.session_id == "s\ufffd"
     assert json.loads(wire.ack("a")) == {"ack": "a"}
     assert json.loads(wire.nack("a", "why")) == {"nack": "a", "error": "why"}

@@ -1,0 +1,169 @@
+"""Answers from the dashboard at run time: the waiting hooks, the clock, the audit.
+
+The rules are ``core.decisions``; this holds, per open request, the way back to the
+hook that waits for it (a ``Waiter``: the socket connection in local mode, a Redis key
+in Redis mode), expires requests on time, closes those the session answered some
+other way, and records every answer as an event before the hook gets it.
+"""
+
+from __future__ import annotations
+
+import collections
+import logging
+from typing import Any, Protocol
+
+import trio
+
+from contextuate_trio.core import decisions as core
+from contextuate_trio.core.events import Event
+from contextuate_trio.runtime.broker import Broker
+from contextuate_trio.runtime.clock import new_id, now_ms
+from contextuate_trio.runtime.metrics import Metric
+
+log = logging.getLogger("contextuate.decisions")
+
+
+class Waiter(Protocol):
+    """The way back to one waiting hook."""
+
+    async def send(self, output: dict[str, Any]) -> bool:
+        """Hand the hook Claude Code's answer; False when another monitor answered
+        first (Redis mode), nothing sent."""
+        ...
+
+    def close(self) -> None:
+        """No answer: the hook says nothing and Claude Code asks as usual."""
+        ...
+
+
+class Decisions:
+    def __init__(self, broker: Broker, enabled: bool, wait_ms: int) -> None:
+        self.broker = broker
+        self.enabled = enabled
+        self.wait_ms = wait_ms
+        self.book = core.DecisionBook()
+        self._waiters: dict[str, Waiter] = {}
+        self._replan = trio.Event()
+        self.counters: collections.Counter[str] = collections.Counter()
+
+    # --- sources' side ---------------------------------------------------------------
+    def waiting(self, ev: Event, asked_ms: Any, waiter: Waiter) -> bool:
+        """A stored event whose hook waits up to ``asked_ms`` for an answer. False
+        (the caller closes at once) when decisions are off or it is no request."""
+        if not self.enabled or isinstance(asked_ms, bool) or not isinstance(asked_ms, (int, float)):
+            return False
+        req = core.request_for(ev, now_ms(), int(min(asked_ms, self.wait_ms)))
+        if req is None or req.expires_ms <= req.opened_ms or ev.id in self._waiters:
+            return False
+        self.book.add(req)
+        self._waiters[req.request_id] = waiter
+        self.counters["opened"] += 1
+        self._replan.set()
+        return True
+
+    def gone(self, request_id: str) -> None:
+        """The hook stopped waiting (its connection closed)."""
+        if self.book.close(request_id, "hook gone") is not None:
+            self.counters["hook_gone"] += 1
+        self._waiters.pop(request_id, None)
+
+    # --- the API's side ----------------------------------------------------------------
+    def offer(self, request_id: str | None) -> dict[str, Any] | None:
+        """What the dashboard needs to answer ``request_id`` (None: not answerable)."""
+        req = self.book.get(request_id) if request_id else None
+        return req.public() if req is not None and request_id in self._waiters else None
+
+    def decorate(self, items: list[dict[str, Any]]) -> list[dict[str, Any]]:
+        """The "needs you" items, each answerable one with its ``decision`` offer."""
+        if not self.book.open:
+            return items
+        for item in items:
+            offer = self.offer(item.get("requestId"))
+            if offer is not None:
+                item["decision"] = offer
+        return items
+
+    async def answer(self, request_id: Any, body: Any, by: str, origin: str | None) -> dict[str, Any]:
+        """Answer a request (``core.Refused`` says why not): recorded as an event
+        first (a store that fails refuses the answer: 503), then sent to the hook."""
+        if not isinstance(request_id, str) or not request_id:
+            raise core.Refused(400, "requestId must be a non-empty string")
+        req = self.book.get(request_id)
+        kind = req.kind if req is not None else core.PERMISSION
+        answer = core.parse_answer(body, kind, by, origin)
+        req = self.book.take(request_id, answer, now_ms())
+        waiter = self._waiters.pop(request_id, None)
+        audit = core.audit_event(req, answer, new_id(), now_ms())
+        d = await self.broker.submit(audit, wait=True)
+        if not d.ok:
+            self.book.undo(req)
+            if waiter is not None:
+                self._waiters[request_id] = waiter
+            raise core.Refused(503, f"the answer could not be recorded ({d.error or 'store failing'}); not sent")
+        if waiter is None or not await waiter.send(core.hook_output(req, answer)):
+            self.counters["lost_race"] += 1
+            raise core.Refused(409, f"request {request_id} was answered already (on another monitor)")
+        self.counters[f"answered_{answer.decision}"] += 1
+        log.info("request %s (%s) answered %s by %s from %s", request_id, req.tool_name, answer.decision, by, origin)
+        return {"requestId": request_id, "decision": answer.decision, "by": by, "eventId": audit.id}
+
+    # --- the clock, and sessions that moved on ----------------------------------------
+    def stored(self, events: list[Event]) -> None:
+        """``broker.on_stored``: close the requests these events answered elsewhere."""
+        if not self.book.open:
+            return
+        sessions = self.broker.manager.sessions
+        for ev in events:
+            s = sessions.get(ev.session_id)
+            for req in self.book.after_event(ev, s.attention if s is not None else None):
+                self.counters["answered_elsewhere"] += 1
+                self._drop_waiter(req.request_id)
+
+    def _drop_waiter(self, request_id: str) -> None:
+        waiter = self._waiters.pop(request_id, None)
+        if waiter is not None:
+            waiter.close()
+
+    async def run(self, *, task_status: Any = trio.TASK_STATUS_IGNORED) -> None:
+        self.broker.on_stored.append(self.stored)
+        try:
+            task_status.started()
+            while True:
+                due = self.book.next_expiry()
+                self._replan = trio.Event()
+                with trio.move_on_at(trio.current_time() + max(0, due - now_ms()) / 1000 if due else float("inf")):
+                    await self._replan.wait()  # a new request, sooner than the next expiry
+                for req in self.book.expired(now_ms()):
+                    self.counters["expired"] += 1
+                    self._drop_waiter(req.request_id)
+        finally:
+            self.broker.on_stored.remove(self.stored)
+            for rid in list(self._waiters):
+                self._drop_waiter(rid)
+
+    def metrics(self) -> list[Metric]:
+        c = self.counters
+        samples: list[tuple[dict[str, str], int | float | str]] = [
+            ({"outcome": o}, c[f"answered_{o}"]) for o in ("allow", "deny", "accept", "decline", "cancel")
+        ]
+        samples += [({"outcome": o}, c[o]) for o in ("expired", "answered_elsewhere", "hook_gone", "lost_race")]
+        return [
+            Metric(
+                "contextuate_decision_requests_total",
+                "Permission prompts and questions a hook waited on an answer for.",
+                "counter",
+                c["opened"],
+            ),
+            Metric(
+                "contextuate_decision_requests_open",
+                "Requests waiting for an answer now.",
+                "gauge",
+                len(self._waiters),
+            ),
+            Metric(
+                "contextuate_decisions_total",
+                "How requests ended: answered from here (by decision), expired, answered elsewhere, hook gone.",
+                "counter",
+                samples,
+            ),
+        ]

@@ -1,0 +1,249 @@
+"""Answers from the dashboard, end to end: the real hook waits on the real daemon's
+socket, ``POST /api/decisions`` answers it, and the hook prints Claude Code's decision.
+Every refusal (no decide scope, a second answer, an expired request, decisions off)
+leaves the hook silent, and every answer is an event in the session."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import threading
+import time
+import urllib.error
+import urllib.request
+
+import pytest
+from conftest import HOOK, HOOK_PYTHON, clean_env, run_hook, wait_for
+
+ADMIN, DECIDER, READER = "tok-admin-" + "a" * 20, "tok-decide-" + "b" * 20, "tok-read-" + "c" * 20
+TOKENS = [
+    {"name": "laptop", "token": ADMIN, "scopes": ["read", "admin"]},
+    {"name": "phone", "token": DECIDER, "scopes": ["read", "decide"]},
+    {"name": "wall", "token": READER, "scopes": ["read"]},
+]
+SUGGESTION = {
+    "type": "addRules",
+    "rules": [{"toolName": "Bash", "ruleContent": "touch:*"}],
+    "behavior": "allow",
+    "destination": "localSettings",
+}
+
+
+def config(wait_ms: int = 20_000, enabled: bool = True) -> dict:
+    return {"decisions": {"enabled": enabled, "waitMs": wait_ms}, "server": {"tokens": TOKENS}}
+
+
+def permission(sid: str = "s-dec", **extra) -> dict:
+    """Claude Code 2.1.332's PermissionRequest (it names no tool_use_id)."""
+    return {
+        "session_id": sid,
+        "hook_event_name": "PermissionRequest",
+        "cwd": "/w",
+        "prompt_id": "p1",
+        "tool_name": "Bash",
+        "tool_input": {"command": "touch /tmp/x", "description": "make x"},
+        "permission_mode": "default",
+        "permission_suggestions": [SUGGESTION],
+        **extra,
+    }
+
+
+class HookRun:
+    """The real hook, run in the background the way Claude Code runs it."""
+
+    def __init__(self, home: str, stdin: dict) -> None:
+        self.started = time.monotonic()
+        self.proc = subprocess.Popen(
+            [HOOK_PYTHON, "-I", "-S", HOOK],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            env=clean_env(home, CONTEXTUATE_DEBUG="1"),
+        )
+        self.out = b""
+        self.err = b""
+        self._t = threading.Thread(target=self._talk, args=(json.dumps(stdin).encode(),), daemon=True)
+        self._t.start()
+
+    def _talk(self, data: bytes) -> None:
+        self.out, self.err = self.proc.communicate(data, timeout=60)
+
+    def result(self, timeout: float = 30) -> tuple[dict | None, float]:
+        self._t.join(timeout)
+        assert not self._t.is_alive(), "the hook did not finish"
+        assert self.proc.returncode == 0, self.err
+        took = time.monotonic() - self.started
+        return (json.loads(self.out) if self.out.strip() else None), took
+
+
+def post(d, body: dict, token: str | None) -> tuple[int, dict]:
+    req = urllib.request.Request(
+        f"http://127.0.0.1:{d.port}/api/decisions",
+        data=json.dumps(body).encode(),
+        method="POST",
+        headers={"Content-Type": "application/json", **({"Authorization": f"Bearer {token}"} if token else {})},
+    )
+    try:
+        with urllib.request.urlopen(req, timeout=10) as r:
+            return r.status, json.loads(r.read())
+    except urllib.error.HTTPError as exc:
+        return exc.code, json.loads(exc.read() or b"{}")
+
+
+def offer(d, sid: str = "s-dec") -> dict:
+    """The attention item of ``sid`` once it carries an answerable request."""
+
+    def find():
+        items = d.get("/api/attention", headers={"Authorization": f"Bearer {READER}"})["items"]
+        return next((i for i in items if i["sessionId"] == sid and i.get("decision")), None)
+
+    return wait_for(find, what="an answerable request in the queue")
+
+
+def test_allow_always_reaches_the_hook_and_is_audited(daemon, home):
+    d = daemon(config())
+    hook = HookRun(home, permission())
+    item = offer(d)
+    assert item["reason"] == "permission" and item["toolName"] == "Bash"
+    assert item["decision"]["decisions"] == ["allow", "deny"] and item["decision"]["canAllowAlways"] is True
+    rid = item["requestId"]
+    status, body = post(d, {"requestId": rid, "decision": "allow", "always": True}, DECIDER)
+    assert status == 200, body
+    out, took = hook.result()
+    assert out == {
+        "hookSpecificOutput": {
+            "hookEventName": "PermissionRequest",
+            "decision": {"behavior": "allow", "updatedPermissions": [SUGGESTION]},
+        }
+    }
+    assert took < 10
+    # Answered once: the second answer is refused, and the queue no longer holds it.
+    status, body = post(d, {"requestId": rid, "decision": "deny"}, DECIDER)
+    assert status == 409, body
+    assert "phone" in body["error"]
+    audit = wait_for(lambda: [e for e in d.events("s-dec") if e["eventType"] == "decision"], what="the audit event")
+    assert len(audit) == 1
+    a = audit[0]
+    assert a["data"]["requestId"] == rid and a["data"]["decision"] == "allow" and a["data"]["always"] is True
+    assert a["data"]["by"] == "phone" and a["data"]["from"].startswith("127.0.0.1:")
+    assert a["toolName"] == "Bash" and a["source"] == "dashboard"
+    items = d.get("/api/attention", headers={"Authorization": f"Bearer {READER}"})["items"]
+    assert not [i for i in items if i["sessionId"] == "s-dec"]
+
+
+def test_deny_carries_the_message(daemon, home):
+    d = daemon(config())
+    hook = HookRun(home, permission())
+    rid = offer(d)["requestId"]
+    status, body = post(d, {"requestId": rid, "decision": "deny", "message": "not on main"}, DECIDER)
+    assert status == 200, body
+    out, _ = hook.result()
+    assert out["hookSpecificOutput"]["decision"] == {"behavior": "deny", "message": "not on main"}
+
+
+def test_without_the_decide_scope_or_any_token_nobody_answers(daemon, home):
+    d = daemon(config(wait_ms=3000))
+    hook = HookRun(home, permission())
+    rid = offer(d)["requestId"]
+    assert post(d, {"requestId": rid, "decision": "allow"}, READER)[0] == 403
+    assert post(d, {"requestId": rid, "decision": "allow"}, ADMIN)[0] == 403
+    assert post(d, {"requestId": rid, "decision": "allow"}, None)[0] == 401
+    assert post(d, {"requestId": rid, "decision": "yes please"}, DECIDER)[0] == 400
+    assert post(d, {"requestId": "nope", "decision": "allow"}, DECIDER)[0] == 404
+    # No answer within waitMs: the hook says nothing (Claude Code asks as usual), on time.
+    out, took = hook.result()
+    assert out is None
+    assert 2.5 < took < 6
+    status, body = post(d, {"requestId": rid, "decision": "allow"}, DECIDER)
+    assert status == 404, body
+    assert not [e for e in d.events("s-dec") if e["eventType"] == "decision"]
+
+
+def test_a_config_without_tokens_cannot_decide(daemon, home):
+    d = daemon({"decisions": {"enabled": True, "waitMs": 2000}})
+    hook = HookRun(home, permission())
+    wait_for(lambda: d.get("/api/attention")["items"], what="the request in the queue")
+    rid = d.get("/api/attention")["items"][0]["requestId"]
+    status, body = post(d, {"requestId": rid, "decision": "allow"}, None)
+    assert status == 403 and "decide" in body["error"]
+    assert hook.result()[0] is None
+
+
+def tool_event(hook: str, **extra) -> dict:
+    return {
+        "session_id": "s-dec",
+        "hook_event_name": hook,
+        "cwd": "/w",
+        "prompt_id": "p1",
+        "tool_name": "Bash",
+        "tool_input": {"command": "touch /tmp/x"},
+        "tool_use_id": "toolu_1",
+        **extra,
+    }
+
+
+def test_the_prompt_answered_in_the_terminal_closes_the_request(daemon, home):
+    d = daemon(config())
+    assert run_hook(home, tool_event("PreToolUse")).returncode == 0
+    hook = HookRun(home, permission())
+    rid = offer(d)["requestId"]
+    # The person pressed "Yes" at the terminal: the call's result comes (the hook,
+    # which Claude Code lets run on, is released with no answer).
+    done = run_hook(home, tool_event("PostToolUse", tool_response={"stdout": ""}))
+    assert done.returncode == 0
+    out, took = hook.result()
+    assert out is None and took < 10
+    status, body = post(d, {"requestId": rid, "decision": "allow"}, DECIDER)
+    assert status == 409, body
+
+
+@pytest.mark.parametrize("enabled", [False])
+def test_decisions_off_the_hook_does_not_wait(daemon, home, enabled):
+    d = daemon(config(enabled=enabled))
+    t0 = time.monotonic()
+    r = run_hook(home, permission())
+    assert r.returncode == 0 and r.stdout == b""
+    assert time.monotonic() - t0 < 3
+    wait_for(lambda: d.events("s-dec"), what="the event stored")
+    status, _ = post(d, {"requestId": d.events("s-dec")[0]["id"], "decision": "allow"}, DECIDER)
+    assert status == 404
+
+
+def test_a_hook_that_gives_up_withdraws_its_request(daemon, home):
+    d = daemon(config())
+    hook = HookRun(home, permission())
+    rid = offer(d)["requestId"]
+    hook.proc.kill()
+    hook._t.join(10)
+
+    def gone():
+        items = d.get("/api/attention", headers={"Authorization": f"Bearer {READER}"})["items"]
+        return all(not i.get("decision") for i in items)
+
+    wait_for(gone, what="the request withdrawn")
+    assert post(d, {"requestId": rid, "decision": "allow"}, DECIDER)[0] == 404
+
+
+def test_elicitation_accept_with_content(daemon, home):
+    d = daemon(config())
+    ask = {
+        "session_id": "s-el",
+        "hook_event_name": "Elicitation",
+        "cwd": "/w",
+        "prompt_id": "p1",
+        "mcp_server_name": "elic",
+        "message": "Pick a color",
+        "mode": "form",
+        "requested_schema": {"type": "object", "properties": {"color": {"type": "string"}}},
+    }
+    hook = HookRun(home, ask)
+    item = offer(d, "s-el")
+    assert item["reason"] == "elicitation" and item["decision"]["decisions"] == ["accept", "decline", "cancel"]
+    rid = item["requestId"]
+    assert post(d, {"requestId": rid, "decision": "allow"}, DECIDER)[0] == 400
+    status, body = post(d, {"requestId": rid, "decision": "accept", "content": {"color": "blue"}}, DECIDER)
+    assert status == 200, body
+    out, _ = hook.result()
+    assert out == {
+        "hookSpecificOutput": {"hookEventName": "Elicitation", "action": "accept", "content": {"color": "blue"}}
+    }
