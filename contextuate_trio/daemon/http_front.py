@@ -98,7 +98,12 @@ class Limits:
 
 
 class _Message:
-    """One request as httptools reports it (the parser calls these methods)."""
+    """One request as httptools reports it (the parser calls these methods).
+
+    The parser and the message refer to each other (its callbacks are the message's
+    bound methods): ``release`` breaks the cycle once the request is done. Left to the
+    collector, every request was cyclic garbage, and a young collection of 50,000 of
+    those objects held the loop 50-110 ms every 2 s at 2,000 requests/s."""
 
     __slots__ = ("parser", "url", "fields", "keep_alive", "version", "method", "body", "complete", "begun")
 
@@ -112,6 +117,9 @@ class _Message:
         self.body = bytearray()
         self.complete = False
         self.begun = 0
+
+    def release(self) -> None:
+        self.parser = None  # type: ignore[assignment]
 
     def on_message_begin(self) -> None:
         self.begun += 1
@@ -250,6 +258,12 @@ class HookConnection:
         msg = await self._head()
         if msg is None:
             return False
+        try:
+            return await self._answer(msg)
+        finally:
+            msg.release()
+
+    async def _answer(self, msg: _Message) -> bool:
         first, last = header_maps(msg.fields)
         refusal = self.intake.guard_refusal(last) or self.intake.refusal(first)
         if refusal is not None:  # its body is not read: the connection cannot go on
@@ -326,9 +340,11 @@ class HookConnection:
         msg = _Message()
         try:
             msg.parser.feed_data(self.buf[:size])
+            ok = msg.is_hook()
         except (httptools.HttpParserError, httptools.HttpParserUpgrade):
-            raise _HandOff from None
-        if not msg.is_hook():
+            ok = False
+        if not ok:
+            msg.release()
             raise _HandOff
         self.head_size = size
         return msg
