@@ -316,3 +316,24 @@ def test_a_stop_ends_every_connection(daemon):
         w.close()
     log = d.log()
     assert "Traceback" not in log and "stopped" in log
+
+
+def test_a_request_answered_leaves_no_cyclic_garbage():
+    """The parser and its message refer to each other until released: left to the
+    collector, 2,000 requests/s made young collections that held the loop ~80 ms."""
+    import gc
+
+    from contextuate_trio.daemon import http_front
+
+    gc.collect()
+    gc.disable()
+    try:
+        for _ in range(100):
+            msg = http_front._Message()
+            msg.parser.feed_data(hook_request(hook(1)))
+            assert msg.complete and msg.is_hook()
+            msg.release()
+            del msg
+        assert gc.collect() == 0
+    finally:
+        gc.enable()
