@@ -263,3 +263,18 @@ def test_cli_leaves_out_events_an_old_claude_code_lacks(home, tmp_path):
     assert r.returncode == 0 and "left out (Claude Code 2.1.50 predates them)" in r.stdout
     data = json.loads((tmp_path / ".claude" / "settings.json").read_text())
     assert "StopFailure" not in data["hooks"] and "SubagentStart" in data["hooks"]
+
+
+def test_with_decisions_the_answerable_hooks_wait_long_enough_and_never_async():
+    """Claude Code kills a hook at its timeout: the PermissionRequest hook that waits
+    decisions.waitMs for an answer must be given longer, as a command (http and async
+    hooks cannot wait on the socket)."""
+    events = ["PreToolUse", "PermissionRequest", "Elicitation"]
+    plain = cs.plan(events, CMD, async_=True)
+    assert all(g["hooks"][0]["timeout"] == cs.HOOK_TIMEOUT_S for g in plain.values())
+    waiting = cs.plan(events, CMD, transport="http", url="http://127.0.0.1:1/api/hooks", answer_wait_ms=45_500)
+    for name in ("PermissionRequest", "Elicitation"):
+        h = waiting[name]["hooks"][0]
+        assert h["type"] == "command" and "async" not in h
+        assert h["timeout"] == 46 + cs.HOOK_TIMEOUT_S
+    assert waiting["PreToolUse"]["hooks"][0]["type"] == "http"
