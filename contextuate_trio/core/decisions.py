@@ -73,8 +73,36 @@ class Request:
             "kind": self.kind,
             "decisions": list(DECISIONS[self.kind]),
             "expiresAt": self.expires_ms,
-            "canAllowAlways": bool(self.suggestions),
+            "canAllowAlways": bool(always_rules(self.suggestions)),
+            "alwaysRules": rule_texts(always_rules(self.suggestions)),
         }
+
+
+def always_rules(suggestions: list[Any]) -> list[dict[str, Any]]:
+    """What "allow always" grants: only the allow rules Claude Code suggested
+    (``addRules``, e.g. ``Bash(npm test:*)``). Its other suggestions are broader than
+    the call asked about (``setMode`` acceptEdits lets every later edit through,
+    ``addDirectories`` a whole folder): never granted from afar."""
+    return [
+        s
+        for s in suggestions
+        if isinstance(s, dict)
+        and s.get("type") == "addRules"
+        and s.get("behavior") == "allow"
+        and isinstance(s.get("rules"), list)
+        and s["rules"]
+    ]
+
+
+def rule_texts(suggestions: list[dict[str, Any]]) -> list[str]:
+    """``Bash(npm test:*)`` for each rule: what a person reads before granting it."""
+    out = []
+    for s in suggestions:
+        for r in s["rules"]:
+            if isinstance(r, dict) and isinstance(r.get("toolName"), str):
+                content = r.get("ruleContent")
+                out.append(f"{r['toolName']}({content})" if isinstance(content, str) and content else r["toolName"])
+    return out
 
 
 def request_for(ev: Event, now_ms: int, wait_ms: int) -> Request | None:
@@ -129,8 +157,8 @@ def hook_output(req: Request, answer: Answer) -> dict[str, Any]:
             out["content"] = answer.content
         return {"hookSpecificOutput": out}
     decision: dict[str, Any] = {"behavior": answer.decision}
-    if answer.decision == "allow" and answer.always and req.suggestions:
-        decision["updatedPermissions"] = req.suggestions
+    if answer.decision == "allow" and answer.always:
+        decision["updatedPermissions"] = always_rules(req.suggestions)
     if answer.decision == "deny":
         decision["message"] = answer.message or "Denied from the contextuate-trio dashboard."
     out["decision"] = decision
@@ -151,6 +179,7 @@ def audit_event(req: Request, answer: Answer, event_id: str, now_ms: int) -> Eve
         data["message"] = answer.message
     if answer.always:
         data["always"] = True
+        data["granted"] = rule_texts(always_rules(req.suggestions))
     if answer.content is not None:
         data["content"] = answer.content
     what = f"{req.tool_name} " if req.tool_name else ""

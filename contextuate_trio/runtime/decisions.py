@@ -91,6 +91,8 @@ class Decisions:
         req = self.book.get(request_id)
         kind = req.kind if req is not None else core.PERMISSION
         answer = core.parse_answer(body, kind, by, origin)
+        if answer.always and req is not None and not core.always_rules(req.suggestions):
+            raise core.Refused(400, "this request offers no rule to allow always (allow it once)")
         req = self.book.take(request_id, answer, now_ms())
         waiter = self._waiters.pop(request_id, None)
         audit = core.audit_event(req, answer, new_id(), now_ms())

@@ -43,7 +43,7 @@ def permission(sid: str = "s-dec", **extra) -> dict:
         "tool_name": "Bash",
         "tool_input": {"command": "touch /tmp/x", "description": "make x"},
         "permission_mode": "default",
-        "permission_suggestions": [SUGGESTION],
+        "permission_suggestions": [{"type": "setMode", "mode": "acceptEdits", "destination": "session"}, SUGGESTION],
         **extra,
     }
 
@@ -125,6 +125,7 @@ def test_allow_always_reaches_the_hook_and_is_audited(daemon, home):
     assert len(audit) == 1
     a = audit[0]
     assert a["data"]["requestId"] == rid and a["data"]["decision"] == "allow" and a["data"]["always"] is True
+    assert a["data"]["granted"] == ["Bash(touch:*)"]
     assert a["data"]["by"] == "phone" and a["data"]["from"].startswith("127.0.0.1:")
     assert a["toolName"] == "Bash" and a["source"] == "dashboard"
     items = d.get("/api/attention", headers={"Authorization": f"Bearer {READER}"})["items"]

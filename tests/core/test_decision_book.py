@@ -96,19 +96,32 @@ def test_the_session_moving_on_closes_as_answered_elsewhere():
     assert err.value.status == 409
 
 
+RULE = {"type": "addRules", "rules": [{"toolName": "Bash", "ruleContent": "npm test:*"}], "behavior": "allow"}
+BROAD = [
+    {"type": "setMode", "mode": "acceptEdits", "destination": "session"},
+    {"type": "addDirectories", "directories": ["/w"], "destination": "session"},
+]
+
+
 def test_hook_output_shapes():
-    req = request(permission_suggestions=[{"type": "setMode", "mode": "acceptEdits", "destination": "session"}])
+    req = request(permission_suggestions=[*BROAD, RULE])
+    assert req.public()["canAllowAlways"] and req.public()["alwaysRules"] == ["Bash(npm test:*)"]
     allow = d.hook_output(req, d.Answer("allow", always=True))
-    assert allow["hookSpecificOutput"]["decision"] == {
-        "behavior": "allow",
-        "updatedPermissions": [{"type": "setMode", "mode": "acceptEdits", "destination": "session"}],
-    }
+    # Only the allow rule: a mode or a folder is broader than the call asked about.
+    assert allow["hookSpecificOutput"]["decision"] == {"behavior": "allow", "updatedPermissions": [RULE]}
+    once = d.hook_output(req, d.Answer("allow"))
+    assert once["hookSpecificOutput"]["decision"] == {"behavior": "allow"}
     deny = d.hook_output(req, d.Answer("deny"))["hookSpecificOutput"]["decision"]
     assert deny["behavior"] == "deny" and deny["message"]
     q = request("elicitation")
     assert d.hook_output(q, d.Answer("decline")) == {
         "hookSpecificOutput": {"hookEventName": "Elicitation", "action": "decline"}
     }
+
+
+def test_only_rules_can_be_allowed_always():
+    req = request(permission_suggestions=BROAD)
+    assert req.public()["canAllowAlways"] is False and req.public()["alwaysRules"] == []
 
 
 def test_audit_event_names_who_and_what():
