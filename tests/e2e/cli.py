@@ -89,6 +89,7 @@ class ClaudeRun:
         hostname: str = "e2e-host",
         capture_dir: str | None = None,
         install_args: tuple[str, ...] = (),
+        config: dict | None = None,
     ) -> None:
         self.bin = claude_bin()
         assert self.bin, skip_reason()
@@ -99,7 +100,9 @@ class ClaudeRun:
         self.proj = self._dir("proj")
         self.tmp = self._dir("tmp")
         self.hostname = hostname
-        self.daemon = DaemonProc(self.ct, {})
+        # ``config``: the daemon's config sections (``decisions``, ``server.tokens``...);
+        # ``hooks install`` reads the same file.
+        self.daemon = DaemonProc(self.ct, config or {})
         self.api = FakeAnthropic(scripts)
         self.all_events = all_events
         self.settings_extra = settings or {}

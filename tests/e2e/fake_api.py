@@ -14,7 +14,8 @@ sent, so one server serves a main agent and its sub-agents at once:
 - ``FAIL: <status> <error type>`` instead of a script makes every reply that HTTP error
   (a stop failure, without retries worth waiting for: see ``FAIL_STATUS``).
 
-Every reply carries ``usage``. Requests are kept (``requests``) for assertions.
+Every reply carries ``usage``. Requests are kept (``requests``) for assertions, and the
+``tool_result`` blocks they sent back (``tool_results``).
 """
 
 from __future__ import annotations
@@ -111,6 +112,30 @@ class FakeAnthropic:
 
     def open_gate(self, name: str) -> None:
         self.gate(name).set()
+
+    def tool_results(self, script: str | None = None) -> list[dict]:
+        """The ``tool_result`` blocks sent back to the model (each once, in order); with
+        ``script``, only those of the conversations ``SCRIPT: script`` runs."""
+        with self._lock:
+            requests = list(self.requests)
+        out: list[dict] = []
+        seen: set = set()
+        for r in requests:
+            messages = r["body"].get("messages") or []
+            if script is not None:
+                first = next((t for t in _user_texts(messages) if "SCRIPT:" in t), "")
+                m = _SCRIPT_RE.search(first)
+                if not m or m.group(1) != script:
+                    continue
+            for msg in messages:
+                if msg.get("role") != "user" or not isinstance(msg.get("content"), list):
+                    continue
+                for block in msg["content"]:
+                    if isinstance(block, dict) and block.get("type") == "tool_result":
+                        if block.get("tool_use_id") not in seen:
+                            seen.add(block.get("tool_use_id"))
+                            out.append(block)
+        return out
 
     # --- HTTP -------------------------------------------------------------------------
     def _handler(self) -> type[BaseHTTPRequestHandler]:

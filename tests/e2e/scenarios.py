@@ -10,6 +10,9 @@ way (``GET /api/sessions``, ``/api/sessions/{id}/events``, ``/api/attention``).
 
 from __future__ import annotations
 
+import os
+import threading
+import time
 from collections.abc import Callable
 from typing import Any
 
@@ -217,6 +220,63 @@ def extras(run: ClaudeRun) -> dict[str, Any]:
     run.wait_hook(sid, "Stop", count=2)
     run.finish(p)
     return _finish(run, sid)
+
+
+def ask_in_print_mode(
+    run: ClaudeRun, name: str = "ask_p", answer: Callable[[dict[str, Any]], Any] | None = None
+) -> dict[str, Any]:
+    """``-p`` in permission mode ``default``: the model's Bash ``touch <proj>/<name>/made.txt``
+    asks (PermissionRequest, no tool_use_id), and nobody is at a terminal. While the hook
+    waits, a thread polls ``GET /api/attention`` for the request's item with its
+    ``decision`` offer and, given ``answer``, calls ``answer(item)`` (what it returns is
+    ``answered``); ``offered`` is the item. Needs a daemon with ``decisions.enabled``
+    to be answerable: not in SCENARIOS (record.py records those on a default daemon)."""
+    target = os.path.join(run.proj, name, "made.txt")
+    os.makedirs(os.path.dirname(target), exist_ok=True)
+    run.api.scripts[name] = [
+        [("text", "Making it."), bash(f"touch {target}", "Make a file")],
+        [("text", "Finished.")],
+    ]
+    got: dict[str, Any] = {}
+    done = threading.Event()
+
+    def watch() -> None:
+        try:
+            while not done.is_set():
+                items = run.attention() or []
+                item = next((i for i in items if i.get("decision") and target in (i.get("detail") or "")), None)
+                if item is not None:
+                    got["offered"] = item
+                    if answer is not None:
+                        got["answered"] = answer(item)
+                    return
+                time.sleep(0.05)
+        except BaseException as exc:  # re-raised by the scenario
+            got["error"] = exc
+
+    watcher = threading.Thread(target=watch, name=f"answer-{name}", daemon=True)
+    t0 = time.monotonic()
+    watcher.start()
+    try:
+        p = run.run(f"SCRIPT: {name}\nMake a file.", "--permission-mode", "default", skip_permissions=False)
+    finally:
+        done.set()
+        watcher.join(30)
+    took = time.monotonic() - t0
+    if "error" in got:
+        raise got["error"]
+    sid = _root(run, p.stdout)
+    return _finish(
+        run,
+        sid,
+        target=target,
+        ran=os.path.exists(target),
+        took=took,
+        stdout=p.stdout,
+        offered=got.get("offered"),
+        answered=got.get("answered"),
+        tool_results=run.api.tool_results(name),
+    )
 
 
 # --- interactive scenarios (tmux) --------------------------------------------------
