@@ -62,7 +62,7 @@ def _host_ports(value: list[str]) -> None:
             raise ValueError(f'{node!r} is not "host:port"')
 
 
-TokenScope = Literal["read", "decide", "admin"]
+TokenScope = Literal["read", "ingest", "decide", "admin"]
 # A token's name: what ``token add|revoke`` take and what a decision event records.
 TOKEN_NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
 

@@ -26,7 +26,7 @@ from contextuate_trio import config as config_mod
 from contextuate_trio.cli import hooks as cs
 from contextuate_trio.cli import telemetry
 from contextuate_trio.cli.client import api_get
-from contextuate_trio.core.access import Scope
+from contextuate_trio.core.access import Guard, Scope
 from contextuate_trio.hook import paths as hook_paths
 from contextuate_trio.hook import spool as hook_spool
 
@@ -442,12 +442,13 @@ class Doctor:
             if raw is None or not telemetry.ours(settings):
                 continue
             found = True
-            for level, text in telemetry.check(
-                settings, config_mod.api_base(self.loaded), self.loaded.server.client_token(Scope.READ)
-            ):
+            # Every token the daemon takes (server.token with every scope among them):
+            # a header holding one that can read or act is worth a warning.
+            tokens = Guard(token=self.loaded.server.token, tokens=self.loaded.server.api_tokens()).tokens
+            for level, text in telemetry.check(settings, config_mod.api_base(self.loaded), tokens):
                 self.add("otel", levels[level], f"{path}: {text}", fix if level == "warn" else None)
         if not found:
-            (level, text), *_ = telemetry.check({}, "", None)
+            (level, text), *_ = telemetry.check({}, "")
             self.add("otel", levels[level], text)
         elif not self.loaded.otel.enabled:
             self.add("otel", WARN, "config otel.enabled is false: the daemon refuses what Claude Code sends", None)

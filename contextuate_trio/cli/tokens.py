@@ -20,6 +20,10 @@ from contextuate_trio.hook import paths as hook_paths
 # sessions but cannot answer Claude Code (``decide`` is given only by ``token add``).
 INIT_TOKEN_NAME = "default"
 INIT_SCOPES = ("read", "admin")
+# What ``hooks install --otel`` writes into Claude Code's settings (``env``, a file
+# other programs read): a token that can bring events in and read nothing.
+OTEL_TOKEN_NAME = "otel"
+OTEL_SCOPES = ("ingest",)
 
 
 def new_secret() -> str:
@@ -69,6 +73,71 @@ def _tokens(data: dict) -> list:
     return tokens
 
 
+def _has_token(data: dict) -> bool:
+    """The config (as written) sets some token: the API refuses anonymous clients."""
+    server = data.get("server")
+    if not isinstance(server, dict):
+        return False
+    tokens = server.get("tokens")
+    named = isinstance(tokens, list) and any(isinstance(t, dict) and t.get("token") for t in tokens)
+    return bool(server.get("token")) or named
+
+
+def _loads(path: str) -> config_mod.ConfigError | None:
+    """Why the daemon could not start with this config file (None: it could)."""
+    try:
+        config_mod.load({**os.environ, "CONTEXTUATE_CONFIG": path})
+    except config_mod.ConfigError as exc:
+        return exc
+    return None
+
+
+def _add_entry(path: str, data: dict, name: str, scopes: list[str]) -> str:
+    """A new token ``name`` with ``scopes`` appended to the config ``data`` (read from
+    ``path``) and written; its secret. A config that loaded and would no longer load
+    is put back as it was (ConfigError): a token must not stop the daemon starting."""
+    tokens = _tokens(data)
+    secret = new_secret()
+    tokens.append({"name": name, "token": secret, "scopes": scopes})
+    try:
+        with open(path, "rb") as f:
+            before: bytes | None = f.read()
+    except FileNotFoundError:
+        before = None
+    loaded = _loads(path) is None
+    _write(path, data)
+    why = _loads(path) if loaded else None
+    if why is not None:
+        if before is None:
+            os.unlink(path)
+        else:
+            hook_paths.write_atomic(path, before, durable=True)
+        raise why
+    return secret
+
+
+def ingest_token(path: str | None = None) -> str | None:
+    """The config's ``otel`` token (scope ``ingest`` only), made (and written) when
+    missing; None when the config sets no token at all (the API is open on loopback).
+    ConfigError when the config cannot be read or written, or holds an ``otel`` token
+    with more than ``ingest`` (it is not given to Claude Code's settings)."""
+    path = path or _config_file()
+    data = _read(path)
+    existing = _tokens(data)  # (ConfigError for a malformed server.tokens)
+    for t in existing:
+        if isinstance(t, dict) and t.get("name") == OTEL_TOKEN_NAME:
+            scopes = t.get("scopes", ["read"])
+            if scopes != list(OTEL_SCOPES) or not isinstance(t.get("token"), str) or not t["token"]:
+                raise config_mod.ConfigError(
+                    f"{path}: the token {OTEL_TOKEN_NAME!r} has scopes {scopes!r}, not only 'ingest'; "
+                    f"`contextuate-trio token revoke {OTEL_TOKEN_NAME}` and install again"
+                )
+            return t["token"]
+    if not _has_token(data):
+        return None
+    return _add_entry(path, data, OTEL_TOKEN_NAME, list(OTEL_SCOPES))
+
+
 def cmd_add(args) -> int:
     if not config_mod.TOKEN_NAME_RE.match(args.name) or args.name == LEGACY_TOKEN_NAME:
         print(f"contextuate-trio: {args.name!r} is not a token name (A-Z a-z 0-9 . _ -)", file=sys.stderr)
@@ -79,7 +148,7 @@ def cmd_add(args) -> int:
         print(f"contextuate-trio: {exc}", file=sys.stderr)
         return 2
     if not scopes:
-        print("contextuate-trio: give at least one scope (read, decide, admin)", file=sys.stderr)
+        print("contextuate-trio: give at least one scope (read, ingest, decide, admin)", file=sys.stderr)
         return 2
     path = _config_file()
     try:
@@ -91,9 +160,11 @@ def cmd_add(args) -> int:
     if any(isinstance(t, dict) and t.get("name") == args.name for t in tokens):
         print(f"contextuate-trio: a token named {args.name!r} exists; revoke it first", file=sys.stderr)
         return 1
-    secret = new_secret()
-    tokens.append({"name": args.name, "token": secret, "scopes": [s.value for s in scopes]})
-    _write(path, data)
+    try:
+        secret = _add_entry(path, data, args.name, [s.value for s in scopes])
+    except config_mod.ConfigError as exc:
+        print(f"contextuate-trio: the token was not added (the config would not load): {exc}", file=sys.stderr)
+        return 2
     print(secret)  # stdout: the token alone, for scripts; it is not shown again
     print(f"added token {args.name!r} ({', '.join(s.value for s in scopes)}) to {path}", file=sys.stderr)
     return 0
@@ -157,11 +228,17 @@ def cmd_open(args) -> int:
 
 
 def add_parser(sub) -> None:
-    p = sub.add_parser("token", help="named API tokens with scopes (read, decide, admin)")
+    p = sub.add_parser("token", help="named API tokens with scopes (read, ingest, decide, admin)")
     tsub = p.add_subparsers(dest="token_command", required=True)
     s = tsub.add_parser("add", help="generate a token, add it to the config and print it (once)")
     s.add_argument("name")
-    s.add_argument("--scopes", default="read", help="comma-separated: read, decide, admin (default read)")
+    s.add_argument(
+        "--scopes",
+        "--scope",
+        dest="scopes",
+        default="read",
+        help="comma-separated: read, ingest (event intake only), decide, admin (default read)",
+    )
     s.set_defaults(func=cmd_add)
     s = tsub.add_parser("list", help="the tokens: name, scopes and a fingerprint (never the token)")
     s.add_argument("--json", action="store_true")

@@ -1,10 +1,13 @@
 """Who may talk to the daemon over the network: Host names, Origins, the tokens.
 
 Shared by the HTTP app and the WebSocket server so both answer the same way. A token
-has a name and scopes (``read``, ``decide``, ``admin``); a request needs one scope
-(``needed_scope``): ``read`` to look (and to report events), ``admin`` to change
-things, ``decide`` to answer Claude Code. With no token at all, everything is open
-(loopback only, by default: the old behaviour, with a warning at start).
+has a name and scopes (``read``, ``ingest``, ``decide``, ``admin``); a request needs one
+scope (``needed_scope``): ``read`` to look (and to report events), ``admin`` to change
+things, ``decide`` to answer Claude Code. Event intake (``POST /api/hooks``, ``/v1/*``)
+also takes ``ingest``, a scope for nothing else (``allowed_scopes``): the token written
+into Claude Code's settings (``hooks install --otel``) can report events and read
+nothing. With no token at all, everything is open (loopback only, by default: the old
+behaviour, with a warning at start).
 """
 
 from __future__ import annotations
@@ -20,7 +23,7 @@ PUBLIC_PATHS = ("/api/health",)  # no token needed
 # The API, and OTLP/HTTP (``/v1/logs`` …, Claude Code's own telemetry): a token when one is set.
 GUARDED_PREFIXES = ("/api/", "/v1/")
 # Paths through which events arrive (Claude Code's http hooks, its OTLP): a ``read``
-# token is enough, as for the socket, though the method is POST.
+# token is enough, as for the socket, though the method is POST; so is an ``ingest`` one.
 INGEST_PATHS = ("/api/hooks",)
 INGEST_PREFIXES = ("/v1/",)
 DECIDE_PATHS = ("/api/decisions",)
@@ -32,6 +35,7 @@ class Scope(enum.StrEnum):
     READ = "read"  # the dashboard, the API's GETs, the WebSocket, event intake
     DECIDE = "decide"  # answer Claude Code's permission prompts (POST /api/decisions)
     ADMIN = "admin"  # change things (session actions) and see the config
+    INGEST = "ingest"  # event intake only (POST /api/hooks, /v1/*): no reading at all
 
 
 ALL_SCOPES: frozenset[Scope] = frozenset(Scope)
@@ -68,6 +72,22 @@ def needed_scope(method: str, path: str) -> Scope | None:
     if path in INGEST_PATHS or path.startswith(INGEST_PREFIXES) or method.upper() in SAFE_METHODS:
         return Scope.READ
     return Scope.ADMIN
+
+
+def is_intake(method: str, path: str) -> bool:
+    """A request that brings events in (``POST /api/hooks``, ``POST /v1/…``)."""
+    return method.upper() == "POST" and (path in INGEST_PATHS or path.startswith(INGEST_PREFIXES))
+
+
+def allowed_scopes(method: str, path: str) -> frozenset[Scope] | None:
+    """The scopes any one of which lets a request through; None: no token needed.
+    ``needed_scope``'s, and for event intake ``ingest`` besides ``read``."""
+    scope = needed_scope(method, path)
+    if scope is None:
+        return None
+    if scope is Scope.READ and is_intake(method, path):
+        return frozenset({Scope.READ, Scope.INGEST})
+    return frozenset({scope})
 
 
 def host_name(host_header: str) -> str:
@@ -137,20 +157,25 @@ class Guard:
                 found = t
         return found
 
-    def token_ok(self, authorization: str | None, scope: Scope = Scope.READ) -> bool:
-        """No token configured, or this header's token holds ``scope``."""
+    def token_ok(self, authorization: str | None, scope: Scope | frozenset[Scope] = Scope.READ) -> bool:
+        """No token configured, or this header's token holds ``scope`` (one of them)."""
         return self.token_refusal(authorization, scope) is None
 
-    def token_refusal(self, authorization: str | None, scope: Scope | None) -> tuple[int, str] | None:
+    def token_refusal(
+        self, authorization: str | None, scope: Scope | frozenset[Scope] | None
+    ) -> tuple[int, str] | None:
         """(401, why) for a missing or unknown token, (403, why) for one without
-        ``scope``; None when the request may go on."""
+        ``scope`` (or, given several, without any of them); None when the request may
+        go on."""
         if scope is None or not self.tokens:
             return None
         t = self.who(authorization)
         if t is None:
             return 401, "missing or wrong token"
-        if scope not in t.scopes:
-            return 403, f"this token lacks the {scope.value!r} scope"
+        wanted = frozenset({scope}) if isinstance(scope, Scope) else scope
+        if not wanted & t.scopes:
+            names = " or ".join(repr(s.value) for s in sorted(wanted))
+            return 403, f"this token lacks the {names} scope"
         return None
 
     def refusal(
@@ -164,7 +189,7 @@ class Guard:
         Host (DNS rebinding); an API call made by another web page (a cross-site
         ``<img src=…/api/search?…>`` carries no Origin, but browsers mark it with
         ``Sec-Fetch-Site``); with tokens, an anonymous call (401) or one whose token
-        lacks the scope the request needs (403, ``needed_scope``). ``headers``: by
+        lacks the scope the request needs (403, ``allowed_scopes``). ``headers``: by
         lower-case name. One copy for the web app and the daemon's lean hook path;
         OTLP (``/v1/``) is guarded as the API is."""
         if not self.host_ok(headers.get("host")):
@@ -176,4 +201,4 @@ class Guard:
             origin is not None and not self.origin_ok(origin, dashboard_ports())
         ):
             return 403, "not from another web page"
-        return self.token_refusal(headers.get("authorization"), needed_scope(method, path))
+        return self.token_refusal(headers.get("authorization"), allowed_scopes(method, path))

@@ -21,9 +21,16 @@ OTLP/JSON shape (camelCase keys, ids in hex, 64-bit integers as strings or numbe
   ids derived from the records, so a resent batch is the same events (the broker's
   dedupe drops them), and how many records were refused.
 - ``learn``: what one such event adds to a session's ``otel`` figures and its usage
-  (the cost and tokens of ``api_request``: authoritative, see ``usage.add_otel``).
+  (the cost and tokens of ``api_request``: authoritative, see ``usage.add_otel``; a
+  record without ``cost_usd`` has its tokens priced by the table instead). Cumulative
+  metric series are counted by their deltas, per series and start time, remembered
+  with the session's figures (``series``): a daemon restart does not count a series
+  again, an exporter restart (a new start time) starts a new one.
 - ``Joins``: the daemon's memory of which prompt a request id, a tool use id or a
   trace belongs to, so a turn's spans get its ``promptId``.
+
+Attribute texts longer than ``MAX_ATTR_TEXT`` are masked (``redact.Redactor``) before
+they are cut: a secret cut in two no longer matches its pattern.
 """
 
 from __future__ import annotations
@@ -37,6 +44,7 @@ import orjson
 
 from contextuate_trio.core import usage as usage_mod
 from contextuate_trio.core.events import Event
+from contextuate_trio.core.redact import Redactor
 
 SIGNALS = ("logs", "metrics", "traces")
 SOURCE = "otel"
@@ -67,7 +75,8 @@ _COMMON = frozenset(
 DROPPED_LOGS = frozenset({"hook_registered", "plugin_loaded", "managed_settings_resolved", "hook_execution_start"})
 REDACTED = "<REDACTED>"  # Claude Code's placeholder for a prompt without OTEL_LOG_USER_PROMPTS
 _SPAN_PREFIX = "claude_code."
-MAX_ATTR_TEXT = 4096  # a longer attribute value is cut (a prompt logged with OTEL_LOG_USER_PROMPTS)
+MAX_ATTR_TEXT = 4096  # a longer attribute value is masked, then cut (a prompt logged with OTEL_LOG_USER_PROMPTS)
+MAX_SERIES = 512  # cumulative metric series a session remembers (their start and last value)
 MAX_ATTRS = 128  # attributes kept per record
 JOIN_KEYS = 20_000  # ids the daemon remembers for joining spans to turns
 MAX_TRACES = 32  # turns (traces) a session lists
@@ -163,15 +172,21 @@ def _ms(nanos: Any) -> float | None:
     return n / 1e6 if n else None
 
 
-def _kept(attrs_: dict[str, Any]) -> dict[str, Any]:
+_BUILT_IN = Redactor()  # the built-in patterns, when the caller passes no redactor
+
+
+def _kept(attrs_: dict[str, Any], redactor: Redactor | None = None) -> dict[str, Any]:
     """A record's own attributes: the common ones, placeholders and duplicates out,
-    long texts cut, at most MAX_ATTRS."""
+    long texts masked (``redactor``: the daemon's, with the config's patterns) and
+    then cut, at most MAX_ATTRS. Shorter texts are masked with the whole event."""
     out: dict[str, Any] = {}
     for k, v in attrs_.items():
         if k in _COMMON or v == REDACTED or k.startswith("gen_ai."):
             continue
         if isinstance(v, str) and len(v) > MAX_ATTR_TEXT:
-            v = v[: MAX_ATTR_TEXT - 1] + "…"
+            v = (redactor or _BUILT_IN).text(v)
+            if len(v) > MAX_ATTR_TEXT:
+                v = v[: MAX_ATTR_TEXT - 1] + "…"
         out[k] = v
         if len(out) >= MAX_ATTRS:
             break
@@ -262,7 +277,9 @@ def _dur(v: Any) -> str:
     return f"{n:.0f} ms" if n is not None else "? ms"
 
 
-def _log_event(res: dict[str, Any], rec: dict[str, Any], machine: str, received_ms: int) -> Event | None:
+def _log_event(
+    res: dict[str, Any], rec: dict[str, Any], machine: str, received_ms: int, redactor: Redactor | None = None
+) -> Event | None:
     """One log record -> its event; None for the records dropped as noise.
     ValueError for a record that cannot be one."""
     a = attributes(rec.get("attributes"))
@@ -277,7 +294,7 @@ def _log_event(res: dict[str, Any], rec: dict[str, Any], machine: str, received_
     if name in DROPPED_LOGS:
         return None
     ms = _ms(rec.get("timeUnixNano")) or _ms(rec.get("observedTimeUnixNano")) or float(received_ms)
-    kept = _kept(a)
+    kept = _kept(a, redactor)
     duration = number(a.get("duration_ms")) if "duration_ms" in a else number(a.get("total_duration_ms"))
     return Event(
         id=_id("log", sid, name, rec.get("timeUnixNano"), a.get("event.sequence"), kept),
@@ -297,7 +314,7 @@ def _log_event(res: dict[str, Any], rec: dict[str, Any], machine: str, received_
 
 
 # --- traces ------------------------------------------------------------------------
-def _span(rec: dict[str, Any], a: dict[str, Any]) -> dict[str, Any]:
+def _span(rec: dict[str, Any], a: dict[str, Any], redactor: Redactor | None = None) -> dict[str, Any]:
     name = _str(rec, "name") or "span"
     if name.startswith(_SPAN_PREFIX):
         name = name[len(_SPAN_PREFIX) :]
@@ -305,7 +322,7 @@ def _span(rec: dict[str, Any], a: dict[str, Any]) -> dict[str, Any]:
     end = _ms(rec.get("endTimeUnixNano")) or start
     kept = {
         k: v
-        for k, v in _kept(a).items()
+        for k, v in _kept(a, redactor).items()
         if k not in ("span.type", "duration_ms", "interaction.duration_ms", "user_prompt")
     }
     span: dict[str, Any] = {
@@ -335,7 +352,7 @@ def _spans_summary(spans: list[dict[str, Any]]) -> str:
     return head + " · " + ", ".join(f"{counts[n]} {n}" for n in names if n != "interaction")
 
 
-def _span_events(doc: Any, machine: str) -> tuple[list[Event], int, int, str | None]:
+def _span_events(doc: Any, machine: str, redactor: Redactor | None = None) -> tuple[list[Event], int, int, str | None]:
     grouped: dict[tuple[str, str], list[dict[str, Any]]] = {}
     machines: dict[tuple[str, str], str] = {}
     rejected, why = 0, None
@@ -350,7 +367,7 @@ def _span_events(doc: Any, machine: str) -> tuple[list[Event], int, int, str | N
             rejected, why = rejected + 1, why or "a span without session.id or traceId"
             continue
         key = (sid, trace)
-        grouped.setdefault(key, []).append(_span(rec, a))
+        grouped.setdefault(key, []).append(_span(rec, a, redactor))
         machines.setdefault(key, _machine(res, a, machine))
     out = []
     for (sid, trace), spans in grouped.items():
@@ -393,7 +410,9 @@ def _points(metric: dict[str, Any]) -> Iterator[tuple[dict[str, Any], float | No
             yield p, v, cumulative
 
 
-def _metric_events(doc: Any, machine: str, received_ms: int) -> tuple[list[Event], int, int, str | None]:
+def _metric_events(
+    doc: Any, machine: str, received_ms: int, redactor: Redactor | None = None
+) -> tuple[list[Event], int, int, str | None]:
     grouped: dict[str, list[dict[str, Any]]] = {}
     machines: dict[str, str] = {}
     rejected, why = 0, None
@@ -412,12 +431,15 @@ def _metric_events(doc: Any, machine: str, received_ms: int) -> tuple[list[Event
             point: dict[str, Any] = {
                 "name": short,
                 "value": value,
-                "attributes": _kept(a),
+                "attributes": _kept(a, redactor),
                 "startMs": _ms(p.get("startTimeUnixNano")),
                 "timeMs": _ms(p.get("timeUnixNano")) or float(received_ms),
             }
             if cumulative:
                 point["cumulative"] = True
+                start = _int(p.get("startTimeUnixNano"))
+                if start:  # exact (startMs is a float): what tells one run of a series from the next
+                    point["startNs"] = str(start)
             grouped.setdefault(sid, []).append(point)
             machines.setdefault(sid, _machine(res, a, machine))
     out = []
@@ -444,17 +466,19 @@ def _metrics_summary(points: list[dict[str, Any]]) -> str:
     return head + ", ".join(names)
 
 
-def to_events(signal: str, doc: Any, *, machine: str, received_ms: int) -> Batch:
+def to_events(signal: str, doc: Any, *, machine: str, received_ms: int, redactor: Redactor | None = None) -> Batch:
     """An OTLP/JSON-shaped document of ``signal`` ("logs", "metrics", "traces") ->
     its events. OtlpError when the document is not one (nothing is taken from it);
-    records that cannot be events (no ``session.id``) are counted as rejected."""
+    records that cannot be events (no ``session.id``) are counted as rejected.
+    ``redactor`` masks the texts cut to ``MAX_ATTR_TEXT`` (default: the built-in
+    patterns; the daemon passes its own, with the config's)."""
     if signal == "logs":
         events: list[Event] = []
         accepted = rejected = 0
         why: str | None = None
         for res, rec in _resources(doc, "resourceLogs", "scopeLogs", "logRecords"):
             try:
-                ev = _log_event(res, rec if isinstance(rec, dict) else {}, machine, received_ms)
+                ev = _log_event(res, rec if isinstance(rec, dict) else {}, machine, received_ms, redactor)
             except ValueError as exc:
                 rejected, why = rejected + 1, why or str(exc)
                 continue
@@ -463,24 +487,24 @@ def to_events(signal: str, doc: Any, *, machine: str, received_ms: int) -> Batch
                 events.append(ev)
         return Batch(events, accepted, rejected, why)
     if signal == "traces":
-        return Batch(*_span_events(doc, machine))
+        return Batch(*_span_events(doc, machine, redactor))
     if signal == "metrics":
-        return Batch(*_metric_events(doc, machine, received_ms))
+        return Batch(*_metric_events(doc, machine, received_ms, redactor))
     raise OtlpError(f"unknown signal {signal!r}")
 
 
 # --- joins ---------------------------------------------------------------------------
 class Joins:
-    """Which prompt (turn) a request id, a tool use id or a trace id belongs to, and
-    the last value of each cumulative metric series: the daemon's memory, bounded
-    (the oldest forgotten first) and not persisted (after a restart, spans of a turn
-    already under way may lack their ``promptId``)."""
+    """Which prompt (turn) a request id, a tool use id or a trace id belongs to: the
+    daemon's memory, bounded (the oldest forgotten first) and not persisted (after a
+    restart, spans of a turn already under way may lack their ``promptId``). The last
+    values of cumulative metric series are not here but with each session's figures
+    (``series``), persisted with it."""
 
     def __init__(self, cap: int = JOIN_KEYS) -> None:
         self.cap = cap
         self.prompts: dict[str, str] = {}  # request id, tool use id or trace id -> prompt id
         self.traces: dict[str, str] = {}  # request id or tool use id -> trace id
-        self.series: dict[str, float] = {}
 
     def note(self, key: str | None, prompt_id: str | None) -> None:
         if key and prompt_id:
@@ -507,15 +531,6 @@ class Joins:
     def trace_of(self, *keys: str | None) -> str | None:
         """The trace a request id or tool use id was seen in (from its spans)."""
         return next((self.traces[k] for k in keys if k and k in self.traces), None)
-
-    def delta(self, key: str, value: float) -> float:
-        """What a cumulative series added since its last value (all of it the first
-        time, or after the series restarted lower)."""
-        last = self.series.pop(key, None)
-        self.series[key] = value
-        while len(self.series) > self.cap:
-            del self.series[next(iter(self.series))]
-        return value - last if last is not None and value >= last else value
 
 
 # --- what an event teaches a session -------------------------------------------------
@@ -557,9 +572,33 @@ def _api_request(o: dict[str, Any], u: dict[str, Any], ev: Event, a: dict[str, A
     w5m = max(w5m, int(number(a.get("cache_creation_tokens")) or 0) - w1h)  # no breakdown: 5-minute writes
     micros = number(a.get("cost_usd_micros"))
     if micros is None:
-        micros = (number(a.get("cost_usd")) or 0.0) * 1e6
+        usd = number(a.get("cost_usd"))
+        micros = None if usd is None else usd * 1e6
     model = _str(a, "model") or "unknown"
-    usage_mod.add_otel(u, model, ev.timestamp, [*ints, w5m, w1h, 0], round(micros), calls=1, origin="logs")
+    values = [*ints, w5m, w1h, 0]
+    usage_mod.add_otel(u, model, ev.timestamp, values, round(micros or 0), calls=1, origin="logs")
+    _cover(u, model, ev.timestamp, values, paid=micros is not None)
+
+
+def _cover(u: dict[str, Any], model: str, ts: int, values: list[int], paid: bool) -> None:
+    """Which of a model's OTel tokens Claude Code's cost covers. A row stays compact
+    (all of them: the cost is the bill) until a record without ``cost_usd`` comes;
+    then it is kept wide (``usage.WIDE``: the values the cost covers after the cost),
+    and what is not covered is priced by the table when shown (``usage.row_cost``,
+    with the config's price overrides), as a transcript's tokens are."""
+    o = u.get("otel") or {}
+    rows = [o.get("models", {}).get(model), o.get("hours", {}).get(str(ts // usage_mod.HOUR_MS), {}).get(model)]
+    for row in rows:
+        if row is None:
+            continue
+        if len(row) < usage_mod.WIDE:
+            if paid:
+                continue
+            # Covered: every value before this record's.
+            row[usage_mod.PAID :] = [row[i] - values[i] for i in range(usage_mod.N_VALUES)]
+        elif paid:
+            for i in range(usage_mod.N_VALUES):
+                row[usage_mod.PAID + i] += values[i]
 
 
 def _api_error(o: dict[str, Any], u: dict[str, Any], ev: Event, a: dict[str, Any]) -> None:
@@ -612,10 +651,39 @@ _COUNTED = {
 _TOKEN_KIND = {"input": 0, "output": 1, "cacheRead": 2, "cacheCreation": 3}
 
 
-def _series_key(session_id: str, p: dict[str, Any]) -> str:
-    return orjson.dumps(
-        [session_id, p["name"], p.get("startMs"), p["attributes"]], option=orjson.OPT_SORT_KEYS
-    ).decode()
+def _start_ns(p: dict[str, Any]) -> int:
+    """A cumulative point's start time (ns; 0 unknown): a new one is a new series."""
+    ns = _int(p.get("startNs"))
+    if ns:
+        return ns
+    ms = number(p.get("startMs"))  # events stored before startNs was kept
+    return round(ms * 1e6) if ms else 0
+
+
+def _cumulative(o: dict[str, Any], p: dict[str, Any], value: float) -> float:
+    """What a cumulative point adds: its series' delta since the last value seen. A
+    series is a metric and its attributes, from one start time; its start and last
+    value are kept in the session's figures (``series``, persisted with them), so a
+    daemon restart does not count it again. A new start time (the exporter, Claude
+    Code, restarted) is a new series, counted from its value; a point from an older
+    start than the one known (late) adds nothing; a value that fell within one start
+    (a reset not said) counts from zero."""
+    series: dict[str, list[Any]] = o.setdefault("series", {})
+    key = orjson.dumps([p["name"], p["attributes"]], option=orjson.OPT_SORT_KEYS).decode()
+    start = _start_ns(p)
+    last = series.pop(key, None)
+    if isinstance(last, list) and len(last) == 2 and isinstance(last[1], (int, float)):
+        known = _int(last[0]) or 0
+        if start < known:  # the previous run's, arriving late: counted already or lost
+            series[key] = last
+            return 0.0
+        if start == known:
+            series[key] = [str(start), value]
+            return value - last[1] if value >= last[1] else value
+    series[key] = [str(start), value]
+    while len(series) > MAX_SERIES:
+        del series[next(iter(series))]
+    return value
 
 
 def _metric_point(o: dict[str, Any], u: dict[str, Any], ev: Event, p: dict[str, Any], value: float) -> None:
@@ -665,7 +733,7 @@ def learn(o: dict[str, Any], u: dict[str, Any], ev: Event, joins: Joins) -> bool
                 continue
             value = float(p["value"])
             if p.get("cumulative"):
-                value = joins.delta(_series_key(ev.session_id, p), value)
+                value = _cumulative(o, p, value)
             if value:
                 _metric_point(o, u, ev, p, value)
         return True
@@ -719,6 +787,7 @@ def public(o: dict[str, Any] | None) -> dict[str, Any] | None:
     if not o:
         return None
     out = dict(o)
+    out.pop("series", None)  # the cumulative series' last values: bookkeeping
     out["tools"] = {k: _row(r) for k, r in o.get("tools", {}).items()}
     out["hooks"] = {k: _row(r) for k, r in o.get("hooks", {}).items()}
     out["hookMsTotal"] = round(sum(r[2] for r in o.get("hooks", {}).values()), 3)

@@ -3,8 +3,10 @@ OpenTelemetry collector, as it came (the body after gzip, its content type).
 
 The receiver (``web/routes/otlp``) ``offer``s each accepted request; one task posts
 them in order (``<forwardTo>/v1/<signal>``, ``otel.forwardHeaders``). It never holds
-the receiver up: a full queue drops the request (counted), a collector that fails is
-retried a few times, then the request is dropped (counted, logged once a minute).
+the receiver up: the queue is bounded by requests (``QUEUE``) and by bytes
+(``QUEUE_BYTES``: bodies are up to ``otel.maxBodyBytes`` each), and when full drops
+its oldest request (counted, ``dropped``); a collector that fails is retried a few
+times, then the request is dropped (counted, logged once a minute).
 """
 
 from __future__ import annotations
@@ -21,6 +23,7 @@ from contextuate_trio.runtime.metrics import Metric
 log = logging.getLogger("contextuate.otel_forward")
 
 QUEUE = 256  # requests waiting to be forwarded
+QUEUE_BYTES = 32 * 1024 * 1024  # ...and their bodies' bytes, at most
 TIMEOUT_S = 10.0
 RETRIES = 3
 RETRY_FIRST_S = 0.5
@@ -35,25 +38,49 @@ class Export:
 
 
 class Forwarder:
-    def __init__(self, base_url: str, headers: dict[str, str] | None = None, queue: int = QUEUE) -> None:
+    def __init__(
+        self,
+        base_url: str,
+        headers: dict[str, str] | None = None,
+        queue: int = QUEUE,
+        queue_bytes: int = QUEUE_BYTES,
+    ) -> None:
         self.base_url = base_url.rstrip("/")
         self.headers = dict(headers or {})
-        self._send, self._receive = trio.open_memory_channel[Export](queue)
+        self.queue, self.queue_bytes = queue, queue_bytes
+        self._queue: collections.deque[Export] = collections.deque()
+        self.queued_bytes = 0  # the bodies' bytes in ``_queue``
+        self._wake = trio.Event()
         self.counts: collections.Counter = collections.Counter()
         self._logged = -LOG_EVERY_S
 
     def offer(self, signal: str, content_type: str, body: bytes) -> None:
-        """Queue one accepted request (never waits: dropped when the queue is full)."""
-        try:
-            self._send.send_nowait(Export(signal, content_type, body))
-        except (trio.WouldBlock, trio.ClosedResourceError):
+        """Queue one accepted request (never waits). Past ``queue`` requests or
+        ``queue_bytes`` bytes the oldest waiting ones are dropped (counted); a body
+        larger than the whole budget is dropped itself."""
+        if len(body) > self.queue_bytes:
             self.counts["dropped"] += 1
+            return
+        self._queue.append(Export(signal, content_type, body))
+        self.queued_bytes += len(body)
+        while len(self._queue) > self.queue or self.queued_bytes > self.queue_bytes:
+            self._take()
+            self.counts["dropped"] += 1
+        self._wake.set()
+
+    def _take(self) -> Export:
+        export = self._queue.popleft()
+        self.queued_bytes -= len(export.body)
+        return export
 
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         async with httpx.AsyncClient(timeout=TIMEOUT_S) as client:
             task_status.started()
-            async for export in self._receive:
-                await self._post(client, export)
+            while True:
+                while not self._queue:
+                    self._wake = trio.Event()
+                    await self._wake.wait()
+                await self._post(client, self._take())
 
     async def _post(self, client: httpx.AsyncClient, export: Export) -> None:
         url = f"{self.base_url}/v1/{export.signal}"

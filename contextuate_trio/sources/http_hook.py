@@ -30,7 +30,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 
 from contextuate_trio.core import events, wire
-from contextuate_trio.core.access import Guard
+from contextuate_trio.core.access import Guard, allowed_scopes
 from contextuate_trio.hook import paths as hook_paths
 from contextuate_trio.runtime.broker import Broker
 from contextuate_trio.runtime.clock import new_id, now_ms
@@ -96,7 +96,7 @@ class HookIntake:
         one keeping its first value (as Starlette's ``request.headers`` reads them)."""
         if first.get("origin") is not None:
             return refused(403, "hooks are not accepted from web pages")
-        if not self.guard.token_ok(first.get("authorization")):
+        if not self.guard.token_ok(first.get("authorization"), allowed_scopes("POST", PATH) or frozenset()):
             return refused(401, "missing or wrong token", ASK_FOR_TOKEN)
         return None
 

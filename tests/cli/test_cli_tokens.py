@@ -7,13 +7,17 @@ from __future__ import annotations
 import json
 import os
 import stat
+import typing
 import urllib.error
 import urllib.request
 
+import pytest
 import trio
 from conftest import DaemonProc, clean_env, wait_for
 from helpers import run_cli
 from trio_websocket import ConnectionRejected, open_websocket_url
+
+from contextuate_trio import config as config_mod
 
 TOKENS = {
     "server": {
@@ -157,3 +161,41 @@ def test_no_token_keeps_loopback_open_with_a_warning(daemon, home, tmp_path):
     (token_check,) = [c for c in checks if c["name"] == "token"]
     assert token_check["status"] == "warn" and "token add" in token_check["fix"]
     assert run_cli("open", "--print", env=clean_env(home)).stdout.strip() == f"http://127.0.0.1:{d.port}/"
+
+
+INGEST_IN_CONFIG = "ingest" in typing.get_args(config_mod.TokenScope)
+
+
+def test_token_add_scope_ingest(daemon, home):
+    """``token add NAME --scope ingest``: a token that brings events in and reads
+    nothing. A config that could not hold it (it would stop the daemon from starting)
+    is left as it was."""
+    d = daemon(TOKENS)
+    env = clean_env(home)
+    before = open(d.config_path, "rb").read()
+    p = run_cli("token", "add", "otel", "--scope", "ingest", env=env)
+    if not INGEST_IN_CONFIG:
+        assert p.returncode == 2 and "would not load" in p.stderr
+        assert open(d.config_path, "rb").read() == before
+        pytest.skip("config.py's TokenScope does not list 'ingest' yet")
+    assert p.returncode == 0, p.stderr
+    secret = p.stdout.strip()
+    rows = {r["name"]: r for r in json.loads(run_cli("token", "list", "--json", env=env).stdout)["tokens"]}
+    assert rows["otel"]["scopes"] == ["ingest"]
+    logs = json.dumps({"resourceLogs": []}).encode()
+    wait_for(lambda: call_raw(d, "/v1/logs", secret, logs) == 200, timeout=10, what="the ingest token accepted")
+    assert call(d, "/api/sessions", secret) == 403
+    assert call(d, "/metrics", secret) == 403
+    assert call(d, "/api/config", secret) == 403
+    assert ws_status(d, secret) in (401, 403)  # the WebSocket wants read
+    assert call(d, "/api/sessions", "read-secret-1") == 200
+
+
+def call_raw(d: DaemonProc, path: str, token: str, body: bytes) -> int:
+    headers = {"Content-Type": "application/json", "Authorization": f"Bearer {token}"}
+    req = urllib.request.Request(f"http://127.0.0.1:{d.port}{path}", data=body, headers=headers, method="POST")
+    try:
+        with urllib.request.urlopen(req, timeout=5) as resp:
+            return resp.status
+    except urllib.error.HTTPError as exc:
+        return exc.code

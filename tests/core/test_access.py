@@ -5,11 +5,12 @@ from __future__ import annotations
 
 import pytest
 
-from contextuate_trio.core.access import ApiToken, Guard, Scope, needed_scope, parse_scopes
+from contextuate_trio.core.access import ApiToken, Guard, Scope, allowed_scopes, needed_scope, parse_scopes
 
 READ = ApiToken("viewer", "r-secret", frozenset({Scope.READ}))
 DECIDE = ApiToken("phone", "d-secret", frozenset({Scope.READ, Scope.DECIDE}))
 ADMIN = ApiToken("ops", "a-secret", frozenset({Scope.READ, Scope.ADMIN}))
+INGEST = ApiToken("otel", "i-secret", frozenset({Scope.INGEST}))
 
 
 @pytest.mark.parametrize(
@@ -80,7 +81,49 @@ def test_set_tokens_replaces_the_set():
     assert g.token_ok(None, Scope.DECIDE)  # no token left: open again
 
 
+@pytest.mark.parametrize(
+    ("method", "path", "scopes"),
+    [
+        ("POST", "/api/hooks", {Scope.READ, Scope.INGEST}),
+        ("POST", "/v1/logs", {Scope.READ, Scope.INGEST}),
+        ("POST", "/v1/traces", {Scope.READ, Scope.INGEST}),
+        ("GET", "/v1/logs", {Scope.READ}),  # intake is POST: a GET is a read
+        ("GET", "/api/hooks", {Scope.READ}),
+        ("GET", "/api/sessions", {Scope.READ}),
+        ("GET", "/metrics", {Scope.READ}),
+        ("POST", "/api/decisions", {Scope.DECIDE}),
+        ("GET", "/api/config", {Scope.ADMIN}),
+        ("GET", "/api/health", None),
+    ],
+)
+def test_allowed_scopes(method, path, scopes):
+    assert allowed_scopes(method, path) == (None if scopes is None else frozenset(scopes))
+
+
+def test_ingest_token_brings_events_in_and_reads_nothing():
+    g = Guard(tokens=[READ, INGEST])
+    for path in ("/api/hooks", "/v1/logs", "/v1/metrics", "/v1/traces"):
+        assert refusal(g, "POST", path, bearer(INGEST)) is None, path
+        assert refusal(g, "POST", path, bearer(READ)) is None, path  # read stays enough
+    for method, path in (
+        ("GET", "/api/sessions"),
+        ("GET", "/api/sessions/s1/events"),
+        ("GET", "/metrics"),
+        ("GET", "/api/config"),
+        ("GET", "/v1/logs"),
+        ("POST", "/api/decisions"),
+        ("POST", "/api/sessions/s1/actions"),
+        ("DELETE", "/api/sessions/s1"),
+    ):
+        assert refusal(g, method, path, bearer(INGEST))[0] == 403, (method, path)
+    assert not g.token_ok(bearer(INGEST)["authorization"])  # the WebSocket wants read
+    assert refusal(g, "GET", "/api/health", {}) is None
+    # server.token has every scope, ingest among them.
+    assert Scope.INGEST in Guard(token="legacy").who("Bearer legacy").scopes
+
+
 def test_parse_scopes():
     assert parse_scopes(["read", "decide"]) == {Scope.READ, Scope.DECIDE}
+    assert parse_scopes(["ingest"]) == {Scope.INGEST}
     with pytest.raises(ValueError, match="unknown scope 'write'"):
         parse_scopes(["write"])

@@ -327,3 +327,120 @@ def test_relayed_events_join_the_same_way():
     for sid, s in here.sessions.items():
         assert usage.render(central.sessions[sid].usage, PRICES) == usage.render(s.usage, PRICES)
         assert central.sessions[sid].otel["tools"] == s.otel["tools"]
+
+
+def cumulative_point(name: str, value: float, start_ns: int, sid: str = "s1", **attrs) -> dict:
+    p = point(name, value, sid=sid, cumulative=True, **attrs)
+    p["sum"]["dataPoints"][0]["startTimeUnixNano"] = str(start_ns)
+    return p
+
+
+def test_cumulative_series_survive_a_daemon_restart_and_restart_with_the_exporter():
+    """A cumulative counter's deltas are counted per series and start time, and the
+    last values are kept with the session (persisted): a daemon restart does not count
+    the series again; a new start time (Claude Code restarted) is a new series."""
+    run1, run2 = 1_700_000_000_000_000_000, 1_700_000_100_000_000_000
+
+    def feed(m: SessionManager, *docs: dict) -> None:
+        for doc in docs:
+            for ev in otel.to_events("metrics", doc, machine="m", received_ms=1).events:
+                m.apply(ev)
+
+    m = SessionManager()
+    feed(
+        m,
+        metrics_doc(cumulative_point("lines_of_code.count", 3, run1, type="added")),
+        metrics_doc(cumulative_point("lines_of_code.count", 5, run1, type="added")),  # +2
+    )
+    assert m.sessions["s1"].otel["linesAdded"] == 5
+    # The daemon restarts: the session comes back from disk, the joins do not.
+    stored = json.loads(json.dumps(m.sessions["s1"].to_dict()))
+    again = SessionManager()
+    again.restore(type(m.sessions["s1"]).from_dict(stored))
+    feed(again, metrics_doc(cumulative_point("lines_of_code.count", 7, run1, type="added")))  # +2, not +7
+    assert again.sessions["s1"].otel["linesAdded"] == 7
+    # Claude Code restarts: a new start time, a new series from its value.
+    feed(again, metrics_doc(cumulative_point("lines_of_code.count", 1, run2, type="added")))  # +1
+    feed(again, metrics_doc(cumulative_point("lines_of_code.count", 4, run2, type="added")))  # +3
+    assert again.sessions["s1"].otel["linesAdded"] == 11
+    # A late point of the earlier run adds nothing and does not restart the series.
+    feed(again, metrics_doc(cumulative_point("lines_of_code.count", 9, run1, type="added")))
+    feed(again, metrics_doc(cumulative_point("lines_of_code.count", 6, run2, type="added")))  # +2
+    assert again.sessions["s1"].otel["linesAdded"] == 13
+    # The bookkeeping is not shown.
+    assert "series" not in otel.public(again.sessions["s1"].otel)
+
+
+def log_doc(sid: str, name: str, **attrs) -> dict:
+    kvs = [
+        {"key": "session.id", "value": {"stringValue": sid}},
+        {"key": "event.name", "value": {"stringValue": name}},
+    ]
+    for k, v in attrs.items():
+        kind = "doubleValue" if isinstance(v, float) else "intValue" if isinstance(v, int) else "stringValue"
+        kvs.append({"key": k, "value": {kind: v}})
+    return {"resourceLogs": [{"scopeLogs": [{"logRecords": [{"timeUnixNano": "3600000000000", "attributes": kvs}]}]}]}
+
+
+def test_a_secret_across_the_cut_of_a_long_text_is_masked():
+    secret = "ghp_" + "A1b2C3d4E5" * 4
+    prompt = "x" * (otel.MAX_ATTR_TEXT - 10) + " " + secret + " and more"
+    (ev,) = otel.to_events("logs", log_doc("s1", "user_prompt", prompt=prompt), machine="m", received_ms=1).events
+    kept = ev.data["attributes"]["prompt"]
+    assert len(kept) <= otel.MAX_ATTR_TEXT
+    assert "ghp_A1b2" not in kept and "A1b2C3" not in kept
+    # The config's own patterns too (the daemon passes its redactor).
+    from contextuate_trio.core.redact import Redactor
+
+    text = "y" * (otel.MAX_ATTR_TEXT - 5) + " internal-id-123456789"
+    doc = log_doc("s1", "user_prompt", prompt=text)
+    (ev,) = otel.to_events("logs", doc, machine="m", received_ms=1, redactor=Redactor([r"internal-id-\d+"])).events
+    assert "internal-id" not in ev.data["attributes"]["prompt"] and "interna" not in ev.data["attributes"]["prompt"]
+
+
+def test_api_requests_without_cost_are_priced_by_the_table():
+    """Claude Code's cost is taken as the bill only for the records that carry it;
+    a record without cost_usd has its tokens priced by the table (with the config's
+    overrides), not counted as free."""
+    m = SessionManager()
+    model = "claude-sonnet-4-5"
+    for doc in (
+        log_doc("s1", "api_request", model=model, input_tokens=1_000_000, cost_usd=3.3),
+        log_doc("s1", "api_request", model=model, input_tokens=1_000_000),  # no cost: $3 by the table
+    ):
+        for ev in otel.to_events("logs", doc, machine="m", received_ms=1).events:
+            m.apply(ev)
+    u = usage.render(m.sessions["s1"].usage, PRICES)
+    assert u["source"] == "otel" and u["tokens"]["input"] == 2_000_000 and u["calls"] == 2
+    assert u["costUsd"] == pytest.approx(6.3)
+    assert u["models"][model]["pricedAs"] == "claude-sonnet-4-5"  # not all "otel": the table priced some
+    overridden = usage.PriceTable.from_config({"claude-sonnet-4-5": {"input": 10.0, "output": 50.0}})
+    assert usage.render(m.sessions["s1"].usage, overridden)["costUsd"] == pytest.approx(13.3)
+    # Roll-ups and /metrics agree.
+    merged = usage.render(usage.merge([m.sessions["s1"].usage]), PRICES)
+    assert merged["costUsd"] == pytest.approx(6.3)
+    (cost,) = [
+        s
+        for n, _, _, s in usage.usage_metrics([("m", m.sessions["s1"].usage)], PRICES)
+        if n == "contextuate_cost_usd_total"
+    ]
+    assert cost == [({"machine": "m", "model": model}, "6.300000")]
+    # Records that all carry it: the bill as Claude Code computed it.
+    n = SessionManager()
+    for ev in otel.to_events(
+        "logs",
+        log_doc("s2", "api_request", model=model, input_tokens=1_000_000, cost_usd=3.3),
+        machine="m",
+        received_ms=1,
+    ).events:
+        n.apply(ev)
+    one = usage.render(n.sessions["s2"].usage, PRICES)
+    assert one["costUsd"] == pytest.approx(3.3) and one["models"][model]["pricedAs"] == "otel"
+    # A model the table does not know, without a cost: unpriced, not $0.
+    k = SessionManager()
+    for ev in otel.to_events(
+        "logs", log_doc("s3", "api_request", model="my-gateway-model", input_tokens=500), machine="m", received_ms=1
+    ).events:
+        k.apply(ev)
+    unknown = usage.render(k.sessions["s3"].usage, PRICES)
+    assert unknown["costUsd"] is None and unknown["unpricedModels"] == ["my-gateway-model"]

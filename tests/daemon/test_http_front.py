@@ -337,3 +337,16 @@ def test_a_request_answered_leaves_no_cyclic_garbage():
         assert gc.collect() == 0
     finally:
         gc.enable()
+
+
+def test_an_ingest_token_reports_hooks_and_reads_nothing(daemon):
+    """The token Claude Code's settings hold (``hooks install --otel``) may send events
+    on the lean path, and nothing else."""
+    tokens = [{"name": "otel", "token": "ing-" + "x" * 24, "scopes": ["ingest"]}]
+    d = daemon({"server": {"tokens": tokens}})
+    auth = {"Authorization": "Bearer ing-" + "x" * 24}
+    a, _ = answer_alone(d.port, hook_request(hook(1), headers=auth))
+    assert a.status == 200 and a.headers.get("server") is LEAN, a
+    with pytest.raises(Exception) as err:
+        d.get("/api/sessions", headers=auth)
+    assert getattr(err.value, "code", None) == 403

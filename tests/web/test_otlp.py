@@ -393,3 +393,116 @@ def test_forward_to_the_persons_own_collector(daemon):
         assert d.get("/api/config")["otel"]["forwardHeaders"] == {"X-Team": "***"}
     finally:
         collector.close()
+
+
+# --- bounded: a failing store, many bodies at once, the forward queue ------------------
+def log_body(sid: str, n: int = 1) -> bytes:
+    records = [
+        {
+            "timeUnixNano": str(1_700_000_000_000_000_000 + i),
+            "attributes": [
+                {"key": "session.id", "value": {"stringValue": sid}},
+                {"key": "event.name", "value": {"stringValue": "tool_result"}},
+                {"key": "tool_name", "value": {"stringValue": "Bash"}},
+            ],
+        }
+        for i in range(n)
+    ]
+    return json.dumps({"resourceLogs": [{"scopeLogs": [{"logRecords": records}]}]}).encode()
+
+
+def post_with_headers(d, path: str, body: bytes, timeout: float = 10):
+    req = urllib.request.Request(
+        f"http://127.0.0.1:{d.port}{path}", data=body, headers={"Content-Type": "application/json"}, method="POST"
+    )
+    try:
+        with urllib.request.urlopen(req, timeout=timeout) as r:
+            return r.status, r.headers, r.read()
+    except urllib.error.HTTPError as e:
+        return e.code, e.headers, e.read()
+
+
+def test_a_failing_store_is_a_prompt_503_then_the_resend_is_stored(daemon, home):
+    """While the store cannot write, a request is answered 503 (Retry-After) within a
+    few seconds instead of waiting for a write that does not come; once the store can
+    write again, the exporter's resend is stored, once."""
+    import time
+
+    d = daemon()
+    sessions = Path(home) / "data" / "sessions"
+    moved = Path(home) / "data" / "moved-away"
+    sessions.rename(moved)
+    sessions.write_text("a file where the directory was: every write fails")
+    body = log_body("otel-store-fails")
+    try:
+        started = time.monotonic()
+        status, headers, answer = post_with_headers(d, "/v1/logs", body)
+        took = time.monotonic() - started
+        assert status == 503, answer
+        assert took < 7, took
+        assert headers.get("Retry-After") == "1"
+        assert status_pb2.Status(**json.loads(answer)).code == 14  # UNAVAILABLE
+        # Degraded: the next one does not wait the whole bound.
+        wait_for(lambda: d.get("/api/health")["status"] == "degraded", what="degraded health")
+        started = time.monotonic()
+        status, _, _ = post_with_headers(d, "/v1/logs", log_body("otel-store-fails-2"))
+        assert status == 503 and time.monotonic() - started < 2
+    finally:
+        sessions.unlink()
+        moved.rename(sessions)
+    wait_for(lambda: d.get("/api/health")["status"] == "ok", timeout=20, what="recovered")
+    status, _, _ = post_with_headers(d, "/v1/logs", body)  # the exporter's retry
+    assert status == 200
+    wait_for(lambda: "otel-store-fails" in d.sessions(), what="the session")
+    wait_for(lambda: len(d.events("otel-store-fails")) == 1, what="its one event")
+    assert sample(metrics(d), "contextuate_otlp_requests_total", signal="logs", outcome="unavailable") >= 2
+
+
+def test_bodies_parsed_at_once_are_bounded(daemon):
+    """Clients that hold their bodies open take the parsing slots; one more request is
+    answered 503 (Retry-After) at once rather than read into memory; the slots come
+    back when those clients go."""
+    import socket
+    import time
+
+    from contextuate_trio.web.routes import otlp
+
+    d = daemon()
+    slow = []
+    try:
+        for _ in range(otlp.PARSERS):
+            s = socket.create_connection(("127.0.0.1", d.port), timeout=5)
+            s.sendall(
+                b"POST /v1/logs HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\n"
+                b"Content-Length: 100000\r\n\r\n{"
+            )
+            slow.append(s)
+        # They are being read (the server has them) before the next one comes.
+        wait_for(lambda: post_with_headers(d, "/v1/logs", log_body("busy-probe"))[0] == 503, timeout=10, what="a 503")
+        started = time.monotonic()
+        status, headers, answer = post_with_headers(d, "/v1/logs", log_body("busy"))
+        assert status == 503 and headers.get("Retry-After") == "1", answer
+        assert time.monotonic() - started < otlp.BUSY_WAIT_S + 1.5
+    finally:
+        for s in slow:
+            s.close()
+    wait_for(lambda: post_with_headers(d, "/v1/logs", log_body("after-busy"))[0] == 200, what="slots back")
+    assert sample(metrics(d), "contextuate_otlp_requests_total", signal="logs", outcome="busy") >= 1
+
+
+def test_the_forward_queue_is_bounded_by_bytes_dropping_the_oldest():
+    from contextuate_trio.runtime import otel_forward
+
+    f = otel_forward.Forwarder("http://127.0.0.1:9", queue_bytes=25)
+    for i in range(5):
+        f.offer("logs", "application/json", bytes([48 + i]) * 10)
+    assert f.queued_bytes == 20 and f.counts["dropped"] == 3
+    assert [e.body[:1] for e in f._queue] == [b"3", b"4"]  # the newest kept
+    f.offer("logs", "application/json", b"x" * 26)  # larger than the whole budget: dropped itself
+    assert f.counts["dropped"] == 4 and f.queued_bytes == 20
+    # The defaults: 256 bodies of 1 MiB stay within 32 MiB.
+    g = otel_forward.Forwarder("http://127.0.0.1:9")
+    for _ in range(256):
+        g.offer("metrics", "application/x-protobuf", b"\0" * (1024 * 1024))
+    assert g.queued_bytes <= otel_forward.QUEUE_BYTES == 32 * 1024 * 1024
+    assert g.counts["dropped"] == 256 - 32

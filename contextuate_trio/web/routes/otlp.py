@@ -13,8 +13,11 @@ Answers, as the OTLP/HTTP specification says, in the request's own content type:
 200 with an empty ``Export*ServiceResponse`` (or its ``partial_success`` naming the
 records refused: those without ``session.id``); 400 with a ``google.rpc.Status`` for
 a body that does not decode; 413 past the size limit; 415 for another content type
-or encoding; 503 (retryable) when the events could not be stored. Every request and
-refused record is counted (``/metrics``: ``contextuate_otlp_*``).
+or encoding; 503 (retryable, ``Retry-After``) when the events could not be stored
+within ``STORE_WAIT_S`` (the store failing: the events wait in memory, a resend is the
+same events) or when ``PARSERS`` requests are being read and decoded already (each may
+hold ``otel.maxBodyBytes`` and more once decoded: memory stays bounded). Every request
+and refused record is counted (``/metrics``: ``contextuate_otlp_*``).
 """
 
 from __future__ import annotations
@@ -39,6 +42,7 @@ from starlette.responses import Response
 from starlette.routing import Route
 
 from contextuate_trio.core import otel
+from contextuate_trio.core.redact import Redactor
 from contextuate_trio.hook import paths as hook_paths
 from contextuate_trio.runtime.clock import now_ms
 from contextuate_trio.web.state import WebState, state_of
@@ -49,6 +53,10 @@ JSON = "application/json"
 PROTOBUF = "application/x-protobuf"
 _PROTOBUF_TYPES = (PROTOBUF, "application/protobuf")
 THREAD_OVER = 64 * 1024  # a body larger than this is decoded in a worker thread
+PARSERS = 4  # requests read, decoded and stored at once; more wait BUSY_WAIT_S, then 503
+BUSY_WAIT_S = 0.5
+STORE_WAIT_S = 5.0  # the most a request waits for its events to be stored, then 503
+DEGRADED_WAIT_S = 0.25  # ...or this long when the store is failing (the broker says so)
 # Per signal: the request and response messages, and the partial success's count field.
 _MESSAGES: dict[str, tuple[type[Message], type[Message], str]] = {
     "logs": (
@@ -189,11 +197,14 @@ def decode(signal: str, body: bytes, protobuf: bool) -> Any:
         raise Refused(400, INVALID_ARGUMENT, f"not JSON: {exc}", "bad_body") from None
 
 
-def parse(signal: str, body: bytes, protobuf: bool, machine: str, received_ms: int) -> otel.Batch:
-    """Decode and make events (plain code: may run in a worker thread)."""
+def parse(
+    signal: str, body: bytes, protobuf: bool, machine: str, received_ms: int, redactor: Redactor | None = None
+) -> otel.Batch:
+    """Decode and make events (plain code: may run in a worker thread). ``redactor``
+    (the broker's) masks the long texts the core cuts."""
     doc = decode(signal, body, protobuf)
     try:
-        return otel.to_events(signal, doc, machine=machine, received_ms=received_ms)
+        return otel.to_events(signal, doc, machine=machine, received_ms=received_ms, redactor=redactor)
     except otel.OtlpError as exc:
         raise Refused(400, INVALID_ARGUMENT, f"not an OTLP {signal} request: {exc}", "bad_body") from None
 
@@ -240,9 +251,20 @@ async def _store(state: WebState, batch: otel.Batch) -> None:
             deliveries.append(await state.broker.submit(ev, track=True))
     except trio.ClosedResourceError:
         raise Refused(503, UNAVAILABLE, "the daemon is stopping", "unavailable") from None
+    # Never unbounded: while the store fails the broker keeps the events and retries
+    # for as long as it takes; the exporter is told to come back (a resend is the same
+    # events: the broker's dedupe drops it, or stores it if the first copy never was).
+    deadline = trio.current_time() + STORE_WAIT_S
     for d in deliveries:
         assert d.done is not None
-        await d.done.wait()
+        while not d.done.is_set():
+            with trio.move_on_at(min(deadline, trio.current_time() + DEGRADED_WAIT_S)):
+                await d.done.wait()
+            if d.done.is_set():
+                break
+            if state.broker.last_error is not None or trio.current_time() >= deadline:
+                why = state.broker.last_error or f"not stored within {STORE_WAIT_S:g} s"
+                raise Refused(503, UNAVAILABLE, f"the events are not stored yet ({why}); retry", "unavailable")
         if d.rejected:  # the record itself was refused: sending it again cannot help
             raise Refused(400, INVALID_ARGUMENT, d.error or "refused", "bad_record")
         if not d.ok:
@@ -250,7 +272,14 @@ async def _store(state: WebState, batch: otel.Batch) -> None:
 
 
 def _decode(
-    signal: str, raw: bytes, encoding: str, limit: int, protobuf: bool, machine: str, received_ms: int
+    signal: str,
+    raw: bytes,
+    encoding: str,
+    limit: int,
+    protobuf: bool,
+    machine: str,
+    received_ms: int,
+    redactor: Redactor | None = None,
 ) -> tuple[bytes, otel.Batch]:
     """The body decompressed and parsed (in a worker thread when large or compressed:
     the loop carries every hook's acknowledgement). Any failure of a body that decoded
@@ -258,28 +287,47 @@ def _decode(
     is a 400, never a 500."""
     body = decompress(raw, encoding, limit)
     try:
-        return body, parse(signal, body, protobuf, machine, received_ms)
+        return body, parse(signal, body, protobuf, machine, received_ms, redactor)
     except Refused:
         raise
     except Exception as exc:  # noqa: BLE001 - a client's bytes must never make a 500
         raise Refused(400, INVALID_ARGUMENT, f"records that cannot be read: {type(exc).__name__}", "bad_body") from None
 
 
-def endpoint(signal: str, machine: str) -> Callable[[Request], Any]:
+async def _take_slot(parsers: trio.CapacityLimiter) -> None:
+    """One of the ``PARSERS`` slots (waiting BUSY_WAIT_S at most; Refused 503 then)."""
+    with trio.move_on_after(BUSY_WAIT_S):
+        await parsers.acquire()
+        return
+    raise Refused(503, UNAVAILABLE, f"{parsers.total_tokens:g} OTLP requests are being read already", "busy")
+
+
+async def _receive(
+    request: Request, state: WebState, signal: str, machine: str, protobuf: bool
+) -> tuple[bytes, otel.Batch]:
+    limit = state.config.otel.max_body_bytes
+    raw = await read_body(request, limit)
+    encoding = request.headers.get("content-encoding", "")
+    args = (signal, raw, encoding, limit, protobuf, machine, now_ms(), state.broker.redactor)
+    if len(raw) > THREAD_OVER or encoding.strip().lower() not in ("", "identity"):
+        body, batch = await trio.to_thread.run_sync(_decode, *args)
+    else:
+        body, batch = _decode(*args)
+    await _store(state, batch)
+    return body, batch
+
+
+def endpoint(signal: str, machine: str, parsers: trio.CapacityLimiter) -> Callable[[Request], Any]:
     async def receive(request: Request) -> Response:
         state = state_of(request)
-        limit = state.config.otel.max_body_bytes
         protobuf = request.headers.get("content-type", "").split(";", 1)[0].strip().lower() in _PROTOBUF_TYPES
         try:
             protobuf = _content_type(request)
-            raw = await read_body(request, limit)
-            encoding = request.headers.get("content-encoding", "")
-            args = (signal, raw, encoding, limit, protobuf, machine, now_ms())
-            if len(raw) > THREAD_OVER or encoding.strip().lower() not in ("", "identity"):
-                body, batch = await trio.to_thread.run_sync(_decode, *args)
-            else:
-                body, batch = _decode(*args)
-            await _store(state, batch)
+            await _take_slot(parsers)
+            try:
+                body, batch = await _receive(request, state, signal, machine, protobuf)
+            finally:
+                parsers.release()
         except Refused as refused:
             count(state, "requests", signal, refused.reason)
             log.info("OTLP %s refused (%d): %s", signal, refused.status, refused)
@@ -297,7 +345,8 @@ def endpoint(signal: str, machine: str) -> Callable[[Request], Any]:
 
 def routes() -> list[Route]:
     machine = hook_paths.machine_id(dict(os.environ))  # for records that name no host
-    return [Route(f"/v1/{signal}", endpoint(signal, machine), methods=["POST"]) for signal in otel.SIGNALS]
+    parsers = trio.CapacityLimiter(PARSERS)  # shared by the three signals
+    return [Route(f"/v1/{signal}", endpoint(signal, machine, parsers), methods=["POST"]) for signal in otel.SIGNALS]
 
 
 ROUTES = routes()
