@@ -611,13 +611,13 @@ def webhook_origin(url: str) -> str:
     return f"{parts.scheme}://{host}" + (f":{port}" if port is not None else "")
 
 
-def dashboard_url(cfg: Config) -> str:
-    """The dashboard's URL, with a ``read`` token of this config in its fragment
-    (``#token=…``): a browser never sends the fragment, so it reaches no access log,
-    and the page moves it into the tab's storage and out of the address bar."""
+def dashboard_url(cfg: Config, token: str | None = None) -> str:
+    """The dashboard's URL, with a token in its fragment (``#token=…``; by default a
+    ``read`` one of this config): a browser never sends the fragment, so it reaches no
+    access log, and the page moves it into the tab's storage and out of the address bar."""
     from urllib.parse import quote
 
-    token = cfg.server.client_token(Scope.READ)
+    token = token or cfg.server.client_token(Scope.READ)
     return api_base(cfg) + "/" + (f"#token={quote(token, safe='')}" if token else "")
 
 

@@ -216,7 +216,15 @@ def cmd_open(args) -> int:
     cfg = config_mod.load_or_report()
     if cfg is None:
         return 2
-    url = config_mod.dashboard_url(cfg)
+    token = None
+    if args.token:  # e.g. one with the decide scope: its page may answer Claude Code
+        token = next((t.token for t in cfg.server.tokens if t.name == args.token), None)
+        if token is None:
+            print(
+                f"contextuate-trio: no token named {args.token!r} (see `contextuate-trio token list`)", file=sys.stderr
+            )
+            return 2
+    url = config_mod.dashboard_url(cfg, token)
     if args.print_only:
         print(url)
         return 0
@@ -248,4 +256,5 @@ def add_parser(sub) -> None:
     s.set_defaults(func=cmd_revoke)
     s = sub.add_parser("open", help="open the dashboard in a browser, logged in with a read token")
     s.add_argument("--print", dest="print_only", action="store_true", help="print the URL instead")
+    s.add_argument("--token", metavar="NAME", help="log in with this named token (default: one that can read)")
     s.set_defaults(func=cmd_open)

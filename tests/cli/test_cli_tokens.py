@@ -199,3 +199,16 @@ def call_raw(d: DaemonProc, path: str, token: str, body: bytes) -> int:
             return resp.status
     except urllib.error.HTTPError as exc:
         return exc.code
+
+
+def test_open_with_a_named_token(home, tmp_path):
+    """``open --token phone``: the page that may answer Claude Code (a decide token)."""
+    env = clean_env(home, HOME=str(tmp_path))
+    assert run_cli("init", env=env).returncode == 0
+    added = run_cli("token", "add", "phone", "--scopes", "read,decide", env=env)
+    assert added.returncode == 0, added.stderr
+    secret = added.stdout.strip().splitlines()[-1]
+    url = run_cli("open", "--print", "--token", "phone", env=env).stdout.strip()
+    assert url.endswith("/#token=" + secret)
+    missing = run_cli("open", "--print", "--token", "nobody", env=env)
+    assert missing.returncode == 2 and "no token named 'nobody'" in missing.stderr
