@@ -55,29 +55,73 @@ class ClusterNode(RedisServer):
             *extra,
         )
         self.port = free_cluster_port()
+        self.started = False  # once it ran, its port is its identity in the cluster
+
+    def start(self) -> ClusterNode:
+        """Started, or nothing left running: a redis-server that did not come up in time
+        is killed (and a new node that lost its port to another process, between the
+        port being picked and bound, is started again on another)."""
+        for attempt in range(3):
+            try:
+                super().start()
+                self.started = True
+                return self
+            except BaseException:
+                log = self.log()
+                self.kill()
+                if self.started or attempt == 2 or "Address already in use" not in log:
+                    raise
+                self.port = free_cluster_port()
+        raise AssertionError("unreachable")
 
 
 class RedisCluster:
     def __init__(self, masters: int = 3, replicas: int = 0) -> None:
-        self.nodes = [ClusterNode() for _ in range(masters * (1 + replicas))]
+        self.nodes: list[ClusterNode] = []
         self.replicas = replicas
+        try:
+            for _ in range(masters * (1 + replicas)):
+                self.nodes.append(ClusterNode())
+        except BaseException:
+            self.close()  # their directories
+            raise
 
     @property
     def seeds(self) -> list[str]:
         return [f"127.0.0.1:{n.port}" for n in self.nodes]
 
     def start(self) -> RedisCluster:
-        for n in self.nodes:
-            n.start()
-        subprocess.run(
-            [REDIS_CLI or "redis-cli", "--cluster", "create", *self.seeds]
-            + ["--cluster-replicas", str(self.replicas), "--cluster-yes"],
-            check=True,
-            capture_output=True,
-            timeout=60,
-        )
-        self.wait_ok()
+        """Every node started and joined, the cluster ok; or, whatever failed (a node
+        that does not start, ``--cluster create``, the wait, an interrupt), every
+        redis-server of it stopped again before the error is raised."""
+        try:
+            for n in self.nodes:
+                n.start()
+            res = subprocess.run(
+                [REDIS_CLI or "redis-cli", "--cluster", "create", *self.seeds]
+                + ["--cluster-replicas", str(self.replicas), "--cluster-yes"],
+                capture_output=True,
+                text=True,
+                timeout=60,
+            )
+            if res.returncode != 0:
+                raise AssertionError(f"redis-cli --cluster create failed: {(res.stdout + res.stderr)[-2000:]}")
+            self.wait_ok()
+        except BaseException:
+            self.stop()
+            raise
         return self
+
+    def stop(self) -> None:
+        """Every node's redis-server stopped (their directories kept, as ``kill``)."""
+        errors = []
+        for n in self.nodes:
+            try:
+                n.kill()
+            except Exception as exc:  # the others are stopped all the same
+                errors.append(exc)
+        if errors:
+            raise errors[0]
 
     def cli(self, node: ClusterNode, *args: str) -> str:
         out = subprocess.run(
@@ -154,8 +198,14 @@ class RedisCluster:
         raise AssertionError("replicas did not catch up")
 
     def close(self) -> None:
+        errors = []
         for n in self.nodes:
-            n.close()
+            try:
+                n.close()
+            except Exception as exc:  # the others are closed all the same
+                errors.append(exc)
+        if errors:
+            raise errors[0]
 
 
 @pytest.fixture
@@ -164,9 +214,15 @@ def redis_cluster():
 
     def make(masters: int = 3, replicas: int = 0) -> RedisCluster:
         c = RedisCluster(masters, replicas)
-        made.append(c)  # closed even when it fails to start
+        made.append(c)  # closed even when it fails to start (start stops its nodes itself too)
         return c.start()
 
     yield make
+    errors = []
     for c in made:
-        c.close()
+        try:
+            c.close()
+        except Exception as exc:
+            errors.append(exc)
+    if errors:
+        raise errors[0]

@@ -20,6 +20,7 @@ import secrets
 import sys
 import time
 import urllib.error
+from typing import Any
 
 from contextuate_trio import config as config_mod
 from contextuate_trio.cli.client import api_get
@@ -50,6 +51,9 @@ def acl_rules(cfg: config_mod.RedisConfig, name: str, password: str) -> list[str
         f"&{glob_escape(cfg.channel)}",
         "-@all",
         *COMMANDS,
+        # Its own answers from the dashboard (hook/resp.py answer_key: BLPOP waits there).
+        f"~{glob_escape(machine_stream(cfg.stream, name) + ':answer:')}*",
+        "+blpop",
         *(CLUSTER_COMMANDS if cfg.is_cluster else ()),
     ]
 
@@ -108,43 +112,93 @@ def cmd_add_machine(args) -> int:
 
     from contextuate_trio.sources.redis import describe, make_client
 
+    errors = (redis.RedisError, redis.exceptions.RedisClusterException, OSError)
     client = make_client(cfg.redis)
-    # A cluster's ACLs are each node's own (replicas too: one may be promoted).
-    targets = every_node(cfg.redis, client) if cfg.redis.is_cluster else [client]
-    saved = " and saved to the server's ACL file"
+    targets: list[tuple[str, Any, str]] = []
     try:
-        for node in targets:
-            node.execute_command("ACL", "SETUSER", user, *rules)
-        for node in targets:
+        # A cluster's ACLs are each node's own (replicas too: one may be promoted).
+        targets = every_node(cfg.redis, client) if cfg.redis.is_cluster else [(describe(cfg.redis), client, "")]
+    except errors as exc:
+        print(f"\ncontextuate-trio: cannot list the nodes of {describe(cfg.redis)}: {exc}", file=sys.stderr)
+        client.close()
+        return 1
+    failed: list[tuple[str, str]] = []
+    unsaved: list[str] = []
+    done: list[str] = []
+    try:
+        for where, node, why in targets:
+            if node is None:
+                failed.append((where, why))
+                continue
+            try:
+                node.execute_command("ACL", "SETUSER", user, *rules)
+            except errors as exc:
+                failed.append((where, f"ACL SETUSER failed: {exc}"))
+                continue
+            done.append(where)
             try:
                 node.execute_command("ACL", "SAVE")
-            except redis.RedisError:
-                saved = " (not persisted: no ACL file; run CONFIG REWRITE or add it to the server's config)"
-    except (redis.RedisError, redis.exceptions.RedisClusterException, OSError) as exc:
-        print(f"\ncontextuate-trio: ACL SETUSER on {describe(cfg.redis)} failed: {exc}", file=sys.stderr)
-        return 1
+            except errors:
+                unsaved.append(where)
     finally:
-        for node in {id(t): t for t in [client, *targets]}.values():
+        for node in {id(t): t for t in [client, *(n for _, n, _ in targets if n is not None)]}.values():
             node.close()
-    print(f"\n# applied: user {user} created on {describe(cfg.redis)}{saved}", file=sys.stderr)
-    return 0
+    if unsaved:
+        on = f" on {', '.join(unsaved)}" if cfg.redis.is_cluster else ""
+        saved = f" (not persisted{on}: no ACL file; run CONFIG REWRITE or add it to the server's config)"
+    else:
+        saved = " and saved to the server's ACL file"
+    if not failed:
+        print(f"\n# applied: user {user} created on {describe(cfg.redis)}{saved}", file=sys.stderr)
+        return 0
+    print(file=sys.stderr)
+    if not cfg.redis.is_cluster:
+        [(where, why)] = failed
+        print(f"contextuate-trio: user {user} NOT created on {where}: {why}", file=sys.stderr)
+        return 1
+    for where, why in failed:
+        print(f"contextuate-trio: user {user} NOT created on {where}: {why}", file=sys.stderr)
+    if done:
+        print(f"# created on {len(done)} of {len(targets)} nodes: {', '.join(done)}{saved}", file=sys.stderr)
+    print(
+        f"contextuate-trio: {len(failed)} of {len(targets)} nodes failed; a machine whose stream (or a replica of it)"
+        f" is there cannot write once that node serves its slot. Once they answer, run again:\n"
+        f"  contextuate-trio fleet add-machine {args.name} --apply\n"
+        "(a new password for every node: give the machine the config that run prints), or run the ACL SETUSER"
+        " line above, as an admin, on each node that failed (a node gone for good: CLUSTER FORGET it).",
+        file=sys.stderr,
+    )
+    return 1
 
 
-def every_node(cfg: config_mod.RedisConfig, client) -> list:
-    """A plain client for each node of the cluster, replicas included (redis-py's
-    cluster client knows only the masters), with the same credentials and TLS."""
+def every_node(cfg: config_mod.RedisConfig, client) -> list[tuple[str, Any, str]]:
+    """Each node of the cluster, replicas included (redis-py's cluster client knows
+    only the masters), as ``(host:port, a plain client with the same credentials and
+    TLS, "")``; a node the cluster marks failed, or without an address, as
+    ``(where, None, why)``: reported, never skipped silently."""
     import redis
 
     from contextuate_trio.sources.redis import node_kwargs
 
     kw = node_kwargs(cfg)
-    out = []
-    for line in _text(client.execute_command("CLUSTER", "NODES", target_nodes=client.get_random_node())).splitlines():
+    asked = client.get_random_node()
+    out: list[tuple[str, Any, str]] = []
+    for line in _text(client.execute_command("CLUSTER", "NODES", target_nodes=asked)).splitlines():
         fields = line.split()
-        if len(fields) < 3 or any(f in fields[2].split(",") for f in ("fail", "noaddr", "handshake")):
+        if len(fields) < 3:
             continue
+        flags = fields[2].split(",")
         host, _, port = fields[1].split("@", 1)[0].rpartition(":")
-        out.append(redis.Redis(host=host, port=int(port), **kw))
+        host = host or ("" if "myself" not in flags else str(asked.host))
+        where = f"{host}:{port}" if host and port.isdigit() and port != "0" else f"node {fields[0]}"
+        if "noaddr" in flags or where.startswith("node "):
+            out.append((where, None, "the cluster knows no address for it"))
+        elif "fail" in flags:
+            out.append((where, None, "the cluster marks it failed (down or unreachable)"))
+        elif "handshake" in flags:
+            out.append((where, None, "it is still joining the cluster (handshake)"))
+        else:
+            out.append((where, redis.Redis(host=host, port=int(port), **kw), ""))
     return out
 
 

@@ -29,6 +29,12 @@ from contextuate_trio.hook.resp import (
 
 SLOTS_NAME = "redis-slots"  # the cluster's slot map as the hook last saw it, in its home
 REGISTER_EVERY_S = 300.0  # a registry on another node than the stream: SADD this often
+# Registering on another node comes after the events are stored, and may take only this
+# share of the time left (a hung registry node costs that, not the event's budget);
+# with less than REGISTER_MIN_S for it, it waits for a run with the time.
+REGISTER_SHARE = 0.2
+REGISTER_MIN_S = 0.02
+REGISTER_ROUNDS = 4  # nodes asked (a failed one, a MOVED) while registering
 CLUSTER_ROUNDS = 6  # round trips a cluster delivery may take (redirects, failed nodes)
 _SLOTS_HEADER = "contextuate-slots 1"
 
@@ -173,15 +179,17 @@ def _redirect(reply, here: tuple):
     return kind, (host or here[0], int(port))
 
 
-def _node_exchange(rs: dict, addr: tuple, cmds: list, deadline: float, connect_by: float) -> list:
-    """One round trip to one node, with the section's credentials and TLS rules."""
+def _node_exchange(rs: dict, addr: tuple, cmds: list, by: float) -> list:
+    """One round trip to one node, with the section's credentials and TLS rules,
+    connection and replies both by ``by`` (a node that accepts and never answers
+    costs that, not more)."""
     node = dict(rs, host=addr[0], port=addr[1])
     try:
-        sock = _redis_connect(node, min(connect_by, deadline))
+        sock = _redis_connect(node, by)
     except OSError as exc:
         raise OSError(f"cannot connect: {exc}") from None
     try:
-        return _exchange(sock, cmds, deadline)
+        return _exchange(sock, cmds, by)
     except (OSError, RedisError, ValueError) as exc:
         raise OSError(f"did not answer in time: {exc!r}") from None
     finally:
@@ -236,12 +244,11 @@ class _Attempt:
             cmds += [_xadd(self.rs, self.key, line)]
             cmds += [] if published else [resp("PUBLISH", self.rs["channel"], line)]
         cmds += [resp("SADD", self.reg, self.machine)] if with_sadd else []
-        # Half of what is left for a connection while another node could be tried.
+        # Half of what is left (connection and replies) while another node could be
+        # tried: a node that hangs leaves the other half to the next.
         others = [a for a in self.candidates() if a != self.target]
         try:
-            replies = _node_exchange(
-                self.rs, self.target, cmds, deadline, now + (deadline - now) / (2 if others else 1)
-            )
+            replies = _node_exchange(self.rs, self.target, cmds, now + (deadline - now) / (2 if others else 1))
         except OSError as exc:
             self.problems.append(f"Redis at {_addr_text(self.target)} {exc}")
             self.failed.append(self.target)
@@ -320,6 +327,8 @@ def deliver_cluster(rs: dict, lines: list, deadline: float, machine: str, warnin
     at = _Attempt(rs, smap, lines, machine, warnings)
     if rs["db"]:
         at.warn(f"redis.db {rs['db']} ignored: a Redis Cluster has only db 0 (no SELECT sent)")
+    whom = machine.encode("utf-8").hex() + "." + at.reg.encode("utf-8").hex()
+    due = registered = False
     try:
         for _ in range(CLUSTER_ROUNDS):
             if not at.pending or time.monotonic() >= deadline:
@@ -333,7 +342,6 @@ def deliver_cluster(rs: dict, lines: list, deadline: float, machine: str, warnin
             why = "; ".join(at.problems) or f"not taken within {CLUSTER_ROUNDS} round trips or the deadline"
             return f"Redis Cluster: {len(at.pending)} events not stored: {why}"
         _refusals(warnings, "PUBLISH", at.publish)
-        whom = machine.encode("utf-8").hex() + "." + at.reg.encode("utf-8").hex()
         now = time.time()
         due = smap.changed or smap.due(whom, now)
         if at.sadd is None and due:
@@ -342,9 +350,14 @@ def deliver_cluster(rs: dict, lines: list, deadline: float, machine: str, warnin
             _refusals(warnings, "SADD", [at.sadd])
             if due:
                 smap.registered = (whom, now)
-                smap.changed = True
+                smap.changed = registered = True
         return ""
     finally:
+        # Due (or the map changed) and not registered this run (no time, no node, the
+        # events not stored): the next run registers, whenever it was done last.
+        if (due or smap.changed) and not registered and smap.registered != (whom, 0.0):
+            smap.registered = (whom, 0.0)
+            smap.changed = True
         if smap.changed and path:
             try:
                 smap.save(path)
@@ -354,26 +367,41 @@ def deliver_cluster(rs: dict, lines: list, deadline: float, machine: str, warnin
 
 def _register(at: _Attempt, deadline: float):
     """SADD this machine to the registry on the node that owns its slot (redirects
-    followed); its reply, or None when no node answered (tried again next run)."""
+    followed; a node that cannot be reached: another, whose MOVED names the owner);
+    its reply, or None when none answered (tried again next run). The events are
+    stored already: this takes at most ``REGISTER_SHARE`` of the time left, and
+    nothing when that is under ``REGISTER_MIN_S``."""
+    now = time.monotonic()
+    share = (deadline - now) * REGISTER_SHARE
+    if share < REGISTER_MIN_S:
+        at.warn(f"events stored; registering waits for a run with more time ({share * 1000:.0f} ms for it)")
+        return None
+    by = now + share
     target = at.smap.owner(at.reg_slot) or at.target
     asking: list = []
-    for _ in range(3):
-        if time.monotonic() >= deadline:
+    tried: list = []
+    for _ in range(REGISTER_ROUNDS):
+        if time.monotonic() >= by:
             break
         try:
             cmds = at.auth + asking + [resp("SADD", at.reg, at.machine)]
-            r = _node_exchange(at.rs, target, cmds, deadline, deadline)[-1]
+            r = _node_exchange(at.rs, target, cmds, by)[-1]
         except OSError as exc:
             at.warn(f"events stored, but the registry's node {_addr_text(target)} {exc}")
-            return None
+            tried.append(target)
+            left = [a for a in at.candidates() if a not in tried]
+            if not left:
+                return None
+            target, asking = left[0], []
+            continue
         redirect = _redirect(r, target)
         if redirect is None:
-            if not asking and at.smap.owner(at.reg_slot) != target:  # no map (CLUSTER SLOTS refused)
+            if not asking and at.smap.owner(at.reg_slot) != target:  # no map, or a stale one
                 at.smap.learn(at.reg_slot, target)
             return r
         kind, target = redirect
         if kind == "MOVED":
             at.smap.learn(at.reg_slot, target)
         asking = [resp("ASKING")] if kind == "ASK" else []
-    at.warn("events stored, but the registry was not reached in time")
+    at.warn("events stored, but the registry was not reached in time (tried again next run)")
     return None

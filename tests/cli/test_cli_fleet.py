@@ -9,8 +9,10 @@ import sys
 import tempfile
 
 import pytest
+import redis
 from conftest import DaemonProc, clean_env, run_hook, wait_for, write_config
 from helpers import run_cli
+from redis_cluster import needs_cluster, redis_cluster  # noqa: F401 (fixture)
 from redis_server import needs_redis, redis_server  # noqa: F401 (fixture)
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(__file__)), "sources"))
@@ -115,3 +117,57 @@ def test_add_machine_user_writes_only_its_own_stream(redis_server, home):
     assert run_hook(a, {"session_id": "acl-a", "hook_event_name": "Stop"}).returncode == 0 and spooled(a) == 0
     rows = {m["machineId"]: m for m in json.loads(run_cli("fleet", "list", "--json", env=env).stdout)["machines"]}
     assert rows["laptop-a"]["lag"] == 1 and rows["laptop-a"]["events"] is None
+
+
+def _flags(cluster, asked, port: int) -> list[str]:
+    """The flags ``asked`` holds for the node on ``port`` (CLUSTER NODES)."""
+    for line in cluster.cli(asked, "cluster", "nodes").splitlines():
+        f = line.split()
+        if len(f) > 2 and f[1].split("@")[0].endswith(f":{port}"):
+            return f[2].split(",")
+    return []
+
+
+@needs_cluster
+def test_add_machine_on_a_cluster_reports_every_node_that_failed(redis_cluster, home):
+    """``--apply`` on a cluster with a node down (a replica killed: the cluster marks it
+    failed) and a node that refuses ``ACL SETUSER``: each is named, the others get the
+    user, the exit code is 1 and the message says how to finish; run again once they
+    are back, every node has it."""
+    c = redis_cluster(3, replicas=1)
+    write_config(home, 0, 0, {"mode": "redis", "redis": {"nodes": c.seeds}})
+    env = clean_env(home)
+    replica = next(n for n in c.nodes if c.role(n) == "slave")
+    refusing = next(n for n in c.nodes if c.role(n) == "master")
+    replica.kill()
+    wait_for(lambda: "fail" in _flags(c, refusing, replica.port), timeout=20, what="the replica marked failed")
+    fixer = redis.Redis(host="127.0.0.1", port=refusing.port)
+    fixer.execute_command("ACL", "SETUSER", "fixer", "on", ">fx", "~*", "&*", "+@all")  # to undo it later
+    fixer.close()
+    c.cli(refusing, "acl", "setuser", "default", "-acl|setuser")
+    res = run_cli("fleet", "add-machine", "laptop-z", "--apply", env=env)
+    assert res.returncode == 1, res.stderr
+    assert f"NOT created on 127.0.0.1:{replica.port}: the cluster marks it failed" in res.stderr
+    assert (
+        f"NOT created on 127.0.0.1:{refusing.port}: ACL SETUSER failed" in res.stderr and "no permissions" in res.stderr
+    )
+    assert "2 of 6 nodes failed" in res.stderr and "fleet add-machine laptop-z --apply" in res.stderr
+    for n in c.alive():
+        has = "ct-laptop-z" in c.cli(n, "acl", "users")
+        assert has == (n is not refusing), n.port
+    # The nodes back: running it again creates the user everywhere (a new password).
+    fixer = redis.Redis(host="127.0.0.1", port=refusing.port, username="fixer", password="fx")
+    fixer.execute_command("ACL", "SETUSER", "default", "+acl|setuser")
+    fixer.close()
+    replica.start()
+    wait_for(lambda: "fail" not in _flags(c, refusing, replica.port), timeout=30, what="the replica back")
+    c.wait_ok()
+    again = run_cli("fleet", "add-machine", "laptop-z", "--apply", env=env)
+    assert again.returncode == 0, again.stderr
+    assert "NOT created" not in again.stderr
+    password = snippet(again.stdout)["redis"]["password"]
+    for n in c.nodes:
+        assert "ct-laptop-z" in c.cli(n, "acl", "users"), n.port
+        r = redis.Redis(host="127.0.0.1", port=n.port, username="ct-laptop-z", password=password)
+        assert r.ping()
+        r.close()

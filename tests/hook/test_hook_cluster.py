@@ -403,21 +403,24 @@ def test_a_hung_node_and_no_time_left_spools_within_the_timeout(redis_cluster, m
 # --- TLS --------------------------------------------------------------------------------------
 
 
-def _tls_cluster(tls: dict) -> list:
-    nodes = [ClusterNode("--tls-cluster", "yes", "--tls-replication", "yes") for _ in range(3)]
-    for n in nodes:
+def _tls_cluster(tls: dict, nodes: list) -> list:
+    """Three TLS nodes joined, appended to ``nodes`` as they are made (the caller
+    closes them, whatever fails here)."""
+    for _ in range(3):
+        n = ClusterNode("--tls-cluster", "yes", "--tls-replication", "yes")
         n.tls = tls
+        nodes.append(n)
         n.start()
     tls_cli = [REDIS_CLI or "redis-cli", "--tls", "--cacert", tls["ca"]]
     seeds = [f"127.0.0.1:{n.port}" for n in nodes]
     subprocess.run([*tls_cli, "--cluster", "create", *seeds, "--cluster-yes"], check=True, capture_output=True)
 
-    def ok() -> bool:
-        out = [subprocess.run([*tls_cli, "-p", str(n.port), "cluster", "info"], capture_output=True, text=True)]
-        return all("cluster_state:ok" in o.stdout for o in out)
+    def ok(n) -> bool:
+        out = subprocess.run([*tls_cli, "-p", str(n.port), "cluster", "info"], capture_output=True, text=True)
+        return "cluster_state:ok" in out.stdout
 
     for n in nodes:
-        wait_for(ok, timeout=30, what=f"TLS cluster node {n.port} ok")
+        wait_for(lambda n=n: ok(n), timeout=30, what=f"TLS cluster node {n.port} ok")
     return nodes
 
 
@@ -426,7 +429,7 @@ def test_tls_per_node(machine_home):
     nodes: list = []
     try:
         tls = make_tls_files(tls_dir)
-        nodes = _tls_cluster(tls)
+        _tls_cluster(tls, nodes)
         client = redis.RedisCluster(host="127.0.0.1", port=nodes[0].port, ssl=True, ssl_ca_certs=tls["ca"])
         boxes = [f"tls-{i}" for i in range(12)]
         owners = {client.nodes_manager.get_node_from_slot(key_slot(key(m))).port for m in boxes}
@@ -528,3 +531,211 @@ def test_the_fleet_acl_user_of_a_cluster(redis_cluster, machine_home, slots_allo
         finish_migration(c, key_slot(key(m)), dst)
         assert prompts(c, m) == ["p0", "p1", "p2", "p3"]
     assert c.client().smembers(REGISTRY) == {here.encode(), there.encode()}
+
+
+# --- hung and missing nodes: the event keeps its budget ---------------------------------------
+
+
+def _mute_listener() -> socket.socket:
+    """A node that hangs: it accepts connections (the kernel completes them into its
+    backlog) and never answers a byte. On a port below 55535 (the tests' range)."""
+    for _ in range(200):
+        srv = socket.socket()
+        srv.bind(("127.0.0.1", 0))
+        if srv.getsockname()[1] < 55535:
+            srv.listen(64)
+            return srv
+        srv.close()
+    raise AssertionError("no free port below 55535")
+
+
+def _addr(sock: socket.socket) -> str:
+    return f"127.0.0.1:{sock.getsockname()[1]}"
+
+
+def _cache_with(home: str, slot: int, addr: str | None = None, registered_at: float | None = None) -> None:
+    """Rewrite the hook's cached map: ``slot`` alone on ``addr`` (the rest as it was),
+    and/or the last registration moved to ``registered_at``."""
+    lines = cache_text(home).splitlines()
+    out = [lines[0]]
+    for line in lines[1:]:
+        f = line.split(" ")
+        if f[0] == "registered":
+            if registered_at is not None:
+                f[1] = repr(registered_at)
+            out.append(" ".join(f))
+            continue
+        first, last = int(f[0]), int(f[1])
+        if addr is None or not first <= slot <= last:
+            out.append(line)
+            continue
+        nodes = " ".join(f[2:])
+        out += [f"{a} {b} {nodes}" for a, b in ((first, slot - 1), (slot + 1, last)) if a <= b]
+        out.append(f"{slot} {slot} {addr}")
+    with open(os.path.join(home, SLOTS_NAME), "w") as f:
+        f.write("\n".join(out) + "\n")
+
+
+def _registered_at(home: str) -> float:
+    [line] = [x for x in cache_text(home).splitlines() if x.startswith("registered ")]
+    return float(line.split(" ")[1])
+
+
+def _timed_hook(home: str, machine: str, i: int) -> tuple[subprocess.CompletedProcess, float]:
+    t0 = time.monotonic()
+    res = hook(home, machine, i)
+    return res, time.monotonic() - t0
+
+
+def _far_machine(cluster, prefix: str) -> str:
+    """A machine whose stream is not on the registry's node (so registering is a second
+    connection)."""
+    reg_port = cluster.master_of_slot(key_slot(REGISTRY)).port
+    return next(
+        m for m in (f"{prefix}-{i}" for i in range(1000)) if cluster.master_of_slot(key_slot(key(m))).port != reg_port
+    )
+
+
+def test_a_hung_registry_node_costs_only_a_small_share_of_the_budget(redis_cluster, machine_home):
+    """The registry's node hangs when this machine is due to register: the events are
+    stored on their own node at once, the registration gets a small share of what is
+    left (not the whole ``hook.timeoutMs``), and is tried again on the next run."""
+    c = redis_cluster(3)
+    m = _far_machine(c, "reg")
+    timeout_ms = 1500
+    home = machine_home({"nodes": c.seeds}, timeout_ms)
+    hook(home, m, 0)
+    client = c.client()
+    client.delete(REGISTRY)
+    mute = _mute_listener()
+    try:
+        _cache_with(home, key_slot(REGISTRY), _addr(mute), registered_at=time.time() - REGISTER_EVERY_S - 1)
+        stale = _registered_at(home)
+        res, elapsed = _timed_hook(home, m, 1)
+        print(f"hung registry node, timeoutMs {timeout_ms}: the hook took {elapsed * 1000:.0f} ms")
+        assert spool_count(home) == 0, res.stderr
+        assert f"added to {key(m)}".encode() in res.stderr
+        assert b"registry" in res.stderr  # said, in the debug output
+        assert elapsed < 0.4 * timeout_ms / 1000 + 0.15, elapsed  # not the whole budget
+        assert _registered_at(home) <= stale  # not registered: still due
+        assert client.smembers(REGISTRY) == set()
+    finally:
+        mute.close()
+    # The node is gone now (its port refuses): the next run registers through the others.
+    res, elapsed = _timed_hook(home, m, 2)
+    assert spool_count(home) == 0, res.stderr
+    assert client.smembers(REGISTRY) == {m.encode()}, res.stderr
+    assert _registered_at(home) > stale
+    assert cached_owner(home, key_slot(REGISTRY)) == c.master_of_slot(key_slot(REGISTRY)).port
+    assert prompts(c, m) == ["p0", "p1", "p2"]
+    client.close()
+
+
+def test_registration_is_skipped_when_the_budget_is_short(redis_cluster, machine_home):
+    """Little time left once the events are stored: no registration (not even a
+    connection). It is owed, though: the next run with the time registers, even when
+    the last registration was recent (here the map changed: a MOVED)."""
+    c = redis_cluster(3)
+    m = _far_machine(c, "short")
+    home = machine_home({"nodes": c.seeds})
+    hook(home, m, 0)
+    client = c.client()
+    client.delete(REGISTRY)
+    owner = c.master_of_slot(key_slot(key(m))).port
+    reg_owner = c.master_of_slot(key_slot(REGISTRY)).port
+    [third] = [n.port for n in masters(c) if n.port not in (owner, reg_owner)]
+    # A stale map (MOVED ahead: the map changes, so registering is due) and a recent
+    # registration; a budget so small that what is left after the XADDs is under the floor.
+    _cache_with(home, key_slot(key(m)), f"127.0.0.1:{third}", registered_at=time.time())
+    write_cfg(home, {"nodes": c.seeds}, 60)
+    sadds = total_stat(c, "commandstats", "cmdstat_sadd", "calls")
+    for i in range(1, 4):
+        res = run_hook(
+            home,
+            {"session_id": f"s-{m}", "hook_event_name": "UserPromptSubmit", "prompt": f"p{i}"},
+            {"CONTEXTUATE_MACHINE_ID": m, "CONTEXTUATE_DEBUG": "1"},
+        )
+        assert res.returncode == 0
+    # (a run may spool on a loaded machine; none registered)
+    assert total_stat(c, "commandstats", "cmdstat_sadd", "calls") == sadds, res.stderr
+    assert client.smembers(REGISTRY) == set(), res.stderr
+    assert cached_owner(home, key_slot(key(m))) == owner
+    write_cfg(home, {"nodes": c.seeds}, 1000)
+    res = hook(home, m, 4)
+    assert spool_count(home) == 0, res.stderr
+    assert client.smembers(REGISTRY) == {m.encode()}, res.stderr
+    assert sorted(prompts(c, m)) == [f"p{i}" for i in range(5)]
+    hook(home, m, 5)  # registered: not again for REGISTER_EVERY_S
+    assert total_stat(c, "commandstats", "cmdstat_sadd", "calls") == sadds + 1
+    client.close()
+
+
+def test_a_hung_seed_without_a_map_still_delivers(redis_cluster, machine_home):
+    """The first seed hangs and there is no cached map: the hook does not wait on it
+    for its whole budget, but asks the next seed in time."""
+    c = redis_cluster(3)
+    m = "seeded"
+    mute = _mute_listener()
+    timeout_ms = 1000
+    try:
+        home = machine_home({"nodes": [_addr(mute), *c.seeds]}, timeout_ms)
+        res, elapsed = _timed_hook(home, m, 0)
+        print(f"hung first seed, timeoutMs {timeout_ms}: the hook took {elapsed * 1000:.0f} ms")
+        assert spool_count(home) == 0, res.stderr
+        assert elapsed < timeout_ms / 1000 + 0.25, elapsed
+        # With the map cached, the next run goes straight to the stream's node.
+        res, elapsed = _timed_hook(home, m, 1)
+        assert spool_count(home) == 0, res.stderr
+        assert elapsed < 0.4, elapsed
+    finally:
+        mute.close()
+    assert prompts(c, m) == ["p0", "p1"]
+    assert c.client().smembers(REGISTRY) == {m.encode()}
+
+
+@pytest.mark.parametrize("how", ["killed", "hung"])
+def test_the_only_seed_down_with_the_map_cached(redis_cluster, machine_home, how):
+    """One seed in ``redis.nodes``, and it is down (killed, its replica promoted) or
+    hangs: the cached map knows the other nodes, so machines on every master still
+    deliver, and register when due, within the budget."""
+    c = redis_cluster(3, replicas=1 if how == "killed" else 0)
+    boxes = machines_on_every_master(c)
+    seed_node = c.master_of_slot(key_slot(key(boxes[0])))  # the first machine's stream is on the seed
+    mute = _mute_listener() if how == "hung" else None
+    seed = _addr(mute) if mute else f"127.0.0.1:{seed_node.port}"
+    timeout_ms = 1500
+    homes = {m: machine_home({"nodes": [seed]}, timeout_ms) for m in boxes}
+    try:
+        for m in boxes:
+            if mute:  # a map cached from the hung seed when it still answered
+                real = machine_home({"nodes": c.seeds})
+                hook(real, m, 0)
+                header = f"contextuate-slots 1 {seed}"
+                body = cache_text(real).splitlines()[1:]
+                with open(os.path.join(homes[m], SLOTS_NAME), "w") as f:
+                    f.write("\n".join([header, *body]) + "\n")
+                client = c.client()
+                client.delete(key(m))
+                client.close()
+                hook(homes[m], m, 0)
+            else:
+                hook(homes[m], m, 0)
+            assert spool_count(homes[m]) == 0
+        if how == "killed":
+            c.wait_synced()
+            c.kill_master_of(key_slot(key(boxes[0])))
+        client = c.client()
+        client.delete(REGISTRY)
+        for m in boxes:
+            _cache_with(homes[m], 0, registered_at=time.time() - REGISTER_EVERY_S - 1)
+            res, elapsed = _timed_hook(homes[m], m, 1)
+            assert spool_count(homes[m]) == 0, res.stderr
+            assert f"added to {key(m)}".encode() in res.stderr
+            assert elapsed < timeout_ms / 1000, elapsed
+        assert client.smembers(REGISTRY) == {m.encode() for m in boxes}
+        for m in boxes:
+            assert prompts(c, m) == ["p0", "p1"]
+        client.close()
+    finally:
+        if mute:
+            mute.close()

@@ -5,6 +5,7 @@ its slot, find machines while running, and lose nothing over a failover."""
 from __future__ import annotations
 
 import json
+import os
 import time
 import uuid
 
@@ -126,18 +127,41 @@ def test_two_monitors_and_a_relay_lose_nothing_over_a_failover(daemon, redis_clu
             )
             assert res.returncode == 0 and res.stdout == b""
 
+        # Real hooks (Redis mode) too: one whose stream is on the master killed, one elsewhere.
+        hooks = _HookMachines(c, clients[0], victim, tmp_path)
+        hook_round = hooks.round
+
         for n in range(3):
             round_(n)
+            hook_round("before")
         c.wait_synced()
-        c.kill_master_of(clients[0].keyslot(key(victim)))
+        slot = clients[0].keyslot(key(victim))
+        old = c.master_of_slot(slot)
+        old.kill()
+        # The outage: the master is gone, its replica not promoted yet. The hooks go on
+        # (they spool what no master takes), and so does the relay's queue.
+        promoted_early = []
+        for _ in range(3):
+            promoted_early.append(_promoted(c, slot, old))
+            hook_round("outage")
+            res = run_hook(relay.home, {"session_id": "s-relay", "hook_event_name": "UserPromptSubmit", "prompt": "o"})
+            assert res.returncode == 0
+        assert hooks.spooled(0) > 0 or all(promoted_early), "nothing written during the outage"
+        assert not promoted_early[0], "the replica took over before the first hook ran"
+        wait_for(lambda: _promoted(c, slot, old), timeout=30, what="the replica promoted")
+        c.wait_ok()
         clients.append(c.client())  # a client that knows the new master
         for n in range(3, 6):
             round_(n)
+            hook_round("after")
+        hooks.flush()
 
         def complete(d: DaemonProc) -> bool:
             s = d.sessions()
-            return all(s.get(sid, {}).get("eventCount") == len(v) for sid, v in sent.items()) and (
-                s.get("s-relay", {}).get("eventCount") == 6
+            return (
+                all(s.get(sid, {}).get("eventCount") == len(v) for sid, v in sent.items())
+                and s.get("s-relay", {}).get("eventCount") == 9
+                and all(s.get(f"s-{m}", {}).get("eventCount") == len(p) for m, p in hooks.prompted.items())
             )
 
         for d in monitors:
@@ -145,13 +169,67 @@ def test_two_monitors_and_a_relay_lose_nothing_over_a_failover(daemon, redis_clu
             for sid, want in sent.items():
                 assert ids(d, sid) == want, sid  # each once, in the order sent
             prompts = [e["data"].get("prompt") for e in d.get("/api/sessions/s-relay/events?limit=100")["events"]]
-            assert prompts == [f"p{n}" for n in range(6)]
+            assert prompts == [f"p{n}" for n in range(3)] + ["o"] * 3 + [f"p{n}" for n in range(3, 6)]
+            for m, want in hooks.prompted.items():  # every hook's event once, in order (the spooled ones later)
+                evs = d.get(f"/api/sessions/s-{m}/events?limit=1000")["events"]
+                assert [e["data"].get("prompt") for e in evs] == want, m
+                assert len({e["id"] for e in evs}) == len(want)
             assert d.sessions()["s-relay"]["machineId"] == "relay-box"
     finally:
         relay.kill9()
         monitors[1].kill9()
         for cl in clients:
             cl.close()
+
+
+class _HookMachines:
+    """Two machines running the real hook in Redis mode: one whose stream is on the
+    master of ``victim``'s slot, one on another master."""
+
+    def __init__(self, cluster, client, victim: str, tmp_path) -> None:
+        victim_port = cluster.master_of_slot(client.keyslot(key(victim))).port
+        names = [f"hook-{i}" for i in range(1000)]
+        on = [m for m in names if cluster.master_of_slot(client.keyslot(key(m))).port == victim_port]
+        off = [m for m in names if cluster.master_of_slot(client.keyslot(key(m))).port != victim_port]
+        self.boxes = [on[0], off[0]]
+        self.homes = {m: str(tmp_path / m) for m in self.boxes}
+        for h in self.homes.values():
+            write_config(h, 0, 0, {"mode": "redis", "redis": {"nodes": cluster.seeds}, "hook": {"timeoutMs": 500}})
+        self.prompted: dict[str, list[str]] = {m: [] for m in self.boxes}
+
+    def round(self, tag: str) -> None:
+        for m, h in self.homes.items():
+            p = f"{tag}-{len(self.prompted[m])}"
+            res = run_hook(
+                h,
+                {"session_id": f"s-{m}", "hook_event_name": "UserPromptSubmit", "prompt": p},
+                {"CONTEXTUATE_MACHINE_ID": m, "CONTEXTUATE_DEBUG": "1"},
+            )
+            assert res.returncode == 0 and res.stdout == b"", res
+            self.prompted[m].append(p)
+
+    def spooled(self, i: int) -> int:
+        return spooled(self.homes[self.boxes[i]])
+
+    def flush(self) -> None:
+        """Runs until no spool is left (each run takes up to 20 spooled events along)."""
+        for _ in range(20):
+            if not any(spooled(h) for h in self.homes.values()):
+                return
+            self.round("flush")
+        raise AssertionError("spooled events never delivered")
+
+
+def spooled(home: str) -> int:
+    d = os.path.join(home, "spool")
+    return len([n for n in os.listdir(d) if n.endswith(".json")]) if os.path.isdir(d) else 0
+
+
+def _promoted(cluster, slot: int, old) -> bool:
+    try:
+        return cluster.master_of_slot(slot) is not old
+    except Exception:  # the map is in flux while the replica takes over
+        return False
 
 
 def test_fleet_user_on_every_node_writes_only_its_own_stream(redis_cluster, home):
@@ -210,5 +288,44 @@ def test_a_monitor_started_before_its_cluster_waits_for_it(daemon):
         write(client, "late-box", [event("s-late", "late-box", 0)])
         wait_for(lambda: "s-late" in d.sessions(), what="the event")
         client.close()
+    finally:
+        c.close()
+
+
+def _running(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    return True
+
+
+@pytest.mark.parametrize("why", ["create-fails", "node-fails"])
+def test_a_cluster_that_fails_to_start_leaves_no_redis_server(why):
+    """``RedisCluster.start`` failing (``--cluster create`` refusing two masters, or a
+    node whose redis-server exits) stops every redis-server it had started."""
+    from redis_cluster import RedisCluster
+
+    c = RedisCluster(2 if why == "create-fails" else 3)
+    if why == "node-fails":
+        c.nodes[-1].extra.append("--no-such-option")  # this redis-server exits at once
+    pids: list[int] = []
+    real_start = type(c.nodes[0]).start
+
+    def recording_start(node):
+        try:
+            return real_start(node)
+        finally:
+            if node.proc is not None:
+                pids.append(node.proc.pid)
+
+    try:
+        for n in c.nodes:
+            n.start = recording_start.__get__(n)  # type: ignore[method-assign]
+        with pytest.raises(AssertionError):
+            c.start()
+        assert pids, "no node was started"
+        assert [p for p in pids if _running(p)] == [], "redis-server processes left running"
+        assert all(n.proc is None for n in c.nodes)
     finally:
         c.close()
