@@ -67,11 +67,12 @@ class Daemon:
             started_ms=int(self.started * 1000),
             redactor=Redactor(config.redaction.patterns, config.redaction.enabled),
         )
+        self.decisions = Decisions(self.broker, config.decisions.enabled, config.decisions.wait_ms)
         self.redis = None
         if config.mode == "redis":
             from contextuate_trio.sources.redis import RedisSource, checkpoint_file
 
-            self.redis = RedisSource(self.broker, config.redis, checkpoint_file(where))
+            self.redis = RedisSource(self.broker, config.redis, checkpoint_file(where), self.decisions)
         self.relay = None
         if config.mode == "relay":  # local socket in, every stored event out to Redis
             from contextuate_trio.runtime import relay
@@ -107,7 +108,6 @@ class Daemon:
             self.alerts.notify if self.alerts.hooks else None,
         )
         self.alerts.still_waiting = self.needs_you.still_waiting
-        self.decisions = Decisions(self.broker, config.decisions.enabled, config.decisions.wait_ms)
         # otel.forwardTo: what OTLP brings in, sent on to the person's own collector.
         self.otel_forward = None
         if config.otel.enabled and config.otel.forward_to:

@@ -189,7 +189,9 @@ def _masked_line(r: Run) -> bytes:
 
 def _send_redis(r: Run) -> tuple:
     """-> (the line to spool if not delivered, delivered). Spooled events travel along,
-    and on Stop/SubagentStop the transcript's new usage as a second event."""
+    and on Stop/SubagentStop the transcript's new usage as a second event. A hook that
+    may wait for an answer from the dashboard (``decide``) then waits on the same
+    connection (``_wait_redis``)."""
     try:
         from contextuate_trio.hook import resp
 
@@ -207,38 +209,83 @@ def _send_redis(r: Run) -> tuple:
     spooled = [as_machine(c[2], r.machine) for c in claimed]
     # With older events still spooled (a long outage), this one is spooled behind them:
     # sent now, it would reach Redis before them, out of order.
-    own = [] if behind else [line.rstrip(b"\n")] + ([usage_line] if usage_line else [])
+    decide = 0 if behind else r.decide_ms()
+    own = [] if behind else [_with_decide(line, decide).rstrip(b"\n")] + ([usage_line] if usage_line else [])
     lines = spooled + own
     warnings: list = []
-    # The alarm bounds what socket timeouts cannot: a slow name lookup.
-    _alarm_in(r.deadline - time.monotonic() + 0.05)
+    keep: list | None = [] if decide else None  # the connection, kept to wait on
     try:
-        why = resp.deliver_redis(rs, lines, r.deadline, r.machine, warnings, home=r.home)
-    except _Deadline:
-        where = "the Redis Cluster" if rs["cluster"] else f"Redis at {rs['host']}:{rs['port']}"
-        why = f"{where} not reached within the deadline"
+        # The alarm bounds what socket timeouts cannot: a slow name lookup.
+        _alarm_in(r.deadline - time.monotonic() + 0.05)
+        try:
+            why = resp.deliver_redis(rs, lines, r.deadline, r.machine, warnings, home=r.home, keep=keep)
+        except _Deadline:
+            where = "the Redis Cluster" if rs["cluster"] else f"Redis at {rs['host']}:{rs['port']}"
+            why = f"{where} not reached within the deadline"
+        finally:
+            _alarm_off()
+        spool.release_spooled(claimed, delivered=not why)
+        if behind and not why:
+            why = f"{len(claimed)} spooled events sent; older ones are still spooled, so this one waits behind them"
+        if usage_line and why:
+            try:  # the usage travels later, with the spool
+                spool.spool(r.home, usage_line + b"\n", new_id(), r.ts)
+            except OSError:
+                usage_commit = None  # not sent, not kept: read it again next time
+        if usage_commit is not None:
+            _commit_usage(usage_commit, r.say)
+        if why:
+            r.say(why)
+            return line, False
+        for w in warnings:
+            r.say(w)
+        r.say(
+            f"event {r.event_id} added to {resp.machine_stream(rs['stream'], r.machine)} and published on "
+            f"{rs['channel']}" + (f", with {len(claimed)} spooled events" if claimed else "")
+        )
+        if decide:
+            r.output = _wait_redis(r, resp, rs, keep, decide)
+            r.say("answered from the dashboard" if r.output is not None else "no answer from the dashboard")
+        return line, True
+    finally:
+        for sock in keep or ():
+            sock.close()
+
+
+def _with_decide(line: bytes, decide: int) -> bytes:
+    """The line as sent when the hook waits for an answer: ``decide`` in its head. Only
+    the sent copy says so; the copy that may be spooled does not (sent later by another
+    run, nobody would wait for its answer). The head's values are an id, a number and
+    JSON strings (a quote in them is escaped), so its first ``,"payload":`` is its own."""
+    if not decide:
+        return line
+    return line.replace(b',"payload":', b',"decide":%d,"payload":' % decide, 1)
+
+
+def _wait_redis(r: Run, resp, rs: dict, keep: list | None, decide: int):
+    """After the XADD: ``BLPOP`` the answer key (``<stream>:{<machine>}:answer:<id>``)
+    for ``decide`` ms, on the delivery's connection (a cluster's: a new one to the node
+    that took the XADD). Bounded by the socket's timeout and by SIGALRM; no answer,
+    an error, anything odd: None (the hook prints nothing)."""
+    until = time.monotonic() + decide / 1000.0
+    key = resp.answer_key(rs["stream"], r.machine, r.event_id)
+    _alarm_in(until - time.monotonic() + resp.ANSWER_GRACE_S + 0.05)
+    try:
+        if not rs["cluster"]:
+            sock = keep[0] if keep else None
+        else:  # hook.cluster delivered, and closed its connections
+            sock = resp.cluster_answer_socket(rs, key, r.home, until)
+            if sock is not None and keep is not None:
+                keep.append(sock)  # closed by the caller
+        if sock is None:
+            r.say("no connection to the node of the answer key: not waiting")
+            return None
+        return resp.wait_answer(sock, key, r.event_id, until)
+    except (_Deadline, OSError, ValueError, IndexError, resp.RedisError) as exc:
+        r.say(f"waiting for an answer failed: {exc!r}")
+        return None
     finally:
         _alarm_off()
-    spool.release_spooled(claimed, delivered=not why)
-    if behind and not why:
-        why = f"{len(claimed)} spooled events sent; older ones are still spooled, so this one waits behind them"
-    if usage_line and why:
-        try:  # the usage travels later, with the spool
-            spool.spool(r.home, usage_line + b"\n", new_id(), r.ts)
-        except OSError:
-            usage_commit = None  # not sent, not kept: read it again next time
-    if usage_commit is not None:
-        _commit_usage(usage_commit, r.say)
-    if why:
-        r.say(why)
-        return line, False
-    for w in warnings:
-        r.say(w)
-    r.say(
-        f"event {r.event_id} added to {resp.machine_stream(rs['stream'], r.machine)} and published on {rs['channel']}"
-        + (f", with {len(claimed)} spooled events" if claimed else "")
-    )
-    return line, True
 
 
 def _spool(r: Run, line: bytes) -> int:

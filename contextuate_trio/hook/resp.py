@@ -15,6 +15,11 @@ imported only then (it doubled this module's import time for everyone else).
 
 import time
 
+from contextuate_trio.hook.wire import answer_output
+
+# Redis answers a BLPOP with nil at its timeout: the socket waits this much longer for it.
+ANSWER_GRACE_S = 1.0
+
 
 class RedisError(Exception):
     pass
@@ -214,6 +219,13 @@ def machine_stream(stream: str, machine: str) -> str:
     return f"{stream}:{{{machine}}}"
 
 
+def answer_key(stream: str, machine: str, event_id: str) -> str:
+    """Where a monitor puts the answer to the request of event ``event_id`` for the
+    hook that waits on it (``sources.redis``): in the slot of the machine's stream (the
+    same hash tag), so one node has both, and one ACL pattern per machine allows it."""
+    return f"{machine_stream(stream, machine)}:answer:{event_id}"
+
+
 def registry_key(stream: str) -> str:
     """The set of machine ids that have a stream of their own."""
     return stream + ":machines"
@@ -236,10 +248,18 @@ def _refusals(warnings: list | None, what: str, replies: list) -> None:
 
 
 def deliver_redis(
-    rs: dict, lines: list, deadline: float, machine: str, warnings: list | None = None, home: str = ""
+    rs: dict,
+    lines: list,
+    deadline: float,
+    machine: str,
+    warnings: list | None = None,
+    home: str = "",
+    keep: list | None = None,
 ) -> str:
     """XADD every line to the machine's stream + PUBLISH it, and SADD the machine to
-    the registry, pipelined in one round trip; '' when all stored.
+    the registry, pipelined in one round trip; '' when all stored. With ``keep`` (a
+    list), the connection is appended to it instead of closed (the caller waits on it
+    for an answer, ``wait_answer``, and closes it); not with a cluster.
 
     Only the XADD replies decide: once XADD stored the events, a refused PUBLISH or
     SADD (an older ACL user without +sadd, OOM) is not a failure (spooling would add
@@ -266,12 +286,15 @@ def deliver_redis(
         sock = _redis_connect(rs, deadline)
     except OSError as exc:
         return f"cannot connect to Redis at {rs['host']}:{rs['port']}: {exc}"
+    if keep is not None:
+        keep.append(sock)  # the caller closes it, whatever happens (SIGALRM included)
     try:
         replies = _exchange(sock, cmds, deadline)
     except (OSError, RedisError, ValueError) as exc:
         return f"Redis at {rs['host']}:{rs['port']} did not answer in time: {exc!r}"
     finally:
-        sock.close()
+        if keep is None:
+            sock.close()
     for r in replies[:setup]:  # AUTH, SELECT: nothing after them counts
         if isinstance(r, RedisError):
             return f"Redis refused: {r}"
@@ -281,3 +304,41 @@ def deliver_redis(
     _refusals(warnings, "PUBLISH", replies[setup + 1 : -1 : 2])
     _refusals(warnings, "SADD", replies[-1:])
     return ""
+
+
+# --- answers from the dashboard ---------------------------------------------------------
+def wait_answer(sock, key: str, event_id: str, until: float):
+    """``BLPOP key`` on ``sock`` (authenticated, its db selected) until ``until`` (a
+    monotonic time): the answer's ``output``, what the hook prints, or None (no answer
+    in time, a refusal such as NOPERM, anything odd). A fractional timeout: Redis 6+."""
+    left = until - time.monotonic()
+    if left < 0.01:  # BLPOP's timeout 0 would wait forever
+        return None
+    try:
+        (reply,) = _exchange(sock, [resp("BLPOP", key, "%.3f" % left)], until + ANSWER_GRACE_S)
+    except (OSError, RedisError, ValueError):
+        return None
+    if not isinstance(reply, list) or len(reply) != 2 or not isinstance(reply[1], bytes):
+        return None  # nil (timed out), or an error value
+    return answer_output(reply[1], event_id)
+
+
+def cluster_answer_socket(rs: dict, key: str, home: str, deadline: float):
+    """A Redis Cluster: a connection (authenticated) to the master of ``key``'s slot,
+    the machine stream's, as the slot map ``hook.cluster`` saved after its delivery
+    has it (the node that just took the XADD); None when there is no map or no node."""
+    from contextuate_trio.hook.cluster import SlotMap, _cluster_ident, key_slot, slots_path
+
+    addr = SlotMap.load(slots_path(home), _cluster_ident(rs)).owner(key_slot(key)) if home else None
+    if addr is None:
+        return None
+    sock = _redis_connect(dict(rs, host=addr[0], port=addr[1]), deadline)
+    try:
+        auth = _auth(rs)
+        if auth and isinstance(_exchange(sock, auth, deadline)[0], RedisError):
+            sock.close()
+            return None
+    except BaseException:
+        sock.close()
+        raise
+    return sock

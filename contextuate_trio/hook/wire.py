@@ -123,8 +123,15 @@ def _answer(sock, buf: bytes, event_id: str, until: float):
         return None
     if line is None:
         return None
+    return answer_output(line.partition(b"\n")[0], event_id)
+
+
+def answer_output(line, event_id: str):
+    """An answer line's ``output`` (what the hook prints), or None when it is not
+    ``{"answer": <event_id>, "output": {...}}``: from the socket here, from the answer
+    key in Redis mode (``hook.resp.wait_answer``)."""
     try:
-        obj = parse_json(line.partition(b"\n")[0].decode("utf-8"))
+        obj = parse_json(line.decode("utf-8") if isinstance(line, bytes) else line)
     except Exception:
         return None
     if not isinstance(obj, dict) or obj.get("answer") != event_id or not isinstance(obj.get("output"), dict):

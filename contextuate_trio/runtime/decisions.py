@@ -47,12 +47,19 @@ class Decisions:
         self.counters: collections.Counter[str] = collections.Counter()
 
     # --- sources' side ---------------------------------------------------------------
-    def waiting(self, ev: Event, asked_ms: Any, waiter: Waiter) -> bool:
+    def waiting(self, ev: Event, asked_ms: Any, waiter: Waiter, since_ms: int | None = None) -> bool:
         """A stored event whose hook waits up to ``asked_ms`` for an answer. False
-        (the caller closes at once) when decisions are off or it is no request."""
+        (the caller closes at once) when decisions are off or it is no request.
+        ``since_ms``: when the hook began to wait, if not just now (Redis mode: when its
+        event reached Redis); the request is open for what is left of the wait only, and
+        not at all once it is over (a monitor catching up after an outage)."""
         if not self.enabled or isinstance(asked_ms, bool) or not isinstance(asked_ms, (int, float)):
             return False
-        req = core.request_for(ev, now_ms(), int(min(asked_ms, self.wait_ms)))
+        now = now_ms()
+        wait = int(min(asked_ms, self.wait_ms))
+        if since_ms is not None:
+            wait -= max(0, now - since_ms)
+        req = core.request_for(ev, now, wait)
         if req is None or req.expires_ms <= req.opened_ms or ev.id in self._waiters:
             return False
         self.book.add(req)

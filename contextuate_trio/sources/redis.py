@@ -38,6 +38,13 @@ ways is one event, same id; the channel copies ignored are counted).
 
 Connection problems are retried with exponential backoff and jitter, forever; the
 state (with the last error and the attempt count) is in ``/api/health`` and ``status``.
+
+Answers from the dashboard (``runtime.decisions``): a machine's event that says its
+hook waits (``decide``, a permission prompt) opens a request once it is stored, for
+what is left of that wait since the entry reached Redis (none after an outage: not
+offered). The hook waits with ``BLPOP <stream>:{<machine>}:answer:<event id>``; the
+monitor that answers first takes ``<that key>:taken`` (``SET NX``) and ``LPUSH``es the
+answer there; any other monitor finds it taken (409). Every monitor offers the request.
 """
 
 from __future__ import annotations
@@ -57,11 +64,13 @@ import trio
 
 from contextuate_trio.config import MACHINE_NAME_RE, RedisConfig
 from contextuate_trio.core import events, wire
+from contextuate_trio.core.decisions import Refused
 from contextuate_trio.core.events import Mint
 from contextuate_trio.hook.paths import uuid4_text, write_atomic
-from contextuate_trio.hook.resp import machine_stream, registry_key
+from contextuate_trio.hook.resp import answer_key, machine_stream, registry_key
 from contextuate_trio.runtime.broker import Broker, Delivery
 from contextuate_trio.runtime.clock import now_ms
+from contextuate_trio.runtime.decisions import Decisions
 
 log = logging.getLogger("contextuate.redis")
 
@@ -76,6 +85,9 @@ SAVE_EVERY_S = 0.5  # the checkpoint file is written at most this often (and whe
 LOGGED_MAX = 20  # bad or spoofed messages logged one by one (then only counted)
 CLUSTER_IDLE_S = 0.2  # a cluster cannot block on many slots: idle reads wait this long, or for the channel
 MAX_MACHINES = 10_000  # registry members read (the rest are logged, not read)
+# A waiting hook's event that reached Redis this much after it happened was spooled
+# (sent by a later run): nobody waits for its answer.
+SPOOLED_AFTER_MS = 60_000
 
 # The worker thread's ids for events that come without one (the daemon's pool of
 # random bytes is not shared between threads).
@@ -379,7 +391,7 @@ class Stream:
 class Part:
     """What one XREAD gave from one stream, parsed (in the worker thread)."""
 
-    __slots__ = ("stream", "last_id", "pos", "events", "bad", "spoofed", "n")
+    __slots__ = ("stream", "last_id", "pos", "events", "bad", "spoofed", "n", "waits")
 
     def __init__(self, stream: Stream, last_id: str, pos: int | None, n: int) -> None:
         self.stream = stream
@@ -389,6 +401,8 @@ class Part:
         self.events: list[events.Event] = []
         self.bad: list[tuple[str, Any]] = []
         self.spoofed: list[str] = []
+        # Events whose hook waits for an answer: id -> (its ``decide``, the entry's ms).
+        self.waits: dict[str, tuple[Any, int]] = {}
 
 
 def entry_line(fields: Any) -> Any:
@@ -415,17 +429,67 @@ def raw_xread(response: Any, **_options: Any) -> list:
 
 def decode(raw: Any, mint: Mint) -> events.Event:
     """One message (a stream entry's fields, or a channel message) as an event."""
+    return decode_entry(raw, mint)[0]
+
+
+def decode_entry(raw: Any, mint: Mint) -> tuple[events.Event, Any]:
+    """``decode``, and how long its hook waits for an answer (``decide``; None mostly)."""
     raw = entry_line(raw)
     try:
-        return wire.to_event(wire.loads(raw), source="redis", mint=mint)
+        obj = wire.loads(raw)
+        return wire.to_event(obj, source="redis", mint=mint), obj.get("decide") if isinstance(obj, dict) else None
     except TypeError as exc:
         raise events.EventError(str(exc)) from None
 
 
+class AnswerWaiter:
+    """``runtime.decisions.Waiter`` for a hook that waits on its answer key: the first
+    monitor to take ``<key>:taken`` pushes the answer (in a worker thread, with the
+    source's client); the others are told another monitor answered first. The keys
+    expire after the hook's wait. No answer: nothing to do (the hook's BLPOP times out)."""
+
+    __slots__ = ("source", "key", "event_id", "px")
+
+    def __init__(self, source: RedisSource, key: str, event_id: str, px: int) -> None:
+        self.source, self.key, self.event_id, self.px = source, key, event_id, max(int(px), 1)
+
+    async def send(self, output: dict) -> bool:
+        client = self.source.answer_client
+        if client is None:
+            raise Refused(503, "recorded, but not sent: this monitor is not connected to Redis")
+        line = wire.answer(self.event_id, output)
+        mine = f"{self.source.monitor_id} {self.event_id}"
+
+        def push() -> bool:
+            taken = self.key + ":taken"
+            # A retried SET whose first reply was lost finds its own value: still ours.
+            if not client.set(taken, mine, nx=True, px=self.px) and _text(client.get(taken)) != mine:
+                return False
+            pipe = client.pipeline(transaction=False)
+            pipe.lpush(self.key, line)
+            pipe.pexpire(self.key, self.px)
+            pipe.execute()
+            return True
+
+        try:
+            return await anyio.to_thread.run_sync(push)
+        except CONNECTION_ERRORS as exc:
+            raise Refused(503, f"recorded, but not sent to the hook through Redis: {_explain(exc)}") from None
+
+    def close(self) -> None:
+        pass
+
+
 class RedisSource:
-    def __init__(self, broker: Broker, cfg: RedisConfig, checkpoint_path: str) -> None:
+    def __init__(
+        self, broker: Broker, cfg: RedisConfig, checkpoint_path: str, decisions: Decisions | None = None
+    ) -> None:
         self.broker = broker
         self.cfg = cfg
+        self.decisions = decisions if decisions is not None and decisions.enabled else None
+        # Who took an answer key (``AnswerWaiter``): this host, this process, this run.
+        self.monitor_id = f"{os.uname().nodename}/{os.getpid()}/{os.urandom(4).hex()}"
+        self.answer_client: Any = None  # the stream loop's client, while it is connected
         self.checkpoint_path = checkpoint_path
         self.server = describe(cfg)
         self.scope = checkpoint_scope(cfg)
@@ -612,6 +676,7 @@ class RedisSource:
             s.rewind()
         to_submit, submitted = trio.open_memory_channel[list[Part]](1)
         to_commit, committed = trio.open_memory_channel[tuple[Delivery | None, list[Part]]](16)
+        self.answer_client = client
         try:
             async with trio.open_nursery() as nursery:
                 nursery.start_soon(self._submit, submitted, to_commit)
@@ -632,6 +697,8 @@ class RedisSource:
                             with trio.move_on_after(CLUSTER_IDLE_S):
                                 await wake.wait()
         finally:
+            if self.answer_client is client:
+                self.answer_client = None
             self._save_checkpoints()
 
     # --- survey: new machines, trimmed entries, lag ------------------------------------------
@@ -768,9 +835,10 @@ class RedisSource:
             s.read_pos += len(entries)
         part = Part(s, last, s.read_pos, len(entries))
         machine = s.machine
-        for _entry_id, fields in entries:
+        answering = self.decisions is not None and machine is not None
+        for entry_id, fields in entries:
             try:
-                ev = decode(fields, THREAD_MINT)
+                ev, decide = decode_entry(fields, THREAD_MINT)
             except events.EventError as exc:
                 part.bad.append((str(exc), fields))
                 continue
@@ -780,6 +848,8 @@ class RedisSource:
                     continue
                 ev.machine_id = machine
             part.events.append(ev)
+            if decide is not None and answering:  # rare: a hook waits for an answer
+                part.waits[ev.id] = (decide, parse_id(_text(entry_id))[0])
         return part
 
     async def _submit(self, submitted: trio.MemoryReceiveChannel, to_commit: trio.MemorySendChannel) -> None:
@@ -787,13 +857,34 @@ class RedisSource:
             async for parts in submitted:
                 last: Delivery | None = None
                 todo = [ev for p in parts for ev in self._own(p)]
+                waits = {k: (p.stream, *v) for p in parts for k, v in p.waits.items()}
                 for i, ev in enumerate(todo, 1):
-                    last = await self.broker.submit(ev, track=i == len(todo))
+                    w = waits.get(ev.id) if waits else None
+                    on_done = self._request(*w) if w is not None else None
+                    last = await self.broker.submit(ev, track=i == len(todo), on_done=on_done)
                     if i % 1000 == 0:
                         await trio.lowlevel.checkpoint()
                 for p in parts:
                     self._note(p)
                 await to_commit.send((last, parts))
+
+    def _request(self, s: Stream, decide: Any, entry_ms: int) -> Callable[[Delivery], None]:
+        """Once its event is stored: the request of a hook that waits on its answer key.
+        Its wait began when the entry reached Redis; an event that reached Redis long
+        after it happened was spooled: its hook is gone."""
+
+        def stored(d: Delivery) -> None:
+            ev = d.event
+            if not d.ok or self.decisions is None or s.machine is None:
+                return
+            if isinstance(decide, bool) or not isinstance(decide, (int, float)) or decide <= 0:
+                return
+            if ev.timestamp < entry_ms - SPOOLED_AFTER_MS:
+                return
+            key = answer_key(self.cfg.stream, s.machine, ev.id)
+            self.decisions.waiting(ev, decide, AnswerWaiter(self, key, ev.id, int(decide)), since_ms=entry_ms)
+
+        return stored
 
     def _own(self, p: Part) -> list[events.Event]:
         """A machine's events, without those that write into another machine's

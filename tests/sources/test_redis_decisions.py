@@ -1,0 +1,300 @@
+"""Answers from the dashboard in Redis mode, against a real redis-server: the hook on
+one machine (its own home) XADDs its PermissionRequest and waits with BLPOP on its
+answer key; a monitor (another home) offers the request, ``POST /api/decisions``
+answers it, and the answer travels back through Redis to the hook, which prints it.
+Two monitors: the first answer wins, the second gets 409, the hook one answer. No
+answer: the hook prints nothing once its wait is over. A machine's ACL user may BLPOP
+its own answer keys only."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import tempfile
+import threading
+import time
+import urllib.error
+import urllib.request
+import uuid
+
+import pytest
+import redis
+from conftest import HOOK, HOOK_PYTHON, DaemonProc, clean_env, wait_for
+from redis_cluster import needs_cluster, redis_cluster  # noqa: F401 (fixture)
+from redis_server import needs_redis, redis_server  # noqa: F401 (fixture)
+
+from contextuate_trio.cli.fleet import acl_rules
+from contextuate_trio.config import RedisConfig
+
+pytestmark = needs_redis
+
+STREAM = "contextuate:events:stream"
+DECIDER, READER = "tok-decide-" + "b" * 20, "tok-read-" + "c" * 20
+TOKENS = [
+    {"name": "phone", "token": DECIDER, "scopes": ["read", "decide"]},
+    {"name": "wall", "token": READER, "scopes": ["read"]},
+]
+# The monitor's user as docs/redis-setup.md gives it (with what answering needs).
+MONITOR_ACL = (
+    "on >mon-pw ~contextuate:events:stream* &contextuate:events -@all +xread +xinfo|stream +smembers "
+    "+subscribe +ping +auth +hello +select +set +get +lpush +pexpire"
+).split()
+
+
+def answer_key(machine: str, event_id: str) -> str:
+    return f"{STREAM}:{{{machine}}}:answer:{event_id}"
+
+
+def permission(sid: str) -> dict:
+    return {
+        "session_id": sid,
+        "hook_event_name": "PermissionRequest",
+        "cwd": "/w",
+        "tool_name": "Bash",
+        "tool_input": {"command": "touch /tmp/x", "description": "make x"},
+        "permission_mode": "default",
+        "permission_suggestions": [],
+    }
+
+
+class HookRun:
+    """The real hook, in the background, the way Claude Code runs it."""
+
+    def __init__(self, home: str, stdin: dict) -> None:
+        self.started = time.monotonic()
+        self.proc = subprocess.Popen(
+            [HOOK_PYTHON, "-I", "-S", HOOK],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            env=clean_env(home, CONTEXTUATE_DEBUG="1"),
+        )
+        self.out = self.err = b""
+        self.took = 0.0
+        self._t = threading.Thread(target=self._talk, args=(json.dumps(stdin).encode(),), daemon=True)
+        self._t.start()
+
+    def _talk(self, data: bytes) -> None:
+        self.out, self.err = self.proc.communicate(data, timeout=60)
+        self.took = time.monotonic() - self.started
+
+    def result(self, timeout: float = 30) -> dict | None:
+        self._t.join(timeout)
+        assert not self._t.is_alive(), "the hook did not finish"
+        assert self.proc.returncode == 0, self.err
+        if not self.out.strip():
+            return None
+        assert self.out.count(b"\n") == 1, self.out  # one JSON object, one answer
+        return json.loads(self.out)
+
+
+def post(d: DaemonProc, body: dict) -> tuple[int, dict]:
+    req = urllib.request.Request(
+        f"http://127.0.0.1:{d.port}/api/decisions",
+        data=json.dumps(body).encode(),
+        method="POST",
+        headers={"Content-Type": "application/json", "Authorization": f"Bearer {DECIDER}"},
+    )
+    try:
+        with urllib.request.urlopen(req, timeout=10) as r:
+            return r.status, json.loads(r.read())
+    except urllib.error.HTTPError as exc:
+        return exc.code, json.loads(exc.read() or b"{}")
+
+
+def attention(d: DaemonProc, sid: str) -> dict | None:
+    items = d.get("/api/attention", headers={"Authorization": f"Bearer {READER}"})["items"]
+    return next((i for i in items if i["sessionId"] == sid), None)
+
+
+def offer(d: DaemonProc, sid: str) -> dict:
+    def find():
+        item = attention(d, sid)
+        return item if item is not None and item.get("decision") else None
+
+    return wait_for(find, what="an answerable request in the queue")
+
+
+@pytest.fixture
+def homes():
+    made: list[str] = []
+
+    def make(prefix: str = "ct-") -> str:
+        d = tempfile.mkdtemp(prefix=prefix)
+        os.chmod(d, 0o700)
+        made.append(d)
+        return d
+
+    yield make
+    for d in made:
+        shutil.rmtree(d, ignore_errors=True)
+
+
+@pytest.fixture
+def monitors():
+    procs: list[DaemonProc] = []
+
+    def make(home: str, redis_cfg: dict, wait_ms: int = 20_000) -> DaemonProc:
+        cfg = {
+            "mode": "redis",
+            "redis": redis_cfg,
+            "decisions": {"enabled": True, "waitMs": wait_ms},
+            "server": {"tokens": TOKENS},
+        }
+        d = DaemonProc(home, cfg)
+        procs.append(d)
+        d.start()
+        wait_for(lambda: d.get("/api/health")["status"] == "ok", what="the monitor connected to Redis")
+        return d
+
+    yield make
+    for d in procs:
+        d.kill9()
+
+
+def machine(home: str, redis_cfg: dict, name: str, wait_ms: int = 20_000) -> str:
+    """A machine's home: Redis mode, decisions on, its own machine id."""
+    with open(os.path.join(home, "monitor.config.json"), "w") as f:
+        json.dump(
+            {
+                "mode": "redis",
+                "redis": {**redis_cfg, "machineId": name},
+                "hook": {"timeoutMs": 2000},
+                "decisions": {"enabled": True, "waitMs": wait_ms},
+            },
+            f,
+        )
+    return home
+
+
+def add_machine_user(r, name: str) -> dict:
+    """The ACL user ``fleet add-machine`` makes for ``name``; its credentials."""
+    password = "pw-" + name
+    r.client().execute_command("ACL", "SETUSER", f"ct-{name}", *acl_rules(RedisConfig(), name, password))
+    return {"username": f"ct-{name}", "password": password}
+
+
+def test_the_answer_travels_back_to_the_hook_on_its_machine(redis_server, homes, monitors):
+    r = redis_server("--user", "mon", *MONITOR_ACL)
+    where = {"host": "127.0.0.1", "port": r.port}
+    d = monitors(homes(), {**where, "username": "mon", "password": "mon-pw"})
+    m = machine(homes("ct-m-"), {**where, **add_machine_user(r, "box-a")}, "box-a")
+    hook = HookRun(m, permission("s-redis-allow"))
+    item = offer(d, "s-redis-allow")
+    assert item["machineId"] == "box-a" and item["decision"]["decisions"] == ["allow", "deny"]
+    rid = item["requestId"]
+    status, body = post(d, {"requestId": rid, "decision": "deny", "message": "not from CI"})
+    assert status == 200, body
+    assert hook.result() == {
+        "hookSpecificOutput": {
+            "hookEventName": "PermissionRequest",
+            "decision": {"behavior": "deny", "message": "not from CI"},
+        }
+    }, hook.err
+    assert hook.took < 10
+    assert b"answered from the dashboard" in hook.err
+    c = r.client()
+    assert c.llen(answer_key("box-a", rid)) == 0  # popped by the hook
+    assert c.get(answer_key("box-a", rid) + ":taken").decode().endswith(" " + rid)
+    assert 0 < c.pttl(answer_key("box-a", rid) + ":taken") <= 20_000
+    audit = wait_for(
+        lambda: [e for e in d.events("s-redis-allow") if e["eventType"] == "decision"], what="the audit event"
+    )
+    assert audit[0]["data"]["decision"] == "deny" and audit[0]["machineId"] == "box-a"
+    assert post(d, {"requestId": rid, "decision": "allow"})[0] == 409
+
+
+def test_two_monitors_the_first_answer_wins(redis_server, homes, monitors):
+    r = redis_server()
+    where = {"host": "127.0.0.1", "port": r.port}
+    one, two = monitors(homes(), where), monitors(homes(), where)
+    m = machine(homes("ct-m-"), where, "box-b")
+    hook = HookRun(m, permission("s-two"))
+    rid = offer(one, "s-two")["requestId"]
+    assert offer(two, "s-two")["requestId"] == rid  # both offer it
+    status, body = post(one, {"requestId": rid, "decision": "allow"})
+    assert status == 200, body
+    status, body = post(two, {"requestId": rid, "decision": "deny", "message": "too late"})
+    assert status == 409, body
+    assert "another monitor" in body["error"]
+    assert hook.result() == {
+        "hookSpecificOutput": {"hookEventName": "PermissionRequest", "decision": {"behavior": "allow"}}
+    }
+    assert r.client().llen(answer_key("box-b", rid)) == 0  # nothing more was pushed
+    # Both recorded what their person said (the second one's was not sent).
+    for d in (one, two):
+        wait_for(lambda d=d: [e for e in d.events("s-two") if e["eventType"] == "decision"], what="audit")
+
+
+def test_no_answer_the_hook_prints_nothing_after_its_wait(redis_server, homes, monitors):
+    r = redis_server()
+    where = {"host": "127.0.0.1", "port": r.port}
+    d = monitors(homes(), where, wait_ms=1500)
+    m = machine(homes("ct-m-"), where, "box-c", wait_ms=1500)
+    hook = HookRun(m, permission("s-quiet"))
+    rid = offer(d, "s-quiet")["requestId"]
+    assert hook.result() is None, hook.err
+    assert hook.took < 1.5 + 1.2, hook.took
+    assert b"no answer from the dashboard" in hook.err
+    wait_for(lambda: not (attention(d, "s-quiet") or {}).get("decision"), what="the offer withdrawn")
+    assert post(d, {"requestId": rid, "decision": "allow"})[0] == 404
+    assert r.client().exists(answer_key("box-c", rid)) == 0
+
+
+def test_a_request_from_before_an_outage_is_not_offered(redis_server, homes, monitors):
+    r = redis_server()
+    c = r.client()
+    old = int(time.time() * 1000) - 60_000  # the hook waited 20 s, a minute ago
+    line = json.dumps(
+        {
+            "kind": "hook",
+            "id": str(uuid.uuid4()),
+            "timestamp": old,
+            "machineId": "box-d",
+            "decide": 20_000,
+            "payload": permission("s-stale"),
+        }
+    )
+    c.xadd(f"{STREAM}:{{box-d}}", {"data": line}, id=f"{old}-0")
+    c.sadd(f"{STREAM}:machines", "box-d")
+    d = monitors(homes(), {"host": "127.0.0.1", "port": r.port})
+    wait_for(lambda: "s-stale" in d.sessions(), what="the old event read")
+    item = wait_for(lambda: attention(d, "s-stale"), what="its attention item")
+    assert "decision" not in item  # a request nobody waits for any more
+
+
+def test_a_machine_may_blpop_its_own_answer_keys_only(redis_server):
+    r = redis_server()
+    mine = add_machine_user(r, "box-e")
+    add_machine_user(r, "box-f")
+    c = redis.Redis(host="127.0.0.1", port=r.port, **mine)
+    assert c.blpop([answer_key("box-e", "x")], timeout=0.05) is None  # allowed, nothing there
+    with pytest.raises(redis.exceptions.NoPermissionError):
+        c.blpop([answer_key("box-f", "x")], timeout=0.05)
+    with pytest.raises(redis.exceptions.NoPermissionError):
+        c.lpush(answer_key("box-e", "x"), "{}")  # nor answer itself
+    with pytest.raises(redis.exceptions.NoPermissionError):
+        c.blpop([answer_key("box-e2", "x")], timeout=0.05)  # nor a machine whose name starts as its own
+    c.close()
+
+
+@needs_cluster
+def test_a_cluster_the_hook_waits_on_the_master_of_its_stream(redis_cluster, homes, monitors):
+    """Redis Cluster: the answer key shares the stream's hash tag, so it is on the node
+    that took the XADD; the hook finds it in the slot map it saved while delivering."""
+    from contextuate_trio.hook.cluster import key_slot
+
+    c = redis_cluster()
+    first = c.nodes[0].port
+    name = next(f"box-{i}" for i in range(200) if c.master_of_slot(key_slot(f"{STREAM}:{{box-{i}}}")).port != first)
+    d = monitors(homes(), {"nodes": c.seeds})
+    m = machine(homes("ct-m-"), {"nodes": c.seeds}, name)
+    hook = HookRun(m, permission("s-cluster"))
+    rid = offer(d, "s-cluster")["requestId"]
+    status, body = post(d, {"requestId": rid, "decision": "allow"})
+    assert status == 200, body
+    assert hook.result() == {
+        "hookSpecificOutput": {"hookEventName": "PermissionRequest", "decision": {"behavior": "allow"}}
+    }, hook.err
