@@ -151,10 +151,10 @@ class DaemonProc:
             return ""
 
     def read_token(self) -> str | None:
-        """A token of this daemon's config that may read (None: it has none)."""
+        """A named token of this daemon's config that may read (None: it has none):
+        what ``get`` sends unless told otherwise (``server.token`` is never sent
+        unasked: tests of it check the refusals)."""
         server = (self.config or {}).get("server") or {}
-        if server.get("token"):
-            return server["token"]
         return next((t["token"] for t in server.get("tokens") or [] if "read" in t.get("scopes", [])), None)
 
     def get(self, path: str, timeout: float = 5.0, headers: dict | None = None):

@@ -27,8 +27,13 @@ KIND_BY_TYPE = {"permission_request": PERMISSION, "elicitation": ELICITATION}
 HOOK_NAME = {PERMISSION: "PermissionRequest", ELICITATION: "Elicitation"}
 DECISIONS = {PERMISSION: ("allow", "deny"), ELICITATION: ("accept", "decline", "cancel")}
 MESSAGE_MAX = 2000  # a deny's message goes to the model: a paragraph, not a file
-CLOSED_KEPT = 1000  # closed requests remembered (a late second answer gets 409, not 404)
+CLOSED_KEPT = 10_000  # closed requests remembered: a late second answer gets 409, a copy of the event opens nothing
+OPEN_MAX = 1000  # open requests at most (each a waiting hook): a flood of them opens no more
+# Where "allow always" may write a rule: not the user's settings (every project).
+DESTINATIONS = ("session", "localSettings", "projectSettings")
 AUDIT_TYPE = "decision"
+AUDIT_SOURCE = "dashboard"  # only the daemon's own audit events carry it (events.DAEMON_SOURCES)
+ANSWERED_ON_ANOTHER = "answered on another monitor"
 
 
 class Refused(Exception):
@@ -80,28 +85,46 @@ class Request:
 
 def always_rules(suggestions: list[Any]) -> list[dict[str, Any]]:
     """What "allow always" grants: only the allow rules Claude Code suggested
-    (``addRules``, e.g. ``Bash(npm test:*)``). Its other suggestions are broader than
-    the call asked about (``setMode`` acceptEdits lets every later edit through,
+    (``addRules``, e.g. ``Bash(npm test:*)``), rebuilt from the rules a person is shown
+    (``rule_texts``) and kept out of the user's own settings (every project: written to
+    this project's local settings instead). Claude Code's other suggestions are broader
+    than the call asked about (``setMode`` acceptEdits lets every later edit through,
     ``addDirectories`` a whole folder): never granted from afar."""
-    return [
-        s
-        for s in suggestions
-        if isinstance(s, dict)
-        and s.get("type") == "addRules"
-        and s.get("behavior") == "allow"
-        and isinstance(s.get("rules"), list)
-        and s["rules"]
-    ]
-
-
-def rule_texts(suggestions: list[dict[str, Any]]) -> list[str]:
-    """``Bash(npm test:*)`` for each rule: what a person reads before granting it."""
     out = []
     for s in suggestions:
-        for r in s["rules"]:
-            if isinstance(r, dict) and isinstance(r.get("toolName"), str):
-                content = r.get("ruleContent")
-                out.append(f"{r['toolName']}({content})" if isinstance(content, str) and content else r["toolName"])
+        if not isinstance(s, dict) or s.get("type") != "addRules" or s.get("behavior") != "allow":
+            continue
+        given = s.get("rules")
+        rules = [
+            {
+                "toolName": r["toolName"],
+                **({"ruleContent": r["ruleContent"]} if isinstance(r.get("ruleContent"), str) else {}),
+            }
+            for r in (given if isinstance(given, list) else [])
+            if isinstance(r, dict) and isinstance(r.get("toolName"), str) and r["toolName"]
+        ]
+        if rules:
+            dest = s.get("destination")
+            out.append(
+                {
+                    "type": "addRules",
+                    "rules": rules,
+                    "behavior": "allow",
+                    "destination": dest if dest in DESTINATIONS else "localSettings",
+                }
+            )
+    return out
+
+
+def rule_texts(grants: list[dict[str, Any]]) -> list[str]:
+    """``Bash(npm test:*) (localSettings)`` for each rule ``always_rules`` grants: what
+    a person reads before granting it, and what the audit event records."""
+    out = []
+    for g in grants:
+        for r in g["rules"]:
+            content = r.get("ruleContent")
+            rule = f"{r['toolName']}({content})" if content else r["toolName"]
+            out.append(f"{rule} ({g['destination']})")
     return out
 
 
@@ -194,7 +217,24 @@ def audit_event(req: Request, answer: Answer, event_id: str, now_ms: int) -> Eve
         tool_use_id=req.tool_use_id,
         agent_id=req.agent_id,
         summary=f"{what}{answer.decision} by {answer.by}" + (f" — {answer.message}" if answer.message else ""),
-        source="dashboard",
+        source=AUDIT_SOURCE,
+    )
+
+
+def undelivered_event(req: Request, answer: Answer, audit_id: str, event_id: str, now_ms: int, why: str) -> Event:
+    """The event that says a recorded answer did not reach Claude Code (the hook had
+    stopped waiting): the audit of a decision that was not made."""
+    return Event(
+        id=event_id,
+        timestamp=now_ms,
+        session_id=req.session_id,
+        machine_id=req.machine_id,
+        event_type=AUDIT_TYPE,
+        data={"requestId": req.request_id, "delivered": False, "auditId": audit_id, "why": why, "by": answer.by},
+        tool_name=req.tool_name,
+        agent_id=req.agent_id,
+        summary=f"{answer.decision} by {answer.by} not delivered: {why}",
+        source=AUDIT_SOURCE,
     )
 
 
@@ -204,9 +244,17 @@ class DecisionBook:
     def __init__(self) -> None:
         self.open: dict[str, Request] = {}
         self._closed: collections.OrderedDict[str, Request] = collections.OrderedDict()
+        self._by_session: dict[str, set[str]] = {}  # open request ids per session
 
-    def add(self, req: Request) -> None:
+    def add(self, req: Request) -> bool:
+        """Open ``req``; False (not opened) for an id this book has known (a copy of
+        its event read again: answered or closed once, never reopened) or when
+        OPEN_MAX requests are open already."""
+        if req.request_id in self.open or req.request_id in self._closed or len(self.open) >= OPEN_MAX:
+            return False
         self.open[req.request_id] = req
+        self._by_session.setdefault(req.session_id, set()).add(req.request_id)
+        return True
 
     def get(self, request_id: str) -> Request | None:
         return self.open.get(request_id)
@@ -217,7 +265,9 @@ class DecisionBook:
         req = self.open.get(request_id)
         if req is None:
             old = self._closed.get(request_id)
-            if old is not None and (old.answer is not None or old.closed == "answered elsewhere"):
+            if old is not None and (
+                old.answer is not None or old.closed in ("answered elsewhere", ANSWERED_ON_ANOTHER)
+            ):
                 by = f" by {old.answer.by}" if old.answer is not None else " (in the terminal, or by a rule)"
                 raise Refused(409, f"request {request_id} was answered already{by}")
             raise Refused(404, f"no open request {request_id} (unknown, expired, or its hook stopped waiting)")
@@ -233,7 +283,13 @@ class DecisionBook:
         self._closed.pop(req.request_id, None)
         if req.closed is None:
             req.answer = None
-            self.open[req.request_id] = req
+            self.add(req)
+
+    def lost(self, req: Request, why: str) -> None:
+        """An answer taken here that did not reach the hook (another monitor answered
+        first, or the hook stopped waiting): closed, without that answer."""
+        req.answer = None
+        req.closed = why
 
     def close(self, request_id: str, why: str) -> Request | None:
         req = self.open.get(request_id)
@@ -245,6 +301,11 @@ class DecisionBook:
 
     def _retire(self, req: Request) -> None:
         self.open.pop(req.request_id, None)
+        ids = self._by_session.get(req.session_id)
+        if ids is not None:
+            ids.discard(req.request_id)
+            if not ids:
+                del self._by_session[req.session_id]
         self._closed[req.request_id] = req
         while len(self._closed) > CLOSED_KEPT:
             self._closed.popitem(last=False)
@@ -265,10 +326,11 @@ class DecisionBook:
         request that names its tool call closes with that call's result or denial,
         or with the end of the turn; one that does not, once the session no longer
         waits on it. The request's own event, and our audit event, close nothing."""
-        if ev.event_type == AUDIT_TYPE or ev.id in self.open:
+        ids = self._by_session.get(ev.session_id)
+        if not ids or ev.event_type == AUDIT_TYPE or ev.id in self.open:
             return []
         waiting_on = attention.get("requestId") if attention else None
-        done = [r for r in self.open.values() if r.session_id == ev.session_id and _moved_on(r, ev, waiting_on)]
+        done = [r for r in map(self.open.__getitem__, list(ids)) if _moved_on(r, ev, waiting_on)]
         for r in done:
             self.close(r.request_id, "answered elsewhere")
         return done

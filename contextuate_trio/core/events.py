@@ -443,6 +443,9 @@ def from_object(obj: Any, source: str | None = None, *, mint: Mint) -> Event:
     raise EventError("not an event: no eventType/sessionId and no hook_event_name")
 
 
+# Sources only the daemon gives its own events (``core.decisions``' audit events).
+DAEMON_SOURCES = frozenset({"dashboard"})
+
 # A complete event's optional text fields: a value that is not a string is dropped.
 _TEXT_FIELDS = frozenset(
     {
@@ -495,5 +498,8 @@ def _from_complete(obj: dict[str, Any], source: str | None, mint: Mint) -> Event
         del fields["unanswered_calls"]
     if "duration_ms" in fields:
         fields["duration_ms"] = _num_or_none(fields["duration_ms"])
-    fields["source"] = fields.get("source") or source
+    claimed = fields.get("source")
+    # "dashboard" marks what the daemon itself records (an answer's audit): a producer's
+    # claim of it is replaced by where the event really came from.
+    fields["source"] = claimed if claimed and claimed not in DAEMON_SOURCES else source
     return Event(**fields, extra=extra)

@@ -31,7 +31,8 @@ from contextuate_trio.hook.wire import as_machine, deliver_socket, envelope
 DEFAULT_TIMEOUT_MS = 1000
 DEFAULT_DECISION_WAIT_MS = 30_000  # config.DecisionsConfig's default too
 # The hook events a person can answer from the dashboard (``core.decisions``).
-_ANSWERABLE = (b'"PermissionRequest"', b'"Elicitation"')
+ANSWERABLE = ("PermissionRequest", "Elicitation")
+_ANSWERABLE_BYTES = tuple(b'"%s"' % name.encode() for name in ANSWERABLE)  # a cheap first test
 SPOOL_BOUND_S = 2.0  # the spool is local disk: a fixed, generous bound of its own
 
 
@@ -69,12 +70,24 @@ class Run:
         d = self.cfg.get("decisions")
         if not isinstance(d, dict) or d.get("enabled") is not True:
             return 0
-        if not any(name in self.raw for name in _ANSWERABLE):
+        if not self._answerable():
             return 0
         wait = d.get("waitMs", DEFAULT_DECISION_WAIT_MS)
         if not isinstance(wait, (int, float)) or isinstance(wait, bool) or wait <= 0:
             return DEFAULT_DECISION_WAIT_MS
         return int(wait)
+
+    def _answerable(self) -> bool:
+        """The event is a PermissionRequest or an Elicitation: its name, not a mention
+        of it (a Grep for "PermissionRequest" would wait for an answer that never
+        comes). Parsed only when the name is in the bytes at all (rarely)."""
+        if not any(name in self.raw for name in _ANSWERABLE_BYTES):
+            return False
+        try:
+            payload = parse_json(self.raw.decode("utf-8", "replace").lstrip("\ufeff"))
+        except Exception:
+            return False
+        return isinstance(payload, dict) and payload.get("hook_event_name") in ANSWERABLE
 
     def say(self, msg: str) -> None:
         """Explain on stderr, with ``CONTEXTUATE_DEBUG=1`` only."""
@@ -155,8 +168,7 @@ def _send_local(r: Run) -> tuple:
     decide = r.decide_ms()
     line = envelope(r.raw, r.event_id, r.ts, r.machine, r.parent, ack=True, decide=decide)
     path = socket_path(r.cfg, r.env, r.home)
-    until = time.monotonic() + decide / 1000.0 if decide else None
-    why, r.output = deliver_socket(path, line, r.event_id, r.deadline, until)
+    why, r.output = deliver_socket(path, line, r.event_id, r.deadline, decide, _interruptible)
     if not why:
         r.say(f"event {r.event_id} stored by the daemon at {path}")
         if decide:
@@ -267,6 +279,7 @@ def _wait_redis(r: Run, resp, rs: dict, keep: list | None, decide: int):
     for ``decide`` ms, on the delivery's connection (a cluster's: a new one to the node
     that took the XADD). Bounded by the socket's timeout and by SIGALRM; no answer,
     an error, anything odd: None (the hook prints nothing)."""
+    _interruptible()
     until = time.monotonic() + decide / 1000.0
     key = resp.answer_key(rs["stream"], r.machine, r.event_id)
     _alarm_in(until - time.monotonic() + resp.ANSWER_GRACE_S + 0.05)
@@ -286,6 +299,13 @@ def _wait_redis(r: Run, resp, rs: dict, keep: list | None, decide: int):
         return None
     finally:
         _alarm_off()
+
+
+def _interruptible() -> None:
+    """The event is stored and the hook only waits for an answer: Claude Code may now
+    stop it (Esc at its prompt, its timeout) and nothing is lost."""
+    _signal.signal(_signal.SIGINT, _signal.SIG_DFL)
+    _signal.signal(_signal.SIGTERM, _signal.SIG_DFL)
 
 
 def _spool(r: Run, line: bytes) -> int:

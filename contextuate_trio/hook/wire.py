@@ -77,12 +77,13 @@ def _skip_ws(text: str, i: int) -> int:
     return i
 
 
-def deliver_socket(path: str, line: bytes, event_id: str, deadline: float, answer_until=None) -> tuple:
+def deliver_socket(path: str, line: bytes, event_id: str, deadline: float, answer_ms=0, on_ack=None) -> tuple:
     """Send one line and wait for its acknowledgement -> (why not, '' on success;
-    the answer's bytes or None). With ``answer_until`` (a monotonic time), then wait
-    until then for the daemon's answer line (``{"answer": id, "output": {...}}``):
-    its ``output`` is what the hook prints for Claude Code. No answer by then, the
-    daemon closing, anything odd: None (the hook says nothing)."""
+    the answer's bytes or None). With ``answer_ms``, then wait that long (counted from
+    the ack: the daemon's request opens just before it, so it closes first) for the
+    daemon's answer line (``{"answer": id, "output": {...}}``), after calling
+    ``on_ack``: its ``output`` is what the hook prints for Claude Code. No answer by
+    then, the daemon closing, anything odd: None (the hook says nothing)."""
     import _socket
 
     sock = _socket.socket(_socket.AF_UNIX, _socket.SOCK_STREAM)
@@ -96,9 +97,11 @@ def deliver_socket(path: str, line: bytes, event_id: str, deadline: float, answe
         first, _, rest = reply.partition(b"\n")
         if not first.startswith(('{"ack":"%s"' % event_id).encode()):
             return "the daemon refused the event: " + first.decode("utf-8", "replace").strip(), None
-        if answer_until is None:
+        if not answer_ms:
             return "", None
-        return "", _answer(sock, rest, event_id, answer_until)
+        if on_ack is not None:
+            on_ack()
+        return "", _answer(sock, rest, event_id, time.monotonic() + answer_ms / 1000.0)
     except OSError as exc:  # includes timeouts
         return f"{type(exc).__name__}: {exc}", None
     finally:

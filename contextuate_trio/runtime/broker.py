@@ -389,9 +389,10 @@ class Broker:
             return
         stored = [a.event for a in accepted]
         for hook in self.on_stored:
-            hook(stored)
+            _call(hook, stored)
+        changed_list = list(changed.values())
         for changed_hook in self.on_changed:
-            changed_hook(list(changed.values()))
+            _call(changed_hook, changed_list)
         self.fanout.stored([(a.seq, a.event, a.line) for a in accepted], changed.values())
 
     def _reject(self, d: Delivery, exc: Exception) -> None:
@@ -484,6 +485,15 @@ class Broker:
                 raise actions.ActionError(f"could not store the change: {exc}") from None
         self.counters["session_actions"] += 1
         self.fanout.session_changed(changed)
+
+
+def _call(hook: Callable[[Any], None], arg: Any) -> None:
+    """A sink's callback (``on_stored``, ``on_changed``): its failure is logged, and
+    never stops the pipeline."""
+    try:
+        hook(arg)
+    except Exception:
+        log.exception("a callback of the pipeline failed: %r", hook)
 
 
 def _placed(ev: Event) -> tuple:

@@ -22,13 +22,23 @@ from contextuate_trio.runtime.metrics import Metric
 
 log = logging.getLogger("contextuate.decisions")
 
+# A request closes this long before its hook stops waiting: an answer given at the
+# last moment still has time to be recorded and to reach the hook.
+MARGIN_MS = 300
+AUDIT_WAIT_S = 2.0  # the most an answer waits for its audit event to be stored
+
 
 class Waiter(Protocol):
     """The way back to one waiting hook."""
 
+    async def claim(self) -> bool:
+        """Before an answer is recorded: may this monitor answer? False when the hook
+        is known to have stopped waiting, or (Redis mode) another monitor answered
+        first. ``core.Refused`` when it cannot tell (Redis unreachable: 503)."""
+        ...
+
     async def send(self, output: dict[str, Any]) -> bool:
-        """Hand the hook Claude Code's answer; False when another monitor answered
-        first (Redis mode), nothing sent."""
+        """Hand the hook Claude Code's answer; False when it did not get it."""
         ...
 
     def close(self) -> None:
@@ -56,13 +66,12 @@ class Decisions:
         if not self.enabled or isinstance(asked_ms, bool) or not isinstance(asked_ms, (int, float)):
             return False
         now = now_ms()
-        wait = int(min(asked_ms, self.wait_ms))
+        wait = int(min(asked_ms, self.wait_ms)) - MARGIN_MS
         if since_ms is not None:
             wait -= max(0, now - since_ms)
         req = core.request_for(ev, now, wait)
-        if req is None or req.expires_ms <= req.opened_ms or ev.id in self._waiters:
-            return False
-        self.book.add(req)
+        if req is None or req.expires_ms <= req.opened_ms or not self.book.add(req):
+            return False  # (a copy of an event read again opens nothing: see DecisionBook.add)
         self._waiters[req.request_id] = waiter
         self.counters["opened"] += 1
         self._replan.set()
@@ -91,8 +100,11 @@ class Decisions:
         return items
 
     async def answer(self, request_id: Any, body: Any, by: str, origin: str | None) -> dict[str, Any]:
-        """Answer a request (``core.Refused`` says why not): recorded as an event
-        first (a store that fails refuses the answer: 503), then sent to the hook."""
+        """Answer a request (``core.Refused`` says why not). In order: taken in the
+        book (a second answer meanwhile gets 409), claimed from the hook's side (it
+        still waits; no other monitor answered), recorded as an event (a store that
+        fails refuses the answer: 503), then sent; an answer recorded but not
+        delivered (the hook stopped waiting in between) is recorded as such: 404."""
         if not isinstance(request_id, str) or not request_id:
             raise core.Refused(400, "requestId must be a non-empty string")
         req = self.book.get(request_id)
@@ -101,20 +113,53 @@ class Decisions:
         if answer.always and req is not None and not core.always_rules(req.suggestions):
             raise core.Refused(400, "this request offers no rule to allow always (allow it once)")
         req = self.book.take(request_id, answer, now_ms())
-        waiter = self._waiters.pop(request_id, None)
+        waiter = self._waiters.get(request_id)
+        if waiter is None:  # (cannot be: an open request has its waiter)
+            self.book.lost(req, "hook gone")
+            raise core.Refused(404, f"request {request_id}: its hook stopped waiting")
+        await self._claim(req, waiter)
         audit = core.audit_event(req, answer, new_id(), now_ms())
-        d = await self.broker.submit(audit, wait=True)
-        if not d.ok:
+        if not await self._record(audit):
             self.book.undo(req)
-            if waiter is not None:
-                self._waiters[request_id] = waiter
-            raise core.Refused(503, f"the answer could not be recorded ({d.error or 'store failing'}); not sent")
-        if waiter is None or not await waiter.send(core.hook_output(req, answer)):
-            self.counters["lost_race"] += 1
-            raise core.Refused(409, f"request {request_id} was answered already (on another monitor)")
+            # Not stored in time: if it is stored later, what follows it says it was not sent.
+            why = "not recorded in time (the store is failing or slow): not sent"
+            await self.broker.submit(core.undelivered_event(req, answer, audit.id, new_id(), now_ms(), why))
+            raise core.Refused(503, "the answer could not be recorded in time (the store is failing or slow); not sent")
+        delivered = await waiter.send(core.hook_output(req, answer))
+        self._waiters.pop(request_id, None)
+        if not delivered:
+            self.counters["hook_gone"] += 1
+            self.book.lost(req, "hook gone")
+            why = "the hook stopped waiting before the answer reached it"
+            await self._record(core.undelivered_event(req, answer, audit.id, new_id(), now_ms(), why))
+            raise core.Refused(404, f"request {request_id}: {why} (recorded as not delivered)")
         self.counters[f"answered_{answer.decision}"] += 1
         log.info("request %s (%s) answered %s by %s from %s", request_id, req.tool_name, answer.decision, by, origin)
         return {"requestId": request_id, "decision": answer.decision, "by": by, "eventId": audit.id}
+
+    async def _claim(self, req: core.Request, waiter: Waiter) -> None:
+        try:
+            claimed = await waiter.claim()
+        except core.Refused:
+            self.book.undo(req)
+            raise
+        if claimed:
+            return
+        self._waiters.pop(req.request_id, None)
+        if self.book.get(req.request_id) is None and req.closed == "hook gone":
+            raise core.Refused(404, f"request {req.request_id}: its hook stopped waiting")
+        self.counters["lost_race"] += 1
+        self.book.lost(req, core.ANSWERED_ON_ANOTHER)
+        raise core.Refused(409, f"request {req.request_id} was answered already (on another monitor)")
+
+    async def _record(self, ev: Event) -> bool:
+        """Store an audit event; False when it was refused or not stored within
+        AUDIT_WAIT_S."""
+        d = await self.broker.submit(ev, track=True)
+        assert d.done is not None
+        with trio.move_on_after(AUDIT_WAIT_S):
+            await d.done.wait()
+        return d.done.is_set() and d.ok
 
     # --- the clock, and sessions that moved on ----------------------------------------
     def stored(self, events: list[Event]) -> None:
@@ -131,7 +176,10 @@ class Decisions:
     def _drop_waiter(self, request_id: str) -> None:
         waiter = self._waiters.pop(request_id, None)
         if waiter is not None:
-            waiter.close()
+            try:
+                waiter.close()
+            except Exception:  # a source's socket trouble must not stop the pipeline or the timer
+                log.exception("closing the hook's wait for %s failed", request_id)
 
     async def run(self, *, task_status: Any = trio.TASK_STATUS_IGNORED) -> None:
         self.broker.on_stored.append(self.stored)

@@ -453,28 +453,43 @@ class AnswerWaiter:
     def __init__(self, source: RedisSource, key: str, event_id: str, px: int) -> None:
         self.source, self.key, self.event_id, self.px = source, key, event_id, max(int(px), 1)
 
-    async def send(self, output: dict) -> bool:
+    def _client(self) -> Any:
         client = self.source.answer_client
         if client is None:
-            raise Refused(503, "recorded, but not sent: this monitor is not connected to Redis")
-        line = wire.answer(self.event_id, output)
+            raise Refused(503, "not answered: this monitor is not connected to Redis")
+        return client
+
+    async def claim(self) -> bool:
+        """Take ``<key>:taken`` (SET NX): False when another monitor took it first."""
+        client = self._client()
         mine = f"{self.source.monitor_id} {self.event_id}"
 
-        def push() -> bool:
+        def take() -> bool:
             taken = self.key + ":taken"
             # A retried SET whose first reply was lost finds its own value: still ours.
-            if not client.set(taken, mine, nx=True, px=self.px) and _text(client.get(taken)) != mine:
-                return False
-            pipe = client.pipeline(transaction=False)
+            return bool(client.set(taken, mine, nx=True, px=self.px)) or _text(client.get(taken)) == mine
+
+        try:
+            return await anyio.to_thread.run_sync(take)
+        except CONNECTION_ERRORS as exc:
+            raise Refused(503, f"not answered: Redis unreachable ({_explain(exc)})") from None
+
+    async def send(self, output: dict) -> bool:
+        """Pushed for the hook's BLPOP (whether it still waits, Redis cannot say)."""
+        line = wire.answer(self.event_id, output)
+
+        def push() -> None:
+            pipe = self._client().pipeline(transaction=False)
             pipe.lpush(self.key, line)
             pipe.pexpire(self.key, self.px)
             pipe.execute()
-            return True
 
         try:
-            return await anyio.to_thread.run_sync(push)
-        except CONNECTION_ERRORS as exc:
-            raise Refused(503, f"recorded, but not sent to the hook through Redis: {_explain(exc)}") from None
+            await anyio.to_thread.run_sync(push)
+        except (Refused, *CONNECTION_ERRORS) as exc:
+            log.warning("answer %s recorded but not pushed to Redis: %s", self.event_id, exc)
+            return False
+        return True
 
     def close(self) -> None:
         pass

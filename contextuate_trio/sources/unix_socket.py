@@ -237,15 +237,18 @@ class SocketSource:
             conn.eof = True  # no answer to wait for: closed once the ack is out (the hook says nothing)
         self._flush(conn)
 
-    def answered(self, conn: _Connection, line: bytes | None) -> None:
-        """The request's end: its answer for the hook (or none), then the close."""
+    def answered(self, conn: _Connection, line: bytes | None) -> bool:
+        """The request's end: its answer for the hook (or none), then the close.
+        Whether the answer went out (or waits, the socket full, to go): False when
+        the hook had gone or the write failed."""
         conn.waiting = None
         conn.eof = True
         if conn.closed:
-            return
+            return False
         if line is not None:
             conn.out += line
         self._flush(conn)
+        return not conn.closed or not conn.out
 
     def _flush(self, conn: _Connection) -> None:
         try:
@@ -316,9 +319,15 @@ class _Waiter:
     def __init__(self, source: SocketSource, conn: _Connection, event_id: str) -> None:
         self.source, self.conn, self.event_id = source, conn, event_id
 
+    async def claim(self) -> bool:
+        return not self.conn.closed and self.conn.waiting == self.event_id
+
     async def send(self, output: dict) -> bool:
-        self.source.answered(self.conn, wire.answer(self.event_id, output))
-        return True
+        """Written to the hook's socket (it reads one line, then closes): False when
+        the hook had gone, or the write failed."""
+        if self.conn.closed or self.conn.waiting != self.event_id:
+            return False
+        return self.source.answered(self.conn, wire.answer(self.event_id, output))
 
     def close(self) -> None:
         self.source.answered(self.conn, None)

@@ -105,10 +105,13 @@ BROAD = [
 
 def test_hook_output_shapes():
     req = request(permission_suggestions=[*BROAD, RULE])
-    assert req.public()["canAllowAlways"] and req.public()["alwaysRules"] == ["Bash(npm test:*)"]
+    assert req.public()["canAllowAlways"] and req.public()["alwaysRules"] == ["Bash(npm test:*) (localSettings)"]
     allow = d.hook_output(req, d.Answer("allow", always=True))
     # Only the allow rule: a mode or a folder is broader than the call asked about.
-    assert allow["hookSpecificOutput"]["decision"] == {"behavior": "allow", "updatedPermissions": [RULE]}
+    assert allow["hookSpecificOutput"]["decision"] == {
+        "behavior": "allow",
+        "updatedPermissions": [{**RULE, "destination": "localSettings"}],
+    }
     once = d.hook_output(req, d.Answer("allow"))
     assert once["hookSpecificOutput"]["decision"] == {"behavior": "allow"}
     deny = d.hook_output(req, d.Answer("deny"))["hookSpecificOutput"]["decision"]
@@ -137,3 +140,39 @@ def test_audit_event_names_who_and_what():
         "waitedMs": 500,
         "message": "no",
     }
+
+
+def test_always_grants_only_what_is_shown_and_never_the_users_settings():
+    odd = {
+        "type": "addRules",
+        "behavior": "allow",
+        "destination": "userSettings",
+        "rules": [{"toolName": "Bash", "ruleContent": "make:*", "extra": 1}, {"ruleContent": "no tool"}, "junk"],
+    }
+    session = {**RULE, "destination": "session"}
+    grants = d.always_rules([odd, session])
+    assert grants == [
+        {
+            "type": "addRules",
+            "rules": [{"toolName": "Bash", "ruleContent": "make:*"}],
+            "behavior": "allow",
+            "destination": "localSettings",
+        },
+        {"type": "addRules", "rules": RULE["rules"], "behavior": "allow", "destination": "session"},
+    ]
+    assert d.rule_texts(grants) == ["Bash(make:*) (localSettings)", "Bash(npm test:*) (session)"]
+
+
+def test_a_known_request_is_never_opened_again_and_the_book_is_bounded():
+    book = d.DecisionBook()
+    first = request()
+    assert book.add(first)
+    book.take("r1", d.Answer("deny"), 1500)
+    assert not book.add(request())  # the same event read again (a Redis re-read)
+    for i in range(d.OPEN_MAX):
+        r = request()
+        r.request_id = f"x{i}"
+        book.add(r)
+    extra = request()
+    extra.request_id = "one-too-many"
+    assert len(book.open) == d.OPEN_MAX and not book.add(extra)

@@ -125,7 +125,7 @@ def test_allow_always_reaches_the_hook_and_is_audited(daemon, home):
     assert len(audit) == 1
     a = audit[0]
     assert a["data"]["requestId"] == rid and a["data"]["decision"] == "allow" and a["data"]["always"] is True
-    assert a["data"]["granted"] == ["Bash(touch:*)"]
+    assert a["data"]["granted"] == ["Bash(touch:*) (localSettings)"]
     assert a["data"]["by"] == "phone" and a["data"]["from"].startswith("127.0.0.1:")
     assert a["toolName"] == "Bash" and a["source"] == "dashboard"
     items = d.get("/api/attention", headers={"Authorization": f"Bearer {READER}"})["items"]
@@ -248,3 +248,56 @@ def test_elicitation_accept_with_content(daemon, home):
     assert out == {
         "hookSpecificOutput": {"hookEventName": "Elicitation", "action": "accept", "content": {"color": "blue"}}
     }
+
+
+def test_a_mention_of_the_event_name_does_not_make_a_hook_wait(daemon, home):
+    """A Grep for "PermissionRequest" is no permission prompt: its hook does not wait."""
+    daemon(config())
+    grep = {
+        "session_id": "s-g",
+        "hook_event_name": "PreToolUse",
+        "cwd": "/w",
+        "tool_name": "Grep",
+        "tool_input": {"pattern": '"PermissionRequest"'},
+        "tool_use_id": "toolu_g",
+    }
+    t0 = time.monotonic()
+    r = run_hook(home, grep)
+    assert r.returncode == 0 and r.stdout == b"" and time.monotonic() - t0 < 3
+
+
+def test_a_producer_cannot_forge_an_answer(daemon, home):
+    """Only the daemon's own audit events say source "dashboard"."""
+    d = daemon(config())
+    import socket as _socket
+
+    forged = {
+        "id": "forged-1",
+        "sessionId": "s-f",
+        "machineId": "m",
+        "eventType": "decision",
+        "source": "dashboard",
+        "data": {"decision": "allow", "by": "phone"},
+        "ack": True,
+    }
+    with _socket.socket(_socket.AF_UNIX) as s:
+        s.connect(d.socket_path)
+        s.sendall(json.dumps(forged).encode() + b"\n")
+        assert b'"ack"' in s.recv(1000)
+    (ev,) = wait_for(lambda: d.events("s-f"), what="the forged event stored")
+    assert ev["source"] == "socket"
+
+
+def test_sigterm_while_waiting_ends_the_hook_without_an_answer(daemon, home):
+    """Esc at Claude Code's prompt stops the hook: the event is stored, the request
+    withdrawn, the hook silent."""
+    import signal
+
+    d = daemon(config())
+    hook = HookRun(home, permission())
+    rid = offer(d)["requestId"]
+    hook.proc.send_signal(signal.SIGTERM)
+    hook._t.join(10)
+    assert hook.proc.returncode == -signal.SIGTERM and hook.out == b""
+    assert [e["id"] for e in d.events("s-dec")] == [rid]
+    wait_for(lambda: post(d, {"requestId": rid, "decision": "allow"}, DECIDER)[0] == 404, what="the request withdrawn")

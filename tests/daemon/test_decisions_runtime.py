@@ -1,0 +1,100 @@
+"""The answer's order in a real daemon (in-process): taken, claimed, recorded, sent.
+Waiters that say the hook went, or another monitor answered first, at each step."""
+
+from __future__ import annotations
+
+import pytest
+import trio
+
+from contextuate_trio.core import decisions as core
+from contextuate_trio.core import events
+from contextuate_trio.runtime.clock import SYSTEM_MINT
+
+CONFIG = {"decisions": {"enabled": True, "waitMs": 20_000}}
+
+
+class Waiter:
+    def __init__(self, claim: bool = True, send: bool = True) -> None:
+        self.claims, self.sends = claim, send
+        self.sent: list[dict] = []
+        self.closed = False
+
+    async def claim(self) -> bool:
+        return self.claims
+
+    async def send(self, output: dict) -> bool:
+        await trio.lowlevel.checkpoint()
+        if self.sends:
+            self.sent.append(output)
+        return self.sends
+
+    def close(self) -> None:
+        self.closed = True
+
+
+async def opened(d, waiter: Waiter, sid: str = "s1"):
+    payload = {"session_id": sid, "hook_event_name": "PermissionRequest", "tool_name": "Bash", "tool_input": {}}
+    ev = events.from_object(payload, "socket", mint=SYSTEM_MINT)
+    assert (await d.broker.submit(ev, wait=True)).ok
+    assert d.daemon.decisions.waiting(ev, 20_000, waiter)
+    return ev.id
+
+
+async def test_hook_gone_between_record_and_send_is_recorded_as_not_delivered(live_daemon):
+    d = await live_daemon(CONFIG)
+    dec = d.daemon.decisions
+    rid = await opened(d, Waiter(send=False))
+    with pytest.raises(core.Refused) as err:
+        await dec.answer(rid, {"decision": "allow"}, "phone", "127.0.0.1:1")
+    assert err.value.status == 404 and "not delivered" in err.value.why
+    kinds = [(e.data.get("decision"), e.data.get("delivered")) for e in _stored(d, "decision")]
+    assert kinds == [("allow", None), (None, False)]
+    with pytest.raises(core.Refused) as again:
+        await dec.answer(rid, {"decision": "allow"}, "phone", None)
+    assert again.value.status == 404
+
+
+async def test_another_monitor_first_is_409_and_records_nothing(live_daemon):
+    d = await live_daemon(CONFIG)
+    rid = await opened(d, Waiter(claim=False))
+    with pytest.raises(core.Refused) as err:
+        await d.daemon.decisions.answer(rid, {"decision": "deny"}, "phone", None)
+    assert err.value.status == 409
+    assert _stored(d, "decision") == []
+
+
+async def test_a_copy_of_an_answered_event_does_not_reopen_it(live_daemon):
+    d = await live_daemon(CONFIG)
+    w = Waiter()
+    rid = await opened(d, w)
+    await d.daemon.decisions.answer(rid, {"decision": "deny"}, "phone", None)
+    ev = events.from_object(
+        {"session_id": "s1", "hook_event_name": "PermissionRequest", "tool_name": "Bash"}, "socket", mint=SYSTEM_MINT
+    )
+    ev.id = rid
+    assert not d.daemon.decisions.waiting(ev, 20_000, Waiter())
+    assert len(w.sent) == 1
+
+
+seen: list = []
+
+
+def _stored(d, event_type: str) -> list:
+    return [e for e in seen if e.event_type == event_type]
+
+
+@pytest.fixture(autouse=True)
+def _record(monkeypatch):
+    """Every event the broker stores, in order (the broker's on_stored, installed as
+    the daemon starts: patched in its class)."""
+    from contextuate_trio.runtime import broker as broker_mod
+
+    seen.clear()
+    real = broker_mod.Broker.process
+
+    async def process(self, batch):
+        await real(self, batch)
+        seen.extend(dl.event for dl in batch if dl.ok)
+
+    monkeypatch.setattr(broker_mod.Broker, "process", process)
+    yield
