@@ -10,8 +10,15 @@ function b64url(text) {
   return btoa(bin).replace(/\+/g, '-').replace(/\//g, '_').replace(/=+$/, '');
 }
 
+// The page's connection (the last one made), for modules that need its token or its
+// requests without being handed it: `token()` is the same getter the socket uses.
+let current = null;
+export const connection = () => current;
+export const token = () => (current?.getToken ? current.getToken() || null : null);
+
 export class Connection {
   constructor({ onMessage, onState, getToken }) {
+    current = this;
     this.onMessage = onMessage;
     this.onState = onState;
     this.getToken = getToken;

@@ -1,6 +1,7 @@
 // The detail pane: everything about one event, the tool call joined to its result.
 import { el, jsonBlock, dateTime, duration, clock } from './util.js';
 import { agentReport } from './stream.js';
+import { decisionSummary } from './decide.js';
 
 function section(title, content, extra) {
   return el('div', { class: 'block' }, el('h3', {}, title, extra || null), content);
@@ -20,7 +21,24 @@ function outputOf(ev) {
   return out;
 }
 
-const TITLE = { message_display: 'assistant', agent_report: 'report from agent', permission_denied: 'permission denied' };
+const TITLE = { message_display: 'assistant', agent_report: 'report from agent', permission_denied: 'permission denied', decision: 'answered from the dashboard' };
+
+// A `decision` event: an answer given from a dashboard (who, what, from where).
+function decisionBlock(ev) {
+  const d = ev.data || {};
+  const kv = el('dl', { class: 'kv' });
+  const add = (k, v) => { if (v !== null && v !== undefined && v !== '') kv.append(el('dt', { text: k }), el('dd', { text: String(v) })); };
+  add('decision', d.always ? `${d.decision} (always: Claude Code's suggested rules added)` : d.decision);
+  add('by', d.by ? `${d.by} (token name)` : null);
+  add('from', d.from);
+  add('waited', typeof d.waitedMs === 'number' ? duration(d.waitedMs) : null);
+  add('request', d.requestId);
+  const ok = d.decision === 'allow' || d.decision === 'accept';
+  const parts = [el('p', { class: `decision-line ${ok ? 'yes' : 'no'}`, text: decisionSummary(ev) }), kv];
+  if (d.message !== undefined) parts.push(section('Message sent to Claude', jsonBlock(String(d.message))));
+  if (d.content !== undefined) parts.push(section('Answer sent to the MCP server', jsonBlock(d.content)));
+  return section('Decision', el('div', {}, ...parts));
+}
 
 export function renderDetail(body, title, ev, { pair, sessionTitle, messageText, onJump, onSession }) {
   body.replaceChildren();
@@ -46,6 +64,7 @@ export function renderDetail(body, title, ev, { pair, sessionTitle, messageText,
   add('source', ev.source);
   body.append(kv);
   if (ev.truncated) body.append(el('p', { class: 'results-note', text: 'Large event: loading the whole of it…' }));
+  if (type === 'decision') body.append(decisionBlock(ev));
 
   if (ev.toolName || call || result) {
     const input = (call || ev).data?.tool_input ?? d.tool_input;
@@ -88,7 +107,7 @@ export function renderDetail(body, title, ev, { pair, sessionTitle, messageText,
     body.append(section('Calls left without a result', jsonBlock(ev.unansweredCalls)));
   }
   if (d.prompt && type !== 'agent_report') body.append(section('Prompt', jsonBlock(String(d.prompt))));
-  if (d.message) body.append(section('Message', jsonBlock(String(d.message))));
+  if (d.message && type !== 'decision') body.append(section('Message', jsonBlock(String(d.message))));
   if (d.last_assistant_message) body.append(section('Last message', jsonBlock(String(d.last_assistant_message))));
   if (d.error && !ev.toolName) body.append(section('Error', jsonBlock(d.error, 'err')));
   if (d.raw !== undefined) body.append(section('Raw input (not JSON)', jsonBlock(String(d.raw))));

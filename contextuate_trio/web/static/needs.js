@@ -3,7 +3,10 @@
 // `attention` changes (coalesced: at most one fetch per 200 ms), and every 5 s (the
 // daemon's clock decides `stuck`). Opt-in browser notifications: one per new item
 // (key sessionId|reason|since), never for what was already waiting when the page loaded.
+// A request the daemon can answer (config decisions.enabled: the item's `decision`) gets
+// its answer buttons and a countdown under the row (decide.js).
 import { el, duration, basename, shortId } from './util.js';
+import { decisionBar, deadlineOf, leftText, queueChanged } from './decide.js';
 
 export const REASONS = {
   permission: { label: 'permission', title: 'A tool waits for your approval' },
@@ -36,6 +39,7 @@ export class Needs {
     this.waits = new Map();    // span -> item
     this.spans = [];           // the rows' wait spans, in order
     this.sig = null;           // what the rows show (to skip rebuilding the same list)
+    this.clocks = [];          // [span, deadline getter]: the answerable rows' countdowns
     this.notify = localStorage.getItem('contextuate-notify') === '1' && this.permitted();
     window.__ctNotified = [];
     this.button.addEventListener('click', () => this.toggleNotify());
@@ -75,6 +79,8 @@ export class Needs {
     const items = Array.isArray(data?.items) ? data.items : [];
     this.items = items;
     this.fetchedAt = Date.now();
+    for (const it of items) if (it.decision) it.deadline = deadlineOf(it, this.fetchedAt);
+    queueChanged(items);
     if (this.seen === null) this.seen = new Set(items.map(keyOf)); // present at page load: never notified
     else {
       for (const it of items) {
@@ -98,7 +104,8 @@ export class Needs {
   render() {
     const items = this.items;
     // The same queue again (the 5 s poll): keep the rows, only the waits move on.
-    const sig = items.map((it) => `${keyOf(it)}|${it.detail}|${it.name}|${it.workingDirectory}`).join('\n');
+    const offer = (o) => (o ? `${o.requestId}|${o.expiresAt}|${(o.decisions || []).join(',')}|${o.canAllowAlways}` : '');
+    const sig = items.map((it) => `${keyOf(it)}|${it.detail}|${it.name}|${it.workingDirectory}|${offer(it.decision)}`).join('\n');
     if (sig === this.sig) {
       this.spans.forEach((span, i) => this.waits.set(span, items[i]));
       this.tick();
@@ -107,6 +114,7 @@ export class Needs {
     this.sig = sig;
     this.waits.clear();
     this.spans = [];
+    this.clocks = [];
     this.countEl.textContent = items.length ? String(items.length) : '';
     this.countEl.hidden = !items.length;
     this.emptyEl.hidden = items.length > 0;
@@ -123,7 +131,16 @@ export class Needs {
     this.spans.push(wait);
     wait.textContent = this.waitText(it);
     const title = it.name || shortId(String(it.sessionId).split(':')[0]);
-    return el('li', {},
+    let bar = null;
+    if (it.decision) {
+      // The countdown follows the newest copy of the request (each poll brings one).
+      const rid = it.decision.requestId;
+      const deadline = () => (this.items.find((x) => x.decision?.requestId === rid) || it).deadline;
+      const made = decisionBar(it, { onAnswered: () => this.refresh(), deadline });
+      bar = made.bar;
+      this.clocks.push([made.left, deadline]);
+    }
+    return el('li', { class: it.decision ? 'answerable' : null, dataset: it.decision ? { requestId: it.decision.requestId } : undefined },
       el('button', {
         class: `need r-${it.reason}`, type: 'button', dataset: { i: String(i), sessionId: it.sessionId, reason: it.reason },
         title: `${r.title}\n${it.sessionId}${it.workingDirectory ? `\n${it.workingDirectory}` : ''}`,
@@ -135,11 +152,19 @@ export class Needs {
         el('span', { class: 'chip', text: it.machineId || 'unknown', title: 'machine' }),
         it.workingDirectory ? el('span', { class: 'chip', text: basename(it.workingDirectory), title: it.workingDirectory }) : null),
       el('span', { class: 'what', text: it.detail || it.toolName || '' }),
-      wait));
+      wait),
+    bar);
   }
 
   tick() {
     for (const [span, it] of this.waits) span.textContent = this.waitText(it);
+    for (const [span, get] of this.clocks) {
+      const deadline = get();
+      const text = leftText(deadline);
+      span.textContent = text;
+      span.classList.toggle('soon', text !== 'expired' && deadline - Date.now() < 15000);
+      span.classList.toggle('expired', text === 'expired');
+    }
   }
 
   raise(it, key) {
