@@ -102,6 +102,7 @@ class Broker:
         self.send_channel, self._receive = trio.open_memory_channel[list[Delivery]](math.inf)
         self._queued = 0
         self._room = trio.lowlevel.ParkingLot()
+        self._closed_to_senders = False  # the pipeline has ended: nobody waits for room
         self.recent = RecentIds(recent_ids)
         self.seen = SeenIds()
         self.started_ms = started_ms if started_ms is not None else now_ms()
@@ -176,8 +177,8 @@ class Broker:
     ) -> list[Delivery]:
         """Hand events to the pipeline, in order, in one step: their deliveries, with
         ``wait``, ``track`` and ``on_done`` as in ``submit`` for each. They go into
-        one pipeline batch, so all are stored or refused in the same step: waiting
-        on the last one's ``done`` is waiting on all of them.
+        one pipeline batch (but one refused early, a bad one, is finished before the
+        others are stored: wait on each ``done`` that matters).
 
         One channel item for the lot: a source that reads hundreds of events at once
         pays the channel once, not once per event. When the channel has room this
@@ -187,7 +188,7 @@ class Broker:
         ds = [Delivery(ev, trio.Event() if tracked else None, on_done=on_done) for ev in events]
         if not ds:
             return ds
-        while self._queued >= self.channel_size and not self.finished.is_set():
+        while self._queued >= self.channel_size and not self._closed_to_senders:
             await self._room.park()
         self.send_channel.send_nowait(ds)
         self._queued += len(ds)
@@ -244,9 +245,12 @@ class Broker:
                     self._taken(len(batch))
                     await self.process(batch)
         finally:
+            self._closed_to_senders = True  # (before anything here can fail)
             self._room.unpark_all()  # senders waiting for room learn that the pipeline is gone
-            self.flush_sessions()
-            self.finished.set()
+            try:
+                self.flush_sessions()
+            finally:
+                self.finished.set()
 
     async def _receive_or_flush(self) -> list[Delivery]:
         """The next delivery; while waiting for it, session metadata that changed is

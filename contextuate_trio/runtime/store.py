@@ -320,7 +320,7 @@ class FileStore:
         new_blocks = []
         i = 0
         while i < len(sizes):
-            j = i + BLOCK - tail.count
+            j = i + max(1, BLOCK - tail.count)  # a tail read at start may hold more than BLOCK already
             tail.add_many(stamps[i:j], sizes[i:j])
             if tail.count >= BLOCK:
                 new_blocks.append(tail.as_block())

@@ -306,11 +306,15 @@ class WsServer:
             return
         client.sending = True
         with trio.move_on_after(self.send_timeout) as timer:
-            if len(texts) > 1 and _frames_writable(client.ws):
-                await _send_frames(client.ws, texts)
-            else:
-                for text in texts:
-                    await client.ws.send_message(text)
+            # The timeout is per write of at most about WRITE_BYTES: a long catch-up to
+            # a slow link that keeps reading is not one message that took too long.
+            for group in _groups(texts, WRITE_BYTES):
+                timer.deadline = trio.current_time() + self.send_timeout
+                if len(group) > 1 and _frames_writable(client.ws):
+                    await _send_frames(client.ws, group)
+                else:
+                    for text in group:
+                        await client.ws.send_message(text)
             client.sending = False
         if timer.cancelled_caught:
             self._drop(client, f"not reading (one message took over {self.send_timeout:g} s)", scope)
@@ -505,6 +509,26 @@ class WsServer:
                 [({"status": str(s)}, c[f"refused_{s}"]) for s in (400, 401, 403)],
             ),
         ]
+
+
+WRITE_BYTES = 256 * 1024  # texts sent as one write at most (each under its own timeout)
+
+
+def _groups(texts: list[str], limit: int) -> list[list[str]]:
+    """``texts`` in order, cut into runs of about ``limit`` characters (a longer text
+    alone)."""
+    out: list[list[str]] = []
+    run: list[str] = []
+    size = 0
+    for text in texts:
+        if run and size + len(text) > limit:
+            out.append(run)
+            run, size = [], 0
+        run.append(text)
+        size += len(text)
+    if run:
+        out.append(run)
+    return out
 
 
 def _frames_writable(ws: WebSocketConnection) -> bool:

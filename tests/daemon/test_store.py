@@ -138,3 +138,27 @@ def test_an_index_that_missed_blocks_makes_the_next_start_scan(tmp_path, monkeyp
     again.open()
     assert [e["data"]["n"] for e in again.events("s1", 100)] == list(range(10))
     assert again.contains("s1", "id-5", 1005)
+
+
+def test_a_tail_longer_than_a_block_at_start_is_indexed_right(tmp_path):
+    """A session whose index and meta were lost starts with every line in its tail
+    (more than BLOCK of them): the next appends must still make blocks that end inside
+    the file and count each line once, and every id stays findable."""
+    st = FileStore(str(tmp_path))
+    st.open()
+    first = BLOCK + 88
+    append_events(st, [ev(j) for j in range(first)])
+    st.close()
+    folder = os.path.join(str(tmp_path), "sessions", session_key("s1"))
+    for name in ("index.jsonl", "meta.json"):
+        if os.path.exists(os.path.join(folder, name)):
+            os.remove(os.path.join(folder, name))
+    again = FileStore(str(tmp_path))
+    again.open()
+    total = first + 2 * BLOCK
+    append_events(again, [ev(j) for j in range(first, total)])
+    size = os.path.getsize(os.path.join(folder, "events.jsonl"))
+    blocks = again._all_blocks(session_key("s1"))
+    assert all(b[1] <= size for b in blocks) and sum(b[2] for b in blocks) == total
+    assert again.contains("s1", f"id-{total - 1}", 1000 + total - 1)
+    assert [e["data"]["n"] for e in again.events("s1", total)] == list(range(total))

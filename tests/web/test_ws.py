@@ -558,3 +558,13 @@ async def test_a_client_that_overflowed_gets_the_sessions_as_they_are_once_caugh
         assert set(sessions) == {"s0", "s1", "s2"}
         assert {s: sessions[s]["eventCount"] for s in sessions} == {"s0": 10, "s1": 10, "s2": 10}
     assert d.daemon.ws.counters["caught_up"] >= 1
+
+
+def test_a_long_send_is_cut_into_writes_each_under_its_own_timeout():
+    """A catch-up of several MB to a slow link that keeps reading is many writes,
+    each timed alone, not one message that 'took over' the send timeout."""
+    from contextuate_trio.web.ws_server import _groups
+
+    texts = ["a" * 100, "b" * 100, "c" * 300, "d" * 50, "e" * 60]
+    assert _groups(texts, 250) == [texts[:2], texts[2:3], texts[3:]]
+    assert _groups([], 10) == [] and _groups(["x" * 20], 10) == [["x" * 20]]
