@@ -37,10 +37,14 @@ TOKENS = [
     {"name": "wall", "token": READER, "scopes": ["read"]},
 ]
 # The monitor's user as docs/redis-setup.md gives it (with what answering needs).
-MONITOR_ACL = (
-    "on >mon-pw ~contextuate:events:stream* &contextuate:events -@all +xread +xinfo|stream +smembers "
-    "+subscribe +ping +auth +hello +select +set +get +lpush +pexpire"
-).split()
+# A Redis 7 selector: it may write answer keys, and no stream.
+MONITOR_ACL = [
+    *(
+        "on >mon-pw ~contextuate:events:stream* &contextuate:events -@all +xread +xinfo|stream +smembers "
+        "+subscribe +ping +auth +hello +select"
+    ).split(),
+    "(~contextuate:events:stream:{*}:answer:* +set +get +lpush +pexpire)",
+]
 
 
 def answer_key(machine: str, event_id: str) -> str:
@@ -199,6 +203,11 @@ def test_the_answer_travels_back_to_the_hook_on_its_machine(redis_server, homes,
     assert c.llen(answer_key("box-a", rid)) == 0  # popped by the hook
     assert c.get(answer_key("box-a", rid) + ":taken").decode().endswith(" " + rid)
     assert 0 < c.pttl(answer_key("box-a", rid) + ":taken") <= 20_000
+    import redis
+
+    mon = r.client(username="mon", password="mon-pw")
+    with pytest.raises(redis.exceptions.NoPermissionError):  # the monitor cannot overwrite a stream
+        mon.set(f"{STREAM}:{{box-a}}", "x")
     audit = wait_for(
         lambda: [e for e in d.events("s-redis-allow") if e["eventType"] == "decision"], what="the audit event"
     )
