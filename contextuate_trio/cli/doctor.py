@@ -139,8 +139,39 @@ class Doctor:
         self.check_hook()
         if self.cfg is not None:
             self.check_otel()
+            self.check_decisions()
             self.check_clock_skew()
         return self.checks
+
+    def check_decisions(self) -> None:
+        """``decisions.enabled``: someone can answer, and the hooks can wait for it."""
+        d = self.loaded.decisions
+        if not d.enabled:
+            self.add(
+                "decisions", SKIP, "off (config decisions.enabled): permission prompts are answered in the terminal"
+            )
+            return
+        tokens = self.loaded.server.api_tokens()
+        if not any(Scope.DECIDE in t.scopes for t in tokens):
+            self.add(
+                "decisions",
+                WARN,
+                "on, but no token has the decide scope: nobody can answer",
+                "contextuate-trio token add phone --scopes read,decide",
+            )
+        problems = []
+        for scope in cs.SCOPES:
+            path = cs.settings_path(scope, self.env, self.cwd)
+            try:
+                settings, raw = cs.read_settings(path)
+            except cs.SettingsError:
+                continue
+            if raw is not None:
+                problems += [f"{path}: {p}" for p in cs.answer_hook_problems(settings, d.wait_ms)]
+        if problems:
+            self.add("decisions", WARN, "; ".join(problems), "contextuate-trio hooks install")
+        elif any(Scope.DECIDE in t.scopes for t in tokens):
+            self.add("decisions", OK, f"on: hooks wait up to {d.wait_ms} ms for an answer")
 
     @property
     def loaded(self) -> config_mod.Config:

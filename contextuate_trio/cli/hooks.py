@@ -235,6 +235,29 @@ def is_ours(handler: Any) -> bool:
     return False
 
 
+def answer_hook_problems(settings: Any, wait_ms: int) -> list[str]:
+    """With decisions on: what in these settings keeps an answer from the dashboard
+    from reaching Claude Code (an answerable hook of ours that is http or async, or
+    whose timeout Claude Code would kill it at before ``wait_ms``)."""
+    hooks = settings.get("hooks") if isinstance(settings, dict) else None
+    if not isinstance(hooks, dict):
+        return []
+    need_s = -(-wait_ms // 1000) + 1
+    out = []
+    for name in ANSWERABLE:
+        groups = hooks.get(name)
+        ours: list[dict] = []
+        for g in groups if isinstance(groups, list) else []:
+            handlers = g.get("hooks") if isinstance(g, dict) else None
+            ours += [h for h in (handlers if isinstance(handlers, list) else []) if is_ours(h)]
+        for h in ours:
+            if h.get("type", "command") != "command" or h.get("async"):
+                out.append(f"{name} is {'async' if h.get('async') else 'an http hook'}: it cannot wait for an answer")
+            elif not isinstance(h.get("timeout"), (int, float)) or h["timeout"] < need_s:
+                out.append(f"{name}'s timeout {h.get('timeout')} s is shorter than decisions.waitMs ({wait_ms} ms)")
+    return out
+
+
 def _check_shape(settings: Any) -> dict:
     if not isinstance(settings, dict):
         raise SettingsError("the settings are not a JSON object")

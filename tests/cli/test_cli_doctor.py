@@ -205,3 +205,34 @@ def test_redis_unreachable_auth_and_tls(home, tmp_path, redis_server):  # noqa: 
     assert c["status"] == "fail" and "TLS" in c["detail"] and "tlsCaFile" in c["fix"], c
     c = with_redis({"host": "127.0.0.1", "port": t.port, "tls": True, "tlsCaFile": tls["ca"]})
     assert c["status"] == "ok" and "(TLS)" in c["detail"], c
+
+
+def test_decisions_on_with_hooks_that_cannot_wait(daemon, home, tmp_path):
+    """Decisions on: doctor says when nobody can answer, and when the installed hooks
+    would be killed (or cannot wait) before an answer comes."""
+    tokens = [{"name": "laptop", "token": "t-" + "a" * 30, "scopes": ["read", "admin"]}]
+    daemon({"decisions": {"enabled": True, "waitMs": 30_000}, "server": {"tokens": tokens}})
+    env = clean_env(home, HOME=str(tmp_path))
+    install(env)  # with decisions on: PermissionRequest's timeout covers the wait
+    _, by = doctor(env)
+    (check,) = by["decisions"]
+    assert check["status"] == "warn" and "no token has the decide scope" in check["detail"]
+    path = cs.settings_path("global", env)
+    settings, _ = cs.read_settings(path)
+    assert cs.answer_hook_problems(settings, 30_000) == []
+    settings["hooks"]["PermissionRequest"][0]["hooks"][0]["timeout"] = 10
+    with open(path, "w") as f:
+        json.dump(settings, f)
+    problems = cs.answer_hook_problems(settings, 30_000)
+    assert problems == ["PermissionRequest's timeout 10 s is shorter than decisions.waitMs (30000 ms)"]
+    _, by = doctor(env)
+    assert any(
+        "shorter than decisions.waitMs" in c["detail"] and c["fix"] == "contextuate-trio hooks install"
+        for c in by["decisions"]
+    )
+
+
+def test_decisions_off_is_said_plainly(daemon, home, tmp_path):
+    daemon()
+    _, by = doctor(clean_env(home, HOME=str(tmp_path)))
+    assert status(by, "decisions") == ["skip"]
