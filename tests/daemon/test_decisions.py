@@ -6,14 +6,11 @@ leaves the hook silent, and every answer is an event in the session."""
 from __future__ import annotations
 
 import json
-import subprocess
-import threading
 import time
-import urllib.error
-import urllib.request
 
 import pytest
-from conftest import HOOK, HOOK_PYTHON, clean_env, run_hook, wait_for
+from conftest import run_hook, wait_for
+from decision_client import HookRun, post_decision
 
 ADMIN, DECIDER, READER = "tok-admin-" + "a" * 20, "tok-decide-" + "b" * 20, "tok-read-" + "c" * 20
 TOKENS = [
@@ -48,46 +45,8 @@ def permission(sid: str = "s-dec", **extra) -> dict:
     }
 
 
-class HookRun:
-    """The real hook, run in the background the way Claude Code runs it."""
-
-    def __init__(self, home: str, stdin: dict) -> None:
-        self.started = time.monotonic()
-        self.proc = subprocess.Popen(
-            [HOOK_PYTHON, "-I", "-S", HOOK],
-            stdin=subprocess.PIPE,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
-            env=clean_env(home, CONTEXTUATE_DEBUG="1"),
-        )
-        self.out = b""
-        self.err = b""
-        self._t = threading.Thread(target=self._talk, args=(json.dumps(stdin).encode(),), daemon=True)
-        self._t.start()
-
-    def _talk(self, data: bytes) -> None:
-        self.out, self.err = self.proc.communicate(data, timeout=60)
-
-    def result(self, timeout: float = 30) -> tuple[dict | None, float]:
-        self._t.join(timeout)
-        assert not self._t.is_alive(), "the hook did not finish"
-        assert self.proc.returncode == 0, self.err
-        took = time.monotonic() - self.started
-        return (json.loads(self.out) if self.out.strip() else None), took
-
-
 def post(d, body: dict, token: str | None) -> tuple[int, dict]:
-    req = urllib.request.Request(
-        f"http://127.0.0.1:{d.port}/api/decisions",
-        data=json.dumps(body).encode(),
-        method="POST",
-        headers={"Content-Type": "application/json", **({"Authorization": f"Bearer {token}"} if token else {})},
-    )
-    try:
-        with urllib.request.urlopen(req, timeout=10) as r:
-            return r.status, json.loads(r.read())
-    except urllib.error.HTTPError as exc:
-        return exc.code, json.loads(exc.read() or b"{}")
+    return post_decision(d.port, body, token)
 
 
 def offer(d, sid: str = "s-dec") -> dict:
@@ -109,7 +68,7 @@ def test_allow_always_reaches_the_hook_and_is_audited(daemon, home):
     rid = item["requestId"]
     status, body = post(d, {"requestId": rid, "decision": "allow", "always": True}, DECIDER)
     assert status == 200, body
-    out, took = hook.result()
+    out, took = hook.result(), hook.took
     assert out == {
         "hookSpecificOutput": {
             "hookEventName": "PermissionRequest",
@@ -138,7 +97,7 @@ def test_deny_carries_the_message(daemon, home):
     rid = offer(d)["requestId"]
     status, body = post(d, {"requestId": rid, "decision": "deny", "message": "not on main"}, DECIDER)
     assert status == 200, body
-    out, _ = hook.result()
+    out = hook.result()
     assert out["hookSpecificOutput"]["decision"] == {"behavior": "deny", "message": "not on main"}
 
 
@@ -152,7 +111,7 @@ def test_without_the_decide_scope_or_any_token_nobody_answers(daemon, home):
     assert post(d, {"requestId": rid, "decision": "yes please"}, DECIDER)[0] == 400
     assert post(d, {"requestId": "nope", "decision": "allow"}, DECIDER)[0] == 404
     # No answer within waitMs: the hook says nothing (Claude Code asks as usual), on time.
-    out, took = hook.result()
+    out, took = hook.result(), hook.took
     assert out is None
     assert 2.5 < took < 6
     status, body = post(d, {"requestId": rid, "decision": "allow"}, DECIDER)
@@ -167,7 +126,7 @@ def test_a_config_without_tokens_cannot_decide(daemon, home):
     rid = d.get("/api/attention")["items"][0]["requestId"]
     status, body = post(d, {"requestId": rid, "decision": "allow"}, None)
     assert status == 403 and "decide" in body["error"]
-    assert hook.result()[0] is None
+    assert hook.result() is None
 
 
 def tool_event(hook: str, **extra) -> dict:
@@ -192,7 +151,7 @@ def test_the_prompt_answered_in_the_terminal_closes_the_request(daemon, home):
     # which Claude Code lets run on, is released with no answer).
     done = run_hook(home, tool_event("PostToolUse", tool_response={"stdout": ""}))
     assert done.returncode == 0
-    out, took = hook.result()
+    out, took = hook.result(), hook.took
     assert out is None and took < 10
     status, body = post(d, {"requestId": rid, "decision": "allow"}, DECIDER)
     assert status == 409, body
@@ -215,7 +174,7 @@ def test_a_hook_that_gives_up_withdraws_its_request(daemon, home):
     hook = HookRun(home, permission())
     rid = offer(d)["requestId"]
     hook.proc.kill()
-    hook._t.join(10)
+    hook.finish(10)
 
     def gone():
         items = d.get("/api/attention", headers={"Authorization": f"Bearer {READER}"})["items"]
@@ -244,7 +203,7 @@ def test_elicitation_accept_with_content(daemon, home):
     assert post(d, {"requestId": rid, "decision": "allow"}, DECIDER)[0] == 400
     status, body = post(d, {"requestId": rid, "decision": "accept", "content": {"color": "blue"}}, DECIDER)
     assert status == 200, body
-    out, _ = hook.result()
+    out = hook.result()
     assert out == {
         "hookSpecificOutput": {"hookEventName": "Elicitation", "action": "accept", "content": {"color": "blue"}}
     }
@@ -297,7 +256,7 @@ def test_sigterm_while_waiting_ends_the_hook_without_an_answer(daemon, home):
     hook = HookRun(home, permission())
     rid = offer(d)["requestId"]
     hook.proc.send_signal(signal.SIGTERM)
-    hook._t.join(10)
+    hook.finish(10)
     assert hook.proc.returncode == -signal.SIGTERM and hook.out == b""
     assert [e["id"] for e in d.events("s-dec")] == [rid]
     wait_for(lambda: post(d, {"requestId": rid, "decision": "allow"}, DECIDER)[0] == 404, what="the request withdrawn")

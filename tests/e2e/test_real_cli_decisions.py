@@ -21,8 +21,6 @@ import os
 import subprocess
 import sys
 import time
-import urllib.error
-import urllib.request
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import ExitStack
 from pathlib import Path
@@ -30,6 +28,7 @@ from typing import Any
 
 import pytest
 from conftest import ROOT
+from decision_client import post_decision
 from e2e import cli, scenarios
 
 _SKIP = cli.skip_reason()
@@ -50,17 +49,7 @@ def config(wait_ms: int) -> dict:
 
 
 def post(run: cli.ClaudeRun, body: dict, token: str | None) -> tuple[int, dict]:
-    req = urllib.request.Request(
-        f"http://127.0.0.1:{run.daemon.port}/api/decisions",
-        data=json.dumps(body).encode(),
-        method="POST",
-        headers={"Content-Type": "application/json", **({"Authorization": f"Bearer {token}"} if token else {})},
-    )
-    try:
-        with urllib.request.urlopen(req, timeout=10) as r:
-            return r.status, json.loads(r.read())
-    except urllib.error.HTTPError as exc:
-        return exc.code, json.loads(exc.read() or b"{}")
+    return post_decision(run.daemon.port, body, token)
 
 
 def stream(stdout: str) -> list[dict]:

@@ -11,17 +11,14 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import subprocess
 import tempfile
-import threading
 import time
-import urllib.error
-import urllib.request
 import uuid
 
 import pytest
 import redis
-from conftest import HOOK, HOOK_PYTHON, DaemonProc, clean_env, wait_for
+from conftest import DaemonProc, wait_for
+from decision_client import HookRun, post_decision
 from redis_cluster import needs_cluster, redis_cluster  # noqa: F401 (fixture)
 from redis_server import needs_redis, redis_server  # noqa: F401 (fixture)
 
@@ -63,49 +60,8 @@ def permission(sid: str) -> dict:
     }
 
 
-class HookRun:
-    """The real hook, in the background, the way Claude Code runs it."""
-
-    def __init__(self, home: str, stdin: dict) -> None:
-        self.started = time.monotonic()
-        self.proc = subprocess.Popen(
-            [HOOK_PYTHON, "-I", "-S", HOOK],
-            stdin=subprocess.PIPE,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
-            env=clean_env(home, CONTEXTUATE_DEBUG="1"),
-        )
-        self.out = self.err = b""
-        self.took = 0.0
-        self._t = threading.Thread(target=self._talk, args=(json.dumps(stdin).encode(),), daemon=True)
-        self._t.start()
-
-    def _talk(self, data: bytes) -> None:
-        self.out, self.err = self.proc.communicate(data, timeout=60)
-        self.took = time.monotonic() - self.started
-
-    def result(self, timeout: float = 30) -> dict | None:
-        self._t.join(timeout)
-        assert not self._t.is_alive(), "the hook did not finish"
-        assert self.proc.returncode == 0, self.err
-        if not self.out.strip():
-            return None
-        assert self.out.count(b"\n") == 1, self.out  # one JSON object, one answer
-        return json.loads(self.out)
-
-
 def post(d: DaemonProc, body: dict) -> tuple[int, dict]:
-    req = urllib.request.Request(
-        f"http://127.0.0.1:{d.port}/api/decisions",
-        data=json.dumps(body).encode(),
-        method="POST",
-        headers={"Content-Type": "application/json", "Authorization": f"Bearer {DECIDER}"},
-    )
-    try:
-        with urllib.request.urlopen(req, timeout=10) as r:
-            return r.status, json.loads(r.read())
-    except urllib.error.HTTPError as exc:
-        return exc.code, json.loads(exc.read() or b"{}")
+    return post_decision(d.port, body, DECIDER)
 
 
 def attention(d: DaemonProc, sid: str) -> dict | None:

@@ -19,7 +19,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "daemon"))
 dash = pytest.importorskip("test_dashboard")  # skips without chromium/chromium-driver
 browser = dash.browser  # the fixture
 By, Keys, wait, js, shot = dash.By, dash.Keys, dash.wait, dash.js, dash.shot
-from test_decisions import DECIDER, READER, HookRun, config, permission  # noqa: E402 (after the skip)
+from decision_client import HookRun  # noqa: E402 (after the skip)
+from test_decisions import DECIDER, READER, config, permission  # noqa: E402
 
 # A long input: the dialog must show all of it, not the queue's one-line summary.
 LONG = "echo " + " ".join(f"part{n:03d}" for n in range(120)) + " > /tmp/ct-decide-out"
@@ -98,7 +99,7 @@ def test_answer_a_permission_prompt_from_the_dashboard(daemon, home, browser):
     browser.find_element(By.ID, "decide-message").send_keys("not on main, use a branch")
     shot(browser, "dashboard-decisions-dialog")
     browser.find_element(By.ID, "decide-ok").click()
-    out, took = hook.result(timeout=15)
+    out = hook.result(timeout=15)
     assert out == {
         "hookSpecificOutput": {
             "hookEventName": "PermissionRequest",
@@ -172,7 +173,7 @@ def test_accept_an_mcp_question_with_the_form(daemon, home, browser):
     browser.find_element(By.CSS_SELECTOR, '#decide-body input[name="coats"]').send_keys("2")
     shot(browser, "dashboard-decisions-elicitation")
     field[0].send_keys(Keys.ENTER)  # Enter in the form confirms
-    out, _ = hook.result(timeout=15)
+    out = hook.result(timeout=15)
     assert out == {
         "hookSpecificOutput": {
             "hookEventName": "Elicitation",
