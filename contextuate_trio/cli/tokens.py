@@ -63,6 +63,17 @@ def _write(path: str, data: dict) -> None:
     hook_paths.write_atomic(path, (json.dumps(data, indent=2) + "\n").encode(), durable=True)
 
 
+def _read_tokens(path: str) -> tuple[dict, list] | None:
+    """The config file and its ``server.tokens``; None (said on stderr) when it
+    cannot be read or its tokens are malformed."""
+    try:
+        data = _read(path)
+        return data, _tokens(data)
+    except (config_mod.ConfigError, ValueError) as exc:
+        print(f"contextuate-trio: {path}: {exc}", file=sys.stderr)
+        return None
+
+
 def _tokens(data: dict) -> list:
     server = data.setdefault("server", {})
     if not isinstance(server, dict):
@@ -151,12 +162,10 @@ def cmd_add(args) -> int:
         print("contextuate-trio: give at least one scope (read, ingest, decide, admin)", file=sys.stderr)
         return 2
     path = _config_file()
-    try:
-        data = _read(path)
-        tokens = _tokens(data)
-    except (config_mod.ConfigError, ValueError) as exc:
-        print(f"contextuate-trio: {path}: {exc}", file=sys.stderr)
+    loaded = _read_tokens(path)
+    if loaded is None:
         return 2
+    data, tokens = loaded
     if any(isinstance(t, dict) and t.get("name") == args.name for t in tokens):
         print(f"contextuate-trio: a token named {args.name!r} exists; revoke it first", file=sys.stderr)
         return 1
@@ -193,12 +202,10 @@ def cmd_list(args) -> int:
 
 def cmd_revoke(args) -> int:
     path = _config_file()
-    try:
-        data = _read(path)
-        tokens = _tokens(data)
-    except (config_mod.ConfigError, ValueError) as exc:
-        print(f"contextuate-trio: {path}: {exc}", file=sys.stderr)
+    loaded = _read_tokens(path)
+    if loaded is None:
         return 2
+    data, tokens = loaded
     if args.name == LEGACY_TOKEN_NAME and data["server"].get("token"):
         data["server"]["token"] = None
     else:
