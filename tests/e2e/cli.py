@@ -433,12 +433,8 @@ def session_ids(stdout: str) -> list[str]:
     ``hook_started``/``hook_response`` lines come first and carry a throwaway id)."""
     init: list[str] = []
     other: list[str] = []
-    for line in stdout.splitlines():
-        try:
-            o = json.loads(line)
-        except ValueError:
-            continue
-        sid = o.get("session_id") if isinstance(o, dict) else None
+    for o in stream(stdout):
+        sid = o.get("session_id")
         if not sid:
             continue
         if o.get("type") == "system" and o.get("subtype") == "init":
@@ -448,16 +444,21 @@ def session_ids(stdout: str) -> list[str]:
     return list(dict.fromkeys(init + other))
 
 
-def results(stdout: str) -> list[dict]:
+def stream(stdout: str) -> list[dict]:
+    """The JSON objects of a stream-json output (other lines skipped)."""
     out = []
     for line in stdout.splitlines():
         try:
             o = json.loads(line)
         except ValueError:
             continue
-        if isinstance(o, dict) and o.get("type") == "result":
+        if isinstance(o, dict):
             out.append(o)
     return out
+
+
+def results(stdout: str) -> list[dict]:
+    return [o for o in stream(stdout) if o.get("type") == "result"]
 
 
 def _shq(s: str) -> str:

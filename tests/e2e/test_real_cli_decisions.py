@@ -52,21 +52,9 @@ def post(run: cli.ClaudeRun, body: dict, token: str | None) -> tuple[int, dict]:
     return post_decision(run.daemon.port, body, token)
 
 
-def stream(stdout: str) -> list[dict]:
-    out = []
-    for line in stdout.splitlines():
-        try:
-            o = json.loads(line)
-        except ValueError:
-            continue
-        if isinstance(o, dict):
-            out.append(o)
-    return out
-
-
 def denied(r: dict) -> list[dict]:
     """The stream-json ``permission_denied`` messages of a run."""
-    return [o for o in stream(r["stdout"]) if o.get("type") == "system" and o.get("subtype") == "permission_denied"]
+    return [o for o in cli.stream(r["stdout"]) if o.get("type") == "system" and o.get("subtype") == "permission_denied"]
 
 
 def events(r: dict, kind: str) -> list[dict]:
