@@ -32,9 +32,9 @@ class Waiter(Protocol):
     """The way back to one waiting hook."""
 
     async def claim(self) -> bool:
-        """Before an answer is recorded: may this monitor answer? False when the hook
-        is known to have stopped waiting, or (Redis mode) another monitor answered
-        first. ``core.Refused`` when it cannot tell (Redis unreachable: 503)."""
+        """Before an answer is recorded: may this monitor answer? False when another
+        monitor answered first (Redis mode). ``core.Refused`` 404 when the hook is
+        known to have stopped waiting, 503 when it cannot tell (Redis unreachable)."""
         ...
 
     async def send(self, output: dict[str, Any]) -> bool:
@@ -140,14 +140,17 @@ class Decisions:
     async def _claim(self, req: core.Request, waiter: Waiter) -> None:
         try:
             claimed = await waiter.claim()
-        except core.Refused:
-            self.book.undo(req)
+        except core.Refused as exc:
+            if exc.status == 404:  # the hook went: the request is over
+                self._waiters.pop(req.request_id, None)
+                self.counters["hook_gone"] += 1
+                self.book.lost(req, "hook gone")
+            else:
+                self.book.undo(req)
             raise
         if claimed:
             return
         self._waiters.pop(req.request_id, None)
-        if self.book.get(req.request_id) is None and req.closed == "hook gone":
-            raise core.Refused(404, f"request {req.request_id}: its hook stopped waiting")
         self.counters["lost_race"] += 1
         self.book.lost(req, core.ANSWERED_ON_ANOTHER)
         raise core.Refused(409, f"request {req.request_id} was answered already (on another monitor)")

@@ -27,6 +27,7 @@ import stat
 import trio
 
 from contextuate_trio.core import wire
+from contextuate_trio.core.decisions import Refused
 from contextuate_trio.core.events import Event, EventError
 from contextuate_trio.runtime.broker import Broker, Delivery
 from contextuate_trio.runtime.clock import SYSTEM_MINT
@@ -320,7 +321,9 @@ class _Waiter:
         self.source, self.conn, self.event_id = source, conn, event_id
 
     async def claim(self) -> bool:
-        return not self.conn.closed and self.conn.waiting == self.event_id
+        if self.conn.closed or self.conn.waiting != self.event_id:
+            raise Refused(404, f"request {self.event_id}: its hook stopped waiting")
+        return True
 
     async def send(self, output: dict) -> bool:
         """Written to the hook's socket (it reads one line, then closes): False when

@@ -14,12 +14,14 @@ CONFIG = {"decisions": {"enabled": True, "waitMs": 20_000}}
 
 
 class Waiter:
-    def __init__(self, claim: bool = True, send: bool = True) -> None:
-        self.claims, self.sends = claim, send
+    def __init__(self, claim: bool = True, send: bool = True, gone: bool = False) -> None:
+        self.claims, self.sends, self.gone = claim, send, gone
         self.sent: list[dict] = []
         self.closed = False
 
     async def claim(self) -> bool:
+        if self.gone:
+            raise core.Refused(404, "its hook stopped waiting")
         return self.claims
 
     async def send(self, output: dict) -> bool:
@@ -98,3 +100,16 @@ def _record(monkeypatch):
 
     monkeypatch.setattr(broker_mod.Broker, "process", process)
     yield
+
+
+async def test_a_hook_gone_before_the_claim_is_404_and_records_nothing(live_daemon):
+    d = await live_daemon(CONFIG)
+    rid = await opened(d, Waiter(gone=True))
+    with pytest.raises(core.Refused) as err:
+        await d.daemon.decisions.answer(rid, {"decision": "allow"}, "phone", None)
+    assert err.value.status == 404
+    assert _stored(d, "decision") == []
+    assert d.daemon.decisions.offer(rid) is None  # no longer offered to anyone
+    with pytest.raises(core.Refused) as again:  # over: not "answered already"
+        await d.daemon.decisions.answer(rid, {"decision": "allow"}, "phone", None)
+    assert again.value.status == 404
