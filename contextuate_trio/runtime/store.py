@@ -133,6 +133,7 @@ class FileStore:
         self._blocks: dict[str, list] = {}  # session key -> index blocks, loaded lazily
         self._bytes: dict[str, int] = {}  # session key -> events.jsonl size
         self.degraded: str | None = None
+        self.deletions = 0  # sessions removed: what a reader read before may be gone
         self.order = SeqLog(directory)
         self._landed: list[tuple[int, str, int, int]] = []  # seq records of a batch being stored
         self._unindexed: set[str] = set()  # keys whose index.jsonl missed blocks: a start must scan
@@ -395,6 +396,7 @@ class FileStore:
 
     def delete(self, session_id: str) -> None:
         key = session_key(session_id)
+        self.deletions += 1
         self._close(key)
         self.order.retire(key)
         for d in (self._tails, self._blocks, self._bytes):

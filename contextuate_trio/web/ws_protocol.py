@@ -23,6 +23,7 @@ import base64
 import collections
 import json
 import logging
+import struct
 from collections.abc import Callable, Iterable
 from typing import Any, Protocol
 from urllib.parse import parse_qs, urlsplit
@@ -53,6 +54,7 @@ TRIM_ITEMS = 200  # ... their lists to this many items
 HISTORY_MAX = 5000  # most events one history request or snapshot returns
 SESSIONS_FROM_DISK = 200  # newest sessions read for recent events older than the replay
 CATCH_UP_CHUNK = 1000  # events read from disk per step of a client's catch-up
+CHUNKS_KEPT = 8  # chunks read from disk kept for other clients catching up over them
 
 
 # --- the token, as a subprotocol (browsers cannot set Authorization on a WebSocket) ----
@@ -138,6 +140,23 @@ def batch_text(msgs: list[dict]) -> str:
         m = msgs[0]
         return '{"type":"event","seq":%d,"event":%s}' % (m["seq"], event_json(m))
     return '{"type":"events","seq":%d,"events":[%s]}' % (msgs[-1]["seq"], ",".join(event_json(m) for m in msgs))
+
+
+def text_frame(text: str) -> bytes:
+    """``text`` as one final, unmasked WebSocket text frame (RFC 6455, 5.2): what a
+    server writes, with no extension (trio-websocket's server negotiates none). The
+    sender frames a client's texts itself, so the texts shared by every client are
+    not each taken through wsproto (a frame object and copies per client). A lone
+    surrogate becomes U+FFFD: a text frame must be valid UTF-8."""
+    payload = text.encode("utf-8", "replace")
+    n = len(payload)
+    if n < 126:
+        head = bytes((0x81, n))
+    elif n < 1 << 16:
+        head = struct.pack("!BBH", 0x81, 126, n)
+    else:
+        head = struct.pack("!BBQ", 0x81, 127, n)
+    return head + payload
 
 
 class Raw(dict):
@@ -317,6 +336,11 @@ class Backend(Protocol):
         """Event messages (as the fan-out's) numbered after ``since``, from disk."""
         ...
 
+    @property
+    def deletions(self) -> int:
+        """How many times events were removed from disk (a chunk read before is stale)."""
+        ...
+
 
 def replay_after(replay: collections.deque, seq: int, since: int) -> list[dict] | None:
     """Every event message after ``since``, or None when they are not all held."""
@@ -351,6 +375,10 @@ class WsProtocol:
         self.now_ms = now_ms
         self.history = history or []  # events stored before this run (snapshot filler)
         self.counters: collections.Counter = collections.Counter()
+        # Chunks read from disk for lagging clients, by (after, count), newest last,
+        # with the backend's deletions count they were read at.
+        self._chunks: collections.OrderedDict[tuple[int, int], dict] = collections.OrderedDict()
+        self._chunks_at = 0
 
     # --- the first messages (the server takes them in the same step as it subscribes) ---
     def first_messages(self, hs: Handshake) -> tuple[list[str], int]:
@@ -412,15 +440,46 @@ class WsProtocol:
         if memory_only:
             return [], cursor
         replay = self.backend.replay
-        msgs = []
+        chunk = None
         if self._held(cursor):
-            want = min(CATCH_UP_CHUNK, replay[0]["seq"] - 1 - cursor) if replay else CATCH_UP_CHUNK
-            msgs = self.backend.stored_after(cursor, max(want, 1))  # what the memory lacks
-        if not msgs:
+            # Up to the next multiple of the chunk size, and no further than what the
+            # memory lacks.
+            want = CATCH_UP_CHUNK - cursor % CATCH_UP_CHUNK
+            if replay:
+                want = min(want, replay[0]["seq"] - 1 - cursor)
+            chunk = self._stored_chunk(cursor, max(want, 1))
+        if chunk is None:
             self.counters["resets"] += 1
             return self._reset(flt, "too old", HISTORY_MAX), seq
-        self.counters["caught_up_from_disk"] += len(msgs)
-        return self.render(flt, msgs), msgs[-1]["seq"]
+        self.counters["caught_up_from_disk"] += len(chunk["events"])
+        return self.render_batch(flt, chunk), chunk["seq"]
+
+    def _stored_chunk(self, after: int, count: int) -> dict | None:
+        """The stored events after ``after`` (``count`` at most) as a batch (see
+        ``render_batch``), or None when the disk has none of them. Shared by every
+        client that catches up over the same numbers: steps end on multiples of
+        CATCH_UP_CHUNK, so clients that fell out of their queues at different numbers
+        read the same chunks after their first step, each read and rendered once
+        (five dashboards behind a burst read the disk five times over before)."""
+        if self._chunks_at != self.backend.deletions:  # read before events were removed
+            self._chunks.clear()
+            self._chunks_at = self.backend.deletions
+        key = (after, count)
+        chunk = self._chunks.get(key)
+        if chunk is not None:
+            self._chunks.move_to_end(key)
+            return chunk
+        msgs = self.backend.stored_after(after, count)
+        if not msgs:
+            return None
+        chunk = self._chunks[key] = {"type": "batch", "seq": msgs[-1]["seq"], "events": msgs, "sessions": []}
+        while len(self._chunks) > CHUNKS_KEPT:
+            self._chunks.popitem(last=False)
+        return chunk
+
+    def forget_chunks(self) -> None:
+        """No client is catching up: the chunks read for them are let go (memory)."""
+        self._chunks.clear()
 
     def caught_up_text(self, flt: Filter, cursor: int) -> str:
         """After a lagging client was served from memory or disk: the sessions as they

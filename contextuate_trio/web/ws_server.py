@@ -18,7 +18,6 @@ from typing import Any
 
 import trio
 from trio_websocket import ConnectionClosed, WebSocketConnection, WebSocketRequest, serve_websocket
-from wsproto.events import TextMessage
 
 from contextuate_trio.core.access import Scope
 from contextuate_trio.core.sessions import Session
@@ -74,6 +73,11 @@ class BrokerBackend:
     def first_on_disk(self) -> int:
         store = self.broker.store
         return 0 if store is None else store.order.first_seq
+
+    @property
+    def deletions(self) -> int:
+        store = self.broker.store
+        return 0 if store is None else store.deletions
 
     def stored_after(self, since: int, limit: int) -> list[dict]:
         store = self.broker.store
@@ -310,7 +314,7 @@ class WsServer:
             # a slow link that keeps reading is not one message that took too long.
             for group in _groups(texts, WRITE_BYTES):
                 timer.deadline = trio.current_time() + self.send_timeout
-                if len(group) > 1 and _frames_writable(client.ws):
+                if _frames_writable(client.ws):
                     await _send_frames(client.ws, group)
                 else:
                     for text in group:
@@ -398,7 +402,9 @@ class WsServer:
         texts, client.cursor = self.protocol.catch_up(client.state.filter, client.cursor)
         client.catching_up = client.cursor < self.broker.seq
         if not client.catching_up:
-            texts.append(self.protocol.caught_up_text(client.state.filter, client.cursor))
+            texts = [*texts, self.protocol.caught_up_text(client.state.filter, client.cursor)]
+            if not any(c.catching_up for c in self.clients):
+                self.protocol.forget_chunks()
         await self._send_all(client, texts, scope)
         await trio.lowlevel.checkpoint()  # a long catch-up never starves the loop
 
@@ -533,15 +539,20 @@ def _groups(texts: list[str], limit: int) -> list[list[str]]:
 
 def _frames_writable(ws: WebSocketConnection) -> bool:
     """Whether this trio-websocket has the parts ``_send_frames`` writes through
-    (its own ``send_message`` uses them; they are not public)."""
-    return all(hasattr(ws, a) for a in ("_wsproto", "_stream_lock", "_stream", "_close_reason", "_abort_web_socket"))
+    (its own ``send_message`` uses them; they are not public), on a connection with
+    no extension (a plain frame is what its peer expects)."""
+    if not all(hasattr(ws, a) for a in ("_wsproto", "_stream_lock", "_stream", "_close_reason", "_abort_web_socket")):
+        return False
+    conn = getattr(ws._wsproto, "connection", None)
+    return not getattr(getattr(conn, "_proto", None), "extensions", True)
 
 
 async def _send_frames(ws: Any, texts: list[str]) -> None:
-    """``ws.send_message`` for each text, as one write (what it does for one)."""
+    """``ws.send_message`` for each text, as one write (what it does for one), the
+    frames made by ``text_frame``."""
     if ws._close_reason:
         raise ConnectionClosed(ws._close_reason)
-    data = b"".join(ws._wsproto.send(TextMessage(data=text)) for text in texts)
+    data = b"".join([proto.text_frame(text) for text in texts])
     async with ws._stream_lock:
         try:
             await ws._stream.send_all(data)

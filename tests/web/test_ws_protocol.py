@@ -26,12 +26,15 @@ class FakeBackend:
         self.has_store = False
         self.disk: list[dict] = []  # with has_store: every message stored, oldest first
         self.done: list[tuple] = []
+        self.deletions = 0  # events removed from the disk (retention, a deletion)
+        self.reads: list[tuple[int, int]] = []  # (since, limit) of each read from disk
 
     @property
     def first_on_disk(self) -> int:
         return self.disk[0]["seq"] if self.has_store and self.disk else 0
 
     def stored_after(self, since, limit):
+        self.reads.append((since, limit))
         return [m for m in self.disk if m["seq"] > since][:limit] if self.has_store else []
 
     @property
@@ -125,8 +128,57 @@ def test_resume_from_disk_beyond_the_memory_in_chunks_exactly_once(monkeypatch):
     assert p.counters["caught_up_from_disk"] == 2
     # Past what the disk keeps (retention removed 101..102): a reset and a snapshot.
     del b.disk[:2]
+    b.deletions += 1
     texts, cursor = p.catch_up(proto.Filter(), 100)
     assert [json.loads(t)["type"] for t in texts] == ["reset", "snapshot"] and cursor == 107
+
+
+def test_clients_catching_up_share_the_chunks_read_from_disk(monkeypatch):
+    """Clients that fell behind at different numbers end their first step on the same
+    chunk boundary, then read (and render) each chunk once between them; a deletion
+    on disk, or no client catching up, lets the chunks go."""
+    monkeypatch.setattr(proto, "CATCH_UP_CHUNK", 4)
+    b = FakeBackend()
+    b.has_store = True
+    for i in range(15):
+        b.store("s" if i % 2 else "t")  # 101..115 on disk; the memory keeps 111..115
+    p = protocol(b)
+    got: dict[int, list[str]] = {}
+    steps: dict[int, list[int]] = {}
+    for start in (100, 102):
+        cursor = start
+        while cursor < b.seq:
+            texts, cursor = p.catch_up(proto.Filter(), cursor)
+            got.setdefault(start, []).extend(ids_in(texts))
+            steps.setdefault(start, []).append(cursor)
+    assert got[100] == [f"e{n}" for n in range(101, 116)]
+    assert got[102] == [f"e{n}" for n in range(103, 116)]
+    assert steps == {100: [104, 108, 110, 115], 102: [104, 108, 110, 115]}
+    # The second client read only its own first step: 103..104.
+    assert b.reads == [(100, 4), (104, 4), (108, 2), (102, 2)]
+    again, _ = p.catch_up(proto.Filter(), 104)
+    assert again is p.catch_up(proto.Filter(), 104)[0]  # one rendering, shared
+    # Events removed from the disk: the chunk is read again (it may have lost some).
+    b.reads.clear()
+    del b.disk[4:6]  # 105..106
+    b.deletions += 1
+    texts, cursor = p.catch_up(proto.Filter(), 104)
+    assert ids_in(texts) == ["e107", "e108", "e109", "e110"] and b.reads == [(104, 4)]
+    p.forget_chunks()
+    p.catch_up(proto.Filter(), 104)
+    assert b.reads == [(104, 4), (104, 4)]
+
+
+def test_text_frame_is_what_a_websocket_client_reads():
+    """``text_frame`` as wsproto's client side parses it, at each length encoding."""
+    from wsproto.frame_protocol import FrameProtocol, Opcode
+
+    for text in ["", "é" * 62, "x" * 126, "y" * 65_535, "z" * 70_000, "lone \udc80"]:
+        reader = FrameProtocol(client=True, extensions=[])
+        reader.receive_bytes(proto.text_frame(text))
+        (frame,) = list(reader.received_frames())
+        assert frame.opcode is Opcode.TEXT and frame.frame_finished and frame.message_finished
+        assert frame.payload == text.encode("utf-8", "replace").decode()
 
 
 def test_replies_filters_and_errors():
