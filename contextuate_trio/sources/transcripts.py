@@ -40,6 +40,9 @@ MAX_PER_READ = 256 << 20  # a job reads at most this much; the rest on the next 
 THROTTLE_S = 15.0
 FORGET_AFTER_S = 30 * 86400
 ALWAYS = ("Stop", "SubagentStop", "SessionEnd", "StopFailure", "PreCompact")
+# The hooks whose jobs may skip the throttle (``jobs_for``): ALWAYS, and what ends a
+# sub-agent's tool call.
+MAY_BE_URGENT = frozenset((*ALWAYS, "PostToolUse", "PostToolUseFailure"))
 _NS = uuid.UUID("7d4c1c52-7e0a-4b7a-9a51-2b8e0f7c9a10")
 
 
@@ -162,11 +165,22 @@ class TranscriptReader:
     # --- triggers (called by the broker, synchronously, after each stored batch) -------
     def on_stored(self, stored: list[Event]) -> None:
         now = time.monotonic()
+        last = self._last
+        asked: set[str] = set()  # main transcripts queued by this batch
         for ev in stored:
+            d = ev.data
+            if ev.hook_type not in MAY_BE_URGENT and isinstance(d, dict):
+                # Its one job, if any, is its main transcript, not urgent: skipped
+                # when throttled without making the job (a burst's every event).
+                path = d.get("transcript_path")
+                if isinstance(path, str) and (path in asked or now - last.get(path, -1e9) < THROTTLE_S):
+                    continue
             for job, urgent in jobs_for(ev):
-                if not urgent and now - self._last.get(job.path, -1e9) < THROTTLE_S:
+                if not urgent and now - last.get(job.path, -1e9) < THROTTLE_S:
                     continue
                 self._queued[job] = None
+                if not urgent:
+                    asked.add(job.path)
         if self._queued:
             self._wake.set()
 
