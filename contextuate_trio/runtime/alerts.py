@@ -31,16 +31,18 @@ import re
 import time
 from collections import Counter
 from collections.abc import Callable, Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import attrs
-import httpx
 import orjson
 import trio
 
 from contextuate_trio.config import WebhookConfig, webhook_origin
 from contextuate_trio.core.redact import Redactor
 from contextuate_trio.runtime.metrics import Metric
+
+if TYPE_CHECKING:  # imported when a webhook is configured: ~7 MB of memory otherwise
+    import httpx
 
 log = logging.getLogger("contextuate.alerts")
 
@@ -210,6 +212,8 @@ class Alerts:
         if not self.hooks:
             task_status.started()
             await trio.sleep_forever()
+        import httpx
+
         async with httpx.AsyncClient(
             # trust_env: HTTPS_PROXY / NO_PROXY are honoured (Slack or ntfy behind a proxy).
             timeout=self.timeout,
@@ -264,6 +268,8 @@ class Alerts:
             self._count(hook, "failed")
             log.warning("alert (%s) to webhook %d not sent: cannot build it: %s", what, hook.index, type(exc).__name__)
             return
+        import httpx
+
         headers = httpx.Headers(req.headers)
         headers.update(hook.cfg.headers)  # the config's win (case-insensitively)
         attempt = 0
@@ -299,6 +305,8 @@ class Alerts:
     ) -> tuple[str | None, float | None]:
         """One attempt: (None, None) when delivered, else (the problem, whether to
         retry: None for no, -1 for the usual backoff, or the seconds Retry-After says)."""
+        import httpx
+
         resp = None
         try:
             # httpx's timeout is per phase (connect, each read...): the deadline is the

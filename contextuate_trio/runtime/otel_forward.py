@@ -13,12 +13,15 @@ from __future__ import annotations
 
 import collections
 import logging
+from typing import TYPE_CHECKING
 
 import attrs
-import httpx
 import trio
 
 from contextuate_trio.runtime.metrics import Metric
+
+if TYPE_CHECKING:  # imported when forwarding is configured: ~7 MB of memory otherwise
+    import httpx
 
 log = logging.getLogger("contextuate.otel_forward")
 
@@ -74,6 +77,8 @@ class Forwarder:
         return export
 
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        import httpx
+
         async with httpx.AsyncClient(timeout=TIMEOUT_S) as client:
             task_status.started()
             while True:
@@ -83,6 +88,8 @@ class Forwarder:
                 await self._post(client, self._take())
 
     async def _post(self, client: httpx.AsyncClient, export: Export) -> None:
+        import httpx
+
         url = f"{self.base_url}/v1/{export.signal}"
         delay = RETRY_FIRST_S
         why = ""

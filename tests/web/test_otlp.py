@@ -506,3 +506,41 @@ def test_the_forward_queue_is_bounded_by_bytes_dropping_the_oldest():
         g.offer("metrics", "application/x-protobuf", b"\0" * (1024 * 1024))
     assert g.queued_bytes <= otel_forward.QUEUE_BYTES == 32 * 1024 * 1024
     assert g.counts["dropped"] == 256 - 32
+
+
+# --- the JSON answers, without the protobuf classes -------------------------------------
+def test_json_answers_are_the_messages_json_mapping():
+    """OTLP/JSON's answers are made by hand (a daemon that only hears JSON never
+    imports protobuf): what ``json_format`` makes of the same messages."""
+    from google.protobuf import json_format
+    from opentelemetry.proto.collector.metrics.v1 import metrics_service_pb2
+    from opentelemetry.proto.collector.trace.v1 import trace_service_pb2
+
+    from contextuate_trio.web.routes import otlp
+
+    responses = {
+        "logs": (logs_service_pb2.ExportLogsServiceResponse, "rejected_log_records"),
+        "metrics": (metrics_service_pb2.ExportMetricsServiceResponse, "rejected_data_points"),
+        "traces": (trace_service_pb2.ExportTraceServiceResponse, "rejected_spans"),
+    }
+    for signal, (cls, field) in responses.items():
+        assert otlp.success_json(signal, 0, None) == json_format.MessageToDict(cls()) == {}
+        msg = cls()
+        setattr(msg.partial_success, field, 3)
+        msg.partial_success.error_message = "no session.id"
+        assert otlp.success_json(signal, 3, "no session.id") == json_format.MessageToDict(msg)
+    for code, text in [(3, "bad"), (8, ""), (0, "x")]:
+        want = json_format.MessageToDict(status_pb2.Status(code=code, message=text))
+        assert otlp.status_json(code, text) == want
+
+
+def test_a_daemon_that_hears_only_json_never_imports_protobuf():
+    import subprocess
+    import sys
+
+    code = (
+        "import sys; import contextuate_trio.daemon.daemon, contextuate_trio.web.app, contextuate_trio.cli.main; "
+        "print(sorted({m.split('.')[0] for m in sys.modules} & {'google', 'opentelemetry', 'httpx'}))"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.strip() == "[]"

@@ -23,20 +23,15 @@ and refused record is counted (``/metrics``: ``contextuate_otlp_*``).
 from __future__ import annotations
 
 import base64
+import functools
 import logging
 import os
 import zlib
 from collections.abc import Callable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import orjson
 import trio
-from google.protobuf import json_format
-from google.protobuf.message import DecodeError, Message
-from google.rpc import status_pb2
-from opentelemetry.proto.collector.logs.v1 import logs_service_pb2
-from opentelemetry.proto.collector.metrics.v1 import metrics_service_pb2
-from opentelemetry.proto.collector.trace.v1 import trace_service_pb2
 from starlette.requests import ClientDisconnect, Request
 from starlette.responses import Response
 from starlette.routing import Route
@@ -46,6 +41,9 @@ from contextuate_trio.core.redact import Redactor
 from contextuate_trio.hook import paths as hook_paths
 from contextuate_trio.runtime.clock import now_ms
 from contextuate_trio.web.state import WebState, state_of
+
+if TYPE_CHECKING:
+    from google.protobuf.message import Message
 
 log = logging.getLogger("contextuate.otlp")
 
@@ -57,24 +55,44 @@ PARSERS = 4  # requests read, decoded and stored at once; more wait BUSY_WAIT_S,
 BUSY_WAIT_S = 0.5
 STORE_WAIT_S = 5.0  # the most a request waits for its events to be stored, then 503
 DEGRADED_WAIT_S = 0.25  # ...or this long when the store is failing (the broker says so)
-# Per signal: the request and response messages, and the partial success's count field.
-_MESSAGES: dict[str, tuple[type[Message], type[Message], str]] = {
-    "logs": (
-        logs_service_pb2.ExportLogsServiceRequest,
-        logs_service_pb2.ExportLogsServiceResponse,
-        "rejected_log_records",
-    ),
-    "metrics": (
-        metrics_service_pb2.ExportMetricsServiceRequest,
-        metrics_service_pb2.ExportMetricsServiceResponse,
-        "rejected_data_points",
-    ),
-    "traces": (
-        trace_service_pb2.ExportTraceServiceRequest,
-        trace_service_pb2.ExportTraceServiceResponse,
-        "rejected_spans",
-    ),
-}
+
+
+@functools.cache
+def _proto() -> Any:
+    """The protobuf side (the OTLP messages, ``json_format``), imported at the first
+    OTLP request: ~6 MB of memory in a daemon that receives none."""
+    import types
+
+    from google.protobuf import json_format
+    from google.protobuf.message import DecodeError
+    from google.rpc import status_pb2
+    from opentelemetry.proto.collector.logs.v1 import logs_service_pb2
+    from opentelemetry.proto.collector.metrics.v1 import metrics_service_pb2
+    from opentelemetry.proto.collector.trace.v1 import trace_service_pb2
+
+    # Per signal: the request and response messages, and the partial success's count field.
+    messages: dict[str, tuple[type[Message], type[Message], str]] = {
+        "logs": (
+            logs_service_pb2.ExportLogsServiceRequest,
+            logs_service_pb2.ExportLogsServiceResponse,
+            "rejected_log_records",
+        ),
+        "metrics": (
+            metrics_service_pb2.ExportMetricsServiceRequest,
+            metrics_service_pb2.ExportMetricsServiceResponse,
+            "rejected_data_points",
+        ),
+        "traces": (
+            trace_service_pb2.ExportTraceServiceRequest,
+            trace_service_pb2.ExportTraceServiceResponse,
+            "rejected_spans",
+        ),
+    }
+    return types.SimpleNamespace(
+        messages=messages, json_format=json_format, DecodeError=DecodeError, Status=status_pb2.Status
+    )
+
+
 INVALID_ARGUMENT, RESOURCE_EXHAUSTED, UNAVAILABLE = 3, 8, 14  # google.rpc.Code
 
 
@@ -183,12 +201,13 @@ def _ids_to_hex(signal: str, doc: dict[str, Any]) -> None:
 def decode(signal: str, body: bytes, protobuf: bool) -> Any:
     """The body -> the OTLP/JSON-shaped document the core reads."""
     if protobuf:
-        request_type = _MESSAGES[signal][0]
+        pb = _proto()
+        request_type = pb.messages[signal][0]
         try:
             msg = request_type.FromString(body)
-        except (DecodeError, RuntimeWarning, ValueError) as exc:
+        except (pb.DecodeError, RuntimeWarning, ValueError) as exc:
             raise Refused(400, INVALID_ARGUMENT, f"not an OTLP protobuf {signal} request: {exc}", "bad_body") from None
-        doc = json_format.MessageToDict(msg, use_integers_for_enums=True)
+        doc = pb.json_format.MessageToDict(msg, use_integers_for_enums=True)
         _ids_to_hex(signal, doc)
         return doc
     try:
@@ -210,23 +229,44 @@ def parse(
 
 
 # --- the answers ---------------------------------------------------------------------
-def _answer(message: Message, protobuf: bool, status: int = 200) -> Response:
-    if protobuf:
-        return Response(message.SerializeToString(), status_code=status, media_type=PROTOBUF)
-    return Response(orjson.dumps(json_format.MessageToDict(message)), status_code=status, media_type=JSON)
+def _answer(message: Message, status: int = 200) -> Response:
+    return Response(message.SerializeToString(), status_code=status, media_type=PROTOBUF)
+
+
+# The JSON answers: the proto3 JSON mapping of the messages (int64 as a string, default
+# values left out), made without the protobuf classes, so that a daemon whose clients
+# speak OTLP/JSON (Claude Code's ``http/json``) never imports them.
+_REJECTED_JSON = {"logs": "rejectedLogRecords", "metrics": "rejectedDataPoints", "traces": "rejectedSpans"}
+
+
+def success_json(signal: str, rejected: int, why: str | None) -> dict[str, Any]:
+    if not rejected:
+        return {}
+    return {"partialSuccess": {_REJECTED_JSON[signal]: str(rejected), "errorMessage": why or "rejected"}}
+
+
+def status_json(code: int, message: str) -> dict[str, Any]:
+    return {k: v for k, v in (("code", code), ("message", message)) if v}
 
 
 def success(signal: str, batch: otel.Batch, protobuf: bool) -> Response:
-    response = _MESSAGES[signal][1]()
+    if not protobuf:
+        return Response(orjson.dumps(success_json(signal, batch.rejected, batch.why)), media_type=JSON)
+    _request, response_type, rejected_field = _proto().messages[signal]
+    response = response_type()
     if batch.rejected:
         partial = response.partial_success
-        setattr(partial, _MESSAGES[signal][2], batch.rejected)
+        setattr(partial, rejected_field, batch.rejected)
         partial.error_message = batch.why or "rejected"
-    return _answer(response, protobuf)
+    return _answer(response)
 
 
 def failure(refused: Refused, protobuf: bool) -> Response:
-    response = _answer(status_pb2.Status(code=refused.code, message=str(refused)), protobuf, refused.status)
+    if protobuf:
+        response = _answer(_proto().Status(code=refused.code, message=str(refused)), refused.status)
+    else:
+        body = orjson.dumps(status_json(refused.code, str(refused)))
+        response = Response(body, status_code=refused.status, media_type=JSON)
     if refused.status == 503:
         response.headers["Retry-After"] = "1"
     return response
@@ -321,6 +361,8 @@ def endpoint(signal: str, machine: str, parsers: trio.CapacityLimiter) -> Callab
     async def receive(request: Request) -> Response:
         state = state_of(request)
         protobuf = request.headers.get("content-type", "").split(";", 1)[0].strip().lower() in _PROTOBUF_TYPES
+        if protobuf and not _proto.cache_info().currsize:
+            await trio.to_thread.run_sync(_proto)  # the first protobuf request: imported off the loop
         try:
             protobuf = _content_type(request)
             await _take_slot(parsers)
