@@ -109,6 +109,16 @@ def ids_in(texts: list[str]) -> list[str]:
     return out
 
 
+def catch_up_all(p: proto.WsProtocol, b: FakeBackend, cursor: int) -> tuple[list[str], list[int]]:
+    """A lagging client served until it is live: the ids it got, and where each step ended."""
+    got, steps = [], []
+    while cursor < b.seq:
+        texts, cursor = p.catch_up(proto.Filter(), cursor)
+        got += ids_in(texts)
+        steps.append(cursor)
+    return got, steps
+
+
 def test_resume_from_disk_beyond_the_memory_in_chunks_exactly_once(monkeypatch):
     monkeypatch.setattr(proto, "CATCH_UP_CHUNK", 2)
     b = FakeBackend()
@@ -118,11 +128,7 @@ def test_resume_from_disk_beyond_the_memory_in_chunks_exactly_once(monkeypatch):
     p = protocol(b)
     first, cursor = p.first_messages(proto.Handshake(proto.Filter(), since=100, epoch="E0", limit=10))
     assert json.loads(first[0])["type"] == "resume" and first[1:] == [] and cursor == 100
-    got, steps = [], []
-    while cursor < b.seq:
-        texts, cursor = p.catch_up(proto.Filter(), cursor)
-        got += ids_in(texts)
-        steps.append(cursor)
+    got, steps = catch_up_all(p, b, cursor)
     assert got == [f"e{n}" for n in range(101, 108)]  # each once, in order
     assert steps == [102, 107]  # one chunk from disk, then the memory has the rest
     assert p.counters["caught_up_from_disk"] == 2
@@ -143,17 +149,9 @@ def test_clients_catching_up_share_the_chunks_read_from_disk(monkeypatch):
     for i in range(15):
         b.store("s" if i % 2 else "t")  # 101..115 on disk; the memory keeps 111..115
     p = protocol(b)
-    got: dict[int, list[str]] = {}
-    steps: dict[int, list[int]] = {}
-    for start in (100, 102):
-        cursor = start
-        while cursor < b.seq:
-            texts, cursor = p.catch_up(proto.Filter(), cursor)
-            got.setdefault(start, []).extend(ids_in(texts))
-            steps.setdefault(start, []).append(cursor)
-    assert got[100] == [f"e{n}" for n in range(101, 116)]
-    assert got[102] == [f"e{n}" for n in range(103, 116)]
-    assert steps == {100: [104, 108, 110, 115], 102: [104, 108, 110, 115]}
+    first, second = catch_up_all(p, b, 100), catch_up_all(p, b, 102)
+    assert first == ([f"e{n}" for n in range(101, 116)], [104, 108, 110, 115])
+    assert second == ([f"e{n}" for n in range(103, 116)], [104, 108, 110, 115])
     # The second client read only its own first step: 103..104.
     assert b.reads == [(100, 4), (104, 4), (108, 2), (102, 2)]
     again, _ = p.catch_up(proto.Filter(), 104)
