@@ -55,11 +55,20 @@ class SeenIds:
         return (h & self._MASK, (h >> 21) & self._MASK, (h >> 42) & self._MASK)
 
     def add(self, event_id: str) -> None:
+        self.add_new(event_id)
+
+    def add_new(self, event_id: str) -> bool:
+        """Add ``event_id``; whether it may have been there already (``in`` and then
+        ``add`` in one: the pipeline asks both of every event)."""
         bits = self._bits
         a, b, c = self._probes(event_id)
-        bits[a >> 3] |= 1 << (a & 7)
-        bits[b >> 3] |= 1 << (b & 7)
-        bits[c >> 3] |= 1 << (c & 7)
+        ia, ib, ic = a >> 3, b >> 3, c >> 3
+        ma, mb, mc = 1 << (a & 7), 1 << (b & 7), 1 << (c & 7)
+        there = bool(bits[ia] & ma and bits[ib] & mb and bits[ic] & mc)
+        bits[ia] |= ma
+        bits[ib] |= mb
+        bits[ic] |= mc
+        return there
 
     def __contains__(self, event_id: str) -> bool:
         bits = self._bits

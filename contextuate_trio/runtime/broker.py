@@ -282,9 +282,9 @@ class Broker:
     def _duplicate(self, ev: Event) -> bool:
         if ev.id in self.recent:
             return True
+        this_run = self.seen.add_new(ev.id)  # (an id refused later stays: a look on disk then says no)
         if self.store is None:
             return False
-        this_run = ev.id in self.seen
         if ev.timestamp >= self.started_ms and not this_run:
             return False  # certainly not stored during this run, and newer than it
         # An event from before this start (spool, a catch-up), or one this run may
@@ -349,7 +349,7 @@ class Broker:
         event (moved it to a sub-agent, named a compaction's agent, listed unanswered
         calls)."""
         accepted: list[Accepted] = []
-        apply, seen = self.manager.apply, self.seen.add
+        apply = self.manager.apply
         debug = log.isEnabledFor(logging.DEBUG)
         for d, line in zip(fresh, lines, strict=True):
             if line is None:
@@ -363,7 +363,6 @@ class Broker:
             except Exception as exc:
                 self._reject(d, exc)
                 continue
-            seen(ev.id)
             if debug:
                 log.debug(
                     "[%s] Received event from %s/%s: %s",

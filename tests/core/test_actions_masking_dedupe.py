@@ -96,3 +96,6 @@ def test_recent_ids_forget_the_oldest_and_seen_ids_never_forget():
     assert len(recent) == 3 and "e0" not in recent and "e4" in recent
     assert all(f"e{i}" in seen for i in range(5))
     assert sum(f"x{i}" in seen for i in range(10_000)) < 10  # "no" is almost always certain
+    # ``add_new``: ``in`` then ``add``, in one.
+    assert seen.add_new("e1") is True and seen.add_new("new") is False and "new" in seen
+    assert seen.add_new("new") is True
