@@ -241,6 +241,8 @@ class WsServer:
             self.clients.discard(client)
             if client.sub is not None:
                 client.sub.close()
+            if client.catching_up:
+                self._forget_chunks_unless_lagging()
 
     async def _refuse(self, request: WebSocketRequest, status: int, why: str, remote: str) -> None:
         self.counters[f"refused_{status}"] += 1
@@ -403,10 +405,14 @@ class WsServer:
         client.catching_up = client.cursor < self.broker.seq
         if not client.catching_up:
             texts = [*texts, self.protocol.caught_up_text(client.state.filter, client.cursor)]
-            if not any(c.catching_up for c in self.clients):
-                self.protocol.forget_chunks()
+            self._forget_chunks_unless_lagging()
         await self._send_all(client, texts, scope)
         await trio.lowlevel.checkpoint()  # a long catch-up never starves the loop
+
+    def _forget_chunks_unless_lagging(self) -> None:
+        """The chunks read from disk for lagging clients are let go once none lags."""
+        if not any(c.catching_up for c in self.clients):
+            self.protocol.forget_chunks()
 
     async def _reader(self, client: Client, scope: trio.CancelScope) -> None:
         while True:
