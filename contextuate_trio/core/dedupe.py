@@ -40,9 +40,10 @@ class RecentIds:
 
 
 class SeenIds:
-    """Every id stored during this run, as a Bloom filter (1 MiB, 3 probes): "not
-    seen" is certain, so only an id it may have seen — a real copy, or about one in
-    7,000 after 150,000 events — costs a look on disk. Constant memory, O(1)."""
+    """Every id the pipeline was handed during this run (stored, or a copy, or refused),
+    as a Bloom filter (1 MiB, 3 probes): "not seen" is certain, so only an id it may
+    have seen — a real copy, or about one in 7,000 after 150,000 ids — costs a look on
+    disk, which has the last word. Constant memory, O(1)."""
 
     BITS = 1 << 23
     _MASK = BITS - 1

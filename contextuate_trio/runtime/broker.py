@@ -386,8 +386,12 @@ class Broker:
         self.counters["events"] += len(accepted)
         for a in accepted:
             a.delivery.finish(True)
+        refused = {d.event.id for d in fresh if d.rejected} if self.counters["rejected"] else ()
         for d in duplicates:  # after the batch is stored: its first copy may be in it
-            d.finish(True)
+            if d.event.id in refused:  # ...or refused: this copy is not stored either
+                d.finish(False, "rejected: its first copy in the batch was refused", rejected=True)
+            else:
+                d.finish(True)
         if not accepted:
             return
         stored = [a.event for a in accepted]

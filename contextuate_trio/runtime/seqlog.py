@@ -188,9 +188,10 @@ class SeqLog:
         data = os.pread(self._fd, (end - start) * RECORD.size, start * RECORD.size)
         return list(RECORD.iter_unpack(data[: len(data) - len(data) % RECORD.size]))
 
-    def after(self, since: int, limit: int) -> list[tuple[int, str, int, int]]:
-        """Up to ``limit`` records numbered after ``since``, oldest first, as (seq,
-        session key, offset, length); records of retired sessions left out."""
+    def after(self, since: int, limit: int, upto: int | None = None) -> list[tuple[int, str, int, int]]:
+        """Up to ``limit`` records numbered after ``since`` (and up to ``upto``), oldest
+        first, as (seq, session key, offset, length); records of retired sessions left
+        out."""
         if self._fd is None or not self.count or since >= self.last_seq:
             return []
         start = self._index_after(since)
@@ -199,7 +200,8 @@ class SeqLog:
         while start < self.count and len(out) < limit:
             end = min(self.count, start + max(limit - len(out), SEARCH_READ))
             for i, (seq, number, offset, length) in enumerate(self._records(start, end), start):
-                if len(out) >= limit:
+                if len(out) >= limit or (upto is not None and seq > upto):
+                    limit = len(out)  # (ends the outer loop too)
                     break
                 next_index = i + 1
                 if seq > since and self._alive(number):

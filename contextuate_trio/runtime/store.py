@@ -532,7 +532,14 @@ class FileStore:
         """(seq, stored line) of up to ``limit`` events numbered after ``since``, in
         order, from disk: one read per run of adjacent lines in a session's file; at
         most about ``max_bytes`` of lines (at least one), so one step stays short."""
-        records = self.order.after(since, limit)
+        return self.read_after(since, limit, max_bytes)[0]
+
+    def read_after(
+        self, since: int, limit: int, max_bytes: int = 4 << 20, upto: int | None = None
+    ) -> tuple[list[tuple[int, bytes]], bool]:
+        """``lines_after`` (numbered up to ``upto`` too), and whether every session's
+        file could be read (False: some lines are missing for now, not for good)."""
+        records = self.order.after(since, limit, upto)
         total = 0
         for i, (_seq, _key, _offset, length) in enumerate(records):
             total += length
@@ -543,13 +550,15 @@ class FileStore:
         for seq, key, offset, length in records:
             by_key.setdefault(key, []).append((offset, length, seq))
         found: list[tuple[int, bytes]] = []
+        complete = True
         for key, items in by_key.items():
             try:
                 found += self._read_records(key, items)
             except OSError as exc:  # one unreadable session must not stop a catch-up
+                complete = False
                 log.warning("session %s: cannot read events for a catch-up: %s", key, exc)
         found.sort()
-        return found
+        return found, complete
 
     def _read_records(self, key: str, items: list[tuple[int, int, int]]) -> list[tuple[int, bytes]]:
         """The lines at (offset, length) in a session's file, with their seqs; a line

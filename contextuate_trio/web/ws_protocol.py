@@ -54,7 +54,7 @@ TRIM_ITEMS = 200  # ... their lists to this many items
 HISTORY_MAX = 5000  # most events one history request or snapshot returns
 SESSIONS_FROM_DISK = 200  # newest sessions read for recent events older than the replay
 CATCH_UP_CHUNK = 1000  # events read from disk per step of a client's catch-up
-CHUNKS_KEPT = 8  # chunks read from disk kept for other clients catching up over them
+CHUNKS_KEPT = 4  # chunks read from disk kept for other clients catching up over them
 
 
 # --- the token, as a subprotocol (browsers cannot set Authorization on a WebSocket) ----
@@ -147,7 +147,7 @@ def text_frame(text: str) -> bytes:
     server writes, with no extension (trio-websocket's server negotiates none). The
     sender frames a client's texts itself, so the texts shared by every client are
     not each taken through wsproto (a frame object and copies per client). A lone
-    surrogate becomes U+FFFD: a text frame must be valid UTF-8."""
+    surrogate becomes "?": a text frame must be valid UTF-8."""
     payload = text.encode("utf-8", "replace")
     n = len(payload)
     if n < 126:
@@ -332,8 +332,10 @@ class Backend(Protocol):
         """The oldest event number the store can give back (0: none)."""
         ...
 
-    def stored_after(self, since: int, limit: int) -> list[dict]:
-        """Event messages (as the fan-out's) numbered after ``since``, from disk."""
+    def stored_after(self, since: int, upto: int) -> tuple[list[dict], bool]:
+        """Event messages (as the fan-out's) numbered after ``since`` and up to
+        ``upto``, from disk, and whether all could be read (False: a session's file
+        failed to read, for now)."""
         ...
 
     @property
@@ -444,42 +446,47 @@ class WsProtocol:
         if self._held(cursor):
             # Up to the next multiple of the chunk size, and no further than what the
             # memory lacks.
-            want = CATCH_UP_CHUNK - cursor % CATCH_UP_CHUNK
+            upto = cursor - cursor % CATCH_UP_CHUNK + CATCH_UP_CHUNK
             if replay:
-                want = min(want, replay[0]["seq"] - 1 - cursor)
-            chunk = self._stored_chunk(cursor, max(want, 1))
+                upto = min(upto, replay[0]["seq"] - 1)
+            chunk = self._stored_chunk(cursor, upto)
         if chunk is None:
             self.counters["resets"] += 1
             return self._reset(flt, "too old", HISTORY_MAX), seq
         self.counters["caught_up_from_disk"] += len(chunk["events"])
         return self.render_batch(flt, chunk), chunk["seq"]
 
-    def _stored_chunk(self, after: int, count: int) -> dict | None:
-        """The stored events after ``after`` (``count`` at most) as a batch (see
+    def _stored_chunk(self, after: int, upto: int) -> dict | None:
+        """The stored events numbered after ``after`` and up to ``upto`` as a batch (see
         ``render_batch``), or None when the disk has none of them. Shared by every
         client that catches up over the same numbers: steps end on multiples of
         CATCH_UP_CHUNK, so clients that fell out of their queues at different numbers
         read the same chunks after their first step, each read and rendered once
-        (five dashboards behind a burst read the disk five times over before)."""
+        (five dashboards behind a burst read the disk five times over before). A read
+        that failed in part is sent to its client only: the next may succeed."""
         if self._chunks_at != self.backend.deletions:  # read before events were removed
             self._chunks.clear()
             self._chunks_at = self.backend.deletions
-        key = (after, count)
+        key = (after, upto)
         chunk = self._chunks.get(key)
         if chunk is not None:
             self._chunks.move_to_end(key)
             return chunk
-        msgs = self.backend.stored_after(after, count)
+        msgs, complete = self.backend.stored_after(after, upto)
         if not msgs:
             return None
-        chunk = self._chunks[key] = {"type": "batch", "seq": msgs[-1]["seq"], "events": msgs, "sessions": []}
-        while len(self._chunks) > CHUNKS_KEPT:
-            self._chunks.popitem(last=False)
+        chunk = {"type": "batch", "seq": msgs[-1]["seq"], "events": msgs, "sessions": []}
+        if complete:
+            self._chunks[key] = chunk
+            while len(self._chunks) > CHUNKS_KEPT:
+                self._chunks.popitem(last=False)
         return chunk
 
-    def forget_chunks(self) -> None:
-        """No client is catching up: the chunks read for them are let go (memory)."""
-        self._chunks.clear()
+    def forget_chunks(self, below: int | None = None) -> None:
+        """Let go of the chunks read from disk that start before ``below`` (no client
+        that lags needs them: each is past it), or of all of them."""
+        for key in [k for k in self._chunks if below is None or k[0] < below]:
+            del self._chunks[key]
 
     def caught_up_text(self, flt: Filter, cursor: int) -> str:
         """After a lagging client was served from memory or disk: the sessions as they

@@ -79,14 +79,14 @@ class BrokerBackend:
         store = self.broker.store
         return 0 if store is None else store.deletions
 
-    def stored_after(self, since: int, limit: int) -> list[dict]:
+    def stored_after(self, since: int, upto: int) -> tuple[list[dict], bool]:
         store = self.broker.store
         if store is None:
-            return []
+            return [], True
+        lines, complete = store.read_after(since, upto - since, upto=upto)
         return [
-            {"type": "event", "seq": seq, "event": StoredEvent(line), "line": line}
-            for seq, line in store.lines_after(since, limit)
-        ]
+            {"type": "event", "seq": seq, "event": StoredEvent(line), "line": line} for seq, line in lines
+        ], complete
 
 
 class Client:
@@ -404,15 +404,16 @@ class WsServer:
         texts, client.cursor = self.protocol.catch_up(client.state.filter, client.cursor)
         client.catching_up = client.cursor < self.broker.seq
         if not client.catching_up:
+            # (not appended: ``texts`` may be the chunk's, shared with other clients)
             texts = [*texts, self.protocol.caught_up_text(client.state.filter, client.cursor)]
-            self._forget_chunks_unless_lagging()
+        self._forget_chunks_unless_lagging()
         await self._send_all(client, texts, scope)
         await trio.lowlevel.checkpoint()  # a long catch-up never starves the loop
 
     def _forget_chunks_unless_lagging(self) -> None:
-        """The chunks read from disk for lagging clients are let go once none lags."""
-        if not any(c.catching_up for c in self.clients):
-            self.protocol.forget_chunks()
+        """The chunks read from disk for lagging clients are let go once every one
+        that lags is past them (all of them once none lags)."""
+        self.protocol.forget_chunks(min((c.cursor for c in self.clients if c.catching_up), default=None))
 
     async def _reader(self, client: Client, scope: trio.CancelScope) -> None:
         while True:

@@ -159,6 +159,35 @@ async def test_an_event_the_pipeline_fails_on_is_refused_and_the_rest_goes_on(tm
     assert b.counters["rejected"] == 2 and "fine" in b.manager.sessions
 
 
+async def test_a_copy_of_a_refused_event_in_the_same_batch_is_refused_too(tmp_path):
+    """Two copies in one batch: the second is a copy of the first; when the first is
+    refused (a bug), the copy must not be acknowledged as stored."""
+    from contextuate_trio.core.sessions import SessionManager as Real
+
+    class FailsOnBoom(Real):
+        def apply(self, ev):
+            if ev.session_id == "boom":
+                raise RuntimeError("bug")
+            return super().apply(ev)
+
+    b = Broker(FileStore(str(tmp_path / "data")), FailsOnBoom())
+    b.load(MINT)
+
+    def copy(sid: str, eid: str) -> events.Event:
+        return events.from_payload(
+            {"session_id": sid, "hook_event_name": "Stop"}, event_id=eid, timestamp=1, machine_id="m"
+        )
+
+    async with trio.open_nursery() as n:
+        await n.start(b.run)
+        first, second, other, again = await b.submit_many(
+            [copy("boom", "x1"), copy("boom", "x1"), copy("fine", "x2"), copy("fine", "x2")], wait=True
+        )
+        n.cancel_scope.cancel()
+    assert not first.ok and not second.ok and second.rejected
+    assert other.ok and again.ok and b.counters["duplicates"] == 2
+
+
 async def test_a_claim_left_by_a_dead_hook_is_ingested(tmp_path, monkeypatch):
     from contextuate_trio.hook import spool as hook_spool
     from contextuate_trio.sources import spool as spool_source

@@ -22,14 +22,18 @@ def reader() -> transcripts.TranscriptReader:
     return transcripts.TranscriptReader(broker=None, state_dir="/nonexistent")
 
 
-def test_a_burst_asks_for_its_transcript_once_and_a_read_throttles_it():
+def test_a_burst_asks_for_its_transcript_once_and_a_read_throttles_it(monkeypatch):
+    made = []
+    real = transcripts.jobs_for
+    monkeypatch.setattr(transcripts, "jobs_for", lambda ev: made.append(ev.id) or real(ev))
     r = reader()
     r.on_stored([event("PreToolUse", i) for i in range(50)])
     assert [j.path for j in r._queued] == [MAIN]
+    assert made == ["e0"]  # the rest of the batch: no job made
     r._queued.clear()
     r._last[MAIN] = time.monotonic()  # just read
     r.on_stored([event("PreToolUse", i) for i in range(50, 60)])
-    assert not r._queued  # throttled
+    assert not r._queued and made == ["e0"]  # throttled, without making jobs
     r.on_stored([event("Stop", 60)])  # a turn's end skips the throttle
     assert [j.path for j in r._queued] == [MAIN]
 

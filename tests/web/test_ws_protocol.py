@@ -27,15 +27,16 @@ class FakeBackend:
         self.disk: list[dict] = []  # with has_store: every message stored, oldest first
         self.done: list[tuple] = []
         self.deletions = 0  # events removed from the disk (retention, a deletion)
-        self.reads: list[tuple[int, int]] = []  # (since, limit) of each read from disk
+        self.reads: list[tuple[int, int]] = []  # (since, upto) of each read from disk
+        self.readable = True  # False: a read from disk fails in part
 
     @property
     def first_on_disk(self) -> int:
         return self.disk[0]["seq"] if self.has_store and self.disk else 0
 
-    def stored_after(self, since, limit):
-        self.reads.append((since, limit))
-        return [m for m in self.disk if m["seq"] > since][:limit] if self.has_store else []
+    def stored_after(self, since, upto):
+        self.reads.append((since, upto))
+        return [m for m in self.disk if since < m["seq"] <= upto] if self.has_store else [], self.readable
 
     @property
     def sessions(self):
@@ -153,30 +154,42 @@ def test_clients_catching_up_share_the_chunks_read_from_disk(monkeypatch):
     assert first == ([f"e{n}" for n in range(101, 116)], [104, 108, 110, 115])
     assert second == ([f"e{n}" for n in range(103, 116)], [104, 108, 110, 115])
     # The second client read only its own first step: 103..104.
-    assert b.reads == [(100, 4), (104, 4), (108, 2), (102, 2)]
+    assert b.reads == [(100, 104), (104, 108), (108, 110), (102, 104)]
     again, _ = p.catch_up(proto.Filter(), 104)
     assert again is p.catch_up(proto.Filter(), 104)[0]  # one rendering, shared
-    # Events removed from the disk: the chunk is read again (it may have lost some).
+    # Events removed from the disk: the chunk is read again (it may have lost some);
+    # a chunk ends at its number, however many events are left in it.
     b.reads.clear()
     del b.disk[4:6]  # 105..106
     b.deletions += 1
     texts, cursor = p.catch_up(proto.Filter(), 104)
-    assert ids_in(texts) == ["e107", "e108", "e109", "e110"] and b.reads == [(104, 4)]
+    assert ids_in(texts) == ["e107", "e108"] and cursor == 108 and b.reads == [(104, 108)]
+    # The chunks that start before the lowest lagging client are let go; then all.
+    p.forget_chunks(below=105)
+    p.catch_up(proto.Filter(), 104)
+    assert b.reads == [(104, 108)] * 2
     p.forget_chunks()
     p.catch_up(proto.Filter(), 104)
-    assert b.reads == [(104, 4), (104, 4)]
+    assert b.reads == [(104, 108)] * 3
+    # A read that failed in part goes to its client, and is read again for the next.
+    b.readable = False
+    p.forget_chunks()
+    p.catch_up(proto.Filter(), 100)
+    p.catch_up(proto.Filter(), 100)
+    assert b.reads[-2:] == [(100, 104)] * 2
 
 
 def test_text_frame_is_what_a_websocket_client_reads():
     """``text_frame`` as wsproto's client side parses it, at each length encoding."""
     from wsproto.frame_protocol import FrameProtocol, Opcode
 
-    for text in ["", "é" * 62, "x" * 126, "y" * 65_535, "z" * 70_000, "lone \udc80"]:
+    for text in ["", "é" * 62, "x" * 125, "x" * 126, "y" * 65_535, "y" * 65_536, "z" * 70_000]:
         reader = FrameProtocol(client=True, extensions=[])
         reader.receive_bytes(proto.text_frame(text))
         (frame,) = list(reader.received_frames())
         assert frame.opcode is Opcode.TEXT and frame.frame_finished and frame.message_finished
-        assert frame.payload == text.encode("utf-8", "replace").decode()
+        assert frame.payload == text
+    assert proto.text_frame("lone \udc80") == b"\x81\x06lone ?"  # valid UTF-8, always
 
 
 def test_replies_filters_and_errors():

@@ -30,6 +30,7 @@ import zlib
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
+import attrs
 import orjson
 import trio
 from starlette.requests import ClientDisconnect, Request
@@ -57,12 +58,21 @@ STORE_WAIT_S = 5.0  # the most a request waits for its events to be stored, then
 DEGRADED_WAIT_S = 0.25  # ...or this long when the store is failing (the broker says so)
 
 
-@functools.cache
-def _proto() -> Any:
-    """The protobuf side (the OTLP messages, ``json_format``), imported at the first
-    OTLP request: ~6 MB of memory in a daemon that receives none."""
-    import types
+@attrs.frozen
+class _Protobuf:
+    """The protobuf side: per signal the request and response messages and the
+    partial success's count field; the parts of the library the receiver uses."""
 
+    messages: dict[str, tuple[type[Message], type[Message], str]]
+    json_format: Any
+    decode_error: type[Exception]
+    status: type[Message]
+
+
+@functools.cache
+def _proto() -> _Protobuf:
+    """Imported at the first OTLP protobuf request: ~6 MB of memory in a daemon that
+    receives none (Claude Code's ``http/json`` needs none of it)."""
     from google.protobuf import json_format
     from google.protobuf.message import DecodeError
     from google.rpc import status_pb2
@@ -70,7 +80,6 @@ def _proto() -> Any:
     from opentelemetry.proto.collector.metrics.v1 import metrics_service_pb2
     from opentelemetry.proto.collector.trace.v1 import trace_service_pb2
 
-    # Per signal: the request and response messages, and the partial success's count field.
     messages: dict[str, tuple[type[Message], type[Message], str]] = {
         "logs": (
             logs_service_pb2.ExportLogsServiceRequest,
@@ -88,12 +97,10 @@ def _proto() -> Any:
             "rejected_spans",
         ),
     }
-    return types.SimpleNamespace(
-        messages=messages, json_format=json_format, DecodeError=DecodeError, Status=status_pb2.Status
-    )
+    return _Protobuf(messages, json_format, DecodeError, status_pb2.Status)
 
 
-INVALID_ARGUMENT, RESOURCE_EXHAUSTED, UNAVAILABLE = 3, 8, 14  # google.rpc.Code
+INVALID_ARGUMENT, RESOURCE_EXHAUSTED, UNIMPLEMENTED, UNAVAILABLE = 3, 8, 12, 14  # google.rpc.Code
 
 
 class Refused(Exception):
@@ -205,7 +212,7 @@ def decode(signal: str, body: bytes, protobuf: bool) -> Any:
         request_type = pb.messages[signal][0]
         try:
             msg = request_type.FromString(body)
-        except (pb.DecodeError, RuntimeWarning, ValueError) as exc:
+        except (pb.decode_error, RuntimeWarning, ValueError) as exc:
             raise Refused(400, INVALID_ARGUMENT, f"not an OTLP protobuf {signal} request: {exc}", "bad_body") from None
         doc = pb.json_format.MessageToDict(msg, use_integers_for_enums=True)
         _ids_to_hex(signal, doc)
@@ -263,7 +270,7 @@ def success(signal: str, batch: otel.Batch, protobuf: bool) -> Response:
 
 def failure(refused: Refused, protobuf: bool) -> Response:
     if protobuf:
-        response = _answer(_proto().Status(code=refused.code, message=str(refused)), refused.status)
+        response = _answer(_proto().status(code=refused.code, message=str(refused)), refused.status)
     else:
         body = orjson.dumps(status_json(refused.code, str(refused)))
         response = Response(body, status_code=refused.status, media_type=JSON)
@@ -362,7 +369,14 @@ def endpoint(signal: str, machine: str, parsers: trio.CapacityLimiter) -> Callab
         state = state_of(request)
         protobuf = request.headers.get("content-type", "").split(";", 1)[0].strip().lower() in _PROTOBUF_TYPES
         if protobuf and not _proto.cache_info().currsize:
-            await trio.to_thread.run_sync(_proto)  # the first protobuf request: imported off the loop
+            try:  # the first protobuf request: imported off the loop
+                await trio.to_thread.run_sync(_proto)
+            except ImportError as exc:
+                count(state, "requests", signal, "unsupported")
+                log.warning("OTLP protobuf cannot be read here (%s): send OTLP/JSON", exc)
+                return Response(
+                    orjson.dumps(status_json(UNIMPLEMENTED, f"no protobuf here: {exc}")), 415, media_type=JSON
+                )
         try:
             protobuf = _content_type(request)
             await _take_slot(parsers)
