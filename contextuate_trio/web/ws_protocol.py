@@ -483,8 +483,8 @@ class WsProtocol:
         return chunk
 
     def forget_chunks(self, below: int | None = None) -> None:
-        """Let go of the chunks read from disk that start before ``below`` (no client
-        that lags needs them: each is past it), or of all of them."""
+        """Let go of the chunks read from disk that start before ``below`` (every
+        client is past them), or of all of them."""
         for key in [k for k in self._chunks if below is None or k[0] < below]:
             del self._chunks[key]
 

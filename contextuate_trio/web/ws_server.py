@@ -241,8 +241,7 @@ class WsServer:
             self.clients.discard(client)
             if client.sub is not None:
                 client.sub.close()
-            if client.catching_up:
-                self._forget_chunks_unless_lagging()
+            self._forget_chunks_behind_every_client()
 
     async def _refuse(self, request: WebSocketRequest, status: int, why: str, remote: str) -> None:
         self.counters[f"refused_{status}"] += 1
@@ -406,14 +405,14 @@ class WsServer:
         if not client.catching_up:
             # (not appended: ``texts`` may be the chunk's, shared with other clients)
             texts = [*texts, self.protocol.caught_up_text(client.state.filter, client.cursor)]
-        self._forget_chunks_unless_lagging()
+        self._forget_chunks_behind_every_client()
         await self._send_all(client, texts, scope)
         await trio.lowlevel.checkpoint()  # a long catch-up never starves the loop
 
-    def _forget_chunks_unless_lagging(self) -> None:
-        """The chunks read from disk for lagging clients are let go once every one
-        that lags is past them (all of them once none lags)."""
-        self.protocol.forget_chunks(min((c.cursor for c in self.clients if c.catching_up), default=None))
+    def _forget_chunks_behind_every_client(self) -> None:
+        """The chunks read from disk for lagging clients are let go once every client
+        is past them (one that is about to find it lags has its cursor behind)."""
+        self.protocol.forget_chunks(min((c.cursor for c in self.clients), default=None))
 
     async def _reader(self, client: Client, scope: trio.CancelScope) -> None:
         while True:

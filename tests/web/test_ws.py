@@ -568,3 +568,30 @@ def test_a_long_send_is_cut_into_writes_each_under_its_own_timeout():
     texts = ["a" * 100, "b" * 100, "c" * 300, "d" * 50, "e" * 60]
     assert _groups(texts, 250) == [texts[:2], texts[2:3], texts[3:]]
     assert _groups([], 10) == [] and _groups(["x" * 20], 10) == [["x" * 20]]
+
+
+async def test_two_lagging_clients_share_what_is_read_from_disk(live_daemon, monkeypatch):
+    """Two clients behind by more than the memory holds are served from disk: each
+    gets every event once, in order; the chunks they both need are read once (and let
+    go when they are live again)."""
+    from contextuate_trio.web import ws_protocol
+
+    monkeypatch.setattr(ws_protocol, "CATCH_UP_CHUNK", 10)
+    d = await live_daemon(queue_size=5)
+    d.broker.fanout.replay = collections.deque(d.broker.replay, maxlen=10)
+    backend = d.daemon.ws.protocol.backend
+    reads: list[tuple[int, int]] = []
+    real = backend.stored_after
+    monkeypatch.setattr(backend, "stored_after", lambda since, upto: reads.append((since, upto)) or real(since, upto))
+    n = 200
+    async with open_websocket_url(d.ws_url) as one, open_websocket_url(d.ws_url) as two:
+        await recv(one)
+        await recv(two)
+        batch = [events.from_object(ev(i), source="socket", mint=MINT) for i in range(n)]
+        await d.broker.submit_many(batch, wait=True)  # one batch: neither can keep up
+        got = [[s for s, _ in await recv_events(ws, n)] for ws in (one, two)]
+    want = list(range(base(d) + 1, base(d) + n + 1))
+    assert got == [want, want], "a gap or a duplicate"
+    assert d.daemon.ws.counters["caught_up_from_disk"] > n  # both were served from disk...
+    assert len(set(reads)) == len(reads)  # ...each chunk read once
+    assert not d.daemon.ws.protocol._chunks  # let go once both are past them
