@@ -138,6 +138,7 @@ class FileStore:
         self._landed: list[tuple[int, str, int, int]] = []  # seq records of a batch being stored
         self._unindexed: set[str] = set()  # keys whose index.jsonl missed blocks: a start must scan
         self._unopened: set[str] = set()  # sessions ``open`` could not read: their size is unknown
+        self._sized_tails: dict[str, list] = {}  # each last block when ``sizes`` was asked
 
     # --- start-up -----------------------------------------------------------------
     def open(self) -> tuple[list[Session], list[dict]]:
@@ -584,9 +585,11 @@ class FileStore:
 
     def sizes(self) -> dict[str, int | None]:
         """Each session file's size now (None: not known, a session ``open`` could not
-        read): what ``contains`` may be limited to later."""
+        read): what ``contains`` may be limited to later. Its last block as it is now
+        is kept with it: the time range of what the file holds now (the block grows)."""
         out: dict[str, int | None] = dict(self._bytes)
         out.update((key, None) for key in self._unopened)
+        self._sized_tails = {key: t.as_block() for key, t in self._tails.items()}
         return out
 
     def contains(self, session_id: str, event_id: str, ts: int, before: Mapping[str, int | None] | None = None) -> bool:
@@ -598,14 +601,24 @@ class FileStore:
         if limit == 0:
             return False
         needle = ('"id":' + json.dumps(event_id)).encode()
-        for b in self._all_blocks(key):
-            if b[3] is not None and b[3] <= ts <= b[4] and (limit is None or b[0] < limit):
+        for b in self._all_blocks(key) if limit is None else self._blocks_then(key, limit):
+            if b[3] is not None and b[3] <= ts <= b[4]:
                 data = self._read_bytes(key, b[0], b[1] if limit is None else min(b[1], limit))
                 if data is None:
                     return False
                 if needle in data:
                     return True
         return False
+
+    def _blocks_then(self, key: str, limit: int) -> list:
+        """The blocks of the first ``limit`` bytes of a session's file, as they were
+        when ``sizes`` said so: a block that grew since (the last one then) with its
+        time range then. An event newer than all of it, as a catch-up's are, is not
+        looked for on disk at all (it was read for every event of a catch-up)."""
+        then = self._sized_tails.get(key)
+        if then is None or then[1] != limit:  # not what ``sizes`` saw: every block up to it
+            return [b for b in self._all_blocks(key) if b[0] < limit]
+        return [*(b for b in self._index(key) if b[1] <= then[0]), then]
 
     def recent_ids(self, sessions: list[Session], budget: int) -> list[str]:
         """Ids of the last events stored, newest sessions first, to prime dedupe."""

@@ -162,3 +162,25 @@ def test_a_tail_longer_than_a_block_at_start_is_indexed_right(tmp_path):
     assert all(b[1] <= size for b in blocks) and sum(b[2] for b in blocks) == total
     assert again.contains("s1", f"id-{total - 1}", 1000 + total - 1)
     assert [e["data"]["n"] for e in again.events("s1", total)] == list(range(total))
+
+
+def test_contains_what_was_on_disk_at_start_reads_no_later_block(tmp_path):
+    """``contains`` limited to what ``sizes`` saw: what was there is found (also in a
+    block it has since filled), and an event newer than all of it reads nothing."""
+    st = FileStore(str(tmp_path))
+    st.open()
+    append_events(st, [ev(i) for i in range(BLOCK + 10)])  # a block and a tail of 10
+    st.close()
+    st = FileStore(str(tmp_path))
+    st.open()
+    then = st.sizes()
+    append_events(st, [ev(i, ts=5000 + i) for i in range(BLOCK + 10, 2 * BLOCK + 10)])  # the tail fills up
+    reads = []
+    real = st._read_bytes
+    st._read_bytes = lambda key, start, end: reads.append((start, end)) or real(key, start, end)
+    assert st.contains("s1", "id-3", 1003, then) and st.contains("s1", f"id-{BLOCK + 5}", 1000 + BLOCK + 5, then)
+    assert len(reads) == 2 and max(end for _, end in reads) <= then[session_key("s1")]
+    reads.clear()
+    assert not st.contains("s1", f"id-{BLOCK + 20}", 5000 + BLOCK + 20, then)  # stored after: not looked for
+    assert not st.contains("s1", "id-new", 9999, then) and reads == []
+    assert st.contains("s1", f"id-{BLOCK + 20}", 5000 + BLOCK + 20)  # without the limit: found
