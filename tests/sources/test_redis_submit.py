@@ -1,0 +1,47 @@
+"""``RedisSource._part`` and ``_hand_over``: what one XREAD gave reaches the broker in
+order, in a few submissions (not one per event), with a waiting hook's request on its
+event only and an event claiming another machine refused (no Redis needed: the entries
+are written out as Redis sends them)."""
+
+from __future__ import annotations
+
+import json
+
+import trio
+
+from contextuate_trio.config import RedisConfig
+from contextuate_trio.runtime.broker import Broker
+from contextuate_trio.runtime.decisions import Decisions
+from contextuate_trio.sources.redis import SUBMIT_CHUNK, RedisSource, Stream
+
+
+def entry(i: int, machine: str = "a", **extra) -> tuple[bytes, list[bytes]]:
+    ev = {"id": f"e{i}", "sessionId": f"s{i % 3}", "machineId": machine, "eventType": "tool_call", "timestamp": i}
+    return f"{i + 1}-0".encode(), [b"data", json.dumps({**ev, **extra}).encode()]
+
+
+async def test_a_read_goes_to_the_broker_in_order_in_chunks(tmp_path):
+    broker = Broker(None)
+    source = RedisSource(broker, RedisConfig(), str(tmp_path / "checkpoints.json"), Decisions(broker, True, 60_000))
+    answered: list[str] = []
+    source._request = lambda s, decide, entry_ms: lambda d: answered.append(d.event.id)
+    stored: list[str] = []
+    broker.on_stored.append(lambda evs: stored.extend(ev.id for ev in evs))
+    n = 2 * SUBMIT_CHUNK + 200
+    entries = [entry(i, decide=30_000) if i == 700 else entry(i, "b" if i == 900 else "a") for i in range(n)]
+    stream = Stream(b"s:{a}", "a", "0", 0)
+    part = source._part(stream, entries)
+    assert stream.read_id == f"{n}-0" and part.n == n  # the next read starts after these
+
+    last = await source._hand_over([part])
+
+    # SUBMIT_CHUNK events, those up to the waiting one, it alone, SUBMIT_CHUNK, the rest, the last.
+    assert broker.send_channel.statistics().current_buffer_used == 6
+    assert last is not None and last.event.id == f"e{n - 1}" and last.done is not None
+    assert part.spoofed == ["b"]
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(broker.run)
+        await last.done.wait()
+        nursery.cancel_scope.cancel()
+    assert stored == [f"e{i}" for i in range(n) if i != 900]
+    assert answered == ["e700"]
