@@ -375,6 +375,7 @@ class Broker:
         return accepted
 
     async def process(self, batch: list[Delivery]) -> None:
+        rejected_before = self.counters["rejected"]
         duplicates: list[Delivery] = []
         fresh = self._fresh(batch, duplicates)
         accepted = self._accept(fresh, self._masked_lines(fresh))
@@ -386,7 +387,7 @@ class Broker:
         self.counters["events"] += len(accepted)
         for a in accepted:
             a.delivery.finish(True)
-        refused = {d.event.id for d in fresh if d.rejected} if self.counters["rejected"] else ()
+        refused = {d.event.id for d in fresh if d.rejected} if self.counters["rejected"] > rejected_before else ()
         for d in duplicates:  # after the batch is stored: its first copy may be in it
             if d.event.id in refused:  # ...or refused: this copy is not stored either
                 d.finish(False, "rejected: its first copy in the batch was refused", rejected=True)

@@ -139,6 +139,7 @@ class FileStore:
         self._unindexed: set[str] = set()  # keys whose index.jsonl missed blocks: a start must scan
         self._unopened: set[str] = set()  # sessions ``open`` could not read: their size is unknown
         self._sized_tails: dict[str, list] = {}  # each last block when ``sizes`` was asked
+        self._blocks_at_sizes: dict[str, list] = {}  # ...and all of them then (``_blocks_then``)
 
     # --- start-up -----------------------------------------------------------------
     def open(self) -> tuple[list[Session], list[dict]]:
@@ -229,7 +230,10 @@ class FileStore:
     def _load_tail(self, key: str, size: int) -> None:
         blocks = self._index(key)
         start = blocks[-1][1] if blocks else 0
-        if start > size:  # index ahead of a truncated file: rebuild it
+        # An index ahead of a truncated file, or with a hole (a block whose write
+        # failed, then one that did not): rebuilt, else the hole's events are in no
+        # block, and no duplicate check or read finds them.
+        if start > size or any(b[0] != a[1] for a, b in zip([[0, 0], *blocks], blocks, strict=False)):
             blocks = self._rebuild_index(key)
             start = blocks[-1][1] if blocks else 0
         tail = _Tail(start)
@@ -303,11 +307,16 @@ class FileStore:
         ]
         new_blocks = self._add_to_blocks(key, before, [item[0] for item in items], sizes)
         if new_blocks:
-            self._index(key).extend(new_blocks)  # (loaded first: the file lacks them yet)
+            index = self._index(key)  # (loaded first: the file lacks them yet)
+            index.extend(new_blocks)
             path = os.path.join(self.sessions_dir, key, "index.jsonl")
             try:
-                with open(path, "a") as idx:
-                    idx.writelines(json.dumps(b) + "\n" for b in new_blocks)
+                if key in self._unindexed:  # an earlier block is missing from the file: all of it again
+                    write_atomic(path, "".join(json.dumps(b) + "\n" for b in index).encode(), shared=False)
+                    self._unindexed.discard(key)
+                else:
+                    with open(path, "a") as idx:
+                        idx.writelines(json.dumps(b) + "\n" for b in new_blocks)
             except OSError as exc:
                 # The events are written; the index is only a shortcut (a start that
                 # finds it short scans the rest: the meta then records no last block).
@@ -400,7 +409,7 @@ class FileStore:
         self.deletions += 1
         self._close(key)
         self.order.retire(key)
-        for d in (self._tails, self._blocks, self._bytes):
+        for d in (self._tails, self._blocks, self._bytes, self._sized_tails, self._blocks_at_sizes):
             d.pop(key, None)
         shutil.rmtree(os.path.join(self.sessions_dir, key), ignore_errors=True)
 
@@ -537,29 +546,37 @@ class FileStore:
 
     def read_after(
         self, since: int, limit: int, max_bytes: int = 4 << 20, upto: int | None = None
-    ) -> tuple[list[tuple[int, bytes]], bool]:
-        """``lines_after`` (numbered up to ``upto`` too), and whether every session's
-        file could be read (False: some lines are missing for now, not for good)."""
+    ) -> tuple[list[tuple[int, bytes]], int | None]:
+        """``lines_after`` (numbered up to ``upto`` too), and the number through which
+        they are every event the disk holds (numbers of deleted sessions, or never
+        recorded, are skipped): where a reader goes on from. None when a session's
+        file could not be read: some lines are missing, for now."""
         records = self.order.after(since, limit, upto)
         total = 0
+        cut = len(records) >= limit  # (then the next number may be there too)
         for i, (_seq, _key, _offset, length) in enumerate(records):
             total += length
             if total > max_bytes and i:
-                records = records[:i]
+                records, cut = records[:i], True
                 break
         by_key: dict[str, list[tuple[int, int, int]]] = {}
         for seq, key, offset, length in records:
             by_key.setdefault(key, []).append((offset, length, seq))
         found: list[tuple[int, bytes]] = []
-        complete = True
+        failed = False
         for key, items in by_key.items():
             try:
                 found += self._read_records(key, items)
             except OSError as exc:  # one unreadable session must not stop a catch-up
-                complete = False
+                failed = True
                 log.warning("session %s: cannot read events for a catch-up: %s", key, exc)
         found.sort()
-        return found, complete
+        if failed:
+            return found, None
+        if cut:
+            return found, records[-1][0]
+        last = self.order.last_seq
+        return found, max(since, last if upto is None else min(upto, last))
 
     def _read_records(self, key: str, items: list[tuple[int, int, int]]) -> list[tuple[int, bytes]]:
         """The lines at (offset, length) in a session's file, with their seqs; a line
@@ -590,6 +607,7 @@ class FileStore:
         out: dict[str, int | None] = dict(self._bytes)
         out.update((key, None) for key in self._unopened)
         self._sized_tails = {key: t.as_block() for key, t in self._tails.items()}
+        self._blocks_at_sizes = {}
         return out
 
     def contains(self, session_id: str, event_id: str, ts: int, before: Mapping[str, int | None] | None = None) -> bool:
@@ -618,7 +636,10 @@ class FileStore:
         then = self._sized_tails.get(key)
         if then is None or then[1] != limit:  # not what ``sizes`` saw: every block up to it
             return [b for b in self._all_blocks(key) if b[0] < limit]
-        return [*(b for b in self._index(key) if b[1] <= then[0]), then]
+        blocks = self._blocks_at_sizes.get(key)
+        if blocks is None:  # (they do not change: made once, not for every event)
+            blocks = self._blocks_at_sizes[key] = [*(b for b in self._index(key) if b[1] <= then[0]), then]
+        return blocks
 
     def recent_ids(self, sessions: list[Session], budget: int) -> list[str]:
         """Ids of the last events stored, newest sessions first, to prime dedupe."""

@@ -332,10 +332,10 @@ class Backend(Protocol):
         """The oldest event number the store can give back (0: none)."""
         ...
 
-    def stored_after(self, since: int, upto: int) -> tuple[list[dict], bool]:
+    def stored_after(self, since: int, upto: int) -> tuple[list[dict], int | None]:
         """Event messages (as the fan-out's) numbered after ``since`` and up to
-        ``upto``, from disk, and whether all could be read (False: a session's file
-        failed to read, for now)."""
+        ``upto``, from disk, and the number through which they are all the disk holds
+        (None: a session's file failed to read, for now)."""
         ...
 
     @property
@@ -472,14 +472,16 @@ class WsProtocol:
         if chunk is not None:
             self._chunks.move_to_end(key)
             return chunk
-        msgs, complete = self.backend.stored_after(after, upto)
-        if not msgs:
+        msgs, through = self.backend.stored_after(after, upto)
+        if through is None:  # a read failed in part: what it got, for this client only
+            return {"type": "batch", "seq": msgs[-1]["seq"], "events": msgs, "sessions": []} if msgs else None
+        if through <= after:
             return None
-        chunk = {"type": "batch", "seq": msgs[-1]["seq"], "events": msgs, "sessions": []}
-        if complete:
-            self._chunks[key] = chunk
-            while len(self._chunks) > CHUNKS_KEPT:
-                self._chunks.popitem(last=False)
+        # Through ``through``, also past the last event found: the numbers between are
+        # of deleted sessions (a step that ended before them would find nothing next).
+        chunk = self._chunks[key] = {"type": "batch", "seq": through, "events": msgs, "sessions": []}
+        while len(self._chunks) > CHUNKS_KEPT:
+            self._chunks.popitem(last=False)
         return chunk
 
     def forget_chunks(self, below: int | None = None) -> None:

@@ -79,14 +79,12 @@ class BrokerBackend:
         store = self.broker.store
         return 0 if store is None else store.deletions
 
-    def stored_after(self, since: int, upto: int) -> tuple[list[dict], bool]:
+    def stored_after(self, since: int, upto: int) -> tuple[list[dict], int | None]:
         store = self.broker.store
         if store is None:
-            return [], True
-        lines, complete = store.read_after(since, upto - since, upto=upto)
-        return [
-            {"type": "event", "seq": seq, "event": StoredEvent(line), "line": line} for seq, line in lines
-        ], complete
+            return [], since
+        lines, through = store.read_after(since, upto - since, upto=upto)
+        return [{"type": "event", "seq": seq, "event": StoredEvent(line), "line": line} for seq, line in lines], through
 
 
 class Client:

@@ -133,3 +133,23 @@ def test_a_batch_stored_in_two_attempts_is_recorded_once_in_order(tmp_path, monk
     assert [n for n, _ in store.lines_after(0, 10)] == [1, 2, 3, 4, 5]
     store.close()
     assert opened(tmp_path).order.last_seq == 5
+
+
+def test_read_after_says_through_which_number_it_read(tmp_path):
+    """Up to a number: the events there, and how far the reader may go on; across a
+    deleted session's numbers too (they hold nothing any more, not a gap to stop at)."""
+    store = opened(tmp_path)
+    lines = {}
+    for first in range(1, 40, 10):  # 1..10 a, 11..20 b, 21..30 a, 31..40 b
+        lines |= write(store, range(first, first + 10), ("a" if first % 20 == 1 else "b",))
+    store.delete("b")
+    assert store.read_after(0, 15, upto=15) == ([(n, lines[n]) for n in range(1, 11)], 15)
+    assert store.read_after(10, 10, upto=20) == ([], 20)  # only b's numbers: gone, read through
+    assert store.read_after(30, 100, upto=130) == ([], 40)  # the disk ends at 40
+    got, through = store.read_after(0, 100, max_bytes=3 * len(lines[1]), upto=100)
+    assert got == [(n, lines[n]) for n in (1, 2, 3)] and through == 3  # cut short: from 3 on
+    path = os.path.join(store.sessions_dir, session_key("a"), "events.jsonl")
+    store._close(session_key("a"))
+    os.rename(path, path + ".away")
+    os.mkdir(path)  # reading it fails (not as a file that is gone)
+    assert store.read_after(0, 15, upto=15) == ([], None)  # a failed read: nothing to conclude

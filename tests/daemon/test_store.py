@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 
 from helpers import append_events
@@ -184,3 +185,36 @@ def test_contains_what_was_on_disk_at_start_reads_no_later_block(tmp_path):
     assert not st.contains("s1", f"id-{BLOCK + 20}", 5000 + BLOCK + 20, then)  # stored after: not looked for
     assert not st.contains("s1", "id-new", 9999, then) and reads == []
     assert st.contains("s1", f"id-{BLOCK + 20}", 5000 + BLOCK + 20)  # without the limit: found
+
+
+def test_an_index_block_that_failed_to_write_leaves_no_hole(tmp_path):
+    """A block's index line that could not be written, then the next that could: the
+    index is written whole again (no hole), and a hole left by an older version is
+    rebuilt at start; either way every event is found."""
+    st = FileStore(str(tmp_path))
+    st.open()
+    append_events(st, [ev(i) for i in range(BLOCK)])
+    idx = os.path.join(st.sessions_dir, session_key("s1"), "index.jsonl")
+    os.rename(idx, idx + ".away")
+    os.mkdir(idx)  # the next block's index line cannot be appended
+    append_events(st, [ev(i) for i in range(BLOCK, 2 * BLOCK)])
+    os.rmdir(idx)
+    os.rename(idx + ".away", idx)
+    append_events(st, [ev(i) for i in range(2 * BLOCK, 3 * BLOCK)])
+    st.close()
+    with open(idx) as f:
+        blocks = [json.loads(x) for x in f]
+    assert len(blocks) == 3 and [b[0] for b in blocks] == [0, blocks[0][1], blocks[1][1]]  # whole again
+    again = FileStore(str(tmp_path))
+    again.open()
+    assert again.contains("s1", f"id-{BLOCK + 3}", 1000 + BLOCK + 3)
+    again.close()
+    # An index with a hole (as an older version left one; no meta says where the tail is).
+    with open(idx) as f:
+        lines = f.readlines()
+    with open(idx, "w") as f:
+        f.writelines([lines[0], lines[2]])
+    third = FileStore(str(tmp_path))
+    third.open()
+    assert third.contains("s1", f"id-{BLOCK + 3}", 1000 + BLOCK + 3)
+    assert [e["data"]["n"] for e in third.events("s1", 3, before=1000 + BLOCK + 3)] == [BLOCK, BLOCK + 1, BLOCK + 2]

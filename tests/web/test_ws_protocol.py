@@ -29,14 +29,22 @@ class FakeBackend:
         self.deletions = 0  # events removed from the disk (retention, a deletion)
         self.reads: list[tuple[int, int]] = []  # (since, upto) of each read from disk
         self.readable = True  # False: a read from disk fails in part
+        self.first_deleted = 0  # the first number of events deleted but still in the seq log
 
     @property
     def first_on_disk(self) -> int:
-        return self.disk[0]["seq"] if self.has_store and self.disk else 0
+        if not self.has_store or not self.disk:
+            return 0
+        return self.first_deleted or self.disk[0]["seq"]  # (the seq log still names deleted events)
 
     def stored_after(self, since, upto):
+        """As the store: the events, and the number through which they are all it
+        holds (the last one it holds at most); None when a read failed."""
         self.reads.append((since, upto))
-        return [m for m in self.disk if since < m["seq"] <= upto] if self.has_store else [], self.readable
+        if not self.has_store:
+            return [], since
+        through = max(since, min(upto, self.disk[-1]["seq"])) if self.disk else since
+        return [m for m in self.disk if since < m["seq"] <= upto], through if self.readable else None
 
     @property
     def sessions(self):
@@ -171,6 +179,15 @@ def test_clients_catching_up_share_the_chunks_read_from_disk(monkeypatch):
     p.forget_chunks()
     p.catch_up(proto.Filter(), 104)
     assert b.reads == [(104, 108)] * 3
+    # A whole chunk of a deleted session's numbers: the step goes on past them (it
+    # found no event), not a reset.
+    del b.disk[:]
+    b.disk += [m for m in b.replay]  # 111..115 left on disk: 101..110 deleted, not compacted
+    b.first_deleted = 101
+    b.deletions += 1
+    texts, cursor = p.catch_up(proto.Filter(), 104)
+    assert texts == [] and cursor == 108
+    assert catch_up_all(p, b, 108) == (["e111", "e112", "e113", "e114", "e115"], [110, 115])
     # A read that failed in part goes to its client, and is read again for the next.
     b.readable = False
     p.forget_chunks()
