@@ -116,6 +116,7 @@ class Broker:
         self.by_source: collections.Counter = collections.Counter()
         self.last_error: str | None = None
         self.ready = trio.Event()
+        self._refusing: list[tuple[Delivery, str]] = []  # the batch's refused events, told once it is stored
         self._dirty: dict[str, Session] = {}  # sessions whose meta.json is behind
         # The store's file sizes when ``load`` read it (None: not loaded, nothing known).
         self._on_disk_at_start: dict[str, int | None] | None = None
@@ -375,7 +376,7 @@ class Broker:
         return accepted
 
     async def process(self, batch: list[Delivery]) -> None:
-        rejected_before = self.counters["rejected"]
+        self._refusing = []
         duplicates: list[Delivery] = []
         fresh = self._fresh(batch, duplicates)
         accepted = self._accept(fresh, self._masked_lines(fresh))
@@ -387,7 +388,12 @@ class Broker:
         self.counters["events"] += len(accepted)
         for a in accepted:
             a.delivery.finish(True)
-        refused = {d.event.id for d in fresh if d.rejected} if self.counters["rejected"] > rejected_before else ()
+        # Refusals too are told once the batch is stored: a source that moves on when
+        # its last event is done (a Redis checkpoint) must not pass events still in memory.
+        refusals, self._refusing = self._refusing, []
+        for d, why in refusals:
+            d.finish(False, why, rejected=True)
+        refused = {d.event.id for d, _ in refusals}
         for d in duplicates:  # after the batch is stored: its first copy may be in it
             if d.event.id in refused:  # ...or refused: this copy is not stored either
                 d.finish(False, "rejected: its first copy in the batch was refused", rejected=True)
@@ -409,7 +415,7 @@ class Broker:
         self.counters["rejected"] += 1
         self.recent.discard(d.event.id)  # its producer may send it again
         log.exception("rejected event %s (%s from %s): %s", d.event.id, d.event.event_type, d.event.source, exc)
-        d.finish(False, f"rejected: {type(exc).__name__}: {exc}", rejected=True)
+        self._refusing.append((d, f"rejected: {type(exc).__name__}: {exc}"))  # told with the batch
 
     async def _write(self, accepted: list[Accepted], changed: dict[str, Session]) -> None:
         """Append the batch, retrying while the store fails (events wait in memory)."""

@@ -188,6 +188,50 @@ async def test_a_copy_of_a_refused_event_in_the_same_batch_is_refused_too(tmp_pa
     assert other.ok and again.ok and b.counters["duplicates"] == 2
 
 
+async def test_a_refusal_is_told_once_its_batch_is_stored(tmp_path, monkeypatch):
+    """A source that moves on when the last event it handed over is done (a Redis
+    checkpoint) must not pass events the store still holds in memory: the refused
+    last event of a batch is told after the others are written, not before."""
+    from contextuate_trio.core.sessions import SessionManager as Real
+    from contextuate_trio.runtime import broker as broker_mod
+    from contextuate_trio.runtime.store import StoreError
+
+    class FailsOnBoom(Real):
+        def apply(self, ev):
+            if ev.session_id == "boom":
+                raise RuntimeError("bug")
+            return super().apply(ev)
+
+    store = FileStore(str(tmp_path / "data"))
+    b = Broker(store, FailsOnBoom())
+    b.load(MINT)
+    monkeypatch.setattr(broker_mod, "RETRY_FIRST_S", 0.01)
+    failures = [StoreError("disk full")] * 2
+    real_append = store.append
+
+    def append(batch):
+        if failures:
+            raise failures.pop()
+        real_append(batch)
+
+    monkeypatch.setattr(store, "append", append)
+    told: list[str] = []
+
+    def one(sid: str, eid: str) -> events.Event:
+        return events.from_payload(
+            {"session_id": sid, "hook_event_name": "Stop"}, event_id=eid, timestamp=1, machine_id="m"
+        )
+
+    async with trio.open_nursery() as n:
+        await n.start(b.run)
+        good, bad = await b.submit_many(
+            [one("fine", "x1"), one("boom", "x2")], wait=True, on_done=lambda d: told.append(d.event.id)
+        )
+        n.cancel_scope.cancel()
+    assert good.ok and not bad.ok and bad.rejected
+    assert told == ["x1", "x2"] and not failures  # the refusal after the write that succeeded
+
+
 async def test_a_claim_left_by_a_dead_hook_is_ingested(tmp_path, monkeypatch):
     from contextuate_trio.hook import spool as hook_spool
     from contextuate_trio.sources import spool as spool_source
