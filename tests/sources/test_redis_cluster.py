@@ -277,13 +277,20 @@ def test_a_monitor_started_before_its_cluster_waits_for_it(daemon):
     stays up, says so, and reads once the cluster is there."""
     from redis_cluster import RedisCluster
 
+    from contextuate_trio.sources.redis import BACKOFF_MAX
+
     c = RedisCluster(3)
     try:
         d = cluster_monitor(daemon, c)
         wait_for(lambda: d.get("/api/health")["status"] != "ok", what="health says the cluster is unreachable")
         assert d.proc is not None and d.proc.poll() is None
         c.start()
-        wait_for(lambda: d.get("/api/health")["status"] == "ok", timeout=30, what="connected once the cluster is up")
+        # Its retries back off to BACKOFF_MAX while the cluster starts (slow under load).
+        wait_for(
+            lambda: d.get("/api/health")["status"] == "ok",
+            timeout=2 * BACKOFF_MAX + 10,
+            what="connected once the cluster is up",
+        )
         client = c.client()
         write(client, "late-box", [event("s-late", "late-box", 0)])
         wait_for(lambda: "s-late" in d.sessions(), what="the event")
