@@ -746,12 +746,19 @@ class RedisSource:
         counted = False
         for key, xinfo in infos:
             s = self.streams.get(key)
-            if isinstance(xinfo, Exception) and "no such key" not in str(xinfo):
+            if isinstance(xinfo, redis.exceptions.NoPermissionError):
                 self._refused("xinfo", xinfo, _text(key))
+                continue
+            if isinstance(xinfo, Exception):
+                # No such stream (yet): XINFO is allowed. Anything else (the cluster is
+                # down, a slot moving) is not a refusal: the next survey asks again.
+                if "no such key" in str(xinfo):
+                    self._denied.pop("xinfo", None)
+                    if s is not None:
+                        s.fresh = False  # created after this monitor first ran: its trims are misses
+                continue
             if s is None or not isinstance(xinfo, dict):
-                if s is not None and isinstance(xinfo, Exception) and "no such key" in str(xinfo):
-                    s.fresh = False  # created after this monitor first ran: its trims are misses
-                continue  # no such stream (yet), or Redis refused XINFO
+                continue
             self._denied.pop("xinfo", None)
             before = s.counted
             gone = s.account(xinfo)

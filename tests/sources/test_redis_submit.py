@@ -45,3 +45,38 @@ async def test_a_read_goes_to_the_broker_in_order_in_chunks(tmp_path):
         nursery.cancel_scope.cancel()
     assert stored == [f"e{i}" for i in range(n) if i != 900]
     assert answered == ["e700"]
+
+
+async def test_a_survey_that_fails_for_now_is_no_refusal(tmp_path):
+    """XINFO answered with an error that is not NOPERM (a cluster still coming up says
+    CLUSTERDOWN) is asked again at the next survey; it is not reported as a missing
+    permission (that report stuck, and health said "degraded", for good)."""
+    import redis
+
+    class Client:  # the replies a survey gets, as redis-py gives them (raise_on_error=False)
+        def __init__(self, reply: Exception) -> None:
+            self.reply = reply
+
+        def smembers(self, key):
+            return set()
+
+        def pipeline(self, transaction=False):
+            client = self
+
+            class Pipe:
+                def xinfo_stream(self, key):
+                    pass
+
+                def execute(self, raise_on_error=True):
+                    return [client.reply]
+
+            return Pipe()
+
+    broker = Broker(None)
+    source = RedisSource(broker, RedisConfig(), str(tmp_path / "checkpoints.json"), None)
+    await source._survey(Client(redis.exceptions.ClusterDownError("The cluster is down")))
+    assert source.problems() == []
+    await source._survey(Client(redis.exceptions.NoPermissionError("NOPERM no xinfo for you")))
+    assert any("grant +xinfo" in p for p in source.problems())
+    await source._survey(Client(redis.exceptions.ResponseError("no such key")))  # allowed after all
+    assert source.problems() == []
