@@ -11,6 +11,7 @@ from helpers import MINT, append_events
 
 from contextuate_trio.core import events
 from contextuate_trio.core.events import Event
+from contextuate_trio.core.sessions import SessionManager
 from contextuate_trio.runtime.broker import Broker
 from contextuate_trio.runtime.store import FileStore
 
@@ -112,17 +113,19 @@ async def test_deleting_a_session_deletes_its_sub_agents(tmp_path):
     assert not b.delete_session("top")
 
 
+class FailsOnBoom(SessionManager):
+    """A bug triggered by one event, stood in for: the session machine fails on "boom"."""
+
+    def apply(self, ev):
+        if ev.session_id == "boom":
+            raise RuntimeError("bug")
+        return super().apply(ev)
+
+
 async def test_an_event_the_pipeline_fails_on_is_refused_and_the_rest_goes_on(tmp_path):
     """A bug triggered by one event (stood in for by a manager that fails on one
     session) must not take the daemon's single pipeline task down."""
-    from contextuate_trio.core.sessions import SessionManager as Real
     from contextuate_trio.sources import spool as spool_source
-
-    class FailsOnBoom(Real):
-        def apply(self, ev):
-            if ev.session_id == "boom":
-                raise RuntimeError("bug")
-            return super().apply(ev)
 
     b = Broker(FileStore(str(tmp_path / "data")), FailsOnBoom())
     b.load(MINT)
@@ -162,13 +165,6 @@ async def test_an_event_the_pipeline_fails_on_is_refused_and_the_rest_goes_on(tm
 async def test_a_copy_of_a_refused_event_in_the_same_batch_is_refused_too(tmp_path):
     """Two copies in one batch: the second is a copy of the first; when the first is
     refused (a bug), the copy must not be acknowledged as stored."""
-    from contextuate_trio.core.sessions import SessionManager as Real
-
-    class FailsOnBoom(Real):
-        def apply(self, ev):
-            if ev.session_id == "boom":
-                raise RuntimeError("bug")
-            return super().apply(ev)
 
     b = Broker(FileStore(str(tmp_path / "data")), FailsOnBoom())
     b.load(MINT)
@@ -192,15 +188,8 @@ async def test_a_refusal_is_told_once_its_batch_is_stored(tmp_path, monkeypatch)
     """A source that moves on when the last event it handed over is done (a Redis
     checkpoint) must not pass events the store still holds in memory: the refused
     last event of a batch is told after the others are written, not before."""
-    from contextuate_trio.core.sessions import SessionManager as Real
     from contextuate_trio.runtime import broker as broker_mod
     from contextuate_trio.runtime.store import StoreError
-
-    class FailsOnBoom(Real):
-        def apply(self, ev):
-            if ev.session_id == "boom":
-                raise RuntimeError("bug")
-            return super().apply(ev)
 
     store = FileStore(str(tmp_path / "data"))
     b = Broker(store, FailsOnBoom())

@@ -118,6 +118,15 @@ def ids_in(texts: list[str]) -> list[str]:
     return out
 
 
+def on_disk(n: int) -> FakeBackend:
+    """``n`` events stored (101...), on disk and the newest in memory."""
+    b = FakeBackend()
+    b.has_store = True
+    for i in range(n):
+        b.store("s" if i % 2 else "t")
+    return b
+
+
 def catch_up_all(p: proto.WsProtocol, b: FakeBackend, cursor: int) -> tuple[list[str], list[int]]:
     """A lagging client served until it is live: the ids it got, and where each step ended."""
     got, steps = [], []
@@ -130,10 +139,7 @@ def catch_up_all(p: proto.WsProtocol, b: FakeBackend, cursor: int) -> tuple[list
 
 def test_resume_from_disk_beyond_the_memory_in_chunks_exactly_once(monkeypatch):
     monkeypatch.setattr(proto, "CATCH_UP_CHUNK", 2)
-    b = FakeBackend()
-    b.has_store = True
-    for i in range(7):
-        b.store("s" if i % 2 else "t")  # 101..107 on disk; the memory keeps 103..107
+    b = on_disk(7)  # 101..107 on disk; the memory keeps 103..107
     p = protocol(b)
     first, cursor = p.first_messages(proto.Handshake(proto.Filter(), since=100, epoch="E0", limit=10))
     assert json.loads(first[0])["type"] == "resume" and first[1:] == [] and cursor == 100
@@ -153,10 +159,7 @@ def test_clients_catching_up_share_the_chunks_read_from_disk(monkeypatch):
     chunk boundary, then read (and render) each chunk once between them; a deletion
     on disk, or no client catching up, lets the chunks go."""
     monkeypatch.setattr(proto, "CATCH_UP_CHUNK", 4)
-    b = FakeBackend()
-    b.has_store = True
-    for i in range(15):
-        b.store("s" if i % 2 else "t")  # 101..115 on disk; the memory keeps 111..115
+    b = on_disk(15)  # 101..115 on disk; the memory keeps 111..115
     p = protocol(b)
     first, second = catch_up_all(p, b, 100), catch_up_all(p, b, 102)
     assert first == ([f"e{n}" for n in range(101, 116)], [104, 108, 110, 115])
