@@ -377,8 +377,8 @@ class WsProtocol:
         self.now_ms = now_ms
         self.history = history or []  # events stored before this run (snapshot filler)
         self.counters: collections.Counter = collections.Counter()
-        # Chunks read from disk for lagging clients, by (after, count), newest last,
-        # with the backend's deletions count they were read at.
+        # Chunks read from disk for lagging clients, by (after, upto), newest last,
+        # and the backend's deletions count they were read at.
         self._chunks: collections.OrderedDict[tuple[int, int], dict] = collections.OrderedDict()
         self._chunks_at = 0
 

@@ -374,9 +374,7 @@ def endpoint(signal: str, machine: str, parsers: trio.CapacityLimiter) -> Callab
             except ImportError as exc:
                 count(state, "requests", signal, "unsupported")
                 log.warning("OTLP protobuf cannot be read here (%s): send OTLP/JSON", exc)
-                return Response(
-                    orjson.dumps(status_json(UNIMPLEMENTED, f"no protobuf here: {exc}")), 415, media_type=JSON
-                )
+                return failure(Refused(415, UNIMPLEMENTED, f"no protobuf here: {exc}", "unsupported"), protobuf=False)
         try:
             protobuf = _content_type(request)
             await _take_slot(parsers)
