@@ -63,10 +63,16 @@ def test_custom_patterns_or_masking_off() -> None:
     assert suspects(Redactor(), []) == []
 
 
-def test_stripping_that_joins_a_marker_names_no_line() -> None:
-    # Stripped of what no marker holds, "s9k-" reads "sk-" and "to\"ken" reads "token":
-    # found by the quick pass, refused by the exact one.
+def test_text_near_a_marker_names_no_line() -> None:
+    # "s9k-" is not "sk-", "to\",\"ken" is not "token": only the third line holds one.
     assert suspects(Redactor(), [b'{"a":"s9k-x"}', b'{"to","ken"}', b'{"b":"sk-abc"}']) == [2]
+
+
+def test_overlapping_markers_and_a_group_missing_a_part() -> None:
+    # The search reports no overlapping matches: a line is still named by the first
+    # of its markers; a group's first part alone ("://" without "@") names nothing.
+    lines = [b"asiakia", b"oken://x", b"see https://example.org", b"git://u@h", b"x" * 100 + b"ghp_"]
+    assert suspects(Redactor(), lines) == [0, 1, 3, 4]
 
 
 def test_a_batch_with_a_separator_or_non_ascii_inside_a_line_is_scanned_exactly() -> None:
