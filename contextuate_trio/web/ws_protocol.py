@@ -159,6 +159,28 @@ def text_frame(text: str) -> bytes:
     return head + payload
 
 
+class FrameCache:
+    """Frames of the texts several clients are sent, each made once: a batch's texts
+    are shared by every client with the same filter, and making the frame (an
+    encode and a copy of up to BATCH_BYTES) for each of five clients was a fifth of
+    the fan-out. Keyed by the text object itself (held here, so its id is not reused
+    while kept); the newest ``size`` texts are kept."""
+
+    def __init__(self, size: int = 64) -> None:
+        self.size = size
+        self._frames: collections.OrderedDict[int, tuple[str, bytes]] = collections.OrderedDict()
+
+    def frame(self, text: str) -> bytes:
+        hit = self._frames.get(id(text))
+        if hit is not None and hit[0] is text:
+            return hit[1]
+        frame = text_frame(text)
+        self._frames[id(text)] = (text, frame)
+        if len(self._frames) > self.size:
+            self._frames.popitem(last=False)
+        return frame
+
+
 class Raw(dict):
     """A reply whose ``events`` are already JSON texts (no decode/encode round trip)."""
 

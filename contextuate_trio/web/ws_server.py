@@ -12,6 +12,7 @@ from __future__ import annotations
 import collections
 import json
 import logging
+import os
 import secrets
 import time
 from typing import Any
@@ -134,6 +135,7 @@ class WsServer:
             now_ms=now_ms,
         )
         self.counters = self.protocol.counters
+        self.frames = proto.FrameCache()
         self.clients: set[Client] = set()
         self.bound_port: int | None = None
 
@@ -314,7 +316,7 @@ class WsServer:
             for group in _groups(texts, WRITE_BYTES):
                 timer.deadline = trio.current_time() + self.send_timeout
                 if _frames_writable(client.ws):
-                    await _send_frames(client.ws, group)
+                    await _send_frames(client.ws, [self.frames.frame(text) for text in group])
                 else:
                     for text in group:
                         await client.ws.send_message(text)
@@ -551,18 +553,53 @@ def _frames_writable(ws: WebSocketConnection) -> bool:
     return not getattr(getattr(conn, "_proto", None), "extensions", True)
 
 
-async def _send_frames(ws: Any, texts: list[str]) -> None:
+async def _send_frames(ws: Any, frames: list[bytes]) -> None:
     """``ws.send_message`` for each text, as one write (what it does for one), the
-    frames made by ``text_frame``."""
+    frames made by ``text_frame`` (shared: see ``FrameCache``); without a turn of
+    Trio's loop unless the lock is held or the socket is full (see ``_write_all``)."""
     if ws._close_reason:
         raise ConnectionClosed(ws._close_reason)
-    data = b"".join([proto.text_frame(text) for text in texts])
-    async with ws._stream_lock:
+    lock = ws._stream_lock
+    try:
+        lock.acquire_nowait()
+    except trio.WouldBlock:
+        await lock.acquire()
+    try:
+        await _write_all(ws._stream, frames)
+    except (trio.BrokenResourceError, trio.ClosedResourceError, OSError):
+        await ws._abort_web_socket()
+        raise ConnectionClosed(ws._close_reason) from None
+    finally:
+        lock.release()
+
+
+IOV_MAX = 1024  # buffers one writev takes (Linux)
+
+
+async def _write_all(stream: Any, frames: list[bytes]) -> None:
+    """``stream.send_all`` of the frames, in one writev while the kernel takes them.
+    Trio's ``send_all`` takes a turn of the loop after each write, and the lock
+    another: in a burst each turn waited for a whole pipeline batch (~10 ms), so a
+    sender that needed two writes a batch got one, fell out of its queue and was
+    served from disk. Waits only when the socket is full; the frames, shared with
+    other clients, are never joined into a copy per client."""
+    sock = stream.socket
+    views = [memoryview(f) for f in frames]
+    i = 0
+    while i < len(views):
+        fd = sock.fileno()
+        if fd < 0:
+            raise trio.ClosedResourceError("the WebSocket's socket was closed")
         try:
-            await ws._stream.send_all(data)
-        except (trio.BrokenResourceError, trio.ClosedResourceError):
-            await ws._abort_web_socket()
-            raise ConnectionClosed(ws._close_reason) from None
+            n = os.writev(fd, views[i : i + IOV_MAX])
+        except BlockingIOError:
+            await trio.lowlevel.wait_writable(sock)
+            continue
+        while n and n >= len(views[i]):  # the buffers written whole
+            n -= len(views[i])
+            i += 1
+        if n:
+            views[i] = views[i][n:]
 
 
 def _reason(ws: WebSocketConnection) -> str:

@@ -570,6 +570,42 @@ def test_a_long_send_is_cut_into_writes_each_under_its_own_timeout():
     assert _groups([], 10) == [] and _groups(["x" * 20], 10) == [["x" * 20]]
 
 
+async def test_frames_written_on_a_full_socket_arrive_whole_and_in_order():
+    """``_write_all`` writes on while the kernel takes the frames and waits when the
+    socket is full: over a real socket with a small send buffer and a slow reader,
+    many frames of every size arrive whole, in order, none twice."""
+    import socket as stdlib_socket
+
+    from contextuate_trio.web.ws_server import _write_all
+
+    frames = [bytes([65 + i % 26]) * size for i, size in enumerate([1, 5000, 300_000, 7, 70_000] * 40)]
+    frames += [b"z"] * 3000  # more buffers than one writev takes
+    a, b = trio.socket.socketpair(stdlib_socket.AF_UNIX, stdlib_socket.SOCK_STREAM)
+    a.setsockopt(stdlib_socket.SOL_SOCKET, stdlib_socket.SO_SNDBUF, 4096)
+    got = bytearray()
+
+    async def read_slowly() -> None:
+        while len(got) < sum(map(len, frames)):
+            got.extend(await b.recv(16384))  # (a turn of the loop each: the writer waits)
+
+    with a, b, trio.fail_after(30):
+        async with trio.open_nursery() as n:
+            n.start_soon(read_slowly)
+            await _write_all(trio.SocketStream(a), frames)
+    assert bytes(got) == b"".join(frames)
+
+
+async def test_a_write_to_a_closed_peer_fails_as_closed():
+    import socket as stdlib_socket
+
+    from contextuate_trio.web.ws_server import _write_all
+
+    a, b = trio.socket.socketpair(stdlib_socket.AF_UNIX, stdlib_socket.SOCK_STREAM)
+    b.close()
+    with a, pytest.raises(OSError):
+        await _write_all(trio.SocketStream(a), [b"x" * 100_000] * 10)
+
+
 async def test_two_lagging_clients_share_what_is_read_from_disk(live_daemon, monkeypatch):
     """Two clients behind by more than the memory holds are served from disk: each
     gets every event once, in order; the chunks they both need are read once (and let

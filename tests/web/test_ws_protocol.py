@@ -212,6 +212,17 @@ def test_text_frame_is_what_a_websocket_client_reads():
     assert proto.text_frame("lone \udc80") == b"\x81\x06lone ?"  # valid UTF-8, always
 
 
+def test_frame_cache_makes_a_shared_texts_frame_once():
+    cache = proto.FrameCache(size=2)
+    text = "x" * 1000
+    first = cache.frame(text)
+    assert first == proto.text_frame(text) and cache.frame(text) is first  # the same bytes
+    twin = "".join(["x" * 500, "x" * 500])  # equal, another object: its own, right, frame
+    assert twin is not text and cache.frame(twin) == first
+    cache.frame("a"), cache.frame("b")  # the oldest let go: made again, the same frame
+    assert cache.frame(text) == first and len(cache._frames) == 2
+
+
 def test_replies_filters_and_errors():
     b = FakeBackend()
     b.store("s")
