@@ -164,20 +164,33 @@ class FrameCache:
     are shared by every client with the same filter, and making the frame (an
     encode and a copy of up to BATCH_BYTES) for each of five clients was a fifth of
     the fan-out. Keyed by the text object itself (held here, so its id is not reused
-    while kept); the newest ``size`` texts are kept."""
+    while kept); the texts and frames used last are kept, ``max_bytes`` of them in
+    all (what stays pinned when the daemon goes quiet); a larger text is framed
+    each time."""
 
-    def __init__(self, size: int = 64) -> None:
-        self.size = size
+    def __init__(self, max_bytes: int = 4 * 1024 * 1024) -> None:
+        self.max_bytes = max_bytes
+        self.bytes = 0
         self._frames: collections.OrderedDict[int, tuple[str, bytes]] = collections.OrderedDict()
 
     def frame(self, text: str) -> bytes:
-        hit = self._frames.get(id(text))
+        key = id(text)
+        hit = self._frames.get(key)
         if hit is not None and hit[0] is text:
+            self._frames.move_to_end(key)
             return hit[1]
         frame = text_frame(text)
-        self._frames[id(text)] = (text, frame)
-        if len(self._frames) > self.size:
-            self._frames.popitem(last=False)
+        cost = len(text) + len(frame)
+        if cost > self.max_bytes // 4:
+            return frame
+        if hit is not None:  # (an id of a text let go elsewhere, now another's)
+            self.bytes -= len(hit[0]) + len(hit[1])
+        self._frames[key] = (text, frame)
+        self._frames.move_to_end(key)
+        self.bytes += cost
+        while self.bytes > self.max_bytes:
+            _, (old_text, old_frame) = self._frames.popitem(last=False)
+            self.bytes -= len(old_text) + len(old_frame)
         return frame
 
 

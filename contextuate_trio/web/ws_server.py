@@ -302,8 +302,8 @@ class WsServer:
         await self._send_all(client, [text], scope)
 
     async def _send_all(self, client: Client, texts: list[str], scope: trio.CancelScope) -> None:
-        """Send ``texts`` in order. Several go out as one write of their frames: each
-        ``send_message`` is two turns of Trio's loop (its lock, then the write), so a
+        """Send ``texts`` in order. Several go out together, their frames in one writev:
+        each ``send_message`` is two turns of Trio's loop (its lock, then the write), so a
         sender that sent its messages one by one got fewer turns than the pipeline
         needs per batch, fell out of its queue in every burst and was then served from
         disk on its own."""
@@ -549,22 +549,29 @@ def _frames_writable(ws: WebSocketConnection) -> bool:
     no extension (a plain frame is what its peer expects)."""
     if not all(hasattr(ws, a) for a in ("_wsproto", "_stream_lock", "_stream", "_close_reason", "_abort_web_socket")):
         return False
+    if not isinstance(ws._stream, trio.SocketStream) or not hasattr(os, "writev"):
+        return False  # (TLS, or no writev: trio-websocket's own sends)
     conn = getattr(ws._wsproto, "connection", None)
     return not getattr(getattr(conn, "_proto", None), "extensions", True)
 
 
 async def _send_frames(ws: Any, frames: list[bytes]) -> None:
-    """``ws.send_message`` for each text, as one write (what it does for one), the
-    frames made by ``text_frame`` (shared: see ``FrameCache``); without a turn of
-    Trio's loop unless the lock is held or the socket is full (see ``_write_all``)."""
-    if ws._close_reason:
-        raise ConnectionClosed(ws._close_reason)
+    """What ``ws.send_message`` does for each text, for all the frames at once
+    (made by ``text_frame``, shared: see ``FrameCache``): one writev while the kernel
+    takes them, under the connection's send lock; no turn of Trio's loop unless the
+    lock is held or the socket is full (see ``_write_all``)."""
     lock = ws._stream_lock
     try:
         lock.acquire_nowait()
     except trio.WouldBlock:
         await lock.acquire()
     try:
+        # No write from a task cancelled meanwhile (a dropped client's reader handed
+        # the lock after a torn frame), none after the Close frame: what Trio's own
+        # send checked. (Neither yields when there is nothing to say.)
+        await trio.lowlevel.checkpoint_if_cancelled()
+        if ws._close_reason:
+            raise ConnectionClosed(ws._close_reason)
         await _write_all(ws._stream, frames)
     except (trio.BrokenResourceError, trio.ClosedResourceError, OSError):
         await ws._abort_web_socket()
@@ -595,7 +602,7 @@ async def _write_all(stream: Any, frames: list[bytes]) -> None:
         except BlockingIOError:
             await trio.lowlevel.wait_writable(sock)
             continue
-        while n and n >= len(views[i]):  # the buffers written whole
+        while i < len(views) and len(views[i]) <= n:  # the buffers written whole
             n -= len(views[i])
             i += 1
         if n:

@@ -7,6 +7,7 @@ import json
 
 import pytest
 import trio
+import trio.testing
 from helpers import MINT, T0, ev
 from trio_websocket import ConnectionClosed, ConnectionRejected, open_websocket_url
 
@@ -604,6 +605,86 @@ async def test_a_write_to_a_closed_peer_fails_as_closed():
     b.close()
     with a, pytest.raises(OSError):
         await _write_all(trio.SocketStream(a), [b"x" * 100_000] * 10)
+
+
+async def test_empty_frames_are_written_past():
+    import socket as stdlib_socket
+
+    from contextuate_trio.web.ws_server import _write_all
+
+    a, b = trio.socket.socketpair(stdlib_socket.AF_UNIX, stdlib_socket.SOCK_STREAM)
+    with a, b, trio.fail_after(5):
+        await _write_all(trio.SocketStream(a), [b"abc", b"", b"", b"d", b""])
+        assert await b.recv(100) == b"abcd"
+
+
+class FakeWs:
+    """The parts of a trio-websocket connection ``_send_frames`` writes through."""
+
+    def __init__(self, sock) -> None:
+        self._stream_lock = trio.StrictFIFOLock()
+        self._stream = trio.SocketStream(sock)
+        self._close_reason = None
+        self.aborted = False
+
+    async def _abort_web_socket(self) -> None:
+        self.aborted = True
+
+
+async def test_a_task_cancelled_while_waiting_for_the_send_lock_writes_nothing():
+    """A sender cut off mid-frame hands the lock on; the next in line, whose client
+    is being dropped (its scope cancelled), must not write after the torn frame."""
+    import socket as stdlib_socket
+
+    from contextuate_trio.web.ws_server import _send_frames
+
+    a, b = trio.socket.socketpair(stdlib_socket.AF_UNIX, stdlib_socket.SOCK_STREAM)
+    with a, b:
+        ws = FakeWs(a)
+        await ws._stream_lock.acquire()  # a send under way
+        async with trio.open_nursery() as n:
+            waiter = trio.CancelScope()
+
+            async def reply() -> None:
+                with waiter:
+                    await _send_frames(ws, [b"REPLY"])
+
+            n.start_soon(reply)
+            await trio.testing.wait_all_tasks_blocked()
+            ws._stream_lock.release()  # the torn send lets go of the lock (handed on)...
+            waiter.cancel()  # ...and then drops the client
+        a.close()
+        assert await b.recv(100) == b""  # the end of the stream, and nothing before it
+
+
+async def test_a_close_while_waiting_for_the_lock_or_a_gone_peer_is_connection_closed():
+    import socket as stdlib_socket
+
+    from contextuate_trio.web.ws_server import _send_frames
+
+    a, b = trio.socket.socketpair(stdlib_socket.AF_UNIX, stdlib_socket.SOCK_STREAM)
+    with a, b:
+        ws = FakeWs(a)
+        await ws._stream_lock.acquire()
+        async with trio.open_nursery() as n:
+            failed: list[BaseException] = []
+
+            async def send() -> None:
+                try:
+                    await _send_frames(ws, [b"DATA"])
+                except ConnectionClosed as exc:
+                    failed.append(exc)
+
+            n.start_soon(send)
+            await trio.testing.wait_all_tasks_blocked()
+            ws._close_reason = "closed by the peer"  # (trio-websocket sent its Close frame)
+            ws._stream_lock.release()
+        assert failed and not ws.aborted
+        b.close()
+        ws._close_reason = None
+        with pytest.raises(ConnectionClosed):
+            await _send_frames(ws, [b"x" * 100_000] * 10)
+        assert ws.aborted
 
 
 async def test_two_lagging_clients_share_what_is_read_from_disk(live_daemon, monkeypatch):

@@ -212,15 +212,21 @@ def test_text_frame_is_what_a_websocket_client_reads():
     assert proto.text_frame("lone \udc80") == b"\x81\x06lone ?"  # valid UTF-8, always
 
 
-def test_frame_cache_makes_a_shared_texts_frame_once():
-    cache = proto.FrameCache(size=2)
+def test_frame_cache_makes_a_shared_texts_frame_once_within_its_budget():
+    cache = proto.FrameCache(max_bytes=10_000)
     text = "x" * 1000
     first = cache.frame(text)
     assert first == proto.text_frame(text) and cache.frame(text) is first  # the same bytes
     twin = "".join(["x" * 500, "x" * 500])  # equal, another object: its own, right, frame
-    assert twin is not text and cache.frame(twin) == first
-    cache.frame("a"), cache.frame("b")  # the oldest let go: made again, the same frame
-    assert cache.frame(text) == first and len(cache._frames) == 2
+    assert twin is not text and cache.frame(twin) == first and cache.frame(twin) is not first
+    others = ["a" * 1000, "b" * 1000, "c" * 1000]
+    for t in others:
+        cache.frame(t)
+        cache.frame(text)  # used last each time: kept while older ones go
+    assert cache.frame(text) is first
+    assert cache.bytes <= 10_000 and cache.bytes == sum(len(t) + len(f) for t, f in cache._frames.values())
+    big = "y" * 4000  # over a quarter of the budget: framed, not kept
+    assert cache.frame(big) == proto.text_frame(big) and cache.frame(big) is not cache.frame(big)
 
 
 def test_replies_filters_and_errors():
