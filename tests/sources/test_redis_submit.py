@@ -80,3 +80,20 @@ async def test_a_survey_that_fails_for_now_is_no_refusal(tmp_path):
     assert any("grant +xinfo" in p for p in source.problems())
     await source._survey(Client(redis.exceptions.ResponseError("no such key")))  # allowed after all
     assert source.problems() == []
+
+
+def test_events_into_another_machines_session_are_refused_and_the_rest_kept_in_order(tmp_path):
+    """``_own`` looks each session up once per read: an event into a session another
+    machine owns is refused (counted as spoofed), one into its own or an unknown-machine
+    session, or a new one, is kept, in the order read."""
+    broker = Broker(None)
+    source = RedisSource(broker, RedisConfig(), str(tmp_path / "checkpoints.json"), None)
+    for sid, machine in (("s0", "b"), ("s1", "unknown"), ("s2", "a")):
+        seed = source._part(Stream(b"s:{x}", machine, "0", 0), [entry(100, machine, sessionId=sid)])
+        broker.manager.apply(seed.events[0])
+    part = source._part(Stream(b"s:{a}", "a", "0", 0), [entry(i) for i in range(7)] + [entry(7, sessionId="s9")])
+
+    kept = source._own(part)
+
+    assert [ev.id for ev in kept] == ["e1", "e2", "e4", "e5", "e7"]
+    assert part.spoofed == ["b (its session s0)", "b (its session s0)", "b (its session s0)"]
