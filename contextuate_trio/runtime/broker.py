@@ -286,8 +286,10 @@ class Broker:
         this_run = self.seen.add_new(ev.id)  # (an id refused later stays: a look on disk then says no)
         if self.store is None:
             return False
-        if ev.timestamp >= self.started_ms and not this_run:
-            return False  # certainly not stored during this run, and newer than it
+        if not this_run and (ev.timestamp >= self.started_ms or self._on_disk_at_start == {}):
+            # Certainly not stored during this run, and newer than it, or the store
+            # held nothing at start (a new monitor's catch-up: no look on disk for each).
+            return False
         # An event from before this start (spool, a catch-up), or one this run may
         # have stored already: ask the disk, in the sessions it can belong to, reading
         # only the blocks around its time; and when this run certainly did not store

@@ -322,3 +322,35 @@ async def test_a_secret_is_masked_before_a_sub_agent_in_the_same_batch_copies_it
         for name in files:
             with open(os.path.join(root, name), "rb") as f:  # noqa: ASYNC230 (a test's one look)
                 assert secret.encode() not in f.read(), name
+
+
+async def test_an_empty_store_at_start_is_not_searched_for_a_catch_ups_events(tmp_path, monkeypatch):
+    """Events older than the start (a Redis catch-up, a spool) into a store that held
+    nothing at start are not looked for on disk one by one; a copy of one stored in
+    this run is still a copy; into a store that held events, the disk is asked."""
+
+    def mk(eid: str, ts: int) -> events.Event:
+        return events.from_payload(
+            {"session_id": "s", "hook_event_name": "Stop"}, event_id=eid, timestamp=ts, machine_id="m"
+        )
+
+    for name, held, looks_wanted in (("empty", [], ["early"]), ("held", [mk("old", 10)], ["a", "early", "early"])):
+        store = FileStore(str(tmp_path / name))
+        append_events(store, held)
+        b = Broker(store, SessionManager(), started_ms=1000)
+        b.load(MINT)
+        looks: list[str] = []
+        real = store.contains
+        monkeypatch.setattr(
+            store, "contains", lambda sid, eid, *a, looks=looks, real=real: looks.append(eid) or real(sid, eid, *a)
+        )
+        async with trio.open_nursery() as n:
+            await n.start(b.run)
+            await b.submit(mk("a", 400), wait=True)  # (its session known from here on)
+            first = await b.submit(mk("early", 500), wait=True)
+            b.recent.discard("early")  # (forgotten by the ring; the Bloom filter knows it)
+            copy = await b.submit(mk("early", 500), wait=True)
+            n.cancel_scope.cancel()
+        assert first.ok and copy.ok and b.counters["duplicates"] == 1, name
+        assert [e["id"] for e in store.events("s", 100)].count("early") == 1, name
+        assert looks == looks_wanted, name
