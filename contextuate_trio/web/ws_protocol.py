@@ -24,6 +24,7 @@ import collections
 import json
 import logging
 import struct
+import sys
 from collections.abc import Callable, Iterable
 from typing import Any, Protocol
 from urllib.parse import parse_qs, urlsplit
@@ -164,34 +165,38 @@ class FrameCache:
     are shared by every client with the same filter, and making the frame (an
     encode and a copy of up to BATCH_BYTES) for each of five clients was a fifth of
     the fan-out. Keyed by the text object itself (held here, so its id is not reused
-    while kept); the texts and frames used last are kept, ``max_bytes`` of them in
-    all (what stays pinned when the daemon goes quiet); a larger text is framed
-    each time."""
+    while kept). Only texts of at least ``min_chars`` (a small one costs little to
+    frame again; replies and updates would push the batches out); those used last
+    are kept, about ``max_bytes`` of them in all, texts' memory included (what stays
+    pinned when the daemon goes quiet); one over a quarter of that is framed each time."""
 
-    def __init__(self, max_bytes: int = 4 * 1024 * 1024) -> None:
+    def __init__(self, max_bytes: int = 4 * 1024 * 1024, min_chars: int = 2048) -> None:
         self.max_bytes = max_bytes
+        self.min_chars = min_chars
         self.bytes = 0
-        self._frames: collections.OrderedDict[int, tuple[str, bytes]] = collections.OrderedDict()
+        self._frames: collections.OrderedDict[int, tuple[str, bytes, int]] = collections.OrderedDict()
 
     def frame(self, text: str) -> bytes:
+        if len(text) < self.min_chars:
+            return text_frame(text)
         key = id(text)
         hit = self._frames.get(key)
-        if hit is not None and hit[0] is text:
+        if hit is not None:  # (the text is held here: its id is no other's meanwhile)
             self._frames.move_to_end(key)
             return hit[1]
         frame = text_frame(text)
-        cost = len(text) + len(frame)
+        cost = sys.getsizeof(text) + sys.getsizeof(frame) + ENTRY_OVERHEAD
         if cost > self.max_bytes // 4:
             return frame
-        if hit is not None:  # (an id of a text let go elsewhere, now another's)
-            self.bytes -= len(hit[0]) + len(hit[1])
-        self._frames[key] = (text, frame)
-        self._frames.move_to_end(key)
+        self._frames[key] = (text, frame, cost)
         self.bytes += cost
         while self.bytes > self.max_bytes:
-            _, (old_text, old_frame) = self._frames.popitem(last=False)
-            self.bytes -= len(old_text) + len(old_frame)
+            _, (_, _, old_cost) = self._frames.popitem(last=False)
+            self.bytes -= old_cost
         return frame
+
+
+ENTRY_OVERHEAD = 200  # bytes of a cache entry besides its text and frame (tuple, slot)
 
 
 class Raw(dict):

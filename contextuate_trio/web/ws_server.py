@@ -99,7 +99,9 @@ class Client:
         self.connected = time.time()
         self.sent = 0
         self.closing: tuple[int, str] | None = None
-        self.sending = False  # inside send_message: a frame may be half written
+        # Sends under way or cut off (the sender's and the reader's replies: a count,
+        # so one that ends does not hide another cut off inside a frame).
+        self.sending = 0
         self.tokens = float(REQUESTS_BURST)  # request budget (see WsServer._throttle)
         self.tokens_at = trio.current_time()
 
@@ -289,7 +291,7 @@ class WsServer:
             return
         code, why = client.closing
         if client.sending:
-            # Cancelled inside a frame: a close frame now would follow half a
+            # Cancelled inside a send: a close frame now could follow half a
             # message. Cut the TCP connection instead (the client sees 1006).
             stream = getattr(client.ws, "_stream", None)
             if stream is not None:
@@ -309,7 +311,7 @@ class WsServer:
         disk on its own."""
         if not texts:
             return
-        client.sending = True
+        client.sending += 1
         with trio.move_on_after(self.send_timeout) as timer:
             # The timeout is per write of at most about WRITE_BYTES: a long catch-up to
             # a slow link that keeps reading is not one message that took too long.
@@ -320,7 +322,7 @@ class WsServer:
                 else:
                     for text in group:
                         await client.ws.send_message(text)
-            client.sending = False
+            client.sending -= 1
         if timer.cancelled_caught:
             self._drop(client, f"not reading (one message took over {self.send_timeout:g} s)", scope)
             return

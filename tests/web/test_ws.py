@@ -607,15 +607,45 @@ async def test_a_write_to_a_closed_peer_fails_as_closed():
         await _write_all(trio.SocketStream(a), [b"x" * 100_000] * 10)
 
 
-async def test_empty_frames_are_written_past():
+async def test_empty_frames_are_written_past(monkeypatch):
+    import os
     import socket as stdlib_socket
 
-    from contextuate_trio.web.ws_server import _write_all
+    from contextuate_trio.web import ws_server
 
+    calls: list[int] = []
+    real_writev = os.writev
+
+    def writev(fd, buffers):
+        calls.append(len(buffers))
+        if len(calls) > 10:  # a loop that never moves on (it would never yield either)
+            raise RuntimeError("writev called again and again")
+        return real_writev(fd, buffers)
+
+    monkeypatch.setattr(ws_server.os, "writev", writev)
     a, b = trio.socket.socketpair(stdlib_socket.AF_UNIX, stdlib_socket.SOCK_STREAM)
     with a, b, trio.fail_after(5):
-        await _write_all(trio.SocketStream(a), [b"abc", b"", b"", b"d", b""])
-        assert await b.recv(100) == b"abcd"
+        await ws_server._write_all(trio.SocketStream(a), [b"abc", b"", b"", b"d", b""])
+        assert await b.recv(100) == b"abcd" and len(calls) == 1
+
+
+async def test_frames_are_written_directly_only_on_a_plain_socket(live_daemon):
+    """trio-websocket's server connection has the parts ``_send_frames`` writes
+    through (were they renamed, every send would quietly take the slow path); a
+    stream that is no plain socket (TLS) takes trio-websocket's own sends."""
+    from contextuate_trio.web.ws_server import _frames_writable
+
+    d = await live_daemon()
+    async with open_websocket_url(d.ws_url) as ws:
+        await recv(ws)
+        (client,) = d.daemon.ws.clients
+        assert _frames_writable(client.ws)
+        real = client.ws._stream
+        try:
+            client.ws._stream = trio.StapledStream(real, real)  # (any stream but a socket's)
+            assert not _frames_writable(client.ws)
+        finally:
+            client.ws._stream = real
 
 
 class FakeWs:

@@ -213,20 +213,26 @@ def test_text_frame_is_what_a_websocket_client_reads():
 
 
 def test_frame_cache_makes_a_shared_texts_frame_once_within_its_budget():
-    cache = proto.FrameCache(max_bytes=10_000)
-    text = "x" * 1000
+    import sys
+
+    cache = proto.FrameCache(max_bytes=40_000, min_chars=100)
+    text = "x" * 3000
     first = cache.frame(text)
     assert first == proto.text_frame(text) and cache.frame(text) is first  # the same bytes
-    twin = "".join(["x" * 500, "x" * 500])  # equal, another object: its own, right, frame
+    twin = "".join(["x" * 1500, "x" * 1500])  # equal, another object: its own, right, frame
     assert twin is not text and cache.frame(twin) == first and cache.frame(twin) is not first
-    others = ["a" * 1000, "b" * 1000, "c" * 1000]
-    for t in others:
-        cache.frame(t)
+    for c in "abcdefgh":
+        cache.frame(c * 3000)
         cache.frame(text)  # used last each time: kept while older ones go
-    assert cache.frame(text) is first
-    assert cache.bytes <= 10_000 and cache.bytes == sum(len(t) + len(f) for t, f in cache._frames.values())
-    big = "y" * 4000  # over a quarter of the budget: framed, not kept
+    assert cache.frame(text) is first and len(cache._frames) < 10
+    assert cache.bytes <= 40_000 and cache.bytes == sum(cost for _, _, cost in cache._frames.values())
+    emoji = "\U0001f600" * 1000  # 4 bytes a character in memory: counted so
+    cache.frame(emoji)
+    assert cache._frames[id(emoji)][2] >= sys.getsizeof(emoji) > 4 * 1000
+    big = "y" * 12_000  # over a quarter of the budget: framed, not kept
     assert cache.frame(big) == proto.text_frame(big) and cache.frame(big) is not cache.frame(big)
+    small = "s" * 10  # under min_chars: framed each time, never kept
+    assert cache.frame(small) == proto.text_frame(small) and id(small) not in cache._frames
 
 
 def test_replies_filters_and_errors():
