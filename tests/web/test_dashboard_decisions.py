@@ -50,6 +50,13 @@ def dialog_text(drv) -> str:
     return js(drv, "return document.getElementById('decide').textContent")
 
 
+def outcome(browser) -> str:
+    """The dialog's outcome once there is one ("Sending…" shows while the answer is
+    on its way: read too early, it failed the checks below now and then)."""
+    text = browser.find_element(By.ID, "decide-outcome").text
+    return "" if text.startswith("Sending") else text
+
+
 def test_answer_a_permission_prompt_from_the_dashboard(daemon, home, browser):
     d = daemon(config(wait_ms=25_000))
     sid = "s-dash-dec"
@@ -75,7 +82,7 @@ def test_answer_a_permission_prompt_from_the_dashboard(daemon, home, browser):
     assert "part119 > /tmp/ct-decide-out" in shown
     browser.find_element(By.ID, "decide-message").send_keys("no, not from this page")
     browser.find_element(By.ID, "decide-ok").click()
-    out = wait(browser, lambda b: b.find_element(By.ID, "decide-outcome").text, what="the outcome")
+    out = wait(browser, lambda b: outcome(b), what="the outcome")
     assert "token cannot answer" in out and "decide scope" in out, out
     assert "contextuate-trio token add NAME --scopes read,decide" in out, out
     assert f"http://127.0.0.1:{d.port}/#token=" in out, out
@@ -167,7 +174,7 @@ def test_accept_an_mcp_question_with_the_form(daemon, home, browser):
     assert "Pick a <b>color</b>" in browser.find_element(By.ID, "decide-body").text
     assert not browser.find_elements(By.CSS_SELECTOR, "#decide-body b")
     browser.find_element(By.ID, "decide-ok").click()  # the required field is empty: refused here
-    assert "required" in wait(browser, lambda b: b.find_element(By.ID, "decide-outcome").text, what="refused")
+    assert "required" in wait(browser, lambda b: outcome(b), what="refused")
     assert hook.proc.poll() is None
     field[0].send_keys("blue")
     browser.find_element(By.CSS_SELECTOR, '#decide-body input[name="coats"]').send_keys("2")
