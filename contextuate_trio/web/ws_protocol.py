@@ -160,6 +160,9 @@ def text_frame(text: str) -> bytes:
     return head + payload
 
 
+ENTRY_OVERHEAD = 200  # bytes of a FrameCache entry besides its text and frame (tuple, slot)
+
+
 class FrameCache:
     """Frames of the texts several clients are sent, each made once: a batch's texts
     are shared by every client with the same filter, and making the frame (an
@@ -194,9 +197,6 @@ class FrameCache:
             _, (_, _, old_cost) = self._frames.popitem(last=False)
             self.bytes -= old_cost
         return frame
-
-
-ENTRY_OVERHEAD = 200  # bytes of a cache entry besides its text and frame (tuple, slot)
 
 
 class Raw(dict):
