@@ -354,3 +354,114 @@ async def test_an_empty_store_at_start_is_not_searched_for_a_catch_ups_events(tm
         assert first.ok and copy.ok and b.counters["duplicates"] == 1, name
         assert [e["id"] for e in store.events("s", 100)].count("early") == 1, name
         assert looks == looks_wanted, name
+
+
+async def test_changed_metadata_is_written_after_the_delay_with_no_more_events(tmp_path, autojump_clock):
+    """A session's meta.json follows its events by META_DELAY even when no event comes
+    after them (the pipeline's timer wakes it), and not before; a second change starts
+    the count again."""
+    from contextuate_trio.runtime.broker import META_DELAY
+
+    st = FileStore(str(tmp_path))
+    b = Broker(st)
+    b.load(MINT)
+    meta = tmp_path / "sessions" / "s1" / "meta.json"
+
+    def tool_call(i: int) -> Event:
+        payload = {"session_id": "s1", "hook_event_name": "PreToolUse", "tool_name": "Read"}
+        return events.from_payload(payload, event_id=f"e{i}", timestamp=1000 + i, machine_id="m")
+
+    async with trio.open_nursery() as n:
+        await n.start(b.run)
+        await b.submit(tool_call(1), wait=True)
+        t0 = trio.current_time()
+        assert not meta.exists()
+        await trio.sleep(META_DELAY * 0.9)
+        assert not meta.exists()  # not before the delay
+        await trio.sleep(META_DELAY * 0.2)
+        assert json.loads(meta.read_text())["eventCount"] == 1
+        await trio.sleep(META_DELAY * 5)  # nothing changed: nothing more to do
+        await b.submit(tool_call(2), wait=True)
+        await trio.sleep(META_DELAY * 0.9)
+        assert json.loads(meta.read_text())["eventCount"] == 1
+        await trio.sleep(META_DELAY * 0.2)
+        assert json.loads(meta.read_text())["eventCount"] == 2
+        assert trio.current_time() - t0 < META_DELAY * 10
+        n.cancel_scope.cancel()
+
+
+async def test_metadata_that_cannot_be_written_is_tried_again_later_not_in_a_loop(tmp_path, autojump_clock, monkeypatch):
+    """While meta.json cannot be written the timer asks again a META_DELAY later (not
+    over and over: the pipeline is woken a few times, not thousands), and the write
+    lands once the disk takes it."""
+    from contextuate_trio.runtime.broker import META_DELAY
+    from contextuate_trio.runtime.store import StoreError
+
+    st = FileStore(str(tmp_path))
+    b = Broker(st)
+    b.load(MINT)
+    tries: list[float] = []
+    real_save = st.save_sessions
+
+    def save(sessions):
+        tries.append(trio.current_time())
+        if len(tries) <= 3:
+            raise StoreError("disk full")
+        real_save(sessions)
+
+    monkeypatch.setattr(st, "save_sessions", save)
+    payload = {"session_id": "s1", "hook_event_name": "PreToolUse", "tool_name": "Read"}
+    async with trio.open_nursery() as n:
+        await n.start(b.run)
+        t0 = trio.current_time()
+        await b.submit(events.from_payload(payload, event_id="e1", timestamp=1000, machine_id="m"), wait=True)
+        await trio.sleep(META_DELAY * 10)
+        n.cancel_scope.cancel()
+    gaps = [round(b2 - a, 3) for a, b2 in zip([t0, *tries], tries, strict=False)]
+    assert len(tries) == 4, tries  # 3 failures, then the write (the last flush finds nothing to do)
+    assert all(g >= META_DELAY for g in gaps), gaps
+    assert (tmp_path / "sessions" / "s1" / "meta.json").exists()
+    assert b.counters["store_errors"] == 3
+
+
+async def test_the_metadata_timer_waits_for_a_pipeline_held_up_by_store_retries(tmp_path, autojump_clock, monkeypatch):
+    """The metadata falls due while the pipeline sleeps between retries of a failed
+    append: the timer wakes it once and waits (it must not send wake-ups in a loop
+    meanwhile); the metadata is written once the batch is stored."""
+    from contextuate_trio.runtime import broker as broker_mod
+    from contextuate_trio.runtime.store import StoreError
+
+    monkeypatch.setattr(broker_mod, "RETRY_FIRST_S", broker_mod.META_DELAY * 1.5)
+    st = FileStore(str(tmp_path))
+    b = Broker(st)
+    b.load(MINT)
+    failures = [StoreError("disk full")] * 2
+    real_append = st.append
+
+    def append(batch):
+        if failures:
+            raise failures.pop()
+        real_append(batch)
+
+    class CountingChannel:
+        def __init__(self, channel):
+            self.channel, self.wakeups = channel, 0
+
+        def send_nowait(self, items):
+            if not items:
+                self.wakeups += 1
+                assert self.wakeups < 100, "the timer sends wake-ups in a loop"
+            self.channel.send_nowait(items)
+
+    counting = b.send_channel = CountingChannel(b.send_channel)
+    payload = {"session_id": "s1", "hook_event_name": "PreToolUse", "tool_name": "Read"}
+    async with trio.open_nursery() as n:
+        await n.start(b.run)
+        await b.submit(events.from_payload(payload, event_id="e1", timestamp=1000, machine_id="m"), wait=True)
+        monkeypatch.setattr(st, "append", append)
+        d = await b.submit(events.from_payload(payload, event_id="e2", timestamp=1001, machine_id="m"), track=True)
+        await d.done.wait()
+        await trio.sleep(broker_mod.META_DELAY * 3)
+        n.cancel_scope.cancel()
+    assert d.ok and not failures and counting.wakeups <= 2
+    assert json.loads((tmp_path / "sessions" / "s1" / "meta.json").read_text())["eventCount"] == 2
