@@ -390,7 +390,9 @@ async def test_changed_metadata_is_written_after_the_delay_with_no_more_events(t
         n.cancel_scope.cancel()
 
 
-async def test_metadata_that_cannot_be_written_is_tried_again_later_not_in_a_loop(tmp_path, autojump_clock, monkeypatch):
+async def test_metadata_that_cannot_be_written_is_tried_again_later_not_in_a_loop(
+    tmp_path, autojump_clock, monkeypatch
+):
     """While meta.json cannot be written the timer asks again a META_DELAY later (not
     over and over: the pipeline is woken a few times, not thousands), and the write
     lands once the disk takes it."""
