@@ -90,8 +90,9 @@ def write_config(home: str, port: int, ws_port: int, config: dict | None) -> str
 class DaemonProc:
     """A real daemon process (``python -m contextuate_trio start --foreground``)."""
 
-    def __init__(self, home: str, config: dict | None = None) -> None:
+    def __init__(self, home: str, config: dict | None = None, env: dict | None = None) -> None:
         self.home = home
+        self.env = env or {}  # more environment for the process
         self.port = free_port()
         self.ws_port = free_port()
         self.config = config
@@ -124,7 +125,7 @@ class DaemonProc:
         log = open(self.log_path, "ab")
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "contextuate_trio", "start", "--foreground"],
-            env=clean_env(self.home),
+            env=clean_env(self.home, **self.env),
             stdout=log,
             stderr=subprocess.STDOUT,
             cwd=str(ROOT),
@@ -224,8 +225,8 @@ def home():
 def daemon(home):
     procs: list[DaemonProc] = []
 
-    def make(config: dict | None = None, start: bool = True) -> DaemonProc:
-        d = DaemonProc(home, config)
+    def make(config: dict | None = None, start: bool = True, env: dict | None = None) -> DaemonProc:
+        d = DaemonProc(home, config, env)
         procs.append(d)
         if start:
             d.start()

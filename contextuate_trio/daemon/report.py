@@ -163,7 +163,8 @@ def otlp_metrics(d: Daemon) -> list[Metric]:
         Metric(
             "contextuate_otlp_requests_total",
             "OTLP requests (/v1/logs, /v1/metrics, /v1/traces) by signal and outcome: ok, or why refused "
-            "(bad_body, bad_encoding, too_large, type, encoding, truncated, unavailable).",
+            "(bad_body, bad_encoding, too_large, type, encoding, truncated, unavailable, unsupported: no protobuf "
+            "runtime here).",
             "counter",
             requests,
         ),

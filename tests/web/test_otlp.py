@@ -544,3 +544,48 @@ def test_a_daemon_that_hears_only_json_never_imports_protobuf():
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert out.strip() == "[]"
+
+
+def test_protobuf_where_it_cannot_be_imported_is_a_415_in_json_and_json_still_works(daemon, tmp_path):
+    """A daemon whose Python has no protobuf runtime answers OTLP protobuf with 415 and
+    an OTLP/JSON Status (UNIMPLEMENTED), counts it, logs why, and goes on taking
+    OTLP/JSON (Claude Code's ``http/json``)."""
+    shadow = tmp_path / "shadow" / "google" / "protobuf"
+    shadow.mkdir(parents=True)
+    (shadow / "__init__.py").write_text("raise ImportError('protobuf taken away by the test')\n")
+    d = daemon(env={"PYTHONPATH": str(tmp_path / "shadow")})
+    good = (OTEL / "subagent-protobuf" / "001-logs.pb").read_bytes()
+    for _ in range(2):  # the failed import is not remembered as a success
+        status, rtype, answer = post(d, "/v1/logs", good, "application/x-protobuf")
+        assert status == 415 and rtype == "application/json", answer
+        st = json.loads(answer)
+        assert st["code"] == 12 and "protobuf taken away by the test" in st["message"]
+    assert sample(metrics(d), "contextuate_otlp_requests_total", signal="logs", outcome="unsupported") == 2
+    assert "OTLP protobuf cannot be read here" in d.log()
+    sid = str(uuid.uuid4())
+    body = json.dumps(
+        {
+            "resourceLogs": [
+                {
+                    "resource": {"attributes": [{"key": "session.id", "value": {"stringValue": sid}}]},
+                    "scopeLogs": [
+                        {
+                            "logRecords": [
+                                {
+                                    "timeUnixNano": "1700000000000000000",
+                                    "body": {"stringValue": "claude_code.user_prompt"},
+                                    "attributes": [
+                                        {"key": "event.name", "value": {"stringValue": "user_prompt"}},
+                                        {"key": "session.id", "value": {"stringValue": sid}},
+                                    ],
+                                }
+                            ]
+                        }
+                    ],
+                }
+            ]
+        }
+    ).encode()
+    status, rtype, answer = post(d, "/v1/logs", body)
+    assert status == 200 and rtype == "application/json", answer
+    wait_for(lambda: sid in d.sessions(), timeout=10)
