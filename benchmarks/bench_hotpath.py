@@ -331,6 +331,7 @@ class HookCall:
                 line = line[0] + str(time.time_ns()).encode() + line[1]
             self.t_write = time.perf_counter_ns()
             self.sock.sendall(line)
+            self.sock.shutdown(socket.SHUT_WR)  # as the hook does (hook.wire.deliver_socket)
             self.sock.setblocking(False)
         except OSError:
             self.sock.close()

@@ -91,6 +91,8 @@ def deliver_socket(path: str, line: bytes, event_id: str, deadline: float, answe
         sock.settimeout(max(deadline - time.monotonic(), 0.001))
         sock.connect(path)
         sock.sendall(line)
+        if not answer_ms:  # the line is all it says: the daemon reads its end with it
+            sock.shutdown(_socket.SHUT_WR)  # (and closes once it has acknowledged)
         reply = _read_line(sock, b"", deadline)
         if reply is None:
             return "the daemon closed the connection without acknowledging", None

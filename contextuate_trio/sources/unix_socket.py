@@ -152,18 +152,37 @@ class SocketSource:
             await self._read(conn)
 
     async def _read(self, conn: _Connection) -> None:
-        try:
-            data = conn.sock.recv(RECV)
-        except (BlockingIOError, InterruptedError):
-            return
-        except OSError:
-            self._close(conn)
+        data = self._recv(conn)
+        if data is None:
             return
         if not data:
             self._ended(conn)
             return
-        # A read's events go to the broker in runs (lines that ask for an ack, lines
-        # that do not): one ``submit_many`` each, in order, not one call per line.
+        await self._lines(conn, data)
+        if len(data) < RECV and not conn.closed:
+            # A short read: the producer may have finished, and a command hook says so
+            # as it sends its line (it shuts its side down). Its end is read now, not
+            # on a wake-up of its own (a quarter of a hook's rounds of the loop).
+            more = self._recv(conn)
+            if more == b"":
+                self._ended(conn)
+            elif more:
+                await self._lines(conn, more)
+
+    def _recv(self, conn: _Connection) -> bytes | None:
+        """What the socket holds (b"": the producer's end); None: nothing now, or the
+        connection failed (then closed)."""
+        try:
+            return conn.sock.recv(RECV)
+        except (BlockingIOError, InterruptedError):
+            return None
+        except OSError:
+            self._close(conn)
+            return None
+
+    async def _lines(self, conn: _Connection, data: bytes) -> None:
+        """A read's events go to the broker in runs (lines that ask for an ack, lines
+        that do not): one ``submit_many`` each, in order, not one call per line."""
         run: list[Event] = []
         run_acked = False
         for item in conn.splitter.feed(data):
