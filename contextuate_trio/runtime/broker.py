@@ -238,19 +238,22 @@ class Broker:
                 nursery.start_soon(self._meta_timer)
                 while True:
                     try:
-                        batch = [*await self._receive.receive()]
+                        first = await self._receive.receive()
                     except trio.EndOfChannel:
                         break
+                    batch, woken = [*first], not first  # (an empty submission: the timer's)
                     while len(batch) < MAX_BATCH:  # whole submissions: one is never split
                         try:
-                            batch += self._receive.receive_nowait()
+                            more = self._receive.receive_nowait()
                         except (trio.WouldBlock, trio.EndOfChannel):
                             break
+                        batch += more
+                        woken = woken or not more
                     self._taken(len(batch))
                     if batch:
                         await self.process(batch)
-                    if self._dirty and trio.current_time() - self._dirty_since >= META_DELAY:
-                        self.flush_sessions()  # (after the batch's acks; at most every META_DELAY)
+                    if woken or self._meta_due():
+                        self.flush_sessions()  # (after the batch's acks; the timer waits for it)
                 nursery.cancel_scope.cancel()
         finally:
             self._closed_to_senders = True  # (before anything here can fail)
@@ -271,10 +274,18 @@ class Broker:
                 self._meta_changed = trio.Event()
                 await self._meta_changed.wait()
             await trio.sleep_until(self._dirty_since + META_DELAY)  # a timer: the delay is the point
-            if self._dirty and trio.current_time() >= self._dirty_since + META_DELAY:
+            if self._meta_due():
                 self._meta_tried = trio.Event()
-                self.send_channel.send_nowait([])
+                try:
+                    self.send_channel.send_nowait([])
+                except (trio.ClosedResourceError, trio.BrokenResourceError):
+                    return  # the daemon is stopping: the pipeline drains, then writes it all
                 await self._meta_tried.wait()  # (after a failure it is tried again later)
+
+    def _meta_due(self) -> bool:
+        """Has changed session metadata waited META_DELAY? (One test for the timer and
+        the pipeline: two that disagreed by a rounding left the timer waiting.)"""
+        return bool(self._dirty) and trio.current_time() >= self._dirty_since + META_DELAY
 
     def flush_sessions(self) -> None:
         """Write the metadata of sessions changed since the last write.

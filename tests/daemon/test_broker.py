@@ -467,3 +467,74 @@ async def test_the_metadata_timer_waits_for_a_pipeline_held_up_by_store_retries(
         n.cancel_scope.cancel()
     assert d.ok and not failures and counting.wakeups <= 2
     assert json.loads((tmp_path / "sessions" / "s1" / "meta.json").read_text())["eventCount"] == 2
+
+
+async def test_a_stop_while_metadata_is_due_drains_and_stores_everything(tmp_path, autojump_clock, monkeypatch):
+    """The daemon stops (closes the channel) while the pipeline retries an append and
+    the metadata falls due: the timer's wake-up finds the channel closed, which must
+    not end the pipeline; the events are stored, the metadata written at the end."""
+    from contextuate_trio.runtime import broker as broker_mod
+    from contextuate_trio.runtime.store import StoreError
+
+    st = FileStore(str(tmp_path))
+    b = Broker(st)
+    b.load(MINT)
+    failures = [StoreError("disk full")] * 5  # retries 0.1 + 0.2 + 0.4 + 0.8 + 1.6 s
+    real_append = st.append
+
+    def append(batch):
+        if failures:
+            raise failures.pop()
+        real_append(batch)
+
+    payload = {"session_id": "s1", "hook_event_name": "PreToolUse", "tool_name": "Read"}
+    async with trio.open_nursery() as n:
+        await n.start(b.run)
+        await b.submit(events.from_payload(payload, event_id="e1", timestamp=1000, machine_id="m"), wait=True)
+        monkeypatch.setattr(st, "append", append)
+        d = await b.submit(events.from_payload(payload, event_id="e2", timestamp=1001, machine_id="m"), track=True)
+        await trio.sleep(broker_mod.META_DELAY / 4)
+        b.send_channel.close()  # what the daemon does on SIGTERM
+        await b.finished.wait()
+    assert d.ok and not failures
+    assert [e["id"] for e in st.events("s1", 10)] == ["e1", "e2"]
+    assert json.loads((tmp_path / "sessions" / "s1" / "meta.json").read_text())["eventCount"] == 2
+
+
+async def test_the_timer_is_answered_even_when_the_metadata_it_saw_is_gone(tmp_path, autojump_clock, monkeypatch):
+    """The timer wakes the pipeline for metadata that is due, but before the pipeline
+    takes the wake-up that session is deleted and another one changes (its delay just
+    begun): the pipeline still writes (it must answer the timer, which waits for it),
+    so the newer metadata is not left unwritten while no more events come."""
+    from contextuate_trio.runtime import broker as broker_mod
+    from contextuate_trio.runtime.store import StoreError
+
+    monkeypatch.setattr(broker_mod, "RETRY_FIRST_S", broker_mod.META_DELAY * 1.5)
+    st = FileStore(str(tmp_path))
+    b = Broker(st)
+    b.load(MINT)
+    failures = [StoreError("disk full")]
+    real_append = st.append
+
+    def append(batch):
+        if failures:
+            raise failures.pop()
+        real_append(batch)
+
+    def call(sid: str, eid: str) -> Event:
+        payload = {"session_id": sid, "hook_event_name": "PreToolUse", "tool_name": "Read"}
+        return events.from_payload(payload, event_id=eid, timestamp=1000, machine_id="m")
+
+    async with trio.open_nursery() as n:
+        await n.start(b.run)
+        await b.submit(call("gone", "e1"), wait=True)
+        monkeypatch.setattr(st, "append", append)
+        d = await b.submit(call("kept", "e2"), track=True)  # held up in a retry past "gone"'s delay
+        await trio.sleep(broker_mod.META_DELAY * 1.2)  # the timer has woken the pipeline, and waits
+        assert b.delete_session("gone")
+        await d.done.wait()
+        await trio.sleep(broker_mod.META_DELAY * 5)
+        meta = tmp_path / "sessions" / "kept" / "meta.json"
+        assert meta.exists()  # (before the stop, which writes whatever is left)
+        n.cancel_scope.cancel()
+    assert d.ok and json.loads(meta.read_text())["eventCount"] == 1
