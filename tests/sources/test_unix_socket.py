@@ -6,9 +6,12 @@ from __future__ import annotations
 
 import json
 import os
+import selectors
+import socket
 
 import pytest
 import trio
+import trio.testing
 from helpers import MINT
 
 from contextuate_trio.runtime.broker import Broker
@@ -150,33 +153,35 @@ async def test_a_hook_that_shuts_its_side_down_is_done_in_one_read(nursery, tmp_
     source reads the line and the end in the one read (no wake-up of its own for the
     end), acknowledges once stored, and closes. One that keeps its side open is read
     on (its end comes later)."""
-    import selectors
-    import socket as stdsocket
-
-    import trio.testing
-
     broker = Broker(FileStore(str(tmp_path / "data")))
     broker.load(MINT)
     await nursery.start(broker.run)
     src = unix_socket.SocketSource(broker, str(tmp_path / "unused.sock"), 4096)
-    for shut in (True, False):
-        ours, hooks = stdsocket.socketpair(stdsocket.AF_UNIX, stdsocket.SOCK_STREAM)
-        ours.setblocking(False)
-        conn = unix_socket._Connection(ours, 4096)
-        src._selector.register(ours, selectors.EVENT_READ, conn)
-        hooks.sendall(hook_line(1 if shut else 2))
-        if shut:
-            hooks.shutdown(stdsocket.SHUT_WR)
+    try:
+        for shut in (True, False):
+            await _one_hook(src, shut)
+    finally:
+        src._selector.close()
+
+
+async def _one_hook(src: unix_socket.SocketSource, shut: bool) -> None:
+    ours, hooks = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
+    ours.setblocking(False)
+    conn = unix_socket._Connection(ours, 4096)
+    src._selector.register(ours, selectors.EVENT_READ, conn)
+    hooks.sendall(hook_line(1 if shut else 2))
+    if shut:
+        hooks.shutdown(socket.SHUT_WR)
+    await src._read(conn)
+    assert conn.eof is shut and conn.owed == 1
+    await trio.testing.wait_all_tasks_blocked()  # the broker's task has stored and acked it
+    assert conn.owed == 0
+    hooks.settimeout(5)
+    assert json.loads(hooks.recv(4096)) == {"ack": f"e-{1 if shut else 2}"}
+    assert conn.closed is shut
+    if not shut:
+        hooks.shutdown(socket.SHUT_WR)
         await src._read(conn)
-        assert conn.eof is shut and conn.owed == 1
-        await trio.testing.wait_all_tasks_blocked()  # the broker's task has stored and acked it
-        assert conn.owed == 0
-        hooks.settimeout(5)
-        assert json.loads(hooks.recv(4096)) == {"ack": f"e-{1 if shut else 2}"}
-        assert conn.closed is shut
-        if not shut:
-            hooks.shutdown(stdsocket.SHUT_WR)
-            await src._read(conn)
-            assert conn.closed
-        assert hooks.recv(4096) == b""  # closed by the source
-        hooks.close()
+        assert conn.closed
+    assert hooks.recv(4096) == b""  # closed by the source
+    hooks.close()

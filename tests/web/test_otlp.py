@@ -550,10 +550,14 @@ def test_protobuf_where_it_cannot_be_imported_is_a_415_in_json_and_json_still_wo
     """A daemon whose Python has no protobuf runtime answers OTLP protobuf with 415 and
     an OTLP/JSON Status (UNIMPLEMENTED), counts it, logs why, and goes on taking
     OTLP/JSON (Claude Code's ``http/json``)."""
+    import os
+
     shadow = tmp_path / "shadow" / "google" / "protobuf"
     shadow.mkdir(parents=True)
+    (shadow.parent / "__init__.py").write_text("")  # a package of its own: the real google.* is not searched
     (shadow / "__init__.py").write_text("raise ImportError('protobuf taken away by the test')\n")
-    d = daemon(env={"PYTHONPATH": str(tmp_path / "shadow")})
+    path = os.pathsep.join(p for p in (str(tmp_path / "shadow"), os.environ.get("PYTHONPATH")) if p)
+    d = daemon(env={"PYTHONPATH": path})
     good = (OTEL / "subagent-protobuf" / "001-logs.pb").read_bytes()
     for _ in range(2):  # the failed import is not remembered as a success
         status, rtype, answer = post(d, "/v1/logs", good, "application/x-protobuf")
