@@ -16,6 +16,23 @@ from contextuate_trio.runtime.broker import Broker
 from contextuate_trio.runtime.store import FileStore
 
 
+def fail_appends(store: FileStore, n: int) -> list:
+    """From now on ``store.append`` raises StoreError ``n`` times, then works again;
+    the failures still to come (empty once all were raised)."""
+    from contextuate_trio.runtime.store import StoreError
+
+    failures = [StoreError("disk full")] * n
+    real_append = store.append
+
+    def append(batch):
+        if failures:
+            raise failures.pop()
+        real_append(batch)
+
+    store.append = append  # type: ignore[method-assign]
+    return failures
+
+
 async def test_crash_after_events_before_meta_is_recovered(tmp_path):
     """Events on disk that the meta does not count (kill -9 between the two writes)."""
     st = FileStore(str(tmp_path))
@@ -189,21 +206,12 @@ async def test_a_refusal_is_told_once_its_batch_is_stored(tmp_path, monkeypatch)
     checkpoint) must not pass events the store still holds in memory: the refused
     last event of a batch is told after the others are written, not before."""
     from contextuate_trio.runtime import broker as broker_mod
-    from contextuate_trio.runtime.store import StoreError
 
     store = FileStore(str(tmp_path / "data"))
     b = Broker(store, FailsOnBoom())
     b.load(MINT)
     monkeypatch.setattr(broker_mod, "RETRY_FIRST_S", 0.01)
-    failures = [StoreError("disk full")] * 2
-    real_append = store.append
-
-    def append(batch):
-        if failures:
-            raise failures.pop()
-        real_append(batch)
-
-    monkeypatch.setattr(store, "append", append)
+    failures = fail_appends(store, 2)
     told: list[str] = []
 
     def one(sid: str, eid: str) -> events.Event:
@@ -431,19 +439,11 @@ async def test_the_metadata_timer_waits_for_a_pipeline_held_up_by_store_retries(
     append: the timer wakes it once and waits (it must not send wake-ups in a loop
     meanwhile); the metadata is written once the batch is stored."""
     from contextuate_trio.runtime import broker as broker_mod
-    from contextuate_trio.runtime.store import StoreError
 
     monkeypatch.setattr(broker_mod, "RETRY_FIRST_S", broker_mod.META_DELAY * 1.5)
     st = FileStore(str(tmp_path))
     b = Broker(st)
     b.load(MINT)
-    failures = [StoreError("disk full")] * 2
-    real_append = st.append
-
-    def append(batch):
-        if failures:
-            raise failures.pop()
-        real_append(batch)
 
     class CountingChannel:
         def __init__(self, channel):
@@ -460,7 +460,7 @@ async def test_the_metadata_timer_waits_for_a_pipeline_held_up_by_store_retries(
     async with trio.open_nursery() as n:
         await n.start(b.run)
         await b.submit(events.from_payload(payload, event_id="e1", timestamp=1000, machine_id="m"), wait=True)
-        monkeypatch.setattr(st, "append", append)
+        failures = fail_appends(st, 2)
         d = await b.submit(events.from_payload(payload, event_id="e2", timestamp=1001, machine_id="m"), track=True)
         await d.done.wait()
         await trio.sleep(broker_mod.META_DELAY * 3)
@@ -474,24 +474,15 @@ async def test_a_stop_while_metadata_is_due_drains_and_stores_everything(tmp_pat
     the metadata falls due: the timer's wake-up finds the channel closed, which must
     not end the pipeline; the events are stored, the metadata written at the end."""
     from contextuate_trio.runtime import broker as broker_mod
-    from contextuate_trio.runtime.store import StoreError
 
     st = FileStore(str(tmp_path))
     b = Broker(st)
     b.load(MINT)
-    failures = [StoreError("disk full")] * 5  # retries 0.1 + 0.2 + 0.4 + 0.8 + 1.6 s
-    real_append = st.append
-
-    def append(batch):
-        if failures:
-            raise failures.pop()
-        real_append(batch)
-
     payload = {"session_id": "s1", "hook_event_name": "PreToolUse", "tool_name": "Read"}
     async with trio.open_nursery() as n:
         await n.start(b.run)
         await b.submit(events.from_payload(payload, event_id="e1", timestamp=1000, machine_id="m"), wait=True)
-        monkeypatch.setattr(st, "append", append)
+        failures = fail_appends(st, 5)  # retries 0.1 + 0.2 + 0.4 + 0.8 + 1.6 s
         d = await b.submit(events.from_payload(payload, event_id="e2", timestamp=1001, machine_id="m"), track=True)
         await trio.sleep(broker_mod.META_DELAY / 4)
         b.send_channel.close()  # what the daemon does on SIGTERM
@@ -507,19 +498,11 @@ async def test_the_timer_is_answered_even_when_the_metadata_it_saw_is_gone(tmp_p
     begun): the pipeline still writes (it must answer the timer, which waits for it),
     so the newer metadata is not left unwritten while no more events come."""
     from contextuate_trio.runtime import broker as broker_mod
-    from contextuate_trio.runtime.store import StoreError
 
     monkeypatch.setattr(broker_mod, "RETRY_FIRST_S", broker_mod.META_DELAY * 1.5)
     st = FileStore(str(tmp_path))
     b = Broker(st)
     b.load(MINT)
-    failures = [StoreError("disk full")]
-    real_append = st.append
-
-    def append(batch):
-        if failures:
-            raise failures.pop()
-        real_append(batch)
 
     def call(sid: str, eid: str) -> Event:
         payload = {"session_id": sid, "hook_event_name": "PreToolUse", "tool_name": "Read"}
@@ -528,7 +511,7 @@ async def test_the_timer_is_answered_even_when_the_metadata_it_saw_is_gone(tmp_p
     async with trio.open_nursery() as n:
         await n.start(b.run)
         await b.submit(call("gone", "e1"), wait=True)
-        monkeypatch.setattr(st, "append", append)
+        failures = fail_appends(st, 1)
         d = await b.submit(call("kept", "e2"), track=True)  # held up in a retry past "gone"'s delay
         await trio.sleep(broker_mod.META_DELAY * 1.2)  # the timer has woken the pipeline, and waits
         assert b.delete_session("gone")
@@ -537,4 +520,4 @@ async def test_the_timer_is_answered_even_when_the_metadata_it_saw_is_gone(tmp_p
         meta = tmp_path / "sessions" / "kept" / "meta.json"
         assert meta.exists()  # (before the stop, which writes whatever is left)
         n.cancel_scope.cancel()
-    assert d.ok and json.loads(meta.read_text())["eventCount"] == 1
+    assert d.ok and not failures and json.loads(meta.read_text())["eventCount"] == 1
