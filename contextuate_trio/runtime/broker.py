@@ -252,8 +252,10 @@ class Broker:
                     self._taken(len(batch))
                     if batch:
                         await self.process(batch)
-                    if woken or self._meta_due():
-                        self.flush_sessions()  # (after the batch's acks; the timer waits for it)
+                    if self._meta_due() or (woken and not self._meta_tried.is_set()):
+                        # After the batch's acks. The timer waits for a write since its
+                        # wake-up: one that came with a batch before it needs no other.
+                        self.flush_sessions()
                 nursery.cancel_scope.cancel()
         finally:
             self._closed_to_senders = True  # (before anything here can fail)
@@ -279,7 +281,7 @@ class Broker:
                 try:
                     self.send_channel.send_nowait([])
                 except (trio.ClosedResourceError, trio.BrokenResourceError):
-                    return  # the daemon is stopping: the pipeline drains, then writes it all
+                    return  # the daemon is stopping: the pipeline writes it as it drains and ends
                 await self._meta_tried.wait()  # (after a failure it is tried again later)
 
     def _meta_due(self) -> bool:

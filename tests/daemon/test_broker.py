@@ -7,6 +7,7 @@ import json
 import os
 
 import trio
+import trio.testing
 from helpers import MINT, append_events
 
 from contextuate_trio.core import events
@@ -469,7 +470,7 @@ async def test_the_metadata_timer_waits_for_a_pipeline_held_up_by_store_retries(
     assert json.loads((tmp_path / "sessions" / "s1" / "meta.json").read_text())["eventCount"] == 2
 
 
-async def test_a_stop_while_metadata_is_due_drains_and_stores_everything(tmp_path, autojump_clock, monkeypatch):
+async def test_a_stop_while_metadata_is_due_drains_and_stores_everything(tmp_path, autojump_clock):
     """The daemon stops (closes the channel) while the pipeline retries an append and
     the metadata falls due: the timer's wake-up finds the channel closed, which must
     not end the pipeline; the events are stored, the metadata written at the end."""
@@ -521,3 +522,47 @@ async def test_the_timer_is_answered_even_when_the_metadata_it_saw_is_gone(tmp_p
         assert meta.exists()  # (before the stop, which writes whatever is left)
         n.cancel_scope.cancel()
     assert d.ok and not failures and json.loads(meta.read_text())["eventCount"] == 1
+
+
+async def test_metadata_is_written_once_a_delay_while_the_pipeline_is_behind(tmp_path, mock_clock):
+    """A backlog: the timer's wake-up waits behind a full batch, whose end writes the
+    metadata already. The wake-up then finds nothing to ask for: the next batch's
+    changes wait their own delay (one write a session every META_DELAY, not two).
+    Trio runs the woken timer and pipeline in a random order: 12 rounds see both."""
+    for r in range(12):
+        await _one_backlog(str(tmp_path / f"r{r}"), mock_clock)
+
+
+async def _one_backlog(path: str, clock) -> None:
+    from contextuate_trio.runtime.broker import MAX_BATCH, META_DELAY
+
+    st = FileStore(path)
+    b = Broker(st)
+    b.load(MINT)
+    saves: list[float] = []
+    real_save = st.save_sessions
+
+    def save(sessions):
+        saves.append(trio.current_time() - t0)
+        real_save(sessions)
+
+    st.save_sessions = save  # type: ignore[method-assign]
+
+    def call(eid: str) -> Event:
+        payload = {"session_id": "A", "hook_event_name": "PreToolUse", "tool_name": "Read"}
+        return events.from_payload(payload, event_id=eid, timestamp=1000, machine_id="m")
+
+    async with trio.open_nursery() as n:
+        await n.start(b.run)
+        t0 = trio.current_time()
+        await b.submit(call("e0"), wait=True)
+        await trio.testing.wait_all_tasks_blocked()
+        await b.submit_many([call(f"a{i}") for i in range(MAX_BATCH)])
+        await b.submit_many([call(f"b{i}") for i in range(10)])
+        clock.jump(META_DELAY)  # due while those wait in the channel
+        await trio.testing.wait_all_tasks_blocked()
+        assert saves == [META_DELAY]
+        clock.jump(META_DELAY)
+        await trio.testing.wait_all_tasks_blocked()
+        assert saves == [META_DELAY, 2 * META_DELAY]
+        n.cancel_scope.cancel()
