@@ -126,7 +126,7 @@ def make_dirs(path: str) -> None:
             pass
 
 
-def write_all(fd: int, data: bytes) -> None:
+def write_all(fd: int, data: bytes | bytearray) -> None:
     view = memoryview(data)
     while view:
         view = view[posix.write(fd, view) :]

@@ -128,7 +128,7 @@ class SeqLog:
                 if n is None:
                     n = numbers[key] = self._number(key)
                 pack(out, i * RECORD.size, seq, n, offset, length)
-            write_all(self._fd, bytes(out))
+            write_all(self._fd, out)
         except OSError as exc:
             # The events are stored; only resuming across them from disk is lost.
             log.warning("%s: %d events not recorded (%s)", self.path, len(records), exc)
