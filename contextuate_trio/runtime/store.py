@@ -328,7 +328,9 @@ class FileStore:
     def _add_to_blocks(self, key: str, before: int, stamps: list[int], sizes: list[int]) -> list[list]:
         """Count lines just written into the session's last block; the blocks they
         filled (BLOCK lines each). A block's worth at a time, not line by line."""
-        tail = self._tails.get(key) or _Tail(before)  # (not made for every batch)
+        tail = self._tails.get(key)
+        if tail is None:  # (not made for every batch only to be thrown away)
+            tail = _Tail(before)
         new_blocks = []
         i = 0
         while i < len(sizes):

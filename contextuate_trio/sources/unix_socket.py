@@ -152,22 +152,19 @@ class SocketSource:
             await self._read(conn)
 
     async def _read(self, conn: _Connection) -> None:
-        data = self._recv(conn)
-        if data is None:
-            return
-        if not data:
-            self._ended(conn)
-            return
-        await self._lines(conn, data)
-        if len(data) < RECV and not conn.closed:
-            # A short read: the producer may have finished, and a command hook says so
-            # as it sends its line (it shuts its side down). Its end is read now, not
-            # on a wake-up of its own (a quarter of a hook's rounds of the loop).
-            more = self._recv(conn)
-            if more == b"":
+        # After a short read, once more: the producer may have finished, and a command
+        # hook says so as it sends its line (it shuts its side down). Its end is read
+        # now, not on a wake-up of its own (a quarter of a hook's rounds of the loop).
+        for _ in range(2):
+            data = self._recv(conn)
+            if data is None:
+                return
+            if not data:
                 self._ended(conn)
-            elif more:
-                await self._lines(conn, more)
+                return
+            await self._lines(conn, data)
+            if len(data) == RECV or conn.closed:
+                return
 
     def _recv(self, conn: _Connection) -> bytes | None:
         """What the socket holds (b"": the producer's end); None: nothing now, or the
