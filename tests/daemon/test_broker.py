@@ -17,6 +17,12 @@ from contextuate_trio.runtime.broker import Broker
 from contextuate_trio.runtime.store import FileStore
 
 
+def read_call(session_id: str, event_id: str, timestamp: int = 1000) -> Event:
+    """A PreToolUse (Read) hook event of ``session_id``."""
+    payload = {"session_id": session_id, "hook_event_name": "PreToolUse", "tool_name": "Read"}
+    return events.from_payload(payload, event_id=event_id, timestamp=timestamp, machine_id="m")
+
+
 def fail_appends(store: FileStore, n: int) -> list:
     """From now on ``store.append`` raises StoreError ``n`` times, then works again;
     the failures still to come (empty once all were raised)."""
@@ -42,15 +48,7 @@ async def test_crash_after_events_before_meta_is_recovered(tmp_path):
     async with trio.open_nursery() as n:
         await n.start(b.run)
         for i in range(10):
-            await b.submit(
-                events.from_payload(
-                    {"session_id": "s1", "hook_event_name": "PreToolUse", "tool_name": "Read"},
-                    event_id=f"e{i}",
-                    timestamp=1000 + i,
-                    machine_id="m",
-                ),
-                wait=True,
-            )
+            await b.submit(read_call("s1", f"e{i}", 1000 + i), wait=True)
         n.cancel_scope.cancel()
     meta_path = tmp_path / "sessions" / "s1" / "meta.json"
     good_meta = meta_path.read_text()
@@ -376,13 +374,9 @@ async def test_changed_metadata_is_written_after_the_delay_with_no_more_events(t
     b.load(MINT)
     meta = tmp_path / "sessions" / "s1" / "meta.json"
 
-    def tool_call(i: int) -> Event:
-        payload = {"session_id": "s1", "hook_event_name": "PreToolUse", "tool_name": "Read"}
-        return events.from_payload(payload, event_id=f"e{i}", timestamp=1000 + i, machine_id="m")
-
     async with trio.open_nursery() as n:
         await n.start(b.run)
-        await b.submit(tool_call(1), wait=True)
+        await b.submit(read_call("s1", "e1", 1001), wait=True)
         t0 = trio.current_time()
         assert not meta.exists()
         await trio.sleep(META_DELAY * 0.9)
@@ -390,7 +384,7 @@ async def test_changed_metadata_is_written_after_the_delay_with_no_more_events(t
         await trio.sleep(META_DELAY * 0.2)
         assert json.loads(meta.read_text())["eventCount"] == 1
         await trio.sleep(META_DELAY * 5)  # nothing changed: nothing more to do
-        await b.submit(tool_call(2), wait=True)
+        await b.submit(read_call("s1", "e2", 1002), wait=True)
         await trio.sleep(META_DELAY * 0.9)
         assert json.loads(meta.read_text())["eventCount"] == 1
         await trio.sleep(META_DELAY * 0.2)
@@ -421,11 +415,10 @@ async def test_metadata_that_cannot_be_written_is_tried_again_later_not_in_a_loo
         real_save(sessions)
 
     monkeypatch.setattr(st, "save_sessions", save)
-    payload = {"session_id": "s1", "hook_event_name": "PreToolUse", "tool_name": "Read"}
     async with trio.open_nursery() as n:
         await n.start(b.run)
         t0 = trio.current_time()
-        await b.submit(events.from_payload(payload, event_id="e1", timestamp=1000, machine_id="m"), wait=True)
+        await b.submit(read_call("s1", "e1"), wait=True)
         await trio.sleep(META_DELAY * 10)
         n.cancel_scope.cancel()
     gaps = [round(b2 - a, 3) for a, b2 in zip([t0, *tries], tries, strict=False)]
@@ -457,12 +450,11 @@ async def test_the_metadata_timer_waits_for_a_pipeline_held_up_by_store_retries(
             self.channel.send_nowait(items)
 
     counting = b.send_channel = CountingChannel(b.send_channel)
-    payload = {"session_id": "s1", "hook_event_name": "PreToolUse", "tool_name": "Read"}
     async with trio.open_nursery() as n:
         await n.start(b.run)
-        await b.submit(events.from_payload(payload, event_id="e1", timestamp=1000, machine_id="m"), wait=True)
+        await b.submit(read_call("s1", "e1"), wait=True)
         failures = fail_appends(st, 2)
-        d = await b.submit(events.from_payload(payload, event_id="e2", timestamp=1001, machine_id="m"), track=True)
+        d = await b.submit(read_call("s1", "e2", 1001), track=True)
         await d.done.wait()
         await trio.sleep(broker_mod.META_DELAY * 3)
         n.cancel_scope.cancel()
@@ -479,12 +471,11 @@ async def test_a_stop_while_metadata_is_due_drains_and_stores_everything(tmp_pat
     st = FileStore(str(tmp_path))
     b = Broker(st)
     b.load(MINT)
-    payload = {"session_id": "s1", "hook_event_name": "PreToolUse", "tool_name": "Read"}
     async with trio.open_nursery() as n:
         await n.start(b.run)
-        await b.submit(events.from_payload(payload, event_id="e1", timestamp=1000, machine_id="m"), wait=True)
+        await b.submit(read_call("s1", "e1"), wait=True)
         failures = fail_appends(st, 5)  # retries 0.1 + 0.2 + 0.4 + 0.8 + 1.6 s
-        d = await b.submit(events.from_payload(payload, event_id="e2", timestamp=1001, machine_id="m"), track=True)
+        d = await b.submit(read_call("s1", "e2", 1001), track=True)
         await trio.sleep(broker_mod.META_DELAY / 4)
         b.send_channel.close()  # what the daemon does on SIGTERM
         await b.finished.wait()
@@ -505,15 +496,11 @@ async def test_the_timer_is_answered_even_when_the_metadata_it_saw_is_gone(tmp_p
     b = Broker(st)
     b.load(MINT)
 
-    def call(sid: str, eid: str) -> Event:
-        payload = {"session_id": sid, "hook_event_name": "PreToolUse", "tool_name": "Read"}
-        return events.from_payload(payload, event_id=eid, timestamp=1000, machine_id="m")
-
     async with trio.open_nursery() as n:
         await n.start(b.run)
-        await b.submit(call("gone", "e1"), wait=True)
+        await b.submit(read_call("gone", "e1"), wait=True)
         failures = fail_appends(st, 1)
-        d = await b.submit(call("kept", "e2"), track=True)  # held up in a retry past "gone"'s delay
+        d = await b.submit(read_call("kept", "e2"), track=True)  # held up in a retry past "gone"'s delay
         await trio.sleep(broker_mod.META_DELAY * 1.2)  # the timer has woken the pipeline, and waits
         assert b.delete_session("gone")
         await d.done.wait()
@@ -548,17 +535,13 @@ async def _one_backlog(path: str, clock) -> None:
 
     st.save_sessions = save  # type: ignore[method-assign]
 
-    def call(eid: str) -> Event:
-        payload = {"session_id": "A", "hook_event_name": "PreToolUse", "tool_name": "Read"}
-        return events.from_payload(payload, event_id=eid, timestamp=1000, machine_id="m")
-
     async with trio.open_nursery() as n:
         await n.start(b.run)
         t0 = trio.current_time()
-        await b.submit(call("e0"), wait=True)
+        await b.submit(read_call("A", "e0"), wait=True)
         await trio.testing.wait_all_tasks_blocked()
-        await b.submit_many([call(f"a{i}") for i in range(MAX_BATCH)])
-        await b.submit_many([call(f"b{i}") for i in range(10)])
+        await b.submit_many([read_call("A", f"a{i}") for i in range(MAX_BATCH)])
+        await b.submit_many([read_call("A", f"b{i}") for i in range(10)])
         clock.jump(META_DELAY)  # due while those wait in the channel
         await trio.testing.wait_all_tasks_blocked()
         assert saves == [META_DELAY]
