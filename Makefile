@@ -2,14 +2,16 @@
 SHELL := /bin/bash
 # The interpreter .venv is made from, so the daemon's and the hook's: $(PYTHON) when
 # given, else the distribution's CPython 3.11+ (/usr/bin/python3, when it can make a
-# virtualenv), else `python3` on PATH. A distribution builds CPython with profile-guided
-# and link-time optimisation, which a source build (pyenv's default) lacks: side by side
-# here the daemon needed 25% less CPU per HTTP hook on Debian's 3.11 than on pyenv's.
-# Always the real binary, not a symlink or a version-manager shim (the hook's cost is
-# measured on it; a distribution upgrade that moves `python3` leaves .venv as it was).
+# virtualenv), else `python3` on PATH (checked the same way; as it is when neither
+# passes, so that its own error says what is missing). A distribution builds CPython
+# with profile-guided and link-time optimisation, which a source build (pyenv's
+# default) lacks: side by side here the daemon needed 20% less CPU per HTTP hook on
+# Debian's 3.11 than on pyenv's. Always the real binary, not a symlink or a
+# version-manager shim (a distribution upgrade that moves `python3` leaves .venv as it
+# was). An existing .venv is kept: `rm -rf .venv` to make it again from another one.
 PYTHON ?= $(shell for p in /usr/bin/python3 python3; do \
-	$$p -c 'import os, sys, venv, ensurepip; assert sys.version_info >= (3, 11); print(os.path.realpath(sys.executable))' 2>/dev/null && break; \
-	done)
+	$$p -I -c 'import os, sys, venv, ensurepip; sys.version_info >= (3, 11) or sys.exit(1); print(os.path.realpath(sys.executable))' 2>/dev/null && exit 0; \
+	done; python3 -I -c 'import os, sys; print(os.path.realpath(sys.executable))')
 VENV := .venv
 VPY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
@@ -79,10 +81,10 @@ $(BENCH_STAMP): $(STAMP) pyproject.toml
 	$(VPY) -m pip install -q -e '.[test,bench]'
 	touch $(BENCH_STAMP)
 
-# BENCH_QUICK=1 make bench: smaller samples; the hook is timed on $(PYTHON), the real
-# interpreter behind `python3`.
+# BENCH_QUICK=1 make bench: smaller samples; the hook is timed on the interpreter .venv
+# was made from (the one `hooks install` writes into the hook's command).
 bench: $(BENCH_STAMP) test-deps
-	BENCH_PYTHON=$(PYTHON) $(VPY) benchmarks/run_all.py
+	$(VPY) benchmarks/run_all.py
 
 clean:
 	rm -rf $(VENV) .pytest_cache benchmarks/results

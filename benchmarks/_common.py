@@ -40,25 +40,9 @@ def knob(name: str, quick: int, full: int) -> int:
 
 
 def real_python() -> str:
-    """The interpreter the hook is measured on: $BENCH_PYTHON, else what ``python3``
-    on PATH really is (resolving a version-manager shim), else our base interpreter."""
-    env = os.environ.get("BENCH_PYTHON")
-    if env:
-        return env
-    try:
-        out = subprocess.run(
-            ["python3", "-c", "import sys; print(sys.executable)"],
-            capture_output=True,
-            text=True,
-            timeout=30,
-            check=True,
-        )
-        path = out.stdout.strip()
-        if path:
-            return os.path.realpath(path)
-    except (OSError, subprocess.SubprocessError):
-        pass
-    return os.path.realpath(getattr(sys, "_base_executable", sys.executable))
+    """The interpreter the hook is measured on: $BENCH_PYTHON, else the real binary
+    behind this virtualenv (what ``hooks install`` writes into the hook's command)."""
+    return os.environ.get("BENCH_PYTHON") or os.path.realpath(getattr(sys, "_base_executable", sys.executable))
 
 
 def daemon_python() -> str:
