@@ -16,7 +16,7 @@ import trio
 
 from contextuate_trio.core import decisions as core
 from contextuate_trio.core.events import Event
-from contextuate_trio.runtime.broker import Broker
+from contextuate_trio.runtime.broker import Broker, Delivery
 from contextuate_trio.runtime.clock import new_id, now_ms
 from contextuate_trio.runtime.metrics import Metric
 
@@ -119,11 +119,16 @@ class Decisions:
             raise core.Refused(404, f"request {request_id}: its hook stopped waiting")
         await self._claim(req, waiter)
         audit = core.audit_event(req, answer, new_id(), now_ms())
-        if not await self._record(audit):
+        try:
+            recorded = await self._record(audit)
+        except core.Refused:  # the daemon is stopping: the request stays as it was
+            self.book.undo(req)
+            raise
+        if not recorded:
             self.book.undo(req)
             # Not stored in time: if it is stored later, what follows it says it was not sent.
             why = "not recorded in time (the store is failing or slow): not sent"
-            await self.broker.submit(core.undelivered_event(req, answer, audit.id, new_id(), now_ms(), why))
+            await self._submit(core.undelivered_event(req, answer, audit.id, new_id(), now_ms(), why))
             raise core.Refused(503, "the answer could not be recorded in time (the store is failing or slow); not sent")
         delivered = await waiter.send(core.hook_output(req, answer))
         self._waiters.pop(request_id, None)
@@ -158,11 +163,19 @@ class Decisions:
     async def _record(self, ev: Event) -> bool:
         """Store an audit event; False when it was refused or not stored within
         AUDIT_WAIT_S."""
-        d = await self.broker.submit(ev, track=True)
+        d = await self._submit(ev)
         assert d.done is not None
         with trio.move_on_after(AUDIT_WAIT_S):
             await d.done.wait()
         return d.done.is_set() and d.ok
+
+    async def _submit(self, ev: Event) -> Delivery:
+        """The event to the pipeline (tracked); ``core.Refused`` 503 once the pipeline
+        takes no more (the daemon is stopping: an answer then is neither recorded nor sent)."""
+        try:
+            return await self.broker.submit(ev, track=True)
+        except trio.ClosedResourceError:
+            raise core.Refused(503, "the daemon is stopping: the answer was not recorded, not sent") from None
 
     # --- the clock, and sessions that moved on ----------------------------------------
     def stored(self, events: list[Event]) -> None:

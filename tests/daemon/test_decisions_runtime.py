@@ -56,6 +56,18 @@ async def test_hook_gone_between_record_and_send_is_recorded_as_not_delivered(li
     assert again.value.status == 404
 
 
+async def test_an_answer_while_the_daemon_stops_is_503_and_leaves_the_request_open(live_daemon):
+    d = await live_daemon(CONFIG)
+    w = Waiter()
+    rid = await opened(d, w)
+    d.broker.send_channel.close()  # what a stop does first: the pipeline takes no more events
+    with pytest.raises(core.Refused) as err:
+        await d.daemon.decisions.answer(rid, {"decision": "allow"}, "phone", None)
+    assert err.value.status == 503 and "stopping" in err.value.why
+    assert w.sent == [] and _stored(d, "decision") == []
+    assert d.daemon.decisions.offer(rid) is not None  # not taken: still open to its hook's end
+
+
 async def test_another_monitor_first_is_409_and_records_nothing(live_daemon):
     d = await live_daemon(CONFIG)
     rid = await opened(d, Waiter(claim=False))
