@@ -237,7 +237,7 @@ class Daemon:
                             log.info("open the dashboard with its token: %s", dashboard_url(self.config))
                         task_status.started(self)
                 log.info("stopping: storing what is already in the broker")
-                self.broker.send_channel.close()  # run() ends once the queue is drained
+                self.broker.stop_taking()  # run() ends once the queue is drained
                 with trio.move_on_after(10) as waited:
                     await self.broker.finished.wait()
                 if waited.cancelled_caught:

@@ -103,6 +103,7 @@ class Broker:
         self._queued = 0
         self._room = trio.lowlevel.ParkingLot()
         self._closed_to_senders = False  # the pipeline has ended: nobody waits for room
+        self.stopped_taking = False  # ``stop_taking`` was called: a submit now fails
         self.recent = RecentIds(recent_ids)
         self.seen = SeenIds()
         self.started_ms = started_ms if started_ms is not None else now_ms()
@@ -203,6 +204,12 @@ class Broker:
                 assert d.done is not None
                 await d.done.wait()
         return ds
+
+    def stop_taking(self) -> None:
+        """No more events (the daemon stops): ``run`` ends once what is queued is
+        stored; a submit from now on raises ``trio.ClosedResourceError``."""
+        self.stopped_taking = True
+        self.send_channel.close()
 
     def queue_depth(self) -> int:
         return self._queued

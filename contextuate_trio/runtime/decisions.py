@@ -26,6 +26,7 @@ log = logging.getLogger("contextuate.decisions")
 # last moment still has time to be recorded and to reach the hook.
 MARGIN_MS = 300
 AUDIT_WAIT_S = 2.0  # the most an answer waits for its audit event to be stored
+STOPPING = "the daemon is stopping: the answer was not recorded, not sent"
 
 
 class Waiter(Protocol):
@@ -112,6 +113,8 @@ class Decisions:
         answer = core.parse_answer(body, kind, by, origin)
         if answer.always and req is not None and not core.always_rules(req.suggestions):
             raise core.Refused(400, "this request offers no rule to allow always (allow it once)")
+        if self.broker.stopped_taking:  # before anything is taken or claimed
+            raise core.Refused(503, STOPPING)
         req = self.book.take(request_id, answer, now_ms())
         waiter = self._waiters.get(request_id)
         if waiter is None:  # (cannot be: an open request has its waiter)
@@ -128,7 +131,7 @@ class Decisions:
             self.book.undo(req)
             # Not stored in time: if it is stored later, what follows it says it was not sent.
             why = "not recorded in time (the store is failing or slow): not sent"
-            await self._submit(core.undelivered_event(req, answer, audit.id, new_id(), now_ms(), why))
+            await self._not_sent(core.undelivered_event(req, answer, audit.id, new_id(), now_ms(), why), wait=False)
             raise core.Refused(503, "the answer could not be recorded in time (the store is failing or slow); not sent")
         delivered = await waiter.send(core.hook_output(req, answer))
         self._waiters.pop(request_id, None)
@@ -136,8 +139,11 @@ class Decisions:
             self.counters["hook_gone"] += 1
             self.book.lost(req, "hook gone")
             why = "the hook stopped waiting before the answer reached it"
-            await self._record(core.undelivered_event(req, answer, audit.id, new_id(), now_ms(), why))
-            raise core.Refused(404, f"request {request_id}: {why} (recorded as not delivered)")
+            noted = await self._not_sent(core.undelivered_event(req, answer, audit.id, new_id(), now_ms(), why))
+            raise core.Refused(
+                404,
+                f"request {request_id}: {why} ({'recorded as' if noted else 'the daemon is stopping:'} not delivered)",
+            )
         self.counters[f"answered_{answer.decision}"] += 1
         log.info("request %s (%s) answered %s by %s from %s", request_id, req.tool_name, answer.decision, by, origin)
         return {"requestId": request_id, "decision": answer.decision, "by": by, "eventId": audit.id}
@@ -174,8 +180,22 @@ class Decisions:
         takes no more (the daemon is stopping: an answer then is neither recorded nor sent)."""
         try:
             return await self.broker.submit(ev, track=True)
-        except trio.ClosedResourceError:
-            raise core.Refused(503, "the daemon is stopping: the answer was not recorded, not sent") from None
+        except (trio.ClosedResourceError, trio.BrokenResourceError):
+            raise core.Refused(503, STOPPING) from None
+
+    async def _not_sent(self, ev: Event, wait: bool = True) -> bool:
+        """Record that an answer did not reach its hook (with ``wait``: stored before the
+        caller replies). False when the daemon is stopping and stores nothing more:
+        the answer's own audit event then stands alone (said in the log)."""
+        try:
+            if wait:
+                await self._record(ev)
+            else:
+                await self._submit(ev)
+            return True
+        except core.Refused:
+            log.warning("answer %s: not recorded as not sent (the daemon is stopping)", ev.data.get("auditId"))
+            return False
 
     # --- the clock, and sessions that moved on ----------------------------------------
     def stored(self, events: list[Event]) -> None:

@@ -477,7 +477,7 @@ async def test_a_stop_while_metadata_is_due_drains_and_stores_everything(tmp_pat
         failures = fail_appends(st, 5)  # retries 0.1 + 0.2 + 0.4 + 0.8 + 1.6 s
         d = await b.submit(read_call("s1", "e2", 1001), track=True)
         await trio.sleep(broker_mod.META_DELAY / 4)
-        b.send_channel.close()  # what the daemon does on SIGTERM
+        b.stop_taking()  # what the daemon does on SIGTERM
         await b.finished.wait()
     assert d.ok and not failures
     assert [e["id"] for e in st.events("s1", 10)] == ["e1", "e2"]

@@ -60,12 +60,53 @@ async def test_an_answer_while_the_daemon_stops_is_503_and_leaves_the_request_op
     d = await live_daemon(CONFIG)
     w = Waiter()
     rid = await opened(d, w)
-    d.broker.send_channel.close()  # what a stop does first: the pipeline takes no more events
+    d.broker.stop_taking()  # what a stop does first: the pipeline takes no more events
     with pytest.raises(core.Refused) as err:
         await d.daemon.decisions.answer(rid, {"decision": "allow"}, "phone", None)
     assert err.value.status == 503 and "stopping" in err.value.why
     assert w.sent == [] and _stored(d, "decision") == []
     assert d.daemon.decisions.offer(rid) is not None  # not taken: still open to its hook's end
+
+
+class StopsWhile(Waiter):
+    """A hook's side during which the daemon stops: while the answer is claimed, or
+    once it is recorded but before the hook takes it (the hook has gone)."""
+
+    def __init__(self, broker, during: str) -> None:
+        super().__init__(send=during != "send")
+        self.broker, self.during = broker, during
+
+    async def claim(self) -> bool:
+        if self.during == "claim":
+            self.broker.stop_taking()
+        return await super().claim()
+
+    async def send(self, output: dict) -> bool:
+        if self.during == "send":
+            self.broker.stop_taking()
+        return await super().send(output)
+
+
+async def test_a_stop_while_the_answer_is_claimed_is_503_and_leaves_the_request_open(live_daemon):
+    d = await live_daemon(CONFIG)
+    w = StopsWhile(d.broker, "claim")
+    rid = await opened(d, w)
+    with pytest.raises(core.Refused) as err:
+        await d.daemon.decisions.answer(rid, {"decision": "allow"}, "phone", None)
+    assert err.value.status == 503 and "stopping" in err.value.why
+    assert w.sent == [] and _stored(d, "decision") == []
+    assert d.daemon.decisions.offer(rid) is not None
+
+
+async def test_a_stop_after_the_answer_is_recorded_and_the_hook_gone_is_still_404(live_daemon):
+    d = await live_daemon(CONFIG)
+    rid = await opened(d, StopsWhile(d.broker, "send"))
+    with pytest.raises(core.Refused) as err:
+        await d.daemon.decisions.answer(rid, {"decision": "allow"}, "phone", None)
+    # The answer is recorded (its audit event stored); that it was not delivered no longer can be.
+    assert err.value.status == 404 and "the daemon is stopping: not delivered" in err.value.why
+    assert [(e.data.get("decision"), e.data.get("delivered")) for e in _stored(d, "decision")] == [("allow", None)]
+    assert d.daemon.decisions.offer(rid) is None
 
 
 async def test_another_monitor_first_is_409_and_records_nothing(live_daemon):

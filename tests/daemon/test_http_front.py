@@ -160,7 +160,7 @@ async def test_not_stored_is_503(live_daemon):
             return a.status, a.body
 
     assert (await trio.to_thread.run_sync(post))[0] == 200
-    d.broker.send_channel.close()  # what Daemon.run does when it stops
+    d.broker.stop_taking()  # what Daemon.run does when it stops
     status, body = await trio.to_thread.run_sync(post)
     assert status == 503 and json.loads(body) == {"error": "the daemon is stopping"}
 
