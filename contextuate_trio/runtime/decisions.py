@@ -42,6 +42,11 @@ class Waiter(Protocol):
         """Hand the hook Claude Code's answer; False when it did not get it."""
         ...
 
+    async def release(self) -> None:
+        """A claimed answer that was not recorded (so not sent): give the claim back,
+        so that another answer, or another monitor's, may still take the request."""
+        ...
+
     def close(self) -> None:
         """No answer: the hook says nothing and Claude Code asks as usual."""
         ...
@@ -125,10 +130,10 @@ class Decisions:
         try:
             recorded = await self._record(audit)
         except core.Refused:  # the daemon is stopping: the request stays as it was
-            self.book.undo(req)
+            await self._undo(req, waiter)
             raise
         if not recorded:
-            self.book.undo(req)
+            await self._undo(req, waiter)
             # Not stored in time: if it is stored later, what follows it says it was not sent.
             why = "not recorded in time (the store is failing or slow): not sent"
             await self._not_sent(core.undelivered_event(req, answer, audit.id, new_id(), now_ms(), why), wait=False)
@@ -147,6 +152,13 @@ class Decisions:
         self.counters[f"answered_{answer.decision}"] += 1
         log.info("request %s (%s) answered %s by %s from %s", request_id, req.tool_name, answer.decision, by, origin)
         return {"requestId": request_id, "decision": answer.decision, "by": by, "eventId": audit.id}
+
+    async def _undo(self, req: core.Request, waiter: Waiter) -> None:
+        """An answer taken and claimed, but not recorded: open again, here and on the
+        hook's side (a claim left behind in Redis would turn every other monitor's
+        answer into a 409 until the hook stopped waiting)."""
+        self.book.undo(req)
+        await waiter.release()
 
     async def _claim(self, req: core.Request, waiter: Waiter) -> None:
         try:

@@ -460,10 +460,13 @@ class AnswerWaiter:
             raise Refused(503, "not answered: this monitor is not connected to Redis")
         return client
 
+    def _mine(self) -> str:
+        return f"{self.source.monitor_id} {self.event_id}"
+
     async def claim(self) -> bool:
         """Take ``<key>:taken`` (SET NX): False when another monitor took it first."""
         client = self._client()
-        mine = f"{self.source.monitor_id} {self.event_id}"
+        mine = self._mine()
 
         def take() -> bool:
             taken = self.key + ":taken"
@@ -491,6 +494,22 @@ class AnswerWaiter:
             log.warning("answer %s recorded but not pushed to Redis: %s", self.event_id, exc)
             return False
         return True
+
+    async def release(self) -> None:
+        """Delete ``<key>:taken`` if it is still ours (no other monitor can take it
+        between the GET and the DEL: SET NX fails while it exists). Best effort: a
+        claim that stays expires with the hook's wait."""
+        taken, mine = self.key + ":taken", self._mine()
+
+        def give_back() -> None:
+            client = self._client()
+            if _text(client.get(taken)) == mine:
+                client.delete(taken)
+
+        try:
+            await anyio.to_thread.run_sync(give_back)
+        except (Refused, redis.ResponseError, *CONNECTION_ERRORS) as exc:
+            log.warning("answer %s: its claim stays in Redis until the hook's wait ends: %s", self.event_id, exc)
 
     def close(self) -> None:
         pass

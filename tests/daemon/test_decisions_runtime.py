@@ -18,6 +18,7 @@ class Waiter:
         self.claims, self.sends, self.gone = claim, send, gone
         self.sent: list[dict] = []
         self.closed = False
+        self.released = 0
 
     async def claim(self) -> bool:
         if self.gone:
@@ -29,6 +30,10 @@ class Waiter:
         if self.sends:
             self.sent.append(output)
         return self.sends
+
+    async def release(self) -> None:
+        await trio.lowlevel.checkpoint()
+        self.released += 1
 
     def close(self) -> None:
         self.closed = True
@@ -96,6 +101,7 @@ async def test_a_stop_while_the_answer_is_claimed_is_503_and_leaves_the_request_
     assert err.value.status == 503 and "stopping" in err.value.why
     assert w.sent == [] and _stored(d, "decision") == []
     assert d.daemon.decisions.offer(rid) is not None
+    assert w.released == 1  # the claim given back: another monitor may answer
 
 
 async def test_a_stop_after_the_answer_is_recorded_and_the_hook_gone_is_still_404(live_daemon):

@@ -14,9 +14,12 @@ import shutil
 import tempfile
 import time
 import uuid
+from types import SimpleNamespace
+from typing import cast
 
 import pytest
 import redis
+import trio
 from conftest import DaemonProc, wait_for
 from decision_client import HookRun, post_decision
 from redis_cluster import needs_cluster, redis_cluster  # noqa: F401 (fixture)
@@ -24,6 +27,7 @@ from redis_server import needs_redis, redis_server  # noqa: F401 (fixture)
 
 from contextuate_trio.cli.fleet import acl_rules
 from contextuate_trio.config import RedisConfig
+from contextuate_trio.sources.redis import AnswerWaiter, RedisSource
 
 pytestmark = needs_redis
 
@@ -40,7 +44,7 @@ MONITOR_ACL = [
         "on >mon-pw ~contextuate:events:stream* &contextuate:events -@all +xread +xinfo|stream +smembers "
         "+subscribe +ping +auth +hello +select"
     ).split(),
-    "(~contextuate:events:stream:{*}:answer:* +set +get +lpush +pexpire)",
+    "(~contextuate:events:stream:{*}:answer:* +set +get +del +lpush +pexpire)",
 ]
 
 
@@ -169,6 +173,32 @@ def test_the_answer_travels_back_to_the_hook_on_its_machine(redis_server, homes,
     )
     assert audit[0]["data"]["decision"] == "deny" and audit[0]["machineId"] == "box-a"
     assert post(d, {"requestId": rid, "decision": "allow"})[0] == 409
+
+
+def test_a_claim_given_back_lets_another_monitor_answer(redis_server):
+    """A monitor that claimed an answer but could not record it (its store failing,
+    or a stop) gives the claim back, with the monitor's user of docs/redis-setup.md;
+    it never deletes another monitor's claim."""
+    r = redis_server("--user", "mon", *MONITOR_ACL)
+    client = r.client(username="mon", password="mon-pw")
+    key = answer_key("box", "ev-1")
+
+    def waiter(monitor: str) -> AnswerWaiter:
+        source = cast(RedisSource, SimpleNamespace(answer_client=client, monitor_id=monitor))
+        return AnswerWaiter(source, key, "ev-1", 20_000)
+
+    a, b = waiter("A"), waiter("B")
+
+    async def claims() -> None:
+        assert await a.claim()
+        assert not await b.claim()  # taken: B's answer would be a 409
+        await b.release()  # not B's to give back
+        assert not await b.claim()
+        await a.release()
+        assert await b.claim()
+
+    trio.run(claims)
+    assert client.get(key + ":taken") == b"B ev-1"
 
 
 def test_two_monitors_the_first_answer_wins(redis_server, homes, monitors):
