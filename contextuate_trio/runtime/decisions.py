@@ -154,11 +154,14 @@ class Decisions:
         return {"requestId": request_id, "decision": answer.decision, "by": by, "eventId": audit.id}
 
     async def _undo(self, req: core.Request, waiter: Waiter) -> None:
-        """An answer taken and claimed, but not recorded: open again, here and on the
-        hook's side (a claim left behind in Redis would turn every other monitor's
-        answer into a 409 until the hook stopped waiting)."""
-        self.book.undo(req)
-        await waiter.release()
+        """An answer taken and claimed, but not recorded: open again, on the hook's
+        side first (a claim left behind in Redis would turn every other monitor's
+        answer into a 409 until the hook stopped waiting), then here: an answer in
+        between is refused by the book, never claimed twice."""
+        try:
+            await waiter.release()
+        finally:
+            self.book.undo(req)
 
     async def _claim(self, req: core.Request, waiter: Waiter) -> None:
         try:

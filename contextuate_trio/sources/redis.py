@@ -77,6 +77,10 @@ log = logging.getLogger("contextuate.redis")
 READ_COUNT = 5000  # entries per XREAD, shared among the streams read (each gets MIN_COUNT at least)
 MIN_COUNT = 50
 SUBMIT_CHUNK = 512  # events per submit_many (the broker's batches hold whole submissions, ~1,024)
+# Give a claim back only if it is still this one (``AnswerWaiter.release``). The
+# monitor's user needs +eval, and +get +del on the answer keys (docs/redis-setup.md).
+GIVE_BACK = "if redis.call('get', KEYS[1]) == ARGV[1] then return redis.call('del', KEYS[1]) end return 0"
+RELEASE_WAIT_S = 1.0
 BLOCK_MS = 1000
 SURVEY_S = 2.0  # how often the registry and each stream's XINFO are read
 SURVEY_SOON_S = 0.2  # sooner when the channel hears from a machine not known yet
@@ -449,10 +453,11 @@ class AnswerWaiter:
     source's client); the others are told another monitor answered first. The keys
     expire after the hook's wait. No answer: nothing to do (the hook's BLPOP times out)."""
 
-    __slots__ = ("source", "key", "event_id", "px")
+    __slots__ = ("source", "key", "event_id", "px", "_claim")
 
     def __init__(self, source: RedisSource, key: str, event_id: str, px: int) -> None:
         self.source, self.key, self.event_id, self.px = source, key, event_id, max(int(px), 1)
+        self._claim: str | None = None  # the value of this waiter's last claim
 
     def _client(self) -> Any:
         client = self.source.answer_client
@@ -460,13 +465,12 @@ class AnswerWaiter:
             raise Refused(503, "not answered: this monitor is not connected to Redis")
         return client
 
-    def _mine(self) -> str:
-        return f"{self.source.monitor_id} {self.event_id}"
-
     async def claim(self) -> bool:
-        """Take ``<key>:taken`` (SET NX): False when another monitor took it first."""
+        """Take ``<key>:taken`` (SET NX): False when another monitor took it first.
+        Its value names this monitor, the event and this claim; a claim not given
+        back (its release failed) is taken again as it is."""
         client = self._client()
-        mine = self._mine()
+        mine = self._claim = self._claim or f"{self.source.monitor_id}#{os.urandom(4).hex()} {self.event_id}"
 
         def take() -> bool:
             taken = self.key + ":taken"
@@ -496,20 +500,28 @@ class AnswerWaiter:
         return True
 
     async def release(self) -> None:
-        """Delete ``<key>:taken`` if it is still ours (no other monitor can take it
-        between the GET and the DEL: SET NX fails while it exists). Best effort: a
-        claim that stays expires with the hook's wait."""
-        taken, mine = self.key + ":taken", self._mine()
+        """Delete ``<key>:taken`` if it still holds this waiter's claim, in one script
+        (a DEL retried after a lost reply, or sent after a failover, could otherwise
+        delete another monitor's claim taken in between). Best effort, at most
+        RELEASE_WAIT_S: a claim that stays expires with the hook's wait."""
+        mine = self._claim
+        if mine is None:
+            await trio.lowlevel.checkpoint()
+            return
+        taken = self.key + ":taken"
 
         def give_back() -> None:
-            client = self._client()
-            if _text(client.get(taken)) == mine:
-                client.delete(taken)
+            self._client().eval(GIVE_BACK, 1, taken, mine)
 
-        try:
-            await anyio.to_thread.run_sync(give_back)
-        except (Refused, redis.ResponseError, *CONNECTION_ERRORS) as exc:
-            log.warning("answer %s: its claim stays in Redis until the hook's wait ends: %s", self.event_id, exc)
+        with trio.move_on_after(RELEASE_WAIT_S) as waited:
+            try:
+                await anyio.to_thread.run_sync(give_back, abandon_on_cancel=True)
+                self._claim = None  # given back
+            except (Refused, *CONNECTION_ERRORS) as exc:  # (kept: an answer from here may take it again)
+                log.warning("answer %s: its claim stays in Redis until the hook's wait ends: %s", self.event_id, exc)
+        if waited.cancelled_caught:
+            self._claim = None  # the script may still run: a new claim must not share its value
+            log.warning("answer %s: Redis did not answer; its claim stays until the hook's wait ends", self.event_id)
 
     def close(self) -> None:
         pass

@@ -44,7 +44,7 @@ MONITOR_ACL = [
         "on >mon-pw ~contextuate:events:stream* &contextuate:events -@all +xread +xinfo|stream +smembers "
         "+subscribe +ping +auth +hello +select"
     ).split(),
-    "(~contextuate:events:stream:{*}:answer:* +set +get +del +lpush +pexpire)",
+    "(~contextuate:events:stream:{*}:answer:* +set +get +del +eval +lpush +pexpire)",
 ]
 
 
@@ -175,19 +175,23 @@ def test_the_answer_travels_back_to_the_hook_on_its_machine(redis_server, homes,
     assert post(d, {"requestId": rid, "decision": "allow"})[0] == 409
 
 
+def claim_waiters(client, *monitors: str) -> list[AnswerWaiter]:
+    """Waiters of several monitors for one request (only what a waiter uses of its
+    source: the connection, the monitor's name)."""
+    key = answer_key("box", "ev-1")
+    return [
+        AnswerWaiter(cast(RedisSource, SimpleNamespace(answer_client=client, monitor_id=m)), key, "ev-1", 20_000)
+        for m in monitors
+    ]
+
+
 def test_a_claim_given_back_lets_another_monitor_answer(redis_server):
-    """A monitor that claimed an answer but could not record it (its store failing,
-    or a stop) gives the claim back, with the monitor's user of docs/redis-setup.md;
-    it never deletes another monitor's claim."""
+    """A monitor that claimed an answer but could not record it (its store failing)
+    gives the claim back, with the monitor's user of docs/redis-setup.md; it never
+    deletes another monitor's claim, nor a later claim of its own."""
     r = redis_server("--user", "mon", *MONITOR_ACL)
     client = r.client(username="mon", password="mon-pw")
-    key = answer_key("box", "ev-1")
-
-    def waiter(monitor: str) -> AnswerWaiter:
-        source = cast(RedisSource, SimpleNamespace(answer_client=client, monitor_id=monitor))
-        return AnswerWaiter(source, key, "ev-1", 20_000)
-
-    a, b = waiter("A"), waiter("B")
+    a, b, a_later = claim_waiters(client, "A", "B", "A")
 
     async def claims() -> None:
         assert await a.claim()
@@ -196,9 +200,30 @@ def test_a_claim_given_back_lets_another_monitor_answer(redis_server):
         assert not await b.claim()
         await a.release()
         assert await b.claim()
+        await a.release()  # given back already: B's claim stays
+        assert not await a_later.claim()
 
     trio.run(claims)
-    assert client.get(key + ":taken") == b"B ev-1"
+    value = client.get(answer_key("box", "ev-1") + ":taken").decode()
+    assert value.startswith("B#") and value.endswith(" ev-1")
+
+
+def test_a_claim_that_cannot_be_given_back_stays_this_monitors(redis_server, caplog):
+    """A monitor's user without +eval (an older docs/redis-setup.md): the claim stays
+    until it expires, said in the log; this monitor may still answer, no other."""
+    acl = [*MONITOR_ACL[:-1], "(~contextuate:events:stream:{*}:answer:* +set +get +lpush +pexpire)"]
+    r = redis_server("--user", "mon", *acl)
+    client = r.client(username="mon", password="mon-pw")
+    a, b = claim_waiters(client, "A", "B")
+
+    async def claims() -> None:
+        assert await a.claim()
+        await a.release()
+        assert not await b.claim()
+        assert await a.claim()  # its own claim, still there
+
+    trio.run(claims)
+    assert "its claim stays in Redis until the hook's wait ends" in caplog.text
 
 
 def test_two_monitors_the_first_answer_wins(redis_server, homes, monitors):
