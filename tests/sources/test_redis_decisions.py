@@ -208,6 +208,21 @@ def test_a_claim_given_back_lets_another_monitor_answer(redis_server):
     assert value.startswith("B#") and value.endswith(" ev-1")
 
 
+@needs_cluster
+def test_a_claim_is_given_back_through_a_cluster(redis_cluster):
+    """The give-back script names its one key: a cluster's client runs it on the
+    key's master (the answer keys of a machine share its stream's slot)."""
+    a, b = claim_waiters(redis_cluster().client(), "A", "B")
+
+    async def claims() -> None:
+        assert await a.claim()
+        assert not await b.claim()
+        await a.release()
+        assert await b.claim()
+
+    trio.run(claims)
+
+
 def test_a_claim_that_cannot_be_given_back_stays_this_monitors(redis_server, caplog):
     """A monitor's user without +eval (an older docs/redis-setup.md): the claim stays
     until it expires, said in the log; this monitor may still answer, no other."""
