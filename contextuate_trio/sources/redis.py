@@ -468,14 +468,21 @@ class AnswerWaiter:
     async def claim(self) -> bool:
         """Take ``<key>:taken`` (SET NX): False when another monitor took it first.
         Its value names this monitor, the event and this claim; a claim not given
-        back (its release failed) is taken again as it is."""
+        back (its release failed) is taken again as it is. An earlier claim of this
+        monitor's that may still be given back (its release timed out) is a 503,
+        not another monitor's answer: the request stays open."""
         client = self._client()
         mine = self._claim = self._claim or f"{self.source.monitor_id}#{os.urandom(4).hex()} {self.event_id}"
+        ours = f"{self.source.monitor_id}#"
 
         def take() -> bool:
             taken = self.key + ":taken"
-            # A retried SET whose first reply was lost finds its own value: still ours.
-            return bool(client.set(taken, mine, nx=True, px=self.px)) or _text(client.get(taken)) == mine
+            if client.set(taken, mine, nx=True, px=self.px):
+                return True
+            held = _text(client.get(taken))
+            if held != mine and held.startswith(ours):
+                raise Refused(503, "not answered: an earlier answer from here is still being given back; try again")
+            return held == mine  # a retried SET whose first reply was lost finds its own value: still ours
 
         try:
             return await anyio.to_thread.run_sync(take)
@@ -504,7 +511,10 @@ class AnswerWaiter:
         (a DEL retried after a lost reply, or sent after a failover, could otherwise
         delete another monitor's claim taken in between). Best effort, at most
         RELEASE_WAIT_S: a claim that stays expires with the hook's wait."""
-        mine = self._claim
+        # Forgotten before the call: once it is sent it may still run, and a new claim
+        # must not share its value (a cancel from outside included). Kept again only
+        # when the call failed in its thread (it will not run later).
+        mine, self._claim = self._claim, None
         if mine is None:
             await trio.lowlevel.checkpoint()
             return
@@ -516,11 +526,10 @@ class AnswerWaiter:
         with trio.move_on_after(RELEASE_WAIT_S) as waited:
             try:
                 await anyio.to_thread.run_sync(give_back, abandon_on_cancel=True)
-                self._claim = None  # given back
-            except (Refused, *CONNECTION_ERRORS) as exc:  # (kept: an answer from here may take it again)
+            except (Refused, *CONNECTION_ERRORS) as exc:
+                self._claim = mine  # not given back: an answer from here may take it again
                 log.warning("answer %s: its claim stays in Redis until the hook's wait ends: %s", self.event_id, exc)
         if waited.cancelled_caught:
-            self._claim = None  # the script may still run: a new claim must not share its value
             log.warning("answer %s: Redis did not answer; its claim stays until the hook's wait ends", self.event_id)
 
     def close(self) -> None:

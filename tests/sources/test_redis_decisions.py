@@ -27,6 +27,7 @@ from redis_server import needs_redis, redis_server  # noqa: F401 (fixture)
 
 from contextuate_trio.cli.fleet import acl_rules
 from contextuate_trio.config import RedisConfig
+from contextuate_trio.core.decisions import Refused
 from contextuate_trio.sources.redis import AnswerWaiter, RedisSource
 
 pytestmark = needs_redis
@@ -239,6 +240,23 @@ def test_a_claim_that_cannot_be_given_back_stays_this_monitors(redis_server, cap
 
     trio.run(claims)
     assert "its claim stays in Redis until the hook's wait ends" in caplog.text
+
+
+def test_an_earlier_claim_that_may_still_be_given_back_is_a_503(redis_server):
+    """A give-back that timed out may still run: this monitor's next answer must not
+    take over a claim it could delete, nor read it as another monitor's (409 would
+    close the request): 503, the request stays open."""
+    a, b = claim_waiters(redis_server().client(), "A", "B")
+
+    async def claims() -> None:
+        assert await a.claim()
+        a._claim = None  # what a release that timed out leaves (its script may still run)
+        with pytest.raises(Refused) as err:
+            await a.claim()
+        assert err.value.status == 503
+        assert not await b.claim()  # another monitor's: still 409
+
+    trio.run(claims)
 
 
 def test_two_monitors_the_first_answer_wins(redis_server, homes, monitors):
