@@ -453,11 +453,11 @@ class AnswerWaiter:
     source's client); the others are told another monitor answered first. The keys
     expire after the hook's wait. No answer: nothing to do (the hook's BLPOP times out)."""
 
-    __slots__ = ("source", "key", "event_id", "px", "_claim")
+    __slots__ = ("source", "key", "event_id", "px", "_claim_value")
 
     def __init__(self, source: RedisSource, key: str, event_id: str, px: int) -> None:
         self.source, self.key, self.event_id, self.px = source, key, event_id, max(int(px), 1)
-        self._claim: str | None = None  # the value of this waiter's last claim
+        self._claim_value: str | None = None  # the value of this waiter's last claim
 
     def _client(self) -> Any:
         client = self.source.answer_client
@@ -472,7 +472,9 @@ class AnswerWaiter:
         monitor's that may still be given back (its release timed out) is a 503,
         not another monitor's answer: the request stays open."""
         client = self._client()
-        mine = self._claim = self._claim or f"{self.source.monitor_id}#{os.urandom(4).hex()} {self.event_id}"
+        mine = self._claim_value = (
+            self._claim_value or f"{self.source.monitor_id}#{os.urandom(4).hex()} {self.event_id}"
+        )
         ours = f"{self.source.monitor_id}#"
 
         def take() -> bool:
@@ -514,7 +516,7 @@ class AnswerWaiter:
         # Forgotten before the call: once it is sent it may still run, and a new claim
         # must not share its value (a cancel from outside included). Kept again only
         # when the call failed in its thread (it will not run later).
-        mine, self._claim = self._claim, None
+        mine, self._claim_value = self._claim_value, None
         if mine is None:
             await trio.lowlevel.checkpoint()
             return
@@ -527,7 +529,7 @@ class AnswerWaiter:
             try:
                 await anyio.to_thread.run_sync(give_back, abandon_on_cancel=True)
             except (Refused, *CONNECTION_ERRORS) as exc:
-                self._claim = mine  # not given back: an answer from here may take it again
+                self._claim_value = mine  # not given back: an answer from here may take it again
                 log.warning("answer %s: its claim stays in Redis until the hook's wait ends: %s", self.event_id, exc)
         if waited.cancelled_caught:
             log.warning("answer %s: Redis did not answer; its claim stays until the hook's wait ends", self.event_id)

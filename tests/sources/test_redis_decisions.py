@@ -250,7 +250,7 @@ def test_an_earlier_claim_that_may_still_be_given_back_is_a_503(redis_server):
 
     async def claims() -> None:
         assert await a.claim()
-        a._claim = None  # what a release that timed out leaves (its script may still run)
+        a._claim_value = None  # what a release that timed out leaves (its script may still run)
         with pytest.raises(Refused) as err:
             await a.claim()
         assert err.value.status == 503
